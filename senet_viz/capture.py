@@ -1,0 +1,158 @@
+"""Scoped hooks on SE gates: record them (:func:`capture`) or replace them (:func:`ablate`).
+
+Both are context managers that take the model's lock for their whole scope, register forward hooks on the
+gate modules (see :mod:`senet_viz.blocks`) and remove every hook on exit, also when the forward raises. The
+model itself is never edited, so a model shared between users (Streamlit's ``cache_resource``) stays intact:
+an ablation is a hook that exists only inside one ``with`` block, under the lock.
+
+    with capture(model, blocks) as rec:
+        model(x)
+    rec.gates["SE_5_1"]  # numpy float16, N x C
+
+    with ablate(model, select_blocks(blocks, "stage:5"), mode="identity"):
+        logits = model(x)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .blocks import SEBlock
+
+_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The one re-entrant lock of ``model``: every hooked forward on it runs while holding it."""
+    with _locks_guard:
+        lock = _locks.get(model)
+        if lock is None:
+            lock = _locks[model] = threading.RLock()
+        return lock
+
+
+def hook_count(model: nn.Module) -> int:
+    """Number of forward / pre-forward hooks on any module of ``model`` (0 when nothing leaked)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _grad_context(grad: bool) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if grad else torch.inference_mode()
+
+
+class GateRecorder:
+    """Gates recorded per block, as float16 CPU arrays of shape (N images, C channels)."""
+
+    def __init__(self, blocks: Sequence[SEBlock], keep: bool = True,
+                 on_gates: Callable[[str, np.ndarray], None] | None = None) -> None:
+        self.blocks = list(blocks)
+        self.keep = keep
+        self.on_gates = on_gates
+        self._chunks: dict[str, list[np.ndarray]] = {b.name: [] for b in self.blocks}
+
+    def _record(self, name: str, gate: torch.Tensor) -> None:
+        # One row per image; float16 halves memory and disk, and a gate in [0, 1] keeps ~3 decimals.
+        array = gate.detach().flatten(1).to(torch.float16).cpu().numpy()
+        if self.keep:
+            self._chunks[name].append(array)
+        if self.on_gates is not None:
+            self.on_gates(name, array)
+
+    @property
+    def gates(self) -> dict[str, np.ndarray]:
+        out = {}
+        for b in self.blocks:
+            chunks = self._chunks[b.name]
+            if len(chunks) > 1:  # consolidate once so repeated reads are cheap
+                self._chunks[b.name] = chunks = [np.concatenate(chunks)]
+            out[b.name] = chunks[0] if chunks else np.zeros((0, b.channels), np.float16)
+        return out
+
+    def clear(self) -> None:
+        for chunks in self._chunks.values():
+            chunks.clear()
+
+
+def _modules(model: nn.Module, blocks: Sequence[SEBlock]) -> list[tuple[SEBlock, nn.Module]]:
+    modules = dict(model.named_modules())
+    missing = [b.gate_path for b in blocks if b.gate_path not in modules]
+    if missing:
+        raise ValueError(f"these SE gates are not in the model: {missing}; were the blocks found on another model?")
+    return [(b, modules[b.gate_path]) for b in blocks]
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, blocks: Sequence[SEBlock], *, keep: bool = True,
+            on_gates: Callable[[str, np.ndarray], None] | None = None,
+            grad: bool = False) -> Iterator[GateRecorder]:
+    """Record the gates of ``blocks`` for every forward run inside the ``with`` block.
+
+    ``keep=False`` with an ``on_gates(name, array)`` callback streams gates without keeping them (for
+    datasets too large for memory). Forwards run under ``torch.inference_mode`` unless ``grad=True``.
+    """
+    recorder = GateRecorder(blocks, keep=keep, on_gates=on_gates)
+    handles = []
+    with model_lock(model):
+        try:
+            for block, gate in _modules(model, blocks):
+                handles.append(gate.register_forward_hook(
+                    lambda _m, _i, out, name=block.name: recorder._record(name, out)))
+            with _grad_context(grad):
+                yield recorder
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+AblationMode = str  # "identity" | "mean"
+
+
+@contextlib.contextmanager
+def ablate(model: nn.Module, blocks: Sequence[SEBlock], mode: AblationMode = "identity",
+           means: Mapping[str, np.ndarray | torch.Tensor] | None = None, *, grad: bool = False) -> Iterator[None]:
+    """Replace the gates of ``blocks`` inside the ``with`` block.
+
+    ``mode="identity"``: every gate is 1, so the block passes its input through (the paper's SE removal).
+    ``mode="mean"``: every gate is the constant per-channel vector ``means[block.name]`` (length C), e.g. the
+    block's mean gate over a calibration set: the input-dependent excitation is frozen to a fixed scale.
+    """
+    if mode not in ("identity", "mean"):
+        raise ValueError(f"ablation mode must be 'identity' or 'mean', not {mode!r}")
+    constants: dict[str, torch.Tensor] = {}
+    if mode == "mean":
+        means = means or {}
+        for b in blocks:
+            if b.name not in means:
+                raise ValueError(f"mode='mean' needs a mean gate vector for {b.name}; compute it on calibration images")
+            vec = torch.as_tensor(np.asarray(means[b.name], dtype=np.float32)).flatten()
+            if vec.numel() != b.channels:
+                raise ValueError(
+                    f"mean gate for {b.name} has {vec.numel()} values, the block has {b.channels} channels")
+            constants[b.name] = vec
+
+    def replace(name: str):
+        def hook(_module, _inputs, out: torch.Tensor) -> torch.Tensor:
+            if mode == "identity":
+                return torch.ones_like(out)
+            vec = constants[name].to(device=out.device, dtype=out.dtype)
+            return vec.view(1, -1, *([1] * (out.dim() - 2))).expand_as(out)
+        return hook
+
+    handles = []
+    with model_lock(model):
+        try:
+            for block, gate in _modules(model, blocks):
+                handles.append(gate.register_forward_hook(replace(block.name)))
+            with _grad_context(grad):
+                yield
+        finally:
+            for handle in handles:
+                handle.remove()

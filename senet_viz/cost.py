@@ -1,0 +1,118 @@
+"""Parameters and multiply-accumulates (MACs) per SE block and stage, with and without chosen SE blocks.
+
+MACs are counted by torch's own ``torch.utils.flop_counter.FlopCounterMode`` over one forward pass of a single
+image (convolutions and matrix products; FLOPs = 2 x MACs). Element-wise work (the sigmoid, the pooling, the
+channel-wise multiply) is not counted, as in the SENet paper's GFLOPs. An SE block that is removed
+(gate = 1) or frozen to a constant (its mean gate, which folds into the next layer's weights) saves its own
+parameters and MACs: its two bottleneck layers are no longer needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .blocks import SEBlock
+
+
+@dataclass
+class CostReport:
+    model: str
+    input_size: tuple[int, int, int]
+    params: int  # whole network
+    macs: int  # whole network, one image
+    se_params: int  # all SE blocks
+    se_macs: int
+    removed: list[str]  # names of the SE blocks taken out
+    params_removed: int
+    macs_removed: int
+    blocks: pd.DataFrame  # one row per SE block: name, stage, path, channels, params, macs, removed
+
+    @property
+    def params_after(self) -> int:
+        return self.params - self.params_removed
+
+    @property
+    def macs_after(self) -> int:
+        return self.macs - self.macs_removed
+
+    def stages(self) -> pd.DataFrame:
+        """SE parameters and MACs summed per stage, with their share of the whole network."""
+        grouped = self.blocks.groupby("stage").agg(
+            blocks=("name", "count"), channels=("channels", "sum"), params=("params", "sum"),
+            macs=("macs", "sum"), removed=("removed", "sum")).reset_index()
+        grouped["params_share"] = grouped["params"] / self.params
+        grouped["macs_share"] = grouped["macs"] / self.macs
+        return grouped
+
+    def summary(self) -> dict:
+        """Plain JSON-ready numbers (GMACs and millions of parameters rounded for reading, counts exact)."""
+        return {
+            "model": self.model,
+            "input_size": list(self.input_size),
+            "params": self.params,
+            "gmacs": round(self.macs / 1e9, 4),
+            "se_params": self.se_params,
+            "se_gmacs": round(self.se_macs / 1e9, 6),
+            "se_params_share": self.se_params / self.params,
+            "removed": self.removed,
+            "params_removed": self.params_removed,
+            "params_after": self.params_after,
+            "params_removed_share": self.params_removed / self.params,
+            "gmacs_removed": round(self.macs_removed / 1e9, 6),
+            "gmacs_after": round(self.macs_after / 1e9, 4),
+        }
+
+    def to_dict(self) -> dict:
+        out = self.summary()
+        out["blocks"] = self.blocks.to_dict(orient="records")
+        out["stages"] = self.stages().to_dict(orient="records")
+        return out
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int, dict[str, int]]:
+    """Total MACs of one forward pass and MACs per module path ("" is the whole network)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False, depth=None) as counter, torch.no_grad():
+            model(torch.zeros((1, *input_size), device=device))
+    finally:
+        model.train(was_training)
+    per_module: dict[str, int] = {}
+    for key, by_op in counter.get_flop_counts().items():
+        if key == "Global":
+            continue
+        # Keys are "<RootClass>.<module path>"; the root alone is the whole network.
+        path = key.partition(".")[2]
+        per_module[path] = sum(by_op.values()) // 2
+    return counter.get_total_flops() // 2, per_module
+
+
+def model_cost(model: nn.Module, blocks: Sequence[SEBlock], removed: Sequence[SEBlock] = (),
+               input_size: tuple[int, int, int] = (3, 224, 224), name: str = "") -> CostReport:
+    """Cost of ``model`` and what removing ``removed`` (a subset of ``blocks``) saves."""
+    total_macs, per_module = count_macs(model, input_size)
+    removed_names = {b.name for b in removed}
+    rows = [{**{k: v for k, v in asdict(b).items() if k in ("name", "stage", "index", "path", "channels", "params")},
+             "macs": per_module.get(b.path, 0), "removed": b.name in removed_names} for b in blocks]
+    table = pd.DataFrame(rows, columns=["name", "stage", "index", "path", "channels", "params", "macs", "removed"])
+    gone = table[table["removed"]]
+    return CostReport(
+        model=name or type(model).__name__,
+        input_size=tuple(input_size),
+        params=sum(p.numel() for p in model.parameters()),
+        macs=int(total_macs),
+        se_params=int(table["params"].sum()),
+        se_macs=int(table["macs"].sum()),
+        removed=[b.name for b in blocks if b.name in removed_names],
+        params_removed=int(gone["params"].sum()),
+        macs_removed=int(gone["macs"].sum()),
+        blocks=table,
+    )
