@@ -195,6 +195,109 @@ def cmd_evaluate(args) -> None:
         print(f"  skipped {s['file']}: {s['reason']}")
 
 
+def cmd_stats(args) -> None:
+    from .stats import stats_from_parquet
+
+    total = None
+    for path in args.excitations:  # one shard at a time: memory stays O(classes x channels x bins)
+        try:
+            part = stats_from_parquet(path, bins=args.bins)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"cannot read excitations {path}: {exc}") from exc
+        total = part if total is None else total.merge(part)
+    assert total is not None  # argparse requires at least one file
+    if args.out:
+        total.save(args.out)
+    indices = total.indices(threshold=args.threshold)
+    if args.json:
+        _print_json(indices.to_dict(orient="records"))
+        return
+    with_classes = indices["n_classes"].max() if len(indices) else 0
+    print(f"{total.model}: {int(indices['n_images'].max()) if len(indices) else 0} images, {with_classes} classes")
+    cols = ["block", "stage", "channels", "specificity", "specificity_method", "saturation", "mean_gate",
+            "mean_abs_1_minus_s", "share_near_0", "cross_class_corr"]
+    print(indices[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.out:
+        print(f"wrote {args.out}")
+
+
+FIGURES = ("fig6", "fig7", "distributions", "depth", "heatmap")
+
+
+def cmd_figure(args) -> None:
+    from . import plots
+    from .stats import GateStats
+
+    try:
+        stats = GateStats.load(args.stats)
+    except (OSError, KeyError, ValueError) as exc:
+        raise UserError(f"cannot read statistics {args.stats}: {exc}") from exc
+    channels = stats.frame()
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    blocks = [b.strip() for b in args.blocks.split(",")] if args.blocks else None
+    try:
+        if args.kind == "fig6":
+            fig = plots.fig6(channels, blocks=blocks, classes=classes, n_channels=args.channels,
+                             seed=args.seed, all_channels=args.all_channels)
+        elif args.kind == "fig7":
+            cls = classes[0] if classes else next(c for c in channels["class"].unique() if c != "all")
+            block = blocks[0] if blocks else stats.blocks[-1].name
+            fig = plots.fig7(channels, block, cls, n_channels=args.channels, seed=args.seed,
+                             all_channels=args.all_channels)
+        elif args.kind == "distributions":
+            fig = plots.distributions(channels, stage=args.stage, blocks=blocks, classes=classes)
+        elif args.kind == "depth":
+            second = GateStats.load(args.second).indices() if args.second else None
+            fig = plots.depth_profile(stats.indices(), second=second)
+        else:
+            fig = plots.heatmap(channels, blocks[0] if blocks else stats.blocks[-1].name, classes=classes)
+        plots.save_figure(fig, args.out)
+    except (ValueError, StopIteration) as exc:
+        raise UserError(str(exc) or "no class to show") from exc
+    except RuntimeError as exc:  # e.g. PNG export without a browser for kaleido
+        raise UserError(str(exc)) from exc
+    if args.json:
+        _print_json({"out": str(args.out), "kind": args.kind, "title": fig.layout.title.text})
+    else:
+        print(f"wrote {args.out}")
+
+
+def cmd_paper(args) -> None:
+    from . import plots
+    from .paper import paper_preset
+
+    loaded = _load(args)
+    images = _images(args, loaded)
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    try:
+        result = paper_preset(loaded, images, classes=classes, per_class=args.per_class,
+                              batch_size=args.batch_size, progress=_progress("paper preset", args.json))
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    args.out.mkdir(parents=True, exist_ok=True)
+    channels = result.stats.frame()
+    written = {"stats": str(args.out / "stats.parquet")}
+    result.stats.save(args.out / "stats.parquet")
+    fig = plots.fig6(channels, classes=result.classes, n_channels=args.channels, seed=args.seed)
+    plots.save_figure(fig, args.out / "fig6.html")
+    written["fig6"] = str(args.out / "fig6.html")
+    for cls in result.classes:
+        fig = plots.fig7(channels, result.stats.blocks[-1].name, cls, n_channels=args.channels, seed=args.seed)
+        path = args.out / f"fig7_{''.join(ch if ch.isalnum() else '_' for ch in cls)}.html"
+        plots.save_figure(fig, path)
+        written[f"fig7 {cls}"] = str(path)
+    indices = result.stats.indices()
+    out = {"model": loaded.name, "classes": result.images_per_class, "n_images": result.n_images,
+           "n_skipped": len(result.skipped), "files": written,
+           "indices": indices.to_dict(orient="records")}
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"{loaded.name}: classes {result.images_per_class}, all-class curve over {result.n_images} images")
+        for name, path in written.items():
+            print(f"  {name}: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m senet_viz", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -246,6 +349,36 @@ def build_parser() -> argparse.ArgumentParser:
                                 "calibration split (20%% of the images, not scored)")
             p.add_argument("--calibrate-on-eval", action="store_true",
                            help="with --mode mean: fit the mean gates on all images and score on them too")
+    p = command("stats", "per-class gate statistics and indices from extracted Parquet shards", model=False)
+    p.add_argument("--excitations", nargs="+", required=True, type=Path, help="one or more extract outputs")
+    p.add_argument("--out", type=Path, help="write the statistics (with histograms) to this .parquet")
+    p.add_argument("--bins", type=int, default=50, help="histogram bins on [0, 1]")
+    p.add_argument("--threshold", type=float, default=0.9, help="saturation threshold on the mean gate")
+    p.set_defaults(func=cmd_stats)
+
+    p = command("figure", "draw a figure from saved statistics (.html, or .png/.svg with Chromium)", model=False)
+    p.add_argument("--stats", required=True, type=Path, help="output of `stats --out`")
+    p.add_argument("--kind", required=True, choices=FIGURES)
+    p.add_argument("--classes", help="comma-separated class names (default: all in the statistics)")
+    p.add_argument("--blocks", help="comma-separated block names (fig6 default: the paper's preset)")
+    p.add_argument("--stage", type=int, help="distributions: one stage")
+    p.add_argument("--second", type=Path, help="depth: statistics of a second model for the same chart")
+    p.add_argument("--channels", type=int, default=50, help="channels sampled for fig6/fig7")
+    p.add_argument("--all-channels", action="store_true", help="fig6/fig7: every channel")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=Path, help=".html, .png, .svg or .pdf")
+    p.set_defaults(func=cmd_figure)
+
+    p = command("paper", "the paper's Fig. 6/7 protocol on a folder of labelled images, in one call")
+    p.add_argument("--weights", help="weights file")
+    p.add_argument("--images", required=True, help="folder of labelled images")
+    p.add_argument("--classes", help="class names or wnids (default: goldfish, pug, airliner, cliff if present)")
+    p.add_argument("--per-class", type=int, default=50, help="images per class (the paper used 50)")
+    p.add_argument("--channels", type=int, default=50, help="channels sampled per block (the paper shows 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", required=True, type=Path, help="output folder for stats and figures")
+    p.set_defaults(func=cmd_paper, shard=None, limit=None)
     return parser
 
 
