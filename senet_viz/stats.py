@@ -233,9 +233,10 @@ class GateStats:
         for (block, k), part in frame.groupby(["block", "class_index"], sort=False):
             part = part.sort_values("channel")
             stats.acc[(block, int(k))] = _Acc(
-                count=int(part["count"].iloc[0]), mean=part["mean"].to_numpy(np.float64),
-                m2=part["m2"].to_numpy(np.float64), min=part["min"].to_numpy(np.float64),
-                max=part["max"].to_numpy(np.float64), hist=np.stack(part["hist"].to_numpy()).astype(np.int64),
+                count=int(part["count"].iloc[0]), mean=part["mean"].to_numpy(np.float64, copy=True),
+                m2=part["m2"].to_numpy(np.float64, copy=True), min=part["min"].to_numpy(np.float64, copy=True),
+                max=part["max"].to_numpy(np.float64, copy=True),
+                hist=np.stack(part["hist"].to_numpy()).astype(np.int64),
                 sum_abs_1m=float(meta["sum_abs_1m"][f"{block}|{int(k)}"]))
         return stats
 
