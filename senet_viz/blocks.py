@@ -17,7 +17,9 @@ Naming, ``SE_<stage>_<block>``: the stage is the network's output-stride level a
 (conv2_x .. conv5_x run at strides 4 .. 32, i.e. timm/torchvision ``layer1`` .. ``layer4`` = stages 2 .. 5), and it
 gives every other family a comparable depth scale: MobileNetV3-Small's nine blocks are SE_2_1 (stride 4),
 SE_4_1 .. SE_4_5 (stride 16) and SE_5_1 .. SE_5_3 (stride 32). Blocks are numbered from 1 in execution order
-within a stage; :attr:`SEBlock.path` always keeps the module path beside the name.
+within a stage; :attr:`SEBlock.path` always keeps the module path beside the name. A network built for small
+inputs whose first stage runs at full resolution (CIFAR / Fashion-MNIST style) can declare an integer attribute
+``se_stage_offset`` (e.g. 2) that is added to the stride level so its stages read 2..5 as in the paper.
 """
 
 from __future__ import annotations
@@ -163,6 +165,8 @@ def discover_se_blocks(model: nn.Module, input_size: tuple[int, int, int] | None
         accepted.append((rec["order"], path, gate_name, kind, stage, c))
 
     accepted.sort()
+    offset = int(getattr(model, "se_stage_offset", 0))
+    accepted = [(o, p, g, k, stage + offset, c) for o, p, g, k, stage, c in accepted]
     blocks: list[SEBlock] = []
     per_stage: dict[int, int] = {}
     for order, (_, path, gate_name, kind, stage, channels) in enumerate(accepted):
