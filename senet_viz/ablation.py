@@ -9,15 +9,21 @@ scored on. The split is deterministic: an image belongs to the calibration set w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
 
 from .blocks import SEBlock
+from .capture import ablate, capture, model_lock
 from .cost import model_cost
-from .data import ImageSet
+from .data import ImageSet, Skipped
 from .run import ProgressFn, Result, run_model
 from .zoo import LoadedModel
 
@@ -117,3 +123,122 @@ def evaluate(loaded: LoadedModel, images: ImageSet, ablate_blocks: Sequence[SEBl
         else {},
     })
     return out
+
+
+# ---------------------------------------------------------------------------------------------- sweeps
+
+
+def _decode(loaded: LoadedModel, images: ImageSet, batch_size: int) -> tuple[torch.Tensor, list, list]:
+    """Decode and transform every image once (a sweep reuses the pixels for every configuration)."""
+    from .run import _collate, _ImageDataset
+
+    loader = DataLoader(_ImageDataset(images.items, loaded.transform), batch_size=batch_size, collate_fn=_collate)
+    tensors, kept, skipped = [], [], list(images.skipped)
+    for indices, batch, failed in loader:
+        skipped += [Skipped(images.items[i].name, why) for i, why in failed]
+        if batch is not None:
+            tensors.append(batch)
+            kept += [images.items[i] for i in indices]
+    empty = torch.zeros((0, *loaded.input_size))
+    return (torch.cat(tensors) if tensors else empty), kept, skipped
+
+
+def _logits(loaded: LoadedModel, pixels: torch.Tensor, batch_size: int, blocks: Sequence[SEBlock] = (),
+            mode: str = "identity", means: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    out = []
+    with contextlib.ExitStack() as stack:
+        if blocks:
+            stack.enter_context(ablate(loaded.model, blocks, mode=mode, means=means))
+        else:
+            stack.enter_context(model_lock(loaded.model))
+            stack.enter_context(torch.inference_mode())
+        cuda = loaded.device.type == "cuda"
+        for start in range(0, len(pixels), batch_size):
+            with torch.autocast(loaded.device.type, dtype=torch.float16, enabled=cuda):
+                logits = loaded.model(pixels[start:start + batch_size].to(loaded.device))
+            out.append(logits.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, loaded.num_classes), np.float32)
+
+
+def sweep_configs(blocks: Sequence[SEBlock]) -> list[tuple[str, str, list[SEBlock]]]:
+    """(kind, label, blocks) for every single block, every stage and every "last k blocks" (k >= 2)."""
+    configs = [("block", b.name, [b]) for b in blocks]
+    for stage in sorted({b.stage for b in blocks}):
+        configs.append(("stage", f"stage {stage}", [b for b in blocks if b.stage == stage]))
+    for k in range(2, len(blocks) + 1):
+        configs.append(("last", f"last {k}", list(blocks[-k:])))
+    return configs
+
+
+def sweep(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = ("identity", "mean"),
+          configs: Sequence[tuple[str, str, list[SEBlock]]] | None = None, *, fraction: float = CALIBRATION_FRACTION,
+          batch_size: int = 64, progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Ablate each configuration in each mode and measure it against the full network on the same images.
+
+    With ``"mean"`` among the modes, the images are split (see :func:`split_calibration`): every mode is
+    scored on the evaluation part only, so identity and mean rows are comparable. One row per
+    (configuration, mode): top-1 / top-5 and their change in points, agreement, KL, parameters and GMACs saved.
+    """
+    for mode in modes:
+        if mode not in ("identity", "mean"):
+            raise ValueError(f"unknown ablation mode {mode!r}; use identity and/or mean")
+    configs = list(configs) if configs is not None else sweep_configs(loaded.blocks)
+    if "mean" in modes:
+        calib, eval_images = split_calibration(images, fraction)
+        calib_pixels, _, _ = _decode(loaded, calib, batch_size)
+        if len(calib_pixels) == 0:
+            raise ValueError("no calibration image could be read; mean ablation needs some")
+        with capture(loaded.model, loaded.blocks) as rec:
+            for start in range(0, len(calib_pixels), batch_size):
+                loaded.model(calib_pixels[start:start + batch_size].to(loaded.device))
+        means = {name: g.astype(np.float32).mean(axis=0) for name, g in rec.gates.items()}
+        n_calib = len(calib_pixels)
+    else:
+        eval_images, means, n_calib = images, None, 0
+    pixels, kept, skipped = _decode(loaded, eval_images, batch_size)
+    labels = np.array([it.label if it.label is not None else -1 for it in kept], dtype=np.int64)
+    known = labels >= 0
+    cost = model_cost(loaded.model, loaded.blocks, (), loaded.input_size, loaded.name)
+    block_macs = dict(zip(cost.blocks["name"], cost.blocks["macs"], strict=True))
+    full = _logits(loaded, pixels, batch_size)
+
+    def accuracy(logits: np.ndarray, k: int) -> float | None:
+        if not known.any():
+            return None
+        top = np.argsort(-logits[known], axis=1)[:, :k]
+        return float((top == labels[known, None]).any(axis=1).mean())
+
+    full_top1, full_top5 = accuracy(full, 1), accuracy(full, 5)
+    rows = []
+    total = len(configs) * len(modes)
+    for i, ((kind, label, blocks), mode) in enumerate(itertools.product(configs, modes)):
+        logits = _logits(loaded, pixels, batch_size, blocks, mode, means)
+        top1, top5 = accuracy(logits, 1), accuracy(logits, 5)
+        params_removed = sum(b.params for b in blocks)
+        rows.append({
+            "model": loaded.name, "kind": kind, "config": label, "blocks": ",".join(b.name for b in blocks),
+            "n_blocks": len(blocks), "mode": mode, "top1": top1, "top5": top5, "full_top1": full_top1,
+            "full_top5": full_top5,
+            "d_top1": None if top1 is None else (top1 - full_top1) * 100,
+            "d_top5": None if top5 is None else (top5 - full_top5) * 100,
+            "agreement": float((logits.argmax(1) == full.argmax(1)).mean()) if len(full) else None,
+            "kl": _kl(full, logits) if len(full) else None,
+            "params": cost.params, "params_removed": params_removed,
+            "params_saved_pct": 100 * params_removed / cost.params,
+            "gmacs_removed": sum(block_macs[b.name] for b in blocks) / 1e9,
+            "n_images": len(kept), "n_calibration": n_calib, "n_skipped": len(skipped),
+        })
+        if progress is not None:
+            progress(i + 1, total)
+    return pd.DataFrame(rows)
+
+
+def pareto_front(frame: pd.DataFrame, x: str = "params_saved_pct", y: str = "d_top1") -> pd.DataFrame:
+    """Rows not dominated by another (more parameters saved and no larger accuracy loss), sorted by ``x``."""
+    rows = frame.dropna(subset=[y]).sort_values([x, y], ascending=[False, False])
+    best, keep = -np.inf, []
+    for idx, value in zip(rows.index, rows[y], strict=True):
+        if value > best:
+            keep.append(idx)
+            best = value
+    return frame.loc[keep].sort_values(x)

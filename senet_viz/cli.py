@@ -92,7 +92,7 @@ def cmd_models(args) -> None:
 
         for row in rows:
             spec = REGISTRY[row["name"]]
-            row["se_blocks"] = len(find_se_blocks(spec.build(), (3, spec.preprocess.crop, spec.preprocess.crop)))
+            row["se_blocks"] = len(find_se_blocks(spec.build(), spec.input_size))
     if args.json:
         _print_json(rows)
         return
@@ -298,6 +298,50 @@ def cmd_paper(args) -> None:
             print(f"  {name}: {path}")
 
 
+def cmd_sweep(args) -> None:
+    from .ablation import pareto_front, sweep, sweep_configs
+
+    loaded = _load(args)
+    images = _images(args, loaded)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    configs = sweep_configs(loaded.blocks)
+    if args.kinds:
+        kinds = {k.strip() for k in args.kinds.split(",")}
+        configs = [c for c in configs if c[0] in kinds]
+    try:
+        frame = sweep(loaded, images, modes, configs, batch_size=args.batch_size,
+                      progress=_progress("sweep configurations", args.json))
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out, index=False)
+    if args.figure:
+        from . import plots
+
+        plots.save_figure(plots.sweep_figure(frame), args.figure)
+    if args.json:
+        _print_json({"out": str(args.out), "rows": frame.to_dict(orient="records")})
+        return
+    cols = ["config", "mode", "top1", "d_top1", "agreement", "kl", "params_removed", "params_saved_pct"]
+    print(f"{loaded.name}: {int(frame['n_images'].iloc[0])} evaluation images, "
+          f"{int(frame['n_calibration'].iloc[0])} calibration images; full top-1 {frame['full_top1'].iloc[0]:.2%}")
+    print(frame[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("Pareto front (params saved vs top-1 change):")
+    print(pareto_front(frame)[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {args.out}")
+
+
+def cmd_train(args) -> None:
+    from .fmnist import run_train_command
+
+    try:
+        out = run_train_command(args)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    if args.json:
+        _print_json(out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m senet_viz", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -349,6 +393,23 @@ def build_parser() -> argparse.ArgumentParser:
                                 "calibration split (20%% of the images, not scored)")
             p.add_argument("--calibrate-on-eval", action="store_true",
                            help="with --mode mean: fit the mean gates on all images and score on them too")
+    p = command("sweep", "ablate every SE block, stage and last-k set in each mode; accuracy vs parameters saved")
+    p.add_argument("--weights", help="weights file")
+    p.add_argument("--images", required=True, help="folder of labelled images")
+    p.add_argument("--modes", default="identity,mean", help="identity, mean or both (comma-separated)")
+    p.add_argument("--kinds", help="restrict to block, stage and/or last (comma-separated)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", required=True, type=Path, help="output .csv")
+    p.add_argument("--figure", type=Path, help="also write the Pareto figure (.html/.png)")
+    p.set_defaults(func=cmd_sweep, shard=None, limit=None)
+
+    p = command("train", "train the embedded SE-ResNet on Fashion-MNIST (weights, metrics, model card)",
+                model=False)
+    from .fmnist import add_train_arguments
+
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
     p = command("stats", "per-class gate statistics and indices from extracted Parquet shards", model=False)
     p.add_argument("--excitations", nargs="+", required=True, type=Path, help="one or more extract outputs")
     p.add_argument("--out", type=Path, help="write the statistics (with histograms) to this .parquet")

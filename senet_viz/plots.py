@@ -48,6 +48,8 @@ __all__ = [
     "paper_preset_blocks",
     "sample_channels",
     "save_figure",
+    "sweep_figure",
+    "cost_figure",
 ]
 
 ALL_CLASS = "all"
@@ -1026,6 +1028,80 @@ _CHROMIUM_CANDIDATES = (
     "/usr/bin/google-chrome",
     "/usr/bin/google-chrome-stable",
 )
+
+
+_MODE_COLORS = {"identity": "#D62728", "mean": "#1F77B4"}
+_KIND_SYMBOLS = {"block": "circle", "stage": "square", "last": "diamond"}
+
+
+def sweep_figure(sweep: pd.DataFrame, reference: dict | None = None) -> go.Figure:
+    """Accuracy change against parameters saved for every ablation of a sweep, with the Pareto front per mode.
+
+    ``sweep`` is :func:`senet_viz.ablation.sweep`'s frame. ``reference`` (e.g. ``paper.PAPER_LAST_STAGE_CLAIM``)
+    adds the paper's point ``(params_saved_share, top1_change_points)`` as a star, labelled with its note.
+    """
+    _require(sweep, ("model", "kind", "config", "mode", "d_top1", "params_saved_pct"), "sweep")
+    if sweep["d_top1"].isna().all():
+        raise ValueError("the sweep has no labelled images, so there is no accuracy change to draw")
+    model = str(sweep["model"].iloc[0])
+    fig = go.Figure()
+    for mode, part in sweep.groupby("mode", sort=False):
+        color = _MODE_COLORS.get(str(mode), "#7F7F7F")
+        for kind, sub in part.groupby("kind", sort=False):
+            fig.add_trace(go.Scatter(
+                x=sub["params_saved_pct"], y=sub["d_top1"], mode="markers", name=f"{mode}: {kind}",
+                marker={"color": color, "symbol": _KIND_SYMBOLS.get(str(kind), "circle"), "size": 9,
+                        "line": {"width": 0.5, "color": "white"}},
+                text=sub["config"], meta={"mode": mode, "kind": kind},
+                customdata=np.stack([sub["agreement"].fillna(np.nan), sub["kl"].fillna(np.nan)], axis=1),
+                hovertemplate="%{text}<br>params saved %{x:.2f}%<br>top-1 change %{y:+.2f} points"
+                              "<br>agreement %{customdata[0]:.1%}<br>KL %{customdata[1]:.3f} nats<extra>" + str(mode)
+                              + "</extra>"))
+        rows = part.dropna(subset=["d_top1"]).sort_values(["params_saved_pct", "d_top1"], ascending=[False, False])
+        best, front = -np.inf, []
+        for _, r in rows.iterrows():
+            if r["d_top1"] > best:
+                front.append(r)
+                best = r["d_top1"]
+        front_df = pd.DataFrame(front).sort_values("params_saved_pct")
+        fig.add_trace(go.Scatter(x=front_df["params_saved_pct"], y=front_df["d_top1"], mode="lines",
+                                 name=f"{mode}: Pareto front", line={"color": color, "width": 1.5, "dash": "dot"},
+                                 meta={"mode": mode, "kind": "pareto"}, hoverinfo="skip"))
+    if reference is not None:
+        fig.add_trace(go.Scatter(
+            x=[100 * reference["params_saved_share"]], y=[reference["top1_change_points"]], mode="markers+text",
+            name=f"paper: {reference.get('model', '')} {reference.get('blocks', '')}", text=["paper"],
+            textposition="top center", marker={"symbol": "star", "size": 15, "color": "#FF7F0E"},
+            meta={"kind": "reference"}, hovertext=reference.get("note", ""), hoverinfo="text"))
+    fig.add_hline(y=0, line={"color": "#999", "width": 1})
+    n = int(sweep["n_images"].iloc[0]) if "n_images" in sweep else None
+    full = sweep["full_top1"].iloc[0] if "full_top1" in sweep else None
+    ncal = int(sweep["n_calibration"].iloc[0]) if "n_calibration" in sweep else 0
+    subtitle = (f"{n} evaluation images" + (f", mean gates fitted on {ncal} other images" if ncal else "")
+                + (f"; full network top-1 {full:.1%}" if full is not None and not pd.isna(full) else "")
+                + f". identity = gate 1 (the paper's removal), mean = gate frozen to its mean. cf. {PAPER}")
+    _layout_title(fig, f"SE ablation sweep — {model}: top-1 change vs parameters saved", subtitle)
+    fig.update_layout(legend={"title": {"text": "mode: configuration"}}, height=520)
+    fig.update_xaxes(title="parameters saved (% of the full network)")
+    fig.update_yaxes(title="top-1 change (percentage points)")
+    return fig
+
+
+def cost_figure(blocks: pd.DataFrame, model: str, total_params: int) -> go.Figure:
+    """SE parameters per block (bars coloured by stage) as a share of the whole network."""
+    _require(blocks, ("name", "stage", "params"), "cost blocks")
+    fig = go.Figure()
+    for stage, sub in blocks.groupby("stage", sort=True):
+        fig.add_trace(go.Bar(x=sub["name"], y=100 * sub["params"] / total_params, name=f"stage {stage}",
+                             customdata=sub["params"], meta={"stage": int(stage)},
+                             hovertemplate="%{x}: %{customdata:,} parameters (%{y:.2f}%)<extra></extra>"))
+    se_share = 100 * blocks["params"].sum() / total_params
+    _layout_title(fig, f"SE parameters per block — {model}",
+                  f"all SE blocks: {blocks['params'].sum():,} of {total_params:,} parameters ({se_share:.1f}%)")
+    fig.update_layout(legend={"title": {"text": "stage"}})
+    fig.update_xaxes(title="SE block")
+    fig.update_yaxes(title="parameters (% of the network)")
+    return fig
 
 
 def _is_exe(path: str | None) -> bool:
