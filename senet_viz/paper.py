@@ -114,3 +114,34 @@ def paper_preset(loaded: LoadedModel, images: ImageSet, classes: Sequence[str | 
     names = [images.class_names[k] for k in chosen]
     return PresetResult(stats=stats, classes=names, images_per_class={images.class_names[k]: taken[k] for k in chosen},
                         n_images=result.n, skipped=result.skipped)
+
+
+def table13_measured(model: str = "legacy_seresnet50") -> pd.DataFrame:
+    """Table 13 beside our counts: SE kept only in the variant's stages, the others' SE blocks removed."""
+    from .blocks import find_se_blocks
+    from .cost import model_cost
+    from .zoo import get_spec
+
+    net = get_spec(model).build()
+    blocks = find_se_blocks(net)
+    rows = []
+    for r in TABLE13_STAGES.itertuples(index=False):
+        removed = [b for b in blocks if b.stage not in r.se_stages]
+        cost = model_cost(net, blocks, removed, name=model)
+        rows.append({"variant": r.variant, "paper params (M)": r.params_m, "ours params (M)": cost.params_after / 1e6,
+                     "paper GFLOPs": r.gflops, "ours GMACs": cost.macs_after / 1e9,
+                     "paper top-1 err (%)": r.top1_err, "paper top-5 err (%)": r.top5_err})
+    return pd.DataFrame(rows)
+
+
+def table10_measured(model: str = "legacy_seresnet50") -> pd.DataFrame:
+    """Table 10 beside our parameter counts of the same network built with reduction ratio r."""
+    from .zoo import get_spec
+
+    rows = []
+    for r in TABLE10_REDUCTION.itertuples(index=False):
+        net = get_spec(model).build(reduction=int(r.reduction))
+        rows.append({"reduction r": int(r.reduction), "paper params (M)": r.params_m,
+                     "ours params (M)": sum(p.numel() for p in net.parameters()) / 1e6,
+                     "paper top-1 err (%)": r.top1_err, "paper top-5 err (%)": r.top5_err})
+    return pd.DataFrame(rows)

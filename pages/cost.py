@@ -1,0 +1,43 @@
+"""Cost: parameters and GMACs per SE block and stage, the SE share, and the paper's numbers beside ours."""
+
+import pandas as pd
+import streamlit as st
+
+from senet_viz import paper, plots
+from ui import state
+from ui.common import need_model_and_images
+
+st.header("Cost")
+selection = need_model_and_images()
+model = selection.model
+report = state.cost(model)
+c = st.columns(4)
+c[0].metric("Parameters", f"{report.params:,}")
+c[1].metric("GMACs (one image)", f"{report.macs / 1e9:.4f}")
+c[2].metric("SE parameters", f"{report.se_params:,}", f"{report.se_params / report.params:.2%} of the network",
+            delta_color="off")
+c[3].metric("SE GMACs", f"{report.se_macs / 1e9:.5f}", f"{report.se_macs / report.macs:.3%}", delta_color="off")
+st.caption(f"Counted with torch's FlopCounterMode at {model.input_size[-1]}×{model.input_size[-1]} "
+           "(convolutions and matrix products; element-wise ops not counted, as in the paper's GFLOPs).")
+fig = plots.cost_figure(report.blocks, model.name, report.params)
+st.plotly_chart(fig, width="stretch", key="cost_chart")
+st.session_state.setdefault("figures", {})["Cost"] = fig
+
+st.subheader("Per stage")
+stages = report.stages()
+st.dataframe(stages, hide_index=True)
+st.session_state.setdefault("tables", {})["cost_stages"] = stages
+st.session_state["tables"]["cost_blocks"] = report.blocks
+
+st.subheader("The paper's numbers (SE-ResNet-50, Hu et al. TPAMI 2019)")
+measured = state.paper_cost_table()
+st.markdown("**Table 13** — SE blocks in one stage of ResNet-50: the paper's parameters beside ours "
+            "(counted on `legacy_seresnet50` with the other stages' SE blocks removed).")
+st.dataframe(measured["table13"], hide_index=True)
+st.markdown("**Table 10** — reduction ratio r: the paper's parameters beside ours (`legacy_seresnet50 --reduction r`).")
+st.dataframe(measured["table10"], hide_index=True)
+st.caption(f"Paper claim: removing the stage-5 SE blocks saves about "
+           f"{paper.PAPER_LAST_STAGE_CLAIM['params_saved_share']:.1%} of SE-ResNet-50's parameters "
+           f"({paper.PAPER_LAST_STAGE_CLAIM['note']}).")
+st.session_state["tables"]["paper_table13"] = pd.DataFrame(measured["table13"])
+st.session_state["tables"]["paper_table10"] = pd.DataFrame(measured["table10"])

@@ -1,0 +1,41 @@
+"""Small helpers the pages share: get the current analysis or explain what is missing."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import sidebar, state
+
+
+def need_model_and_images() -> sidebar.Selection:
+    """The sidebar's selection, or stop the page with a message that says what to do."""
+    selection = sidebar.current()
+    if selection.model is None:
+        st.info(selection.model_error or "Pick a model in the sidebar.")
+        st.stop()
+    if selection.images is None or not selection.images.items:
+        st.info("Add images in the sidebar: the embedded samples, uploads grouped into classes, or a folder.")
+        st.stop()
+    return selection
+
+
+def need_analysis() -> tuple[sidebar.Selection, state.Analysis]:
+    selection = need_model_and_images()
+    analysis = state.analyse(selection.model, selection.images, selection.group_by_prediction)
+    skipped = [s for s in analysis.result.skipped if s not in selection.skipped]
+    if skipped:
+        with st.expander(f"⚠️ {len(skipped)} image(s) could not be read and were left out", expanded=True):
+            for s in skipped:
+                st.markdown(f"- `{s.file}`: {s.reason}")
+    if analysis.result.n == 0:
+        st.error("None of the images could be read; see the reasons above and add other images.")
+        st.stop()
+    return selection, analysis
+
+
+def class_caption(analysis: state.Analysis) -> str:
+    frame = analysis.channels
+    counts = frame[frame["class"] != "all"].drop_duplicates("class")[["class", "count"]]
+    parts = [f"{c} (n={n})" for c, n in counts.itertuples(index=False)]
+    return f"{analysis.result.n} images, grouped by {analysis.grouping}: " + ", ".join(parts[:12]) + (
+        f" … +{len(parts) - 12} more" if len(parts) > 12 else "")
