@@ -98,6 +98,28 @@ def _default_input(model: nn.Module) -> tuple[int, int, int]:
     return size if len(size) == 3 else (3, 224, 224)  # type: ignore[return-value]
 
 
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _wrapping_parents(candidates: dict[str, tuple[str, str]], modules: dict[str, nn.Module]) -> dict[str, str]:
+    """Structural candidate -> its parent module, where the parent may be the real SE module: a hand-written
+    SE often keeps FC / ReLU / FC / sigmoid in an ``nn.Sequential`` (fed the pooled N x C or N x C x 1 x 1
+    vector, or pooling itself) while the parent pools and multiplies. The parent qualifies only if it adds
+    no parameters of its own and wraps exactly one candidate; the forward pass then decides (see below)."""
+    by_parent: dict[str, list[str]] = {}
+    for path, (_, kind) in candidates.items():
+        if kind == "structural" and path:
+            by_parent.setdefault(path.rpartition(".")[0], []).append(path)
+    return {kids[0]: parent for parent, kids in by_parent.items()
+            if len(kids) == 1 and parent not in candidates
+            and _n_params(modules[parent]) == _n_params(modules[kids[0]])}
+
+
 def discover_se_blocks(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> Discovery:
     """Find every SE block of ``model`` with one forward pass of a zero image (no hook is left behind)."""
     input_size = input_size or _default_input(model)
@@ -110,13 +132,15 @@ def discover_se_blocks(model: nn.Module, input_size: tuple[int, int, int] | None
         # An SE module nested inside another candidate is the real one (e.g. a wrapper with a sigmoid).
         candidates[path] = found
 
+    parents = _wrapping_parents(candidates, modules)
     seen: dict[str, dict] = {}
+    parent_seen: dict[str, dict] = {}
     handles = []
 
-    def se_hook(path: str):
+    def se_hook(path: str, store: dict[str, dict] = seen):
         def hook(mod, inputs, output):
             x = inputs[0] if inputs else None
-            rec = seen.setdefault(path, {})
+            rec = store.setdefault(path, {})
             rec["order"] = rec.get("order", len(seen) - 1)
             if isinstance(x, torch.Tensor) and x.dim() == 4:
                 rec["in_shape"] = tuple(x.shape)
@@ -137,7 +161,9 @@ def discover_se_blocks(model: nn.Module, input_size: tuple[int, int, int] | None
     try:
         for path, (gate_name, _) in candidates.items():
             handles.append(modules[path].register_forward_hook(se_hook(path)))
-            handles.append(modules[f"{path}.{gate_name}" if path else gate_name].register_forward_hook(gate_hook(path)))
+            handles.append(modules[_join(path, gate_name)].register_forward_hook(gate_hook(path)))
+        for parent in set(parents.values()):
+            handles.append(modules[parent].register_forward_hook(se_hook(parent, parent_seen)))
         model.eval()
         with torch.inference_mode():
             model(torch.zeros((1, *input_size), device=device))
@@ -150,6 +176,15 @@ def discover_se_blocks(model: nn.Module, input_size: tuple[int, int, int] | None
     accepted: list[tuple[int, str, str, str, int, int]] = []
     for path, (gate_name, kind) in candidates.items():
         rec = seen.get(path)
+        prec = parent_seen.get(parents.get(path, ""), {})
+        own_map = rec is not None and "in_shape" in rec and rec.get("out_shape") == rec["in_shape"]
+        if (rec is not None and "in_shape" in prec and prec.get("out_shape") == prec["in_shape"]
+                and (not own_map or (rec["in_shape"][2:] == (1, 1) != prec["in_shape"][2:]))):
+            # The candidate only computes the gate (from an already pooled input, or without multiplying);
+            # its parameter-free parent takes the feature map and returns it rescaled: that is the SE block.
+            parent = parents[path]
+            gate_name = _join(path[len(parent) + 1:] if parent else path, gate_name)
+            path, rec = parent, {**prec, "order": rec["order"], "gate_shape": rec.get("gate_shape")}
         if rec is None or "in_shape" not in rec:
             rejected[path] = "not called with a 4-D feature map in a forward pass"
             continue
@@ -172,7 +207,7 @@ def discover_se_blocks(model: nn.Module, input_size: tuple[int, int, int] | None
     for order, (_, path, gate_name, kind, stage, channels) in enumerate(accepted):
         per_stage[stage] = per_stage.get(stage, 0) + 1
         module = modules[path]
-        gate_path = f"{path}.{gate_name}"
+        gate_path = _join(path, gate_name)
         blocks.append(
             SEBlock(
                 name=f"SE_{stage}_{per_stage[stage]}",
@@ -182,7 +217,7 @@ def discover_se_blocks(model: nn.Module, input_size: tuple[int, int, int] | None
                 index=per_stage[stage],
                 order=order,
                 channels=channels,
-                params=sum(p.numel() for p in module.parameters()),
+                params=_n_params(module),
                 kind=kind,
                 gate_fn=type(modules[gate_path]).__name__,
             )

@@ -150,7 +150,9 @@ def ablate(model: nn.Module, blocks: Sequence[SEBlock], mode: AblationMode = "id
     with model_lock(model):
         try:
             for block, gate in _modules(model, blocks):
-                handles.append(gate.register_forward_hook(replace(block.name)))
+                # prepend: the replacement runs before any capture hook on the same gate, so a recorder sees
+                # the gate the network used whichever of capture()/ablate() was entered first.
+                handles.append(gate.register_forward_hook(replace(block.name), prepend=True))
             with _grad_context(grad):
                 yield
         finally:

@@ -34,11 +34,14 @@ def file_digest(path: str | Path, length: int = 16) -> str:
 
 def _unwrap(obj: object) -> dict[str, torch.Tensor]:
     for _ in range(3):  # a few levels of {"model": {"state_dict": ...}} nesting
-        if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            key = next((k for k in _NESTING_KEYS if k in obj), None)
-            if key is None:
-                break
-            obj = obj[key]
+        # A training checkpoint may hold tensors beside its state dict (e.g. {"best_acc1": tensor(76.1)}):
+        # descend into a nesting key whenever it holds a mapping, not only when no top-level value is a tensor.
+        if not isinstance(obj, Mapping):
+            break
+        key = next((k for k in _NESTING_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if key is None:
+            break
+        obj = obj[key]
     if not isinstance(obj, Mapping) or not obj:
         raise WeightsError("the checkpoint holds no state dict (a mapping of parameter names to tensors)")
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -72,8 +75,9 @@ def read_state_dict(path: str | Path, model: nn.Module | None = None) -> dict[st
                 "code (loaded with weights_only=True). Re-save it as a plain state dict "
                 "(torch.save(model.state_dict(), ...)) or as .safetensors."
             ) from exc
-        except (RuntimeError, OSError, EOFError, ValueError) as exc:
-            raise WeightsError(f"{path.name} is not a readable PyTorch checkpoint: {exc}") from exc
+        except Exception as exc:  # a damaged or non-PyTorch file fails in many ways (IndexError, KeyError, ...)
+            raise WeightsError(f"{path.name} is not a readable PyTorch checkpoint: "
+                               f"{exc.__class__.__name__}: {exc}") from exc
         return _unwrap(obj)
     if suffix == ".tflite":
         if model is None:
