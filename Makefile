@@ -20,6 +20,10 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; \
+	} || echo "chromium could not be installed; browser tests will be skipped"
 	$(PY) -m pytest -q -p no:cacheprovider
 
 clean:

@@ -15,7 +15,10 @@ blocks = list(indices["block"])
 stages = sorted(indices["stage"].unique())
 
 left, right = st.columns([3, 2])
-chosen = left.multiselect("Classes to compare", classes, default=classes[:6], key="compare_classes")
+if "compare_classes" not in st.session_state or st.session_state.get("_compare_classes_present") != classes:
+    st.session_state["compare_classes"] = classes[:6]  # first visit, or other images/classes: the default
+st.session_state["_compare_classes_present"] = classes
+chosen = left.multiselect("Classes to compare", classes, key="compare_classes")
 preset = right.radio("View", ["Paper Fig. 6 (preset blocks)", "Paper Fig. 7 (one class, ±1 std)",
                               "Per-stage distributions", "Class × channel heatmap"], key="compare_view")
 if not chosen:

@@ -39,8 +39,13 @@ def pct(v):
     return "n/a" if v is None else f"{v:.1%}"
 
 
+out = None
 if enabled and blocks:
-    out = state.evaluate(model, images, blocks, mode)
+    try:
+        out = state.evaluate(model, images, blocks, mode)
+    except ValueError as exc:  # e.g. mode "mean" with no readable image in the calibration split
+        st.warning(f"Cannot evaluate this removal: {exc} (mode 'mean' fits the gates on 20% of the images).")
+if out is not None:
     cols = st.columns(5)
     cols[0].metric("Top-1", pct(out["top1"]), None if out["top1"] is None else
                    f"{(out['top1'] - out['full_top1']) * 100:+.1f} pts vs full {pct(out['full_top1'])}")
@@ -86,8 +91,13 @@ kinds = s2.multiselect("Configurations", ["block", "stage", "last"], default=["b
 if st.button("Run sweep", key="sweep_run", disabled=not (modes and kinds)):
     st.session_state["sweep_request"] = (tuple(modes), tuple(kinds))
 request = st.session_state.get("sweep_request")
+frame = None
 if request:
-    frame = state.sweep(model, images, *request)
+    try:
+        frame = state.sweep(model, images, *request)
+    except ValueError as exc:  # e.g. no readable calibration image for mode "mean"
+        st.warning(f"Cannot run the sweep: {exc}. Add images or sweep mode identity only.")
+if frame is not None:
     st.session_state.setdefault("tables", {})["sweep"] = frame
     if frame["d_top1"].notna().any():
         reference = paper.PAPER_LAST_STAGE_CLAIM if model.name == "legacy_seresnet50" else None
