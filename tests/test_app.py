@@ -2,10 +2,9 @@
 its Fashion-MNIST samples), widgets change what the charts show, and bad uploads are listed with their reason
 while the good ones are analysed.
 
-Charts are read from their plotly spec (``json.loads(chart.proto.spec)``). Streamlit 1.67's AppTest runs an app
-whose entry file sits next to a ``pages/`` folder in the legacy "pages directory" mode, so from the second run on
-it would execute the page file alone (no sidebar); the ``_navigation_mode`` fixture keeps it in ``st.navigation``
-mode, as the real server is once app.py has run.
+Charts are read from their plotly spec (``json.loads(chart.proto.spec)``). The page files live in ``views/``: with
+a ``pages/`` folder beside app.py, Streamlit 1.67 (AppTest and a fresh server alike) falls back to its legacy
+"pages directory" mode and runs page files without the sidebar.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 from senet_viz import zoo
@@ -35,17 +33,6 @@ pytestmark = pytest.mark.skipif(
     reason=f"the embedded model is missing: assets/{MODEL}.safetensors and assets/fmnist_samples/ ship with the "
            "project (restore them with `git checkout assets/` or `python -m senet_viz train`)",
 )
-
-
-@pytest.fixture(autouse=True)
-def _navigation_mode(monkeypatch):
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False  # app.py calls st.navigation: never the pages/ folder mode
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -68,7 +55,7 @@ def assert_ok(at: AppTest) -> None:
 
 
 def open_page(at: AppTest, page: str, header: str) -> AppTest:
-    at.switch_page(f"pages/{page}.py")
+    at.switch_page(f"views/{page}.py")
     at.run()
     assert_ok(at)
     assert header in [h.value for h in at.header]
@@ -109,7 +96,7 @@ def sample(cls: str, i: int = 0) -> Path:
 
 def test_every_page_renders_its_charts():
     at = new_app()
-    assert "300 images in 10 classes" in [c.value for c in at.sidebar.caption]
+    assert "300 files in 10 classes (unreadable ones are listed on each page)" in [c.value for c in at.sidebar.caption]
     expected = {  # page file: (header, number of plotly charts)
         "compare": ("Compare classes", 1),
         "explore": ("Explore one image", 1),

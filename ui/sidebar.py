@@ -51,8 +51,8 @@ def current() -> Selection:
 def _model_label(name: str) -> str:
     spec = zoo.get_spec(name)
     status = zoo.weights_status(name)
-    mark = "✅" if status in ("file", "hub cache") else "⬇️"
-    return f"{mark} {name} — {spec.paper_name}"
+    mark = "ready" if status in ("file", "hub cache") else "needs weights"
+    return f"{name} — {spec.paper_name} [{mark}]"
 
 
 def _device_options() -> list[str]:
@@ -64,7 +64,7 @@ def _model_section(selection: Selection) -> None:
     default = zoo.DEFAULT_MODEL if zoo.DEFAULT_MODEL in names and zoo.weights_status(zoo.DEFAULT_MODEL) == "file" \
         else "tf_mobilenetv3_small_100"
     name = st.selectbox("Model", names, index=names.index(default), format_func=_model_label, key="model_name",
-                        help="✅ weights present (file or hub cache) · ⬇️ needs a weights file or the internet")
+                        help="[ready]: weights present (file or hub cache); [needs weights]: a file or the internet")
     device = st.radio("Device", _device_options(), horizontal=True, key="device",
                       help="auto = CUDA when a GPU is visible, else the CPU")
     if torch.cuda.is_available():
@@ -174,7 +174,7 @@ def _images_section(selection: Selection) -> None:
         selection.images = images
         selection.skipped = list(images.skipped)
         n_classes = len(images.classes_present())
-        st.caption(f"{len(images.items)} images in {n_classes} classes")
+        st.caption(f"{len(images.items)} files in {n_classes} classes (unreadable ones are listed on each page)")
         if images.skipped:
             with st.expander(f"⚠️ {len(images.skipped)} file(s) left out", expanded=True):
                 for s in images.skipped:
