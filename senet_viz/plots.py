@@ -86,9 +86,13 @@ _METRIC_COLORS = {
     "share_near_0": "#9467BD",
     "mean_gate": "#FF7F0E",
     "cross_class_corr": "#8C564B",
+    "spread": "#17BECF",
+    "eta2": "#1F77B4",
 }
 _METRIC_LABELS = {
     "specificity": "class specificity",
+    "spread": "between-class spread",
+    "eta2": "eta² (variance share)",
     "saturation": "saturation",
     "mean_abs_1_minus_s": "mean |1 − s|",
     "share_near_0": "share of gates near 0",

@@ -185,7 +185,7 @@ def test_remove_toggle_and_mode_change_the_numbers():
 
 def test_depth_metrics_change_the_traces():
     at = open_page(new_app(), "depth", "Depth profile")
-    assert {t["meta"]["metric"] for t in chart(at)["data"]} == {"specificity", "saturation"}
+    assert {t["meta"]["metric"] for t in chart(at)["data"]} == {"specificity", "spread", "saturation"}
     at.multiselect(key="depth_metrics").set_value(["mean_gate", "cross_class_corr"])
     at.run()
     assert_ok(at)
