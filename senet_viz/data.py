@@ -264,7 +264,8 @@ def imagenet_class_names() -> list[str]:
 
 
 def _norm_name(name: str) -> str:
-    return " ".join(name.replace("_", " ").split()).casefold()
+    # "_" and "/" read as spaces: a folder "T-shirt_top" is the class "T-shirt/top" (no "/" in a folder name)
+    return " ".join(name.replace("_", " ").replace("/", " ").split()).casefold()
 
 
 def _match_names(names: Iterable[str], class_names: Sequence[str]) -> dict[str, int] | None:
@@ -444,9 +445,10 @@ def folder_source(
         ImageNet-1k list, so a folder holding only some classes still gets the true indices); other files
         are unlabelled. ``class_names`` defaults to the names of ``wnids``.
     (b) class folders: ``path/<class>/**/<image>``. If every class folder is a wnid, labels are wnid
-        indices as in (a); else if every folder name matches ``class_names`` (case-insensitive, ``_`` =
-        space), labels are those indices; else labels are the indices of the sorted folder names, which
-        become ``class_names``. Image files directly in ``path`` are then reported as skipped.
+        indices as in (a); else if every folder name matches ``class_names`` (case-insensitive, ``_`` and
+        ``/`` = space, so ``T-shirt_top`` is ``T-shirt/top``), labels are those indices; else labels are the
+        indices of the sorted folder names, which become ``class_names``. Image files directly in ``path``
+        are then reported as skipped.
 
     Files are not decoded here (see :func:`validate`). Obvious non-images (``.txt``, ``.json``, hidden
     files) are ignored; other unknown file types are listed in ``skipped``. Raises ``FileNotFoundError`` for

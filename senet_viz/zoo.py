@@ -49,19 +49,21 @@ class Preprocess:
     crop: int = 224
     resize: int = 256
     interpolation: str = "bilinear"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    channels: int = 3  # 1: the image is converted to grey first (e.g. the Fashion-MNIST models)
 
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         mode = T.InterpolationMode(self.interpolation)
-        return T.Compose([T.Resize(self.resize, interpolation=mode), T.CenterCrop(self.crop), T.ToTensor(),
+        grey = [T.Grayscale(1)] if self.channels == 1 else []
+        return T.Compose([*grey, T.Resize(self.resize, interpolation=mode), T.CenterCrop(self.crop), T.ToTensor(),
                           T.Normalize(self.mean, self.std)])
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # zoo name, e.g. "legacy_seresnet50"
-    source: str  # "timm" or "torchvision"
+    source: str  # "timm", "torchvision" or "senet_viz" (built by ``builder``, weights only from a file)
     family: str  # "SE-ResNet", "SE-ResNeXt", "SENet", "MobileNetV3", "EfficientNet", "RegNetY"
     paper_name: str  # how the paper (or the family's paper) calls it
     arch: str  # the constructor's name in its library
@@ -69,10 +71,24 @@ class ModelSpec:
     labels: str = "imagenet"
     supports_reduction: bool = False  # can be built with another SE reduction ratio r
     known_files: tuple[str, ...] = ()  # weights files looked for, relative to the project root
+    builder: Callable[..., nn.Module] | None = None  # source "senet_viz": builder(reduction=r) -> network
+    preprocess_config: Preprocess | None = None  # overrides the library's preprocessing config
+    samples: str | None = None  # embedded sample images (class folders), relative to the project root
 
     @functools.cached_property
     def preprocess(self) -> Preprocess:
         return _preprocess_for(self)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one transformed image."""
+        return (self.preprocess.channels, self.preprocess.crop, self.preprocess.crop)
+
+    @property
+    def samples_dir(self) -> Path | None:
+        """The model's embedded sample folder, if it has one and it exists."""
+        path = PROJECT_ROOT / self.samples if self.samples else None
+        return path if path is not None and path.is_dir() else None
 
     def build(self, reduction: int | None = None) -> nn.Module:
         """The network with random weights (optionally with SE reduction ratio ``reduction``)."""
@@ -82,6 +98,8 @@ class ModelSpec:
                 raise ValueError(f"{self.name} cannot be built with another SE reduction ratio; "
                                  "try a legacy_se* or seres* model")
             kwargs = _reduction_kwargs(self, reduction)
+        if self.builder is not None:
+            return self.builder(**kwargs)
         if self.source == "timm":
             import timm
 
@@ -135,7 +153,7 @@ def _specs() -> list[ModelSpec]:
 
 
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _specs()}
-DEFAULT_MODEL = "tf_mobilenetv3_small_100"
+DEFAULT_MODEL = "se_resnet_fmnist"  # embedded weights + samples in assets/: works offline at once
 
 
 def register(spec: ModelSpec) -> None:
@@ -153,7 +171,7 @@ def get_spec(name: str) -> ModelSpec:
 def _reduction_kwargs(spec: ModelSpec, reduction: int) -> dict:
     if reduction < 1:
         raise ValueError(f"the SE reduction ratio must be >= 1, not {reduction}")
-    if spec.arch.startswith("legacy_"):
+    if spec.builder is not None or spec.arch.startswith("legacy_"):
         return {"reduction": reduction}
     from timm.layers import SEModule
 
@@ -167,6 +185,8 @@ def _tv_weights(spec: ModelSpec):
 
 
 def _preprocess_for(spec: ModelSpec) -> Preprocess:
+    if spec.preprocess_config is not None:
+        return spec.preprocess_config
     if spec.source == "timm":
         import timm.models
 
@@ -208,8 +228,7 @@ class LoadedModel:
 
     @property
     def input_size(self) -> tuple[int, int, int]:
-        crop = self.spec.preprocess.crop if self.spec else 224
-        return (3, crop, crop)
+        return self.spec.input_size if self.spec else (3, 224, 224)
 
     @classmethod
     def from_module(cls, model: nn.Module, name: str, class_names: list[str],
@@ -219,7 +238,9 @@ class LoadedModel:
         """Wrap a user's own network (SE blocks found structurally if not of a known kind)."""
         dev = resolve_device(device)
         model = model.eval().to(dev)
-        return cls(name=name, model=model, transform=transform or Preprocess(crop=input_size[-1]).transform(),
+        # resize keeps the crop's 0.875 ratio (Preprocess's default resize of 256 suits only 224 crops)
+        default = Preprocess(crop=input_size[-1], resize=round(input_size[-1] / 0.875))
+        return cls(name=name, model=model, transform=transform or default.transform(),
                    class_names=list(class_names), wnids=wnids, blocks=find_se_blocks(model, input_size),
                    device=dev, weights_source="in memory", weights_id=f"module-{id(model):x}")
 
@@ -272,6 +293,8 @@ def _hub_url(spec: ModelSpec) -> str:
 
 
 def _hub_cached_file(spec: ModelSpec) -> Path | None:
+    if spec.source == "senet_viz":
+        return None
     if spec.source == "torchvision":
         path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(_tv_weights(spec).url).path).name
         return path if path.is_file() else None
@@ -301,6 +324,11 @@ def _hub_reachable(url: str, timeout: float = HUB_TIMEOUT_S) -> str | None:
 
 
 def _from_hub(spec: ModelSpec, model: nn.Module) -> tuple[str, str]:
+    if spec.source == "senet_viz":
+        raise WeightsUnavailableError(
+            f"no weights for '{spec.name}': the project's own model ships as assets/{spec.name}.safetensors, which "
+            f"is missing. Restore it (git checkout assets/), pass --weights FILE, or retrain it with "
+            f"`python -m senet_viz train` (see assets/{spec.name}.md).")
     cached = _hub_cached_file(spec)
     if cached is not None:
         if spec.source == "timm":
@@ -349,7 +377,7 @@ def load_model(name: str, weights: str | Path | None = None, device: str = "auto
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
     class_names, wnids = imagenet_labels() if spec.labels == "imagenet" else (_labels_for(spec), None)
-    blocks = find_se_blocks(model, (3, spec.preprocess.crop, spec.preprocess.crop))
+    blocks = find_se_blocks(model, spec.input_size)
     return LoadedModel(name=name, model=model, transform=spec.preprocess.transform(), class_names=class_names,
                        wnids=wnids, blocks=blocks, device=dev, weights_source=source, weights_id=weights_id,
                        spec=spec)
@@ -372,4 +400,12 @@ def weights_status(name: str) -> str:
     """Where the weights of ``name`` would come from right now: 'file', 'hub cache' or 'hub (online only)'."""
     if local_weights_file(name):
         return "file"
+    if get_spec(name).source == "senet_viz":
+        return "missing"
     return "hub cache" if _hub_cached_file(get_spec(name)) else "hub (online only)"
+
+
+# The project's own Fashion-MNIST SE-ResNets (imported last: fmnist uses this module's classes lazily).
+from .fmnist import register_zoo_models as _register_fmnist  # noqa: E402
+
+_register_fmnist()

@@ -1,0 +1,220 @@
+"""The embedded Fashion-MNIST SE-ResNets (fmnist.py): shipped weights and samples, IDX reading, training."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import senet_viz.fmnist as fm
+from senet_viz import zoo
+from senet_viz.ablation import evaluate
+from senet_viz.blocks import find_se_blocks
+from senet_viz.cli import main
+from senet_viz.data import folder_source
+
+WEIGHTS = {name: fm.ASSETS_DIR / f"{name}.safetensors" for name in (fm.MODEL_NAME, fm.NOSE5_NAME)}
+SE_NAMES = ["SE_2_1", "SE_3_1", "SE_4_1", "SE_5_1", "SE_5_2"]
+
+
+def _card(name: str) -> dict:
+    return json.loads((fm.ASSETS_DIR / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    missing = [str(p) for p in WEIGHTS.values() if not p.is_file()]
+    if missing:
+        pytest.skip(f"shipped weights missing: {missing}")
+    return {name: zoo.load_model(name, device="cpu") for name in WEIGHTS}
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return folder_source(fm.SAMPLES_DIR, class_names=list(fm.CLASS_NAMES))
+
+
+# ------------------------------------------------------------------------------------ shipped model and samples
+
+
+def test_shipped_weights_load_from_assets_with_paper_block_names(loaded):
+    se, nose5 = loaded[fm.MODEL_NAME], loaded[fm.NOSE5_NAME]
+    assert se.weights_source == str(WEIGHTS[fm.MODEL_NAME])
+    assert se.class_names == list(fm.CLASS_NAMES) and se.wnids is None
+    assert se.input_size == (1, 28, 28)
+    assert [b.name for b in se.blocks] == SE_NAMES
+    assert [b.path for b in se.blocks] == ["layer1.0.se", "layer2.0.se", "layer3.0.se", "layer4.0.se", "layer4.1.se"]
+    assert [b.gate_path for b in se.blocks][-1] == "layer4.1.se.gate"
+    assert [b.channels for b in se.blocks] == [16, 32, 64, 128, 128]
+    assert [b.name for b in nose5.blocks] == SE_NAMES[:3]  # retrained without SE in stage 5
+    assert all(b.stage != 5 for b in nose5.blocks)
+    assert WEIGHTS[fm.MODEL_NAME].stat().st_size < 5_000_000
+
+
+def test_sample_folder_has_30_images_per_class_mapped_to_the_model_classes(samples):
+    assert samples.class_names == list(fm.CLASS_NAMES)
+    assert not samples.skipped
+    counts = np.bincount([it.label for it in samples.items], minlength=10)
+    assert counts.tolist() == [fm.SAMPLES_PER_CLASS] * 10
+    tshirt = [it for it in samples.items if it.label == 0]
+    assert tshirt[0].key.startswith("T-shirt_top/") and tshirt[0].label_name == "T-shirt/top"
+    readme = (fm.SAMPLES_DIR / "README.md").read_text()
+    assert "Zalando" in readme and "MIT" in readme
+    img = samples.items[0].load()
+    assert img.size == (28, 28)
+
+
+def test_cli_evaluate_on_the_samples_reports_the_card_accuracy(loaded, capsys):
+    card = _card(fm.MODEL_NAME)
+    assert main(["evaluate", "--model", fm.MODEL_NAME, "--images", str(fm.SAMPLES_DIR), "--device", "cpu",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_images"] == 300 and out["n_skipped"] == 0
+    assert out["top1"] >= 0.85
+    assert abs(out["top1"] - card["sample_top1"]) < 1e-6
+    assert card["test_top1"] >= 0.92
+    assert f"{100 * card['test_top1']:.2f}%" in (fm.ASSETS_DIR / f"{fm.MODEL_NAME}.md").read_text()
+
+
+def test_nose5_and_posthoc_removal_on_the_samples(loaded, samples):
+    nose5 = evaluate(loaded[fm.NOSE5_NAME], samples)
+    assert nose5["top1"] >= 0.85
+    assert abs(nose5["top1"] - _card(fm.NOSE5_NAME)["sample_top1"]) < 1e-6
+    se = loaded[fm.MODEL_NAME]
+    stage5 = [b for b in se.blocks if b.stage == 5]
+    posthoc = evaluate(se, samples, stage5, mode="identity")
+    assert posthoc["params_removed"] == sum(b.params for b in stage5) == 2 * (128 * 8 + 8 + 8 * 128 + 128)
+    assert posthoc["n_images"] == 300
+    comparison = _card(fm.MODEL_NAME).get("comparison")
+    if comparison:
+        assert abs(comparison["rows"]["sample/posthoc_identity"]["top1"] - posthoc["top1"]) < 1e-6
+
+
+# ------------------------------------------------------------------------------------------------ zoo entry
+
+
+def test_zoo_entry_preprocess_turns_rgb_into_normalised_grey_28px():
+    spec = zoo.get_spec(fm.MODEL_NAME)
+    assert spec.source == "senet_viz" and spec.labels == fm.LABEL_SET
+    assert spec.input_size == (1, 28, 28)
+    assert spec.samples_dir == fm.SAMPLES_DIR
+    assert zoo.DEFAULT_MODEL == fm.MODEL_NAME
+    rgb = Image.new("RGB", (56, 70), (255, 255, 255))
+    x = spec.preprocess.transform()(rgb)
+    assert x.shape == (1, 28, 28)
+    assert torch.allclose(x, torch.full_like(x, (1 - fm.MEAN) / fm.STD))
+    # a grey PNG decoded to RGB comes back with its exact pixels
+    pixels = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
+    x = spec.preprocess.transform()(Image.fromarray(pixels, "L").convert("RGB"))
+    assert torch.allclose(x[0], (torch.from_numpy(pixels).float() / 255 - fm.MEAN) / fm.STD, atol=1e-6)
+
+
+def test_random_build_blocks_and_reduction_without_weights():
+    model = zoo.get_spec(fm.MODEL_NAME).build(reduction=4).eval()
+    assert model.layer4[1].se.fc1.out_channels == 32
+    assert [b.name for b in find_se_blocks(model, (1, 28, 28))] == SE_NAMES
+    assert [b.name for b in find_se_blocks(model, (3, 28, 28))] == SE_NAMES  # an RGB probe is averaged to grey
+    loaded = zoo.load_model(fm.NOSE5_NAME, weights="random", device="cpu")
+    assert [b.name for b in loaded.blocks] == SE_NAMES[:3]
+
+
+def test_missing_weights_say_how_to_get_them(monkeypatch):
+    monkeypatch.setattr(zoo, "local_weights_file", lambda name: None)
+    with pytest.raises(zoo.WeightsUnavailableError, match="python -m senet_viz train"):
+        zoo.load_model(fm.MODEL_NAME, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------------ IDX data
+
+
+def _idx(arr: np.ndarray, code: int) -> bytes:
+    dtype = {0x08: ">u1", 0x0C: ">i4"}[code]
+    return bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(dtype).tobytes()
+
+
+def _fake_dataset(folder, n: int = 12, compress: bool = True):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = np.arange(n) % 10
+    for prefix in ("train", "t10k"):
+        for kind, arr, code in (("images-idx3", images, 0x08), ("labels-idx1", labels, 0x08)):
+            name = folder / f"{prefix}-{kind}-ubyte"
+            data = _idx(arr, code)
+            if compress:
+                name.with_name(name.name + ".gz").write_bytes(gzip.compress(data))
+            else:
+                name.write_bytes(data)
+    return images, labels
+
+
+def test_read_idx_gz_raw_and_broken(tmp_path):
+    arr = np.arange(2 * 3 * 4, dtype=np.int32).reshape(2, 3, 4) - 5
+    (tmp_path / "a.idx").write_bytes(_idx(arr, 0x0C))
+    (tmp_path / "a.idx.gz").write_bytes(gzip.compress(_idx(arr, 0x0C)))
+    for name in ("a.idx", "a.idx.gz"):
+        out = fm.read_idx(tmp_path / name)
+        assert out.shape == (2, 3, 4) and out.dtype == np.int32 and (out == arr).all()
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x08\x01")
+    with pytest.raises(ValueError, match="not an IDX"):
+        fm.read_idx(tmp_path / "bad")
+    (tmp_path / "short").write_bytes(_idx(arr, 0x0C)[:-1])
+    with pytest.raises(ValueError, match="data bytes"):
+        fm.read_idx(tmp_path / "short")
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_load_and_test_source_from_a_folder(tmp_path, compress):
+    images, labels = _fake_dataset(tmp_path, compress=compress)
+    x, y = fm.load_fashion_mnist("test", root=tmp_path)
+    assert x.dtype == np.uint8 and x.shape == (12, 28, 28) and (x == images).all() and (y == labels).all()
+    source = fm.fashion_mnist_test_source(root=tmp_path)
+    assert len(source) == 12 and source.class_names == list(fm.CLASS_NAMES)
+    item = source.items[3]
+    assert item.label == 3 and item.label_name == "Dress" and item.key == "fashion-mnist/test/00003.png"
+    img = item.load()
+    assert img.mode == "RGB" and (np.asarray(img)[:, :, 0] == images[3]).all()
+    assert len(fm.fashion_mnist_test_source(limit=5, root=tmp_path)) == 5
+
+
+def test_missing_dataset_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Fashion-MNIST not found"):
+        fm.load_fashion_mnist("train", root=tmp_path)
+    with pytest.raises(FileNotFoundError):
+        fm.fashion_mnist_test_source(root=tmp_path)
+
+
+def test_write_samples_takes_the_first_of_each_class_in_order(tmp_path):
+    (tmp_path / "data").mkdir()
+    _fake_dataset(tmp_path / "data", n=30)
+    dest = fm.write_samples(tmp_path / "samples", per_class=2, root=tmp_path / "data")
+    assert sorted(p.name for p in (dest / "T-shirt_top").iterdir()) == ["00000.png", "00010.png"]
+    source = folder_source(dest, class_names=list(fm.CLASS_NAMES))
+    assert len(source) == 20 and source.class_names == list(fm.CLASS_NAMES)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def test_tiny_model_learns_and_training_is_seeded():
+    rng = np.random.default_rng(0)
+    labels = np.arange(128) % 2
+    images = rng.integers(0, 60, (128, 28, 28), dtype=np.uint8)
+    images[labels == 1, :10, :] += 150  # class 1: a bright top band (invariant to crops and flips)
+    recipe = fm.Recipe(epochs=3, batch_size=32, lr=0.05, label_smoothing=0.0)
+
+    def run():
+        torch.manual_seed(0)
+        model = fm.SEResNetFMNIST(widths=(4, 4, 8, 8), depths=(1, 1, 1, 1), num_classes=2)
+        history = fm.train_model(model, images, labels, recipe, seed=0, progress=False, log=lambda s: None)
+        return model, history
+
+    model, history = run()
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert (fm.predict(model, images).argmax(1) == labels).mean() > 0.9
+    _, again = run()
+    assert [h["train_loss"] for h in again] == [h["train_loss"] for h in history]
