@@ -135,7 +135,7 @@ def _decode(loaded: LoadedModel, images: ImageSet, batch_size: int) -> tuple[tor
     loader = DataLoader(_ImageDataset(images.items, loaded.transform), batch_size=batch_size, collate_fn=_collate)
     tensors, kept, skipped = [], [], list(images.skipped)
     for indices, batch, failed in loader:
-        skipped += [Skipped(images.items[i].name, why) for i, why in failed]
+        skipped += [Skipped(images.items[i].origin, why) for i, why in failed]
         if batch is not None:
             tensors.append(batch)
             kept += [images.items[i] for i in indices]

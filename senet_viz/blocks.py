@@ -244,6 +244,10 @@ def select_blocks(blocks: list[SEBlock], spec: str | Iterable[str] | None) -> li
     if spec is None:
         return []
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
+    if items and not blocks:
+        raise BlockSelectionError(
+            f"cannot select {', '.join(items)}: this model has no SE blocks (no squeeze-and-excitation gate was "
+            "found, see discover_se_blocks(model).rejected), so there is nothing to capture or remove")
     by_name = {b.name: b for b in blocks}
     by_path = {b.path: b for b in blocks}
     stages = sorted({b.stage for b in blocks})

@@ -9,6 +9,7 @@ parameters and MACs: its two bottleneck layers are no longer needed.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -16,8 +17,10 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.module_tracker import ModuleTracker
 
 from .blocks import SEBlock
+from .capture import model_lock
 
 
 @dataclass
@@ -75,16 +78,42 @@ class CostReport:
         return out
 
 
+class _ThisThreadModuleTracker(ModuleTracker):
+    """torch's ModuleTracker sees the forward of every module in every thread (it registers *global* module
+    hooks), so while one thread counts, another user's forward on any model would shift the per-module
+    attribution. The FLOP-counting dispatch mode itself is thread-local; this tracker follows only the modules
+    entered by the thread that counts."""
+
+    def __enter__(self):
+        self._owner = threading.get_ident()
+        return super().__enter__()
+
+    def _fw_pre_hook(self, mod, input) -> None:
+        if threading.get_ident() == self._owner:
+            super()._fw_pre_hook(mod, input)
+
+    def _fw_post_hook(self, mod, input, output) -> None:
+        if threading.get_ident() == self._owner:
+            super()._fw_post_hook(mod, input, output)
+
+
 def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int, dict[str, int]]:
-    """Total MACs of one forward pass and MACs per module path ("" is the whole network)."""
+    """Total MACs of one forward pass and MACs per module path ("" is the whole network).
+
+    The forward runs under the model's lock: on a shared model, another user's capture() would otherwise
+    record this pass's gates as an extra image. Safe while other threads run other networks (see
+    :class:`_ThisThreadModuleTracker`)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
-        with FlopCounterMode(display=False, depth=None) as counter, torch.no_grad():
-            model(torch.zeros((1, *input_size), device=device))
-    finally:
-        model.train(was_training)
+    counter = FlopCounterMode(display=False, depth=None)
+    counter.mod_tracker = _ThisThreadModuleTracker()
+    with model_lock(model):
+        was_training = model.training
+        model.eval()
+        try:
+            with counter, torch.no_grad():
+                model(torch.zeros((1, *input_size), device=device))
+        finally:
+            model.train(was_training)
     per_module: dict[str, int] = {}
     for key, by_op in counter.get_flop_counts().items():
         if key == "Global":
@@ -103,7 +132,7 @@ def model_cost(model: nn.Module, blocks: Sequence[SEBlock], removed: Sequence[SE
     rows = [{**{k: v for k, v in asdict(b).items() if k in ("name", "stage", "index", "path", "channels", "params")},
              "macs": per_module.get(b.path, 0), "removed": b.name in removed_names} for b in blocks]
     table = pd.DataFrame(rows, columns=["name", "stage", "index", "path", "channels", "params", "macs", "removed"])
-    gone = table[table["removed"]]
+    gone = table[table["removed"].astype(bool)]  # astype: with no block, an empty object column would select columns
     return CostReport(
         model=name or type(model).__name__,
         input_size=tuple(input_size),

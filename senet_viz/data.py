@@ -179,6 +179,8 @@ def _open_source(source: bytes | bytearray | memoryview | str | Path) -> IO[byte
             if path.stat().st_size == 0:
                 raise ImageDecodeError(f"file is empty (0 bytes): {path.name}")
             return path.open("rb")
+        except ImageDecodeError:
+            raise
         except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL byte in the path
             raise ImageDecodeError(f"cannot read {path.name!r}: {getattr(exc, 'strerror', None) or exc}") from exc
     raise TypeError(f"decode_image expects bytes, str or Path, got {type(source).__name__}")

@@ -114,7 +114,7 @@ def run_model(loaded: LoadedModel, images: ImageSet, *, blocks: Sequence[SEBlock
             stack.enter_context(ablate(model, ablate_blocks, mode=mode, means=means))
         recorder = stack.enter_context(capture(model, blocks, keep=keep_gates, on_gates=stream))
         for indices, batch, failed in loader:
-            skipped += [Skipped(file=items[i].name, reason=why) for i, why in failed]
+            skipped += [Skipped(file=items[i].origin, reason=why) for i, why in failed]
             if batch is not None:
                 batch_labels = all_labels[indices]
                 batch = batch.to(dev, non_blocking=True)

@@ -42,9 +42,39 @@ class WeightsUnavailableError(WeightsError):
     """No local weights and the hub cannot be reached."""
 
 
+MAX_ASPECT = 16  # long side / short side kept before resizing (see LimitAspect)
+
+
+class LimitAspect:
+    """Center-crop the long side of an image to at most ``max_ratio`` times its short side.
+
+    Resizing the short side first (as every ImageNet preprocessing does) blows a 1 x 10,000 image up to
+    256 x 2,560,000 pixels, several GB, before the center crop throws nearly all of it away. The crop that
+    follows only ever keeps the central ``crop / resize`` part of the short side's length along the long side,
+    so cutting the long side to ``max_ratio`` times the short side first keeps every pixel the model sees (up
+    to the resampling grid) and bounds memory at ``resize^2 * max_ratio``. Images within the ratio pass as is.
+    """
+
+    def __init__(self, max_ratio: float = MAX_ASPECT) -> None:
+        self.max_ratio = max_ratio
+
+    def __call__(self, im: Image.Image) -> Image.Image:
+        w, h = im.size
+        short, long = min(w, h), max(w, h)
+        if short <= 0 or long <= short * self.max_ratio:
+            return im
+        keep = int(short * self.max_ratio)
+        start = (long - keep) // 2
+        return im.crop((start, 0, start + keep, h) if w > h else (0, start, w, start + keep))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(max_ratio={self.max_ratio})"
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the short side to ``resize``, center-crop ``crop``, scale to [0, 1], normalise."""
+    """Resize the short side to ``resize``, center-crop ``crop``, scale to [0, 1], normalise (extreme aspect
+    ratios are first cut to :data:`MAX_ASPECT`, see :class:`LimitAspect`)."""
 
     crop: int = 224
     resize: int = 256
@@ -56,8 +86,8 @@ class Preprocess:
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         mode = T.InterpolationMode(self.interpolation)
         grey = [T.Grayscale(1)] if self.channels == 1 else []
-        return T.Compose([*grey, T.Resize(self.resize, interpolation=mode), T.CenterCrop(self.crop), T.ToTensor(),
-                          T.Normalize(self.mean, self.std)])
+        return T.Compose([*grey, LimitAspect(), T.Resize(self.resize, interpolation=mode), T.CenterCrop(self.crop),
+                          T.ToTensor(), T.Normalize(self.mean, self.std)])
 
 
 @dataclass(frozen=True)
@@ -353,7 +383,7 @@ def _from_hub(spec: ModelSpec, model: nn.Module) -> tuple[str, str]:
         hub_model = timm.create_model(spec.arch, pretrained=True)
         model.load_state_dict(hub_model.state_dict())
     else:
-        model.load_state_dict(_tv_weights(spec).get_state_dict(progress=True))
+        model.load_state_dict(_tv_weights(spec).get_state_dict(progress=True, weights_only=True))
     cached = _hub_cached_file(spec)
     return "hub download", file_digest(cached) if cached else "hub"
 

@@ -9,7 +9,15 @@ import streamlit as st
 import torch
 
 from senet_viz import zoo
-from senet_viz.data import ImageSet, Skipped, folder_source, uploads_source
+from senet_viz.data import (
+    MAX_ZIP_BYTES,
+    MAX_ZIP_MEMBERS,
+    ImageSet,
+    Skipped,
+    folder_source,
+    max_pixels_limit,
+    uploads_source,
+)
 from senet_viz.weights import WeightsError
 from ui import state
 
@@ -42,6 +50,24 @@ class Selection:
         if self.images is None or self.labels_in_model_space:
             return self.images
         return replace(self.images, items=[replace(it, label=None) for it in self.images.items])
+
+
+def upload_limits_help(kind: str = "images") -> str:
+    """What an upload widget accepts, for its help text: the size limit per file (``server.maxUploadSize``),
+    and for images the pixel limit (``data.MAX_PIXELS`` or ``$SENET_VIZ_MAX_PIXELS``) or the zip limits."""
+    size = f"Up to {st.get_option('server.maxUploadSize')} MB per file (server.maxUploadSize)"
+    if kind == "weights":
+        return f"{size}. .pth/.pt files load with weights_only=True: pickled code is refused."
+    try:
+        pixels = f"{max_pixels_limit() / 1e6:,.0f} Mpx"
+    except ValueError:  # a malformed $SENET_VIZ_MAX_PIXELS: the decoder reports it per image
+        pixels = "the configured pixel limit"
+    text = (f"{size}; images up to {pixels} each (width x height, SENET_VIZ_MAX_PIXELS); "
+            "unreadable files are listed with the reason and the rest is analysed.")
+    if kind == "zip":
+        text += (f" A zip may hold up to {MAX_ZIP_MEMBERS:,} entries and expand to {MAX_ZIP_BYTES / 2**30:.0f} GiB; "
+                 "its first-level folders are the classes.")
+    return text
 
 
 def current() -> Selection:
@@ -77,7 +103,8 @@ def _model_section(selection: Selection) -> None:
         st.caption(f"Found: `{local}`" if local else f"Weights for {name}: {status}.")
         path_text = st.text_input("Path to a weights file on the server", key="weights_path",
                                   placeholder="/path/to/model.safetensors")
-        upload = st.file_uploader("…or upload one", type=["safetensors", "pth", "pt", "tflite"], key="weights_upload")
+        upload = st.file_uploader("…or upload one", type=["safetensors", "pth", "pt", "tflite"], key="weights_upload",
+                                  help=upload_limits_help("weights"))
         if upload is not None:
             weights = str(state.save_upload(upload.name, upload.getvalue()))
         elif path_text.strip():
@@ -104,13 +131,14 @@ def _class_uploads() -> list[tuple[str, bytes, str | None]]:
             classes.remove(cls)
             st.rerun()
         uploads = st.file_uploader(f"Images of {cls['name']}", accept_multiple_files=True, key=f"class_files_{cid}",
-                                   label_visibility="collapsed")
+                                   label_visibility="collapsed", help=upload_limits_help())
         files += [(u.name, u.getvalue(), cls["name"].strip() or f"class {cid}") for u in uploads or []]
     if st.button("➕ Add class", key="add_class"):
         next_id = max((c["id"] for c in classes), default=-1) + 1
         classes.append({"id": next_id, "name": f"class {chr(65 + next_id % 26)}"})
         st.rerun()
-    archive = st.file_uploader("…or a zip whose folders are classes", type=["zip"], key="zip_upload")
+    archive = st.file_uploader("…or a zip whose folders are classes", type=["zip"], key="zip_upload",
+                               help=upload_limits_help("zip"))
     if archive is not None:
         files.append((archive.name, archive.getvalue(), None))
     return files
