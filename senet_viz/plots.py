@@ -417,6 +417,18 @@ def fig6(
 # --------------------------------------------------------------------------------------------------- Fig. 7
 
 
+def _one_class_view(channels: pd.DataFrame, model: str | None, block: str, cls: str):
+    """Shared set-up of the one-class figures: the rows of ``block`` for ``cls`` and the all-class reference."""
+    _require(channels, CHANNEL_COLUMNS, "channels")
+    frame, model = _one_model(channels, model, "channels")
+    (block,) = _resolve_blocks(frame, [block])
+    (cls,) = _resolve_classes(frame, [cls])
+    colors = class_colors(frame["class"].unique())
+    shown = [cls] + ([ALL_CLASS] if cls != ALL_CLASS and ALL_CLASS in set(frame["class"]) else [])
+    sub = frame[(frame["block"] == block) & frame["class"].isin(shown)]
+    return model, block, cls, colors, shown, sub, _class_counts(sub)
+
+
 def fig7(
     channels: pd.DataFrame,
     block: str,
@@ -432,14 +444,7 @@ def fig7(
     Channels are sampled as in :func:`fig6`. The band is ``mean ± std`` as stored (not clipped to [0, 1]).
     Traces carry ``meta`` = ``"upper"``, ``"lower"``, ``"mean"`` and ``"all"``.
     """
-    _require(channels, CHANNEL_COLUMNS, "channels")
-    frame, model = _one_model(channels, model, "channels")
-    (block,) = _resolve_blocks(frame, [block])
-    (cls,) = _resolve_classes(frame, [cls])
-    colors = class_colors(frame["class"].unique())
-    shown = [cls] + ([ALL_CLASS] if cls != ALL_CLASS and ALL_CLASS in set(frame["class"]) else [])
-    sub = frame[(frame["block"] == block) & frame["class"].isin(shown)]
-    counts = _class_counts(sub)
+    model, block, cls, colors, shown, sub, counts = _one_class_view(channels, model, block, cls)
     ids = np.sort(sub["channel"].unique())
     picked = ids if all_channels else sample_channels(ids, n_channels, seed)
     per = _per_channel(sub, block, cls).reindex(picked)
@@ -941,14 +946,7 @@ def image_percentiles(
     (:func:`channel_percentiles`), with 5/50/95 reference lines. Bottom: the image's gates, the class mean and the
     all-class mean. ``gates[i]`` belongs to the i-th channel of the block in channel order.
     """
-    _require(channels, CHANNEL_COLUMNS, "channels")
-    frame, model = _one_model(channels, model, "channels")
-    (block,) = _resolve_blocks(frame, [block])
-    (cls,) = _resolve_classes(frame, [cls])
-    colors = class_colors(frame["class"].unique())
-    shown = [cls] + ([ALL_CLASS] if cls != ALL_CLASS and ALL_CLASS in set(frame["class"]) else [])
-    sub = frame[(frame["block"] == block) & frame["class"].isin(shown)]
-    counts = _class_counts(sub)
+    model, block, cls, colors, shown, sub, counts = _one_class_view(channels, model, block, cls)
     per = _per_channel(sub, block, cls)
     values = np.asarray(gates, dtype=np.float64)
     if values.ndim != 1 or values.size != len(per):

@@ -39,3 +39,11 @@ def class_caption(analysis: state.Analysis) -> str:
     parts = [f"{c} (n={n})" for c, n in counts.itertuples(index=False)]
     return f"{analysis.result.n} images, grouped by {analysis.grouping}: " + ", ".join(parts[:12]) + (
         f" … +{len(parts) - 12} more" if len(parts) > 12 else "")
+
+
+def pick_image(selection: sidebar.Selection, analysis: state.Analysis, key: str) -> tuple[dict, str]:
+    """An image selectbox over the analysed images; returns (items by key, chosen key)."""
+    items = {it.key: it for it in selection.images.items}
+    chosen = st.selectbox("Image", analysis.result.keys,
+                          format_func=lambda k: f"{items[k].name} ({items[k].label_name or '?'})", key=key)
+    return items, chosen

@@ -7,15 +7,12 @@ import streamlit as st
 from senet_viz import plots
 from senet_viz.blocks import select_blocks
 from ui import state
-from ui.common import need_analysis
+from ui.common import need_analysis, pick_image
 
 st.header("Attribution")
 selection, analysis = need_analysis()
 model, result = selection.model, analysis.result
-items = {it.key: it for it in selection.images.items}
-
-key = st.selectbox("Image", result.keys, format_func=lambda k: f"{items[k].name} ({items[k].label_name or '?'})",
-                   key="attr_image")
+items, key = pick_image(selection, analysis, "attr_image")
 c1, c2, c3 = st.columns(3)
 stages = sorted({b.stage for b in model.blocks})
 stage = c1.selectbox("Grad-CAM stage", stages, index=len(stages) - 1, key="attr_stage")

@@ -5,15 +5,12 @@ import streamlit as st
 
 from senet_viz import plots
 from ui import state
-from ui.common import need_analysis
+from ui.common import need_analysis, pick_image
 
 st.header("Explore one image")
 selection, analysis = need_analysis()
 result, model = analysis.result, selection.model
-items = {it.key: it for it in selection.images.items}
-
-key = st.selectbox("Image", result.keys, format_func=lambda k: f"{items[k].name} ({items[k].label_name or '?'})",
-                   key="explore_image")
+items, key = pick_image(selection, analysis, "explore_image")
 row = result.keys.index(key)
 left, right = st.columns([1, 2])
 with left:
