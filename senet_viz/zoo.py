@@ -300,7 +300,8 @@ def imagenet_labels() -> tuple[list[str], list[str]]:
 def local_weights_file(name: str) -> Path | None:
     """A weights file named after the model in $SENET_VIZ_WEIGHTS_DIR or assets/, or one of the spec's known
     files (e.g. the shared .tflite of MobileNetV3-Small), if there is one."""
-    dirs = [Path(d) for d in os.environ.get(WEIGHTS_DIR_ENV, "").split(os.pathsep) if d] + [ASSETS_DIR]
+    dirs = [Path(d) for d in os.environ.get(WEIGHTS_DIR_ENV, "").split(os.pathsep) if d] + [ASSETS_DIR,
+                                                                                         download_dir()]
     for folder in dirs:
         for suffix in WEIGHT_SUFFIXES:
             candidate = folder / f"{name}{suffix}"
@@ -312,6 +313,66 @@ def local_weights_file(name: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def download_dir() -> Path:
+    """Where :func:`download_weights` keeps files ($SENET_VIZ_CACHE, else ~/.cache/senet_viz/weights)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "senet_viz"
+    return Path(os.environ.get("SENET_VIZ_CACHE") or cache) / "weights"
+
+
+def weights_url(name: str) -> str:
+    """The download address of a zoo model's pretrained weights (torchvision's URL, or the timm hub file)."""
+    spec = get_spec(name)
+    if spec.source == "torchvision":
+        return _tv_weights(spec).url
+    if spec.source != "timm":
+        raise WeightsUnavailableError(f"{name} has no hub weights; it ships in assets/ or trains with `train`")
+    import timm.models
+    from huggingface_hub import hf_hub_url
+
+    cfg = timm.models.get_pretrained_cfg(spec.arch)
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if hub_id:
+        return hf_hub_url(hub_id, "model.safetensors")
+    if getattr(cfg, "url", None):  # older timm weights (e.g. the legacy SENets) are a .pth release file
+        return cfg.url
+    raise WeightsUnavailableError(f"timm has no hub weights for {spec.arch}")
+
+
+def download_weights(name: str, progress: Callable[[int, int], None] | None = None, url: str | None = None,
+                     chunk: int = 1 << 20) -> Path:
+    """Download a model's weights into :func:`download_dir` with ``progress(bytes done, bytes total)``.
+
+    The file is written under a temporary name and renamed when complete, so an interrupted download never
+    leaves a file that looks usable. Offline this fails within seconds with :class:`WeightsUnavailableError`.
+    """
+    import urllib.error
+    import urllib.request
+
+    url = url or weights_url(name)
+    why = _hub_reachable(url)
+    if why is not None:
+        raise WeightsUnavailableError(f"cannot download the weights of {name}: {why}. Pass a local file instead "
+                                      f"(--weights FILE or ${WEIGHTS_DIR_ENV}/{name}.safetensors).")
+    suffix = Path(urlparse(url).path).suffix or ".safetensors"
+    dest = download_dir() / f"{name}{suffix}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            while block := response.read(chunk):
+                out.write(block)
+                done += len(block)
+                if progress is not None:
+                    progress(done, total)
+    except (urllib.error.URLError, OSError) as exc:
+        partial.unlink(missing_ok=True)
+        raise WeightsUnavailableError(f"downloading the weights of {name} failed: {exc}") from exc
+    partial.replace(dest)
+    return dest
 
 
 def _hub_url(spec: ModelSpec) -> str:

@@ -310,3 +310,26 @@ def test_bad_uploads_are_listed_and_the_rest_is_analysed():
     for page, header in [("depth", "Depth profile"), ("compare", "Compare classes")]:  # the app keeps serving
         open_page(at, page, header)
         assert charts(at)
+
+
+def test_a_model_without_weights_offers_a_download_that_fails_clearly_offline(monkeypatch, tmp_path):
+    # The download goes to a closed loopback port: the real code path, and never the internet.
+    monkeypatch.setenv("SENET_VIZ_CACHE", str(tmp_path))
+    monkeypatch.setattr(zoo, "weights_url", lambda name: "http://127.0.0.1:9/model.safetensors")
+    monkeypatch.setattr(zoo, "_hub_url", lambda spec: "http://127.0.0.1:9/")
+    monkeypatch.setattr(zoo, "_hub_cached_file", lambda spec: None)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.selectbox(key="model_name").set_value("legacy_seresnet18")
+    at.run()
+    assert not at.exception
+    assert any("Could not load legacy_seresnet18" in e.value and "--weights" in e.value for e in at.error)
+    at.button(key="download_weights").click()
+    at.run()
+    assert not at.exception
+    assert any("cannot download the weights of legacy_seresnet18" in e.value for e in at.error)
+    # The app keeps serving: back to the embedded model, the first page draws its figure.
+    at.selectbox(key="model_name").set_value(MODEL)
+    at.run()
+    assert_ok(at)
+    assert at.get("plotly_chart")

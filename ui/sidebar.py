@@ -110,7 +110,21 @@ def _model_section(selection: Selection) -> None:
         elif path_text.strip():
             weights = path_text.strip()
         if status == "hub (online only)" and not weights:
-            st.caption("With internet access the weights download from the timm/torchvision hub on first use.")
+            if st.button("Download from the hub", key="download_weights",
+                         help=f"saved under {zoo.download_dir()} and found there next time"):
+                bar = st.progress(0.0, text=f"Downloading {name} ...")
+
+                def report(done: int, total: int) -> None:
+                    frac = done / total if total else 0.0
+                    bar.progress(min(frac, 1.0), text=f"Downloading {name}: {done / 1e6:.1f} of "
+                                                      f"{total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB")
+
+                try:
+                    zoo.download_weights(name, progress=report)
+                    st.rerun()
+                except WeightsError as exc:
+                    bar.empty()
+                    st.error(str(exc))
     try:
         selection.model = state.get_model(name, weights, device)
     except (WeightsError, KeyError, ValueError, OSError) as exc:
