@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # allow `python benchmarks/tflite_oracle.py` without installing the package
     sys.path.insert(0, str(ROOT))
 
-from senet_viz.tflite import load_tflite_state_dict  # noqa: E402
+from senet_viz.tflite import load_tflite_state_dict, runtime_crop  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 MODEL_FILE = SHARED / "models" / "mobilenet_v3_small_224_1.0_uint8.tflite"
@@ -48,17 +48,6 @@ def gate_tensor_names(path: Path) -> list[str]:
         if name.endswith(GATE_SUFFIX):
             names.append(name)
     return names
-
-
-def runtime_crop(path: Path) -> np.ndarray:
-    """The runtime's preprocessing: shorter side to 256 (bilinear), center crop 224, uint8 HWC."""
-    img = Image.open(path).convert("RGB")
-    w, h = img.size
-    scale = 256 / min(w, h)
-    img = img.resize((max(224, round(w * scale)), max(224, round(h * scale))), Image.BILINEAR)
-    w, h = img.size
-    left, top = (w - 224) // 2, (h - 224) // 2
-    return np.asarray(img.crop((left, top, left + 224, top + 224)), dtype=np.uint8)
 
 
 def topk_hits(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

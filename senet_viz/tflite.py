@@ -402,3 +402,17 @@ def load_tflite_state_dict(path: str | Path, model: torch.nn.Module) -> dict[str
         if key not in state or tuple(state[key].shape) != tuple(value.shape):
             raise TFLiteImportError(f"internal shape check failed for '{key}': {list(value.shape)}")
     return {key: out[key] for key in state}
+
+
+def runtime_crop(path: str | Path, size: int = 224, resize: int = 256) -> np.ndarray:
+    """The preprocessing the TFLite runtime is scored with (shared README): shorter side to ``resize``
+    (bilinear), center crop ``size``, uint8 HWC. Used by the oracle test and benchmark."""
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    scale = resize / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)

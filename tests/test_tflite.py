@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from senet_viz.tflite import TFLiteImportError, load_tflite_state_dict
+from senet_viz.tflite import TFLiteImportError, load_tflite_state_dict, runtime_crop
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MODEL_FILE = SHARED / "models" / "mobilenet_v3_small_224_1.0_uint8.tflite"
@@ -49,17 +49,6 @@ def samples() -> tuple[list[Path], np.ndarray]:
     return files, np.array([wnid_to_index[f.name.split("_", 1)[0]] for f in files])
 
 
-def _runtime_crop(path: Path) -> np.ndarray:
-    """The runtime's preprocessing: shorter side to 256 (bilinear), center crop 224, uint8 HWC."""
-    img = Image.open(path).convert("RGB")
-    w, h = img.size
-    scale = 256 / min(w, h)
-    img = img.resize((max(224, round(w * scale)), max(224, round(h * scale))), Image.BILINEAR)
-    w, h = img.size
-    left, top = (w - 224) // 2, (h - 224) // 2
-    return np.asarray(img.crop((left, top, left + 224, top + 224)), dtype=np.uint8)
-
-
 @pytest.fixture(scope="module")
 def runtime(samples) -> dict[str, np.ndarray | list[np.ndarray]]:
     """The TFLite runtime (oracle) on the samples: uint8 crops, 1000-class scores, dequantized gates."""
@@ -76,7 +65,7 @@ def runtime(samples) -> dict[str, np.ndarray | list[np.ndarray]]:
                              experimental_preserve_all_tensors=True)
     interp.allocate_tensors()
     details = {d["name"]: d for d in interp.get_tensor_details()}
-    crops = np.stack([_runtime_crop(f) for f in samples[0]])
+    crops = np.stack([runtime_crop(f) for f in samples[0]])
     scores, gates = [], [[] for _ in gate_names]
     for crop in crops:
         interp.set_tensor(interp.get_input_details()[0]["index"], crop[None])
