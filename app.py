@@ -13,6 +13,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui import sidebar
+from ui.common import keep_widget_values
 
 st.set_page_config(page_title="senet-viz: inside SE channel attention", page_icon=":material/biotech:", layout="wide")
 
@@ -26,6 +27,7 @@ PAGES = [
     st.Page("views/export.py", title="Export", icon=":material/download:"),
 ]
 
+keep_widget_values()  # settings survive leaving a page
 navigation = st.navigation(PAGES)
 sidebar.render()
 navigation.run()

@@ -75,7 +75,8 @@ def evaluate(loaded: LoadedModel, images: ImageSet, ablate_blocks: Sequence[SEBl
     Returns a JSON-ready dict: ``top1``/``top5`` of the evaluated network (ablated if blocks are given),
     ``full_top1``/``full_top5``, ``agreement`` (share of images whose top-1 equals the full network's),
     ``kl`` (mean KL(full || ablated), nats), ``params``, ``params_removed``, ``gmacs``, ``gmacs_removed``,
-    ``n_images``, ``n_skipped``, ``skipped`` and the per-class accuracy change.
+    ``n_images`` (evaluated), ``n_scored`` (of those, the ones labelled with a model class: top-1/top-5 are
+    over these), ``n_calibration``, ``n_skipped``, ``skipped`` and the per-class accuracy change.
     """
     ablate_blocks = list(ablate_blocks)
     calib_n = 0
@@ -116,6 +117,7 @@ def evaluate(loaded: LoadedModel, images: ImageSet, ablate_blocks: Sequence[SEBl
         "gmacs": round(cost.macs / 1e9, 4),
         "gmacs_removed": round(cost.macs_removed / 1e9, 6),
         "n_images": full.n,
+        "n_scored": int((full.labels >= 0).sum()),  # images with a label in the model's classes (top-1/top-5)
         "n_calibration": calib_n,
         "n_skipped": len(full.skipped),
         "skipped": [{"file": s.file, "reason": s.reason} for s in full.skipped],
@@ -226,7 +228,8 @@ def sweep(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = ("identi
             "params": cost.params, "params_removed": params_removed,
             "params_saved_pct": 100 * params_removed / cost.params,
             "gmacs_removed": sum(block_macs[b.name] for b in blocks) / 1e9,
-            "n_images": len(kept), "n_calibration": n_calib, "n_skipped": len(skipped),
+            "n_images": len(kept), "n_scored": int(known.sum()), "n_calibration": n_calib,
+            "n_skipped": len(skipped),
         })
         if progress is not None:
             progress(i + 1, total)

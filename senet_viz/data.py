@@ -21,7 +21,7 @@ import os
 import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -661,3 +661,41 @@ def uploads_source(
         label_name = out_names[label_idx] if label_idx is not None else None
         items.append(ImageItem(key, display, label_idx, label_name, data=blob))
     return ImageSet(items, skipped, out_names)
+
+
+# --------------------------------------------------------------------------------------------- scoring labels
+
+
+def model_space_labels(image_set: ImageSet, class_names: Sequence[str], wnids: Sequence[str] | None = None
+                       ) -> ImageSet:
+    """The same images labelled in the model's class space, for scoring top-1 / top-5.
+
+    The grouping labels of a set (e.g. upload classes named by the user) need not be model classes. Per item, the
+    scoring label is: its class name when that names a model class (case-, space- and underscore-insensitive) or
+    a wnid of ``wnids``; else the wnid at the start of its file name (``n02088632_bluetick.JPEG``), as for
+    folders; else none (the item is not scored, but still counts for agreement and KL). Returns a new set whose
+    ``class_names`` are ``class_names``; keys, order and ``skipped`` are unchanged.
+    """
+    if list(image_set.class_names) == list(class_names):
+        return image_set
+    by_name: dict[str, int] = {}
+    for i, cname in enumerate(class_names):
+        by_name.setdefault(_norm_name(cname), i)
+    wnid_index = {w: i for i, w in enumerate(wnids or [])}
+
+    def target(item: ImageItem) -> int | None:
+        if item.label_name:
+            name = item.label_name.strip()
+            if _norm_name(name) in by_name:
+                return by_name[_norm_name(name)]
+            if name in wnid_index:
+                return wnid_index[name]
+        if wnid_index and (m := _WNID_RE.match(item.name)):
+            return wnid_index.get(m.group(1))
+        return None
+
+    items = []
+    for it in image_set.items:
+        t = target(it)
+        items.append(replace(it, label=t, label_name=class_names[t] if t is not None else None))
+    return ImageSet(items, list(image_set.skipped), list(class_names))

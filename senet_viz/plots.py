@@ -1038,56 +1038,77 @@ _MODE_COLORS = {"identity": "#D62728", "mean": "#1F77B4"}
 _KIND_SYMBOLS = {"block": "circle", "stage": "square", "last": "diamond"}
 
 
+def _pareto(part: pd.DataFrame, y: str, higher_is_better: bool) -> pd.DataFrame:
+    """Rows not dominated in (parameters saved: more is better, ``y``)."""
+    sign = 1 if higher_is_better else -1
+    rows = part.dropna(subset=[y]).assign(_score=lambda f: sign * f[y])
+    rows = rows.sort_values(["params_saved_pct", "_score"], ascending=[False, False])
+    best, front = -np.inf, []
+    for _, r in rows.iterrows():
+        if r["_score"] > best:
+            front.append(r)
+            best = r["_score"]
+    return pd.DataFrame(front).sort_values("params_saved_pct") if front else rows.iloc[:0]
+
+
 def sweep_figure(sweep: pd.DataFrame, reference: dict | None = None) -> go.Figure:
     """Accuracy change against parameters saved for every ablation of a sweep, with the Pareto front per mode.
 
     ``sweep`` is :func:`senet_viz.ablation.sweep`'s frame. ``reference`` (e.g. ``paper.PAPER_LAST_STAGE_CLAIM``)
     adds the paper's point ``(params_saved_share, top1_change_points)`` as a star, labelled with its note.
+    When no image carries a label in the model's classes (top-1 cannot be scored), two panels show instead the
+    top-1 agreement with the full network (%) and KL(full || ablated) (nats) against parameters saved.
     """
-    _require(sweep, ("model", "kind", "config", "mode", "d_top1", "params_saved_pct"), "sweep")
-    if sweep["d_top1"].isna().all():
-        raise ValueError("the sweep has no labelled images, so there is no accuracy change to draw")
+    _require(sweep, ("model", "kind", "config", "mode", "d_top1", "params_saved_pct", "agreement", "kl"), "sweep")
+    scored = not sweep["d_top1"].isna().all()
     model = str(sweep["model"].iloc[0])
-    fig = go.Figure()
-    for mode, part in sweep.groupby("mode", sort=False):
-        color = _MODE_COLORS.get(str(mode), "#7F7F7F")
-        for kind, sub in part.groupby("kind", sort=False):
-            fig.add_trace(go.Scatter(
-                x=sub["params_saved_pct"], y=sub["d_top1"], mode="markers", name=f"{mode}: {kind}",
-                marker={"color": color, "symbol": _KIND_SYMBOLS.get(str(kind), "circle"), "size": 9,
-                        "line": {"width": 0.5, "color": "white"}},
-                text=sub["config"], meta={"mode": mode, "kind": kind},
-                customdata=np.stack([sub["agreement"].fillna(np.nan), sub["kl"].fillna(np.nan)], axis=1),
-                hovertemplate="%{text}<br>params saved %{x:.2f}%<br>top-1 change %{y:+.2f} points"
-                              "<br>agreement %{customdata[0]:.1%}<br>KL %{customdata[1]:.3f} nats<extra>" + str(mode)
-                              + "</extra>"))
-        rows = part.dropna(subset=["d_top1"]).sort_values(["params_saved_pct", "d_top1"], ascending=[False, False])
-        best, front = -np.inf, []
-        for _, r in rows.iterrows():
-            if r["d_top1"] > best:
-                front.append(r)
-                best = r["d_top1"]
-        front_df = pd.DataFrame(front).sort_values("params_saved_pct")
-        fig.add_trace(go.Scatter(x=front_df["params_saved_pct"], y=front_df["d_top1"], mode="lines",
-                                 name=f"{mode}: Pareto front", line={"color": color, "width": 1.5, "dash": "dot"},
-                                 meta={"mode": mode, "kind": "pareto"}, hoverinfo="skip"))
-    if reference is not None:
+    panels = [("d_top1", "top-1 change (percentage points)", True)] if scored else [
+        ("agreement_pct", "top-1 agreement with the full network (%)", True),
+        ("kl", "KL(full ‖ ablated) (nats)", False)]
+    sweep = sweep.assign(agreement_pct=100 * sweep["agreement"].astype(float))
+    fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.08,
+                        subplot_titles=[label for _, label, _ in panels] if len(panels) > 1 else None)
+    for col, (y, _, higher) in enumerate(panels, start=1):
+        for mode, part in sweep.groupby("mode", sort=False):
+            color = _MODE_COLORS.get(str(mode), "#7F7F7F")
+            for kind, sub in part.groupby("kind", sort=False):
+                fig.add_trace(go.Scatter(
+                    x=sub["params_saved_pct"], y=sub[y], mode="markers", name=f"{mode}: {kind}",
+                    legendgroup=f"{mode}: {kind}", showlegend=col == 1,
+                    marker={"color": color, "symbol": _KIND_SYMBOLS.get(str(kind), "circle"), "size": 9,
+                            "line": {"width": 0.5, "color": "white"}},
+                    text=sub["config"], meta={"mode": mode, "kind": kind, "metric": y},
+                    customdata=np.stack([sub["agreement"].astype(float), sub["kl"].astype(float),
+                                         sub["d_top1"].astype(float)], axis=1),
+                    hovertemplate="%{text}<br>params saved %{x:.2f}%<br>top-1 change %{customdata[2]:+.2f} points"
+                                  "<br>agreement %{customdata[0]:.1%}<br>KL %{customdata[1]:.3f} nats<extra>"
+                                  + str(mode) + "</extra>"), row=1, col=col)
+            front_df = _pareto(part, y, higher)
+            fig.add_trace(go.Scatter(x=front_df["params_saved_pct"], y=front_df[y], mode="lines",
+                                     name=f"{mode}: Pareto front", legendgroup=f"{mode}: Pareto front",
+                                     showlegend=col == 1, line={"color": color, "width": 1.5, "dash": "dot"},
+                                     meta={"mode": mode, "kind": "pareto", "metric": y}, hoverinfo="skip"),
+                          row=1, col=col)
+        fig.update_xaxes(title="parameters saved (% of the full network)", row=1, col=col)
+        fig.update_yaxes(title=panels[col - 1][1], row=1, col=col)
+    if reference is not None and scored:
         fig.add_trace(go.Scatter(
             x=[100 * reference["params_saved_share"]], y=[reference["top1_change_points"]], mode="markers+text",
             name=f"paper: {reference.get('model', '')} {reference.get('blocks', '')}", text=["paper"],
             textposition="top center", marker={"symbol": "star", "size": 15, "color": "#FF7F0E"},
             meta={"kind": "reference"}, hovertext=reference.get("note", ""), hoverinfo="text"))
-    fig.add_hline(y=0, line={"color": "#999", "width": 1})
+    if scored:
+        fig.add_hline(y=0, line={"color": "#999", "width": 1})
     n = int(sweep["n_images"].iloc[0]) if "n_images" in sweep else None
     full = sweep["full_top1"].iloc[0] if "full_top1" in sweep else None
     ncal = int(sweep["n_calibration"].iloc[0]) if "n_calibration" in sweep else 0
     subtitle = (f"{n} evaluation images" + (f", mean gates fitted on {ncal} other images" if ncal else "")
-                + (f"; full network top-1 {full:.1%}" if full is not None and not pd.isna(full) else "")
+                + (f"; full network top-1 {full:.1%}" if full is not None and not pd.isna(full) else
+                   "; no image has a label among the model's classes, so top-1 cannot be scored")
                 + f". identity = gate 1 (the paper's removal), mean = gate frozen to its mean. cf. {PAPER}")
-    _layout_title(fig, f"SE ablation sweep — {model}: top-1 change vs parameters saved", subtitle)
+    what = "top-1 change" if scored else "agreement and KL"
+    _layout_title(fig, f"SE ablation sweep — {model}: {what} vs parameters saved", subtitle)
     fig.update_layout(legend={"title": {"text": "mode: configuration"}}, height=520)
-    fig.update_xaxes(title="parameters saved (% of the full network)")
-    fig.update_yaxes(title="top-1 change (percentage points)")
     return fig
 
 
@@ -1148,6 +1169,31 @@ def channel_attribution_figure(attribution: np.ndarray, gates: np.ndarray, model
     return fig
 
 
+def format_macs(macs: float) -> str:
+    """A MAC count in the unit that shows its digits: 3.8605 GMACs, 1.58 MMACs, 8.19 kMACs."""
+    for unit, scale in (("GMACs", 1e9), ("MMACs", 1e6), ("kMACs", 1e3)):
+        if abs(macs) >= scale:
+            return f"{macs / scale:.4g} {unit}" if unit != "GMACs" else f"{macs / scale:.4f} {unit}"
+    return f"{macs:,.0f} MACs"
+
+
+# Export size: wide enough that no title, subtitle or legend is cut; scale 2 for a sharp PNG (3200 px wide).
+EXPORT_WIDTH, EXPORT_HEIGHT, EXPORT_SCALE = 1600, 900, 2
+
+
+def stamp(fig: go.Figure, provenance: str) -> go.Figure:
+    """A copy of ``fig`` carrying ``provenance`` (model, weights, images) as a small line under the plot, sized
+    for export (``EXPORT_WIDTH`` x at least ``EXPORT_HEIGHT``). The original figure is not changed."""
+    out = go.Figure(fig)
+    height = max(EXPORT_HEIGHT, int(out.layout.height or 0))
+    bottom = int((out.layout.margin.b if out.layout.margin and out.layout.margin.b is not None else 60)) + 40
+    out.update_layout(width=EXPORT_WIDTH, height=height, margin={"b": bottom})
+    out.add_annotation(text=provenance, xref="paper", yref="paper", x=0, y=0, xanchor="left", yanchor="top",
+                       yshift=-(bottom - 18), showarrow=False, align="left",
+                       font={"size": 11, "color": "#555"}, name="provenance")
+    return out
+
+
 def _is_exe(path: str | None) -> bool:
     return bool(path) and os.path.isfile(path) and os.access(path, os.X_OK)
 
@@ -1182,7 +1228,9 @@ def save_figure(fig: go.Figure, path: str | os.PathLike[str], **kwargs: Any) -> 
     ``.jpg``, ``.webp``: ``fig.write_image`` through kaleido 1.x, which needs a Chrome/Chromium: the one found by
     :func:`find_chromium` is handed to kaleido (via choreographer's ``BROWSER_PATH`` environment variable, set
     for this process if it was unset or wrong); without one a ``RuntimeError`` says how to install it. Extra
-    keyword arguments go to ``write_html`` / ``write_image`` (e.g. ``scale=2``, ``width=1200``).
+    keyword arguments go to ``write_html`` / ``write_image``; images default to the figure's own width (else
+    ``EXPORT_WIDTH``, 1600) and at least ``EXPORT_HEIGHT`` (900) high at scale 2, where nothing is cut (plotly's 700 x 500
+    default cuts long titles and legends).
     """
     if not isinstance(fig, go.Figure):
         raise TypeError(f"fig must be a plotly.graph_objects.Figure, got {type(fig).__name__}")
@@ -1201,6 +1249,9 @@ def save_figure(fig: go.Figure, path: str | os.PathLike[str], **kwargs: Any) -> 
         raise RuntimeError(_NO_CHROMIUM)
     if os.environ.get("BROWSER_PATH") != browser:
         os.environ["BROWSER_PATH"] = browser  # read by choreographer when kaleido starts its browser
+    kwargs.setdefault("width", int(fig.layout.width or EXPORT_WIDTH))
+    kwargs.setdefault("height", max(int(fig.layout.height or 0), EXPORT_HEIGHT))
+    kwargs.setdefault("scale", EXPORT_SCALE if suffix in (".png", ".jpg", ".jpeg", ".webp") else 1)
     try:
         fig.write_image(out, format=_IMAGE_FORMATS[suffix], **kwargs)
     except RuntimeError as exc:

@@ -621,10 +621,14 @@ def test_app_states_the_limits_and_explains_bad_zip_and_weights_uploads(bad_weig
     at.radio(key="image_source").set_value("Upload by class")
     at.run()
     assert not at.exception, [e.message for e in at.exception]
-    for key in ("class_files_0", "zip_upload", "weights_upload"):
-        assert "200 MB per file" in at.file_uploader(key=key).help, key
-    for key in ("class_files_0", "zip_upload"):
-        assert "40 Mpx" in at.file_uploader(key=key).help and "SENET_VIZ_MAX_PIXELS" in at.file_uploader(key=key).help
+
+    def uploader(slot: str):  # upload keys carry a generation: files move to session state, the widget empties
+        return next(u for u in at.get("file_uploader") if str(u.key).startswith(f"class_files_{slot}_"))
+
+    for widget in (uploader("0"), uploader("zip"), at.file_uploader(key="weights_upload")):
+        assert "200 MB per file" in widget.help, widget.key
+    for widget in (uploader("0"), uploader("zip")):
+        assert "40 Mpx" in widget.help and "SENET_VIZ_MAX_PIXELS" in widget.help
     assert "weights_only=True" in at.file_uploader(key="weights_upload").help
 
     def state() -> tuple[str, str]:
@@ -633,10 +637,10 @@ def test_app_states_the_limits_and_explains_bad_zip_and_weights_uploads(bad_weig
         return (at.caption[0].value if at.caption else ""), listed
 
     at.text_input(key="class_name_0").set_value("Bag")
-    at.file_uploader(key="class_files_0").set_value(
+    uploader("0").set_value(
         [(p.name, p.read_bytes(), "image/png") for p in (sample("Bag", 0), sample("Bag", 1))]
         + [("huge.png", png_header_only(7_000, 7_000), "image/png")])
-    at.file_uploader(key="zip_upload").set_value(("bomb.zip", zip_bomb(), "application/zip"))
+    uploader("zip").set_value(("bomb.zip", zip_bomb(), "application/zip"))
     at.run()
     caption, listed = state()
     assert caption.startswith("2 images, grouped by labels")
@@ -649,7 +653,7 @@ def test_app_states_the_limits_and_explains_bad_zip_and_weights_uploads(bad_weig
         "photos/Bag/c.png": sample("Bag", 2).read_bytes(),
         "photos/Bag/inner.zip": make_zip({"x.png": sample("Bag", 3).read_bytes()}),
     })
-    at.file_uploader(key="zip_upload").set_value(("nested folders.zip", nested, "application/zip"))
+    uploader("zip").set_value(("nested folders.zip", nested, "application/zip"))
     at.run()
     caption, listed = state()
     assert caption.startswith("5 images, grouped by labels"), caption

@@ -6,6 +6,21 @@ import streamlit as st
 
 from ui import sidebar, state
 
+# Value widgets whose state must outlive the page (or source) that draws them. Streamlit deletes a widget's
+# value when a run does not draw the widget; writing the value back at the top of every run keeps it as plain
+# session state. Buttons and uploaders cannot be written (their state is not a value), hence the explicit list.
+_KEPT_PREFIXES = ("model_name", "device", "image_source", "weights_path", "server_folder", "fmnist_limit",
+                  "group_by_prediction", "class_name_", "classes_", "all_classes_", "compare_", "fig6_", "fig7_",
+                  "dist_", "heat_", "depth_", "explore_", "attr_", "remove_how", "remove_k", "remove_stage",
+                  "remove_blocks", "remove_mode", "remove_on", "sweep_modes", "sweep_kinds")
+
+
+def keep_widget_values() -> None:
+    """Carry every listed widget value over to the next run, drawn or not (call at the top of app.py)."""
+    for key in list(st.session_state):
+        if isinstance(key, str) and key.startswith(_KEPT_PREFIXES) and not key.startswith("remove_class_"):
+            st.session_state[key] = st.session_state[key]
+
 
 def need_model_and_images() -> sidebar.Selection:
     """The sidebar's selection, or stop the page with a message that says what to do."""
@@ -24,7 +39,8 @@ def need_analysis() -> tuple[sidebar.Selection, state.Analysis]:
     analysis = state.analyse(selection.model, selection.images, selection.group_by_prediction)
     skipped = [s for s in analysis.result.skipped if s not in selection.skipped]
     if skipped:
-        with st.expander(f"⚠️ {len(skipped)} image(s) could not be read and were left out", expanded=True):
+        with st.expander(f"{len(skipped)} image(s) could not be read and were left out", expanded=True,
+                         icon=":material/warning:"):
             for s in skipped:
                 st.markdown(f"- `{s.file}`: {s.reason}")
     if analysis.result.n == 0:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import streamlit as st
@@ -16,12 +17,27 @@ from senet_viz.data import (
     Skipped,
     folder_source,
     max_pixels_limit,
+    model_space_labels,
     uploads_source,
 )
 from senet_viz.weights import WeightsError
 from ui import state
 
 IMAGENET_SAMPLES = zoo.PROJECT_ROOT.parent / "shared" / "data" / "imagenet-samples"
+READING_GUIDE = """\
+**Gate s.** Each SE block squeezes a feature map to one number per channel (global average pooling), passes it
+through a small bottleneck and a sigmoid (or hard-sigmoid), and multiplies every channel by the result, the gate
+`s` in [0, 1]. s = 1 lets the channel through unchanged, s = 0 switches it off.
+
+**SE_<stage>_<block>.** The stage is the output-stride level of the block, log2(input size / feature-map size):
+for ResNets exactly the paper's conv2_x..conv5_x (stages 2..5). Blocks are numbered from 1 in execution order,
+so SE_5_2 is the second SE block of the last stage. The module path is listed beside each name.
+
+**eta² vs spread.** eta² is the share of the gates' variance explained by class, pooled over channels
+(sum B / sum (B + W)): scale-free, so a block whose gates hardly move can still score high. Spread is the
+absolute distance between the class-mean curves (std across classes / the largest possible): the paper's
+"class-agnostic" means the class curves coincide, so read spread for that. eta² needs several images per class.
+"""
 SOURCES = ("Embedded samples", "Upload by class", "Folder on the server", "Fashion-MNIST test set")
 
 
@@ -40,16 +56,19 @@ class Selection:
     def ready(self) -> bool:
         return self.model is not None and self.images is not None and len(self.images.items) > 0
 
-    @property
-    def labels_in_model_space(self) -> bool:
-        """True when image labels are the model's own classes (so top-1 accuracy means something)."""
-        return bool(self.model and self.images and self.images.class_names == self.model.class_names)
-
     def scored_images(self) -> ImageSet | None:
-        """The images with labels only where they are model classes (accuracy is undefined otherwise)."""
-        if self.images is None or self.labels_in_model_space:
+        """The images labelled in the model's class space for top-1/top-5: a class named after a model class
+        (or a wnid) or an ImageNet-style file name (``n02088632_bluetick.JPEG``) gives the label; other images
+        are unlabelled and count only for agreement and KL."""
+        if self.images is None or self.model is None:
             return self.images
-        return replace(self.images, items=[replace(it, label=None) for it in self.images.items])
+        return model_space_labels(self.images, self.model.class_names, self.model.wnids)
+
+    @property
+    def n_scorable(self) -> int:
+        """How many images have a label in the model's class space (0: accuracy cannot be scored)."""
+        scored = self.scored_images()
+        return sum(it.label is not None for it in scored.items) if scored else 0
 
 
 def upload_limits_help(kind: str = "images") -> str:
@@ -75,10 +94,10 @@ def current() -> Selection:
 
 
 def _model_label(name: str) -> str:
-    spec = zoo.get_spec(name)
+    # Short: the sidebar is narrow and a long option is cut off; the paper name is shown under the picker.
     status = zoo.weights_status(name)
     mark = "ready" if status in ("file", "hub cache") else "needs weights"
-    return f"{name} — {spec.paper_name} [{mark}]"
+    return f"{name} [{mark}]"
 
 
 def _device_options() -> list[str]:
@@ -91,6 +110,7 @@ def _model_section(selection: Selection) -> None:
         else "tf_mobilenetv3_small_100"
     name = st.selectbox("Model", names, index=names.index(default), format_func=_model_label, key="model_name",
                         help="[ready]: weights present (file or hub cache); [needs weights]: a file or the internet")
+    st.caption(zoo.get_spec(name).paper_name)
     device = st.radio("Device", _device_options(), horizontal=True, key="device",
                       help="auto = CUDA when a GPU is visible, else the CPU")
     if torch.cuda.is_available():
@@ -132,29 +152,91 @@ def _model_section(selection: Selection) -> None:
         st.error(f"Could not load {name}: {exc}")
 
 
+def _upload_store() -> dict[str, dict[str, tuple[str, bytes]]]:
+    """Uploaded files by class id ("zip" for zip archives), each ``{content digest: (name, bytes)}``.
+
+    Files live here, not in the uploader widgets: Streamlit drops a widget's files as soon as the widget is not
+    drawn (another image source, page or model), so every upload is moved into this store and the uploader is
+    emptied. Files leave only when the user removes them (or their class).
+    """
+    return st.session_state.setdefault("uploaded_files", {})
+
+
+def _uploader_key(slot: str) -> str:
+    return f"class_files_{slot}_{st.session_state.get('upload_generation', 0)}"
+
+
+def _take_uploads(slot: str, uploads) -> bool:
+    """Move newly uploaded files of one uploader into the store; True when something new arrived."""
+    if not uploads:
+        return False
+    store = _upload_store().setdefault(slot, {})
+    new = False
+    for up in uploads if isinstance(uploads, list) else [uploads]:
+        data = up.getvalue()
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        if digest not in store:
+            store[digest] = (up.name, data)
+            new = True
+    return new
+
+
+def _stored_files_widget(slot: str, label: str) -> None:
+    """The files kept for one class, with a way to remove some or all of them."""
+    stored = _upload_store().get(slot, {})
+    if not stored:
+        return
+    names = [name for name, _ in stored.values()]
+    shown = ", ".join(names[:3]) + (f" … +{len(names) - 3} more" if len(names) > 3 else "")
+    st.caption(f"{len(names)} file(s) in {label}: {shown}")
+    with st.popover("Manage files", icon=":material/folder_open:"):
+        digests = list(stored)
+        drop = st.multiselect("Files to remove", digests, format_func=lambda d: stored[d][0],
+                              key=f"drop_files_{slot}")
+        c1, c2 = st.columns(2)
+        if c1.button("Remove selected", key=f"drop_selected_{slot}", disabled=not drop):
+            for d in drop:
+                stored.pop(d, None)
+            st.session_state.pop(f"drop_files_{slot}", None)
+            st.rerun()
+        if c2.button("Remove all", key=f"drop_all_{slot}"):
+            stored.clear()
+            st.rerun()
+
+
 def _class_uploads() -> list[tuple[str, bytes, str | None]]:
     classes = st.session_state.setdefault("upload_classes",
                                           [{"id": 0, "name": "class A"}, {"id": 1, "name": "class B"}])
     files: list[tuple[str, bytes, str | None]] = []
+    arrived = False
     for cls in list(classes):
         cid = cls["id"]
-        cols = st.columns([4, 1])
+        cols = st.columns([5, 1])
         cls["name"] = cols[0].text_input("Class name", value=cls["name"], key=f"class_name_{cid}",
                                          label_visibility="collapsed")
-        if cols[1].button("✕", key=f"remove_class_{cid}", help="remove this class"):
+        if cols[1].button(":material/close:", key=f"remove_class_{cid}",
+                          help="remove this class and its files"):
             classes.remove(cls)
+            _upload_store().pop(str(cid), None)
             st.rerun()
-        uploads = st.file_uploader(f"Images of {cls['name']}", accept_multiple_files=True, key=f"class_files_{cid}",
+        label = cls["name"].strip() or f"class {cid}"
+        uploads = st.file_uploader(f"Images of {label}", accept_multiple_files=True, key=_uploader_key(str(cid)),
                                    label_visibility="collapsed", help=upload_limits_help())
-        files += [(u.name, u.getvalue(), cls["name"].strip() or f"class {cid}") for u in uploads or []]
-    if st.button("➕ Add class", key="add_class"):
+        arrived |= _take_uploads(str(cid), uploads)
+        _stored_files_widget(str(cid), label)
+        files += [(name, data, label) for name, data in _upload_store().get(str(cid), {}).values()]
+    if st.button("Add class", icon=":material/add:", key="add_class"):
         next_id = max((c["id"] for c in classes), default=-1) + 1
         classes.append({"id": next_id, "name": f"class {chr(65 + next_id % 26)}"})
         st.rerun()
-    archive = st.file_uploader("…or a zip whose folders are classes", type=["zip"], key="zip_upload",
+    archive = st.file_uploader("…or a zip whose folders are classes", type=["zip"], key=_uploader_key("zip"),
                                help=upload_limits_help("zip"))
-    if archive is not None:
-        files.append((archive.name, archive.getvalue(), None))
+    arrived |= _take_uploads("zip", archive)
+    _stored_files_widget("zip", "zip archives")
+    files += [(name, data, None) for name, data in _upload_store().get("zip", {}).values()]
+    if arrived:  # empty the uploaders: the files now live in the store, listed under each class
+        st.session_state["upload_generation"] = st.session_state.get("upload_generation", 0) + 1
+        st.rerun()
     return files
 
 
@@ -163,14 +245,26 @@ def _class_picker(images: ImageSet, model: zoo.LoadedModel, key: str) -> ImageSe
     if not present:
         return images
     names = {k: images.class_names[k] for k in present}
-    default = present
-    if len(present) > 12:  # e.g. the 900-class ImageNet sample folder: start with the paper's four classes
-        from senet_viz.paper import pick_classes
+    everything = st.checkbox(f"All classes ({len(present)})", value=len(present) <= 12, key=f"all_{key}",
+                             help="analyse every class of the folder; untick to choose classes")
+    if everything:
+        return images
+    from senet_viz.paper import pick_classes
 
-        default = pick_classes(images, None, model.wnids)
+    # Many classes (e.g. the 900-class ImageNet samples): start from the paper's preset, not the first classes.
+    default = pick_classes(images, None, model.wnids) if len(present) > 12 else present
     chosen = st.multiselect(f"Classes ({len(present)} present)", present, default=default, key=key,
                             format_func=lambda k: names[k])
     return images.subset(chosen) if chosen else images.subset([])
+
+
+def _one_image_classes(images: ImageSet) -> tuple[int, int]:
+    """(classes with exactly one image, classes) among the labelled images."""
+    counts: dict[int, int] = {}
+    for it in images.items:
+        if it.label is not None:
+            counts[it.label] = counts.get(it.label, 0) + 1
+    return sum(1 for n in counts.values() if n == 1), len(counts)
 
 
 def _images_section(selection: Selection) -> None:
@@ -217,8 +311,16 @@ def _images_section(selection: Selection) -> None:
         selection.skipped = list(images.skipped)
         n_classes = len(images.classes_present())
         st.caption(f"{len(images.items)} files in {n_classes} classes (unreadable ones are listed on each page)")
+        singles, n_labelled = _one_image_classes(images)
+        if singles and singles == n_labelled:
+            st.warning("Every class has one image: within-class spread (eta², Fig. 7's ±1 std bands, percentiles "
+                       "within a class) cannot be computed; class-mean comparisons still work. Add images per "
+                       "class for those.")
+        elif singles:
+            st.warning(f"{singles} of {n_labelled} classes have a single image: their within-class spread cannot "
+                       f"be computed.")
         if images.skipped:
-            with st.expander(f"⚠️ {len(images.skipped)} file(s) left out", expanded=True):
+            with st.expander(f"{len(images.skipped)} file(s) left out", expanded=True, icon=":material/warning:"):
                 for s in images.skipped:
                     st.markdown(f"- `{s.file}`: {s.reason}")
 
@@ -227,6 +329,8 @@ def render() -> Selection:
     selection = Selection()
     with st.sidebar:
         st.title("senet-viz")
+        with st.expander("What am I looking at?", icon=":material/help:"):
+            st.markdown(READING_GUIDE)
         _model_section(selection)
         if selection.model is not None:
             _images_section(selection)

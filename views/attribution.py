@@ -6,7 +6,7 @@ import streamlit as st
 
 from senet_viz import plots
 from senet_viz.blocks import select_blocks
-from ui import state
+from ui import exports, state
 from ui.common import need_analysis, pick_image
 
 st.header("Attribution")
@@ -28,7 +28,7 @@ label = model.class_names[target]
 fig = plots.gradcam_figure(display, cams, f"Grad-CAM — {model.name}: stage {stage}, class '{label}' "
                                           f"(image {items[key].name})")
 st.plotly_chart(fig, width="stretch", key="attr_gradcam")
-st.session_state.setdefault("figures", {})["Grad-CAM"] = fig
+exports.keep_figure("Grad-CAM", fig)
 
 st.subheader("Which SE channels carry the predicted class?")
 block_name = st.selectbox("SE block", [b.name for b in model.blocks], index=len(model.blocks) - 1, key="attr_block")
@@ -36,4 +36,4 @@ block = next(b for b in model.blocks if b.name == block_name)
 attribution, gates, target = state.channel_attribution(model, key, pixels, block)
 fig2 = plots.channel_attribution_figure(attribution, gates, model.name, block.name, model.class_names[target])
 st.plotly_chart(fig2, width="stretch", key="attr_channels")
-st.session_state["figures"]["SE channel attribution"] = fig2
+exports.keep_figure("SE channel attribution", fig2)

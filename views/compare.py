@@ -3,6 +3,7 @@
 import streamlit as st
 
 from senet_viz import plots
+from ui import exports
 from ui.common import class_caption, need_analysis
 
 st.header("Compare classes")
@@ -52,7 +53,7 @@ else:
     fig = plots.heatmap(channels, block, classes=chosen)
 
 st.plotly_chart(fig, width="stretch", key="compare_chart")
-st.session_state.setdefault("figures", {})["Compare classes"] = fig
+exports.keep_figure("Compare classes", fig)
 
 with st.expander("Indices per block (class specificity, saturation)"):
     st.dataframe(indices[["block", "stage", "channels", "n_images", "n_classes", "specificity", "specificity_method",

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from senet_viz import paper, plots
-from ui import state
+from ui import exports, state
 from ui.common import need_model_and_images
 
 st.header("Cost")
@@ -16,18 +16,19 @@ c[0].metric("Parameters", f"{report.params:,}")
 c[1].metric("GMACs (one image)", f"{report.macs / 1e9:.4f}")
 c[2].metric("SE parameters", f"{report.se_params:,}", f"{report.se_params / report.params:.2%} of the network",
             delta_color="off")
-c[3].metric("SE GMACs", f"{report.se_macs / 1e9:.5f}", f"{report.se_macs / report.macs:.3%}", delta_color="off")
+c[3].metric("SE MACs (one image)", plots.format_macs(report.se_macs),
+            f"{report.se_macs / report.macs:.3%} of the network", delta_color="off")
 st.caption(f"Counted with torch's FlopCounterMode at {model.input_size[-1]}×{model.input_size[-1]} "
            "(convolutions and matrix products; element-wise ops not counted, as in the paper's GFLOPs).")
 fig = plots.cost_figure(report.blocks, model.name, report.params)
 st.plotly_chart(fig, width="stretch", key="cost_chart")
-st.session_state.setdefault("figures", {})["Cost"] = fig
+exports.keep_figure("Cost", fig)
 
 st.subheader("Per stage")
 stages = report.stages()
 st.dataframe(stages, hide_index=True)
-st.session_state.setdefault("tables", {})["cost_stages"] = stages
-st.session_state["tables"]["cost_blocks"] = report.blocks
+exports.keep_table("cost_stages", stages)
+exports.keep_table("cost_blocks", report.blocks)
 
 st.subheader("The paper's numbers (SE-ResNet-50, Hu et al. TPAMI 2019)")
 measured = state.paper_cost_table()
@@ -39,5 +40,5 @@ st.dataframe(measured["table10"], hide_index=True)
 st.caption(f"Paper claim: removing the stage-5 SE blocks saves about "
            f"{paper.PAPER_LAST_STAGE_CLAIM['params_saved_share']:.1%} of SE-ResNet-50's parameters "
            f"({paper.PAPER_LAST_STAGE_CLAIM['note']}).")
-st.session_state["tables"]["paper_table13"] = pd.DataFrame(measured["table13"])
-st.session_state["tables"]["paper_table10"] = pd.DataFrame(measured["table10"])
+exports.keep_table("paper_table13", pd.DataFrame(measured["table13"]))
+exports.keep_table("paper_table10", pd.DataFrame(measured["table10"]))

@@ -4,7 +4,7 @@ import streamlit as st
 
 from senet_viz import plots, zoo
 from senet_viz.weights import WeightsError
-from ui import state
+from ui import exports, state
 from ui.common import class_caption, need_analysis
 
 st.header("Depth profile")
@@ -29,7 +29,7 @@ if not metrics:
     st.stop()
 fig = plots.depth_profile(analysis.indices, second=second, metrics=tuple(metrics))
 st.plotly_chart(fig, width="stretch", key="depth_chart")
-st.session_state.setdefault("figures", {})["Depth"] = fig
+exports.keep_figure("Depth", fig)
 
 idx = analysis.indices
 early, late = idx.iloc[0], idx.iloc[-1]

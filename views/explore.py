@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from senet_viz import plots
-from ui import state
+from ui import exports, state
 from ui.common import need_analysis, pick_image
 
 st.header("Explore one image")
@@ -44,4 +44,4 @@ fig = plots.image_percentiles(analysis.channels, block, group, gates[block], ite
 st.plotly_chart(fig, width="stretch", key="explore_chart")
 st.caption(f"Percentile of each channel's gate within the gates of class '{group}' "
            f"({int(analysis.channels[(analysis.channels['class'] == group)]['count'].iloc[0])} images).")
-st.session_state.setdefault("figures", {})["Explore"] = fig
+exports.keep_figure("Explore", fig)

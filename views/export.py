@@ -1,6 +1,8 @@
-"""Export: every table as CSV and Parquet, every figure as HTML and PNG."""
+"""Export: every table as CSV and Parquet, every figure as HTML and PNG, for the current model and images; results
+of earlier selections are listed apart, under their model. Every file carries the model, weights and images."""
 
 import io
+import re
 import tempfile
 from pathlib import Path
 
@@ -8,49 +10,88 @@ import pandas as pd
 import streamlit as st
 
 from senet_viz import plots
+from ui import exports
 from ui.common import need_analysis
 
 st.header("Export")
 selection, analysis = need_analysis()
 result = analysis.result
+exports.keep_table("channel_stats", analysis.channels.drop(columns=["hist"]))
+exports.keep_table("indices", analysis.indices)
+exports.keep_table("predictions", pd.DataFrame({
+    "key": result.keys, "name": result.names, "label": result.labels, "label_name": result.label_names,
+    "pred": result.pred, "pred_name": [selection.model.class_names[p] for p in result.pred]}))
 
-tables: dict[str, pd.DataFrame] = {
-    "channel_stats": analysis.channels.drop(columns=["hist"]),
-    "indices": analysis.indices,
-    "predictions": pd.DataFrame({"key": result.keys, "name": result.names, "label": result.labels,
-                                 "label_name": result.label_names, "pred": result.pred,
-                                 "pred_name": [selection.model.class_names[p] for p in result.pred]}),
-    **st.session_state.get("tables", {}),
-}
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def plain_title(fig) -> str:
+    """The figure's title as the app shows it: line breaks as separators, no HTML tags."""
+    text = fig.layout.title.text or ""
+    return re.sub(r"<[^>]+>", "", re.sub(r"<br\s*/?>", " · ", text)).strip()
+
+
+def tables_section(bucket: dict, tag: str) -> None:
+    prov = bucket["provenance"]
+    prefix = f"{slugify(prov.model)}_{prov.image_set}"
+    for name, frame in bucket["tables"].items():
+        stamped = exports.stamped_table(frame, prov)
+        cols = st.columns([3, 1, 1])
+        cols[0].markdown(f"**{name}** — {len(frame):,} rows × {len(frame.columns)} columns")
+        cols[1].download_button("CSV", stamped.to_csv(index=False).encode(), f"{prefix}_{name}.csv", "text/csv",
+                                key=f"csv_{tag}_{name}")
+        buffer = io.BytesIO()
+        stamped.to_parquet(buffer, index=False)
+        cols[2].download_button("Parquet", buffer.getvalue(), f"{prefix}_{name}.parquet",
+                                "application/octet-stream", key=f"parquet_{tag}_{name}")
+
+
+def figures_section(bucket: dict, tag: str) -> None:
+    prov = bucket["provenance"]
+    prefix = f"{slugify(prov.model)}_{prov.image_set}"
+    for name, fig in bucket["figures"].items():
+        slug = slugify(name)
+        cols = st.columns([3, 1, 1])
+        cols[0].markdown(f"**{name}**  \n{plain_title(fig)}")
+        stamped = plots.stamp(fig, prov.text)
+        cols[1].download_button("HTML", stamped.to_html(include_plotlyjs=True).encode(), f"{prefix}_{slug}.html",
+                                "text/html", key=f"html_{tag}_{slug}")
+        png_key = ("png", prov.key, name)
+        if cols[2].button("PNG", key=f"make_png_{tag}_{slug}",
+                          help=f"{plots.EXPORT_WIDTH} × ≥{plots.EXPORT_HEIGHT} px at scale {plots.EXPORT_SCALE}, "
+                               "rendered by plotly's kaleido (needs Chromium)"):
+            try:
+                with st.spinner("Rendering the PNG ..."), tempfile.TemporaryDirectory() as tmp:
+                    path = plots.save_figure(stamped, Path(tmp) / f"{slug}.png")
+                    st.session_state.setdefault("png_cache", {})[png_key] = path.read_bytes()
+            except RuntimeError as exc:
+                st.error(str(exc))
+        png = st.session_state.get("png_cache", {}).get(png_key)
+        if png:
+            cols[2].download_button("Download PNG", png, f"{prefix}_{slug}.png", "image/png",
+                                    key=f"dl_png_{tag}_{slug}")
+
+
+now = exports.current()
+st.caption(f"Current selection: {now['provenance'].text}. Every file carries it (tables: the model, weights and "
+           "images columns; figures: a line under the plot).")
 st.subheader("Tables")
-for name, frame in tables.items():
-    cols = st.columns([3, 1, 1])
-    cols[0].markdown(f"**{name}** — {len(frame):,} rows × {len(frame.columns)} columns")
-    cols[1].download_button("CSV", frame.to_csv(index=False).encode(), f"{selection.model.name}_{name}.csv",
-                            "text/csv", key=f"csv_{name}")
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    cols[2].download_button("Parquet", buffer.getvalue(), f"{selection.model.name}_{name}.parquet",
-                            "application/octet-stream", key=f"parquet_{name}")
-
+tables_section(now, "now")
 st.subheader("Figures")
-figures = st.session_state.get("figures", {})
-if not figures:
-    st.info("Figures appear here once a page has drawn them (Compare classes, Explore, Depth, Remove SE blocks, Cost).")
-for name, fig in figures.items():
-    cols = st.columns([3, 1, 1])
-    cols[0].markdown(f"**{name}** — {fig.layout.title.text or ''}")
-    slug = name.lower().replace(" ", "_")
-    cols[1].download_button("HTML", fig.to_html(include_plotlyjs=True).encode(), f"{slug}.html", "text/html",
-                            key=f"html_{slug}")
-    png_key = f"png_{slug}"
-    if cols[2].button("PNG", key=f"make_{png_key}", help="rendered by plotly's kaleido (needs Chromium)"):
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = plots.save_figure(fig, Path(tmp) / f"{slug}.png")
-                st.session_state[png_key] = path.read_bytes()
-        except RuntimeError as exc:
-            st.error(str(exc))
-    if st.session_state.get(png_key):
-        cols[2].download_button("Download PNG", st.session_state[png_key], f"{slug}.png", "image/png",
-                                key=f"dl_{png_key}")
+if not now["figures"]:
+    st.info("Figures appear here once a page has drawn them for this model and these images (Compare classes, "
+            "Explore, Depth, Remove SE blocks, Attribution, Cost).")
+figures_section(now, "now")
+
+older = exports.earlier()
+if older:
+    st.subheader("Earlier selections")
+    st.caption("Made with another model, other weights or other images; kept apart so they are never mixed with "
+               "the current ones.")
+    for i, bucket in enumerate(older):
+        prov = bucket["provenance"]
+        with st.expander(f"{prov.model} — {prov.images} (set {prov.image_set})"):
+            tables_section(bucket, f"old{i}")
+            figures_section(bucket, f"old{i}")

@@ -5,15 +5,30 @@ import streamlit as st
 
 from senet_viz import paper, plots, zoo
 from senet_viz.blocks import select_blocks
-from ui import state
+from ui import exports, state
 from ui.common import need_model_and_images
 
 st.header("Remove SE blocks")
 selection = need_model_and_images()
 model, images = selection.model, selection.scored_images()
-if not selection.labels_in_model_space:
-    st.info("Your classes are not the model's classes, so top-1/top-5 cannot be scored: agreement with the full "
-            "network and KL divergence measure the effect instead. Name classes after model classes to score them.")
+n_scorable = selection.n_scorable
+if n_scorable == 0:
+    st.info("No image carries one of the model's classes, so top-1/top-5 cannot be scored: agreement with the full "
+            "network and KL divergence measure the effect instead. Name a class after a model class (or a wnid), or "
+            "use ImageNet-style file names (n01443537_goldfish.JPEG), to score accuracy.")
+elif n_scorable < len(images.items):
+    st.caption(f"Top-1/top-5 are scored on the {n_scorable} of {len(images.items)} images whose class or file name "
+               "is a model class; agreement and KL use every image.")
+
+# Settings outlive the page (ui.common.keep_widget_values); drop the ones another model makes invalid.
+block_names = [b.name for b in model.blocks]
+stage_names = sorted({b.stage for b in model.blocks})
+if st.session_state.get("remove_k", 1) > len(model.blocks):
+    st.session_state["remove_k"] = len(model.blocks)
+if st.session_state.get("remove_stage") not in (None, *stage_names):
+    st.session_state["remove_stage"] = None
+if not set(st.session_state.get("remove_blocks", [])) <= set(block_names):
+    st.session_state["remove_blocks"] = [n for n in st.session_state["remove_blocks"] if n in block_names]
 
 c1, c2, c3 = st.columns([2, 3, 2])
 how = c1.radio("Choose", ["Last k blocks", "Stage", "Blocks"], key="remove_how")
@@ -21,11 +36,10 @@ if how == "Last k blocks":
     k = c2.slider("k", 1, len(model.blocks), 1, key="remove_k")
     blocks = select_blocks(model.blocks, f"last:{k}")
 elif how == "Stage":
-    stage = c2.selectbox("Stage", sorted({b.stage for b in model.blocks}), index=None, key="remove_stage",
-                         placeholder="choose a stage")
+    stage = c2.selectbox("Stage", stage_names, index=None, key="remove_stage", placeholder="choose a stage")
     blocks = select_blocks(model.blocks, f"stage:{stage}") if stage is not None else []
 else:
-    names = c2.multiselect("Blocks", [b.name for b in model.blocks], key="remove_blocks")
+    names = c2.multiselect("Blocks", block_names, key="remove_blocks")
     blocks = select_blocks(model.blocks, names)
 mode = c3.radio("Mode", ["identity", "mean"], key="remove_mode",
                 help="identity: gate = 1 (the paper's removal) · mean: gate frozen to its mean over a "
@@ -39,6 +53,25 @@ def pct(v):
     return "n/a" if v is None else f"{v:.1%}"
 
 
+def points(now, before) -> tuple[str | None, str]:
+    """A metric delta in percentage points, coloured only when it is a visible change."""
+    if now is None or before is None:
+        return None, "off"
+    change = (now - before) * 100
+    return f"{change:+.1f} pts vs full {pct(before)}", "normal" if abs(change) >= 0.05 else "off"
+
+
+def scored_caption(out: dict) -> str:
+    scored = f"{out['n_scored']} of them scored for top-1" if out["n_scored"] < out["n_images"] else "all scored"
+    text = f"{out['n_images']} images evaluated ({scored})"
+    if out["n_calibration"]:
+        text += (f"; the mean gates were fitted on the other {out['n_calibration']} images (the calibration split: "
+                 "an image is in it when sha1(key) mod 1000 < 200), which are never scored, so the full network's "
+                 f"top-1 here ({pct(out['full_top1'])}) is over fewer images than with identity "
+                 f"({pct(full['full_top1'])} on {full['n_images']})")
+    return text + "."
+
+
 out = None
 if enabled and blocks:
     try:
@@ -46,19 +79,21 @@ if enabled and blocks:
     except ValueError as exc:  # e.g. mode "mean" with no readable image in the calibration split
         st.warning(f"Cannot evaluate this removal: {exc} (mode 'mean' fits the gates on 20% of the images).")
 if out is not None:
-    cols = st.columns(5)
-    cols[0].metric("Top-1", pct(out["top1"]), None if out["top1"] is None else
-                   f"{(out['top1'] - out['full_top1']) * 100:+.1f} pts vs full {pct(out['full_top1'])}")
-    cols[1].metric("Top-5", pct(out["top5"]), None if out["top5"] is None else
-                   f"{(out['top5'] - out['full_top5']) * 100:+.1f} pts")
-    cols[2].metric("Agreement with full", pct(out["agreement"]), f"KL {out['kl']:.3f} nats", delta_color="off")
-    cols[3].metric("Parameters", f"{out['params_after']:,}", f"-{out['params_removed']:,} "
-                   f"({out['params_removed'] / out['params']:.2%})", delta_color="inverse")
-    cols[4].metric("GMACs", f"{out['gmacs'] - out['gmacs_removed']:.4f}", f"-{out['gmacs_removed']:.6f}",
-                   delta_color="inverse")
-    st.caption(f"{out['n_images']} images scored" + (f", mean gates fitted on {out['n_calibration']} other images"
-                                                     if out["n_calibration"] else "") + f"; full network: top-1 "
-               f"{pct(out['full_top1'])}, {out['params']:,} parameters, {out['gmacs']:.4f} GMACs.")
+    cols = st.columns(6)
+    delta, color = points(out["top1"], out["full_top1"])
+    cols[0].metric("Top-1", pct(out["top1"]), delta, delta_color=color)
+    delta, color = points(out["top5"], out["full_top5"])
+    cols[1].metric("Top-5", pct(out["top5"]), delta, delta_color=color)
+    cols[2].metric("Agreement with full", pct(out["agreement"]),
+                   help="share of images whose top-1 class is the full network's")
+    cols[3].metric("KL(full ‖ ablated)", f"{out['kl']:.3f} nats",
+                   help="mean KL divergence of the ablated network's class probabilities from the full network's")
+    cols[4].metric("Parameters", f"{out['params_after']:,}", f"-{out['params_removed']:,} "
+                   f"({out['params_removed'] / out['params']:.2%})", delta_color="off")
+    cols[5].metric("MACs (one image)", plots.format_macs((out["gmacs"] - out["gmacs_removed"]) * 1e9),
+                   f"-{plots.format_macs(out['gmacs_removed'] * 1e9)}", delta_color="off")
+    st.caption(scored_caption(out) + f" Full network: top-1 {pct(out['full_top1'])}, {out['params']:,} parameters, "
+               f"{out['gmacs']:.4f} GMACs.")
     st.session_state["last_ablation"] = out
 else:
     cols = st.columns(4)
@@ -66,7 +101,7 @@ else:
     cols[1].metric("Top-5 (full network)", pct(full["top5"]))
     cols[2].metric("Parameters", f"{full['params']:,}")
     cols[3].metric("GMACs", f"{full['gmacs']:.4f}")
-    st.caption(f"{full['n_images']} images. Turn on the toggle to remove the chosen SE blocks.")
+    st.caption(scored_caption(full) + " Turn on the toggle to remove the chosen SE blocks.")
 
 retrained = {zoo.DEFAULT_MODEL: "se_resnet_fmnist_nose5"}.get(model.name)
 if retrained and retrained in zoo.REGISTRY and zoo.weights_status(retrained) == "file":
@@ -84,25 +119,41 @@ if retrained and retrained in zoo.REGISTRY and zoo.weights_status(retrained) == 
                "experiment, shown side by side on the same images.")
 
 st.subheader("Sweep")
+st.caption("Every single block, every stage and the last k blocks, in each mode. It runs only when you press the "
+           "button, for the model and images selected then. With mode mean among the modes, every row is scored on "
+           "the images outside the calibration split, so its full-network top-1 differs from the numbers above.")
 s1, s2 = st.columns(2)
 modes = s1.multiselect("Modes", ["identity", "mean"], default=["identity", "mean"], key="sweep_modes")
 kinds = s2.multiselect("Configurations", ["block", "stage", "last"], default=["block", "stage", "last"],
                        key="sweep_kinds")
+request_for = (*state.model_key(model), state.images_key(images))
 if st.button("Run sweep", key="sweep_run", disabled=not (modes and kinds)):
-    st.session_state["sweep_request"] = (tuple(modes), tuple(kinds))
+    st.session_state["sweep_request"] = {"for": request_for, "modes": tuple(modes), "kinds": tuple(kinds)}
+    st.session_state.pop("sweep_result", None)
 request = st.session_state.get("sweep_request")
-frame = None
-if request:
+if request and request["for"] == request_for and "sweep_result" not in st.session_state:
     try:
-        frame = state.sweep(model, images, *request)
+        st.session_state["sweep_result"] = {"for": request_for, "frame": state.sweep(model, images, request["modes"],
+                                                                                       request["kinds"])}
     except ValueError as exc:  # e.g. no readable calibration image for mode "mean"
         st.warning(f"Cannot run the sweep: {exc}. Add images or sweep mode identity only.")
-if frame is not None:
-    st.session_state.setdefault("tables", {})["sweep"] = frame
-    if frame["d_top1"].notna().any():
-        reference = paper.PAPER_LAST_STAGE_CLAIM if model.name == "legacy_seresnet50" else None
-        fig = plots.sweep_figure(frame, reference=reference)
-        st.plotly_chart(fig, width="stretch", key="sweep_chart")
-        st.session_state.setdefault("figures", {})["Sweep"] = fig
+    finally:
+        st.session_state.pop("sweep_request", None)  # a request runs once; a model change never re-runs it
+done = st.session_state.get("sweep_result")
+if done and done["for"] != request_for:
+    st.info("The last sweep was run for another model or other images; press Run sweep to sweep this selection.")
+elif done:
+    frame = done["frame"]
+    exports.keep_table("sweep", frame)
+    reference = paper.PAPER_LAST_STAGE_CLAIM if model.name == "legacy_seresnet50" else None
+    fig = plots.sweep_figure(frame, reference=reference)
+    st.plotly_chart(fig, width="stretch", key="sweep_chart")
+    exports.keep_figure("Sweep", fig)
+    first = frame.iloc[0]
+    st.caption(f"{int(first['n_images'])} images scored"
+               + (f" ({int(first['n_scored'])} with a model class for top-1)" if first["n_scored"] < first["n_images"]
+                  else "")
+               + (f"; mean gates fitted on {int(first['n_calibration'])} other images (calibration split, not "
+                  "scored)" if first["n_calibration"] else "") + ".")
     st.dataframe(frame[["config", "mode", "top1", "d_top1", "agreement", "kl", "params_removed",
                         "params_saved_pct", "gmacs_removed"]], hide_index=True)

@@ -1,0 +1,209 @@
+"""AppTest tests of what a session keeps: uploads survive switching the image source, settings survive leaving a
+page, a sweep runs only when asked for the current selection, uploads with ImageNet-style names are scored, and
+Export lists only the current selection's results, every file tagged with model, weights and images."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from senet_viz import ablation, zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "se_resnet_fmnist"
+TWIN = "se_resnet_fmnist_nose5"
+SAMPLES = ROOT / "assets" / "fmnist_samples"
+SHARED = ROOT.parent / "shared"
+IMAGENET = SHARED / "data" / "imagenet-samples"
+TFLITE = SHARED / "models" / "mobilenet_v3_small_224_1.0_uint8.tflite"
+TIMEOUT = 240
+
+pytestmark = pytest.mark.skipif(zoo.weights_status(MODEL) != "file" or not SAMPLES.is_dir(),
+                                reason="the embedded model and samples ship with the project (assets/)")
+
+
+def assert_ok(at: AppTest) -> None:
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def uploader(at: AppTest, slot: int | str):
+    found = [u for u in at.get("file_uploader") if str(u.key).startswith(f"class_files_{slot}_")]
+    assert len(found) == 1, [u.key for u in at.get("file_uploader")]
+    return found[0]
+
+
+def files(cls: str, n: int) -> list[tuple[str, bytes, str]]:
+    return [(p.name, p.read_bytes(), "image/png") for p in sorted((SAMPLES / cls).glob("*.png"))[:n]]
+
+
+def chart_spec(at: AppTest, index: int = 0) -> dict:
+    return json.loads(at.get("plotly_chart")[index].proto.spec)
+
+
+def open_page(at: AppTest, page: str) -> None:
+    at.switch_page(f"views/{page}.py")
+    at.run()
+    assert_ok(at)
+
+
+def uploaded_app() -> AppTest:
+    """The embedded model with Bag (3 images) and Sneaker (2 images) uploaded into two named classes."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.selectbox(key="model_name").set_value(MODEL)
+    at.radio(key="image_source").set_value("Upload by class")
+    at.run()
+    at.text_input(key="class_name_0").set_value("Bag")
+    at.text_input(key="class_name_1").set_value("Sneaker")
+    uploader(at, 0).set_value(files("Bag", 3))
+    at.run()
+    uploader(at, 1).set_value(files("Sneaker", 2))
+    at.run()
+    assert_ok(at)
+    return at
+
+
+def test_uploads_survive_switching_the_source_away_and_back():
+    at = uploaded_app()
+    before = chart_spec(at)
+    assert {t["name"] for t in before["data"]} == {"Bag (n=3)", "Sneaker (n=2)", "all (n=5)"}
+    assert not uploader(at, 0).value  # the widget is emptied: the files live in session state
+    captions = [c.value for c in at.sidebar.caption]
+    assert any(c.startswith("3 file(s) in Bag") for c in captions), captions
+
+    at.radio(key="image_source").set_value("Embedded samples")
+    at.run()
+    assert_ok(at)
+    assert "300 images" in at.caption[0].value  # the other source is really shown
+    open_page(at, "depth")  # and another page
+    at.radio(key="image_source").set_value("Upload by class")
+    at.run()
+    open_page(at, "compare")
+    assert [at.text_input(key=f"class_name_{i}").value for i in (0, 1)] == ["Bag", "Sneaker"]
+    after = chart_spec(at)
+    assert after["data"] == before["data"]  # the same files, the same figure
+    assert at.caption[0].value.startswith("5 images, grouped by labels")
+
+    # the user removes one file: it is gone, the rest stays
+    drop = at.multiselect(key="drop_files_0")
+    drop.set_value(drop.options[:1])
+    at.run()
+    at.button(key="drop_selected_0").click()
+    at.run()
+    assert_ok(at)
+    assert at.caption[0].value.startswith("4 images, grouped by labels")
+
+
+def test_remove_settings_survive_leaving_the_page():
+    at = uploaded_app()
+    open_page(at, "remove")
+    at.radio(key="remove_how").set_value("Blocks")
+    at.run()
+    at.multiselect(key="remove_blocks").set_value(["SE_5_2"])
+    at.radio(key="remove_mode").set_value("mean")
+    at.run()
+    open_page(at, "cost")
+    open_page(at, "remove")
+    assert at.radio(key="remove_how").value == "Blocks"
+    assert at.multiselect(key="remove_blocks").value == ["SE_5_2"]
+    assert at.radio(key="remove_mode").value == "mean"
+
+
+def test_a_sweep_runs_only_when_asked_and_never_after_a_model_change(monkeypatch):
+    calls: list[str] = []
+    real = ablation.sweep
+
+    def counting(loaded, *args, **kwargs):
+        calls.append(loaded.name)
+        return real(loaded, *args, **kwargs)
+
+    monkeypatch.setattr(ablation, "sweep", counting)
+    at = uploaded_app()
+    open_page(at, "remove")
+    at.multiselect(key="sweep_modes").set_value(["identity"])
+    at.multiselect(key="sweep_kinds").set_value(["stage"])
+    at.run()
+    assert calls == [] and not at.get("plotly_chart")  # nothing runs before the button
+    at.button(key="sweep_run").click()
+    at.run()
+    assert_ok(at)
+    assert calls == [MODEL]
+    assert len(at.get("plotly_chart")) == 1
+    assert not at.get("progress") or all(p.value >= 1.0 for p in at.get("progress"))  # no bar left hanging
+    assert any("images scored" in c.value for c in at.caption)
+
+    at.selectbox(key="model_name").set_value(TWIN)
+    at.run()
+    assert_ok(at)
+    assert calls == [MODEL]  # the model change did not start a sweep
+    assert not at.get("plotly_chart")
+    assert any("another model or other images" in i.value for i in at.info)
+
+    at.selectbox(key="model_name").set_value(MODEL)  # back: the earlier result for this selection is shown
+    at.run()
+    assert calls == [MODEL] and len(at.get("plotly_chart")) == 1
+
+
+def test_export_lists_only_the_current_selection_and_tags_every_file():
+    at = uploaded_app()
+    open_page(at, "explore")
+    open_page(at, "export")
+    labels = [m.value for m in at.markdown]
+    assert any(v.startswith("**Compare classes**") for v in labels)
+    assert any(v.startswith("**Explore**") for v in labels)
+    assert not any("<br>" in v for v in labels)  # titles are shown as in the app
+    csv = next(b for b in at.get("download_button") if b.proto.label == "CSV")
+    assert csv is not None
+
+    at.selectbox(key="model_name").set_value(TWIN)
+    at.run()
+    open_page(at, "export")
+    earlier = [e for e in at.expander if e.label.startswith(f"{MODEL} — Upload by class: 5 images in 2 classes")]
+    assert len(earlier) == 1, [e.label for e in at.expander]
+    in_earlier = [m.value for m in earlier[0].markdown]
+    everywhere = [m.value for m in at.markdown]
+    in_any_expander = [m.value for e in at.expander for m in e.markdown]
+    for name in ("**Compare classes**", "**Explore**"):
+        # listed under the earlier selection, and not among the current selection's figures
+        assert sum(v.startswith(name) for v in in_earlier) == 1, in_earlier
+        assert sum(v.startswith(name) for v in everywhere) == sum(v.startswith(name) for v in in_any_expander)
+    assert any(f"model {TWIN}" in c.value for c in at.caption)
+
+
+def test_exported_tables_carry_model_weights_and_images():
+    from ui.exports import Provenance, stamped_table
+
+    prov = Provenance("m", "assets/m.safetensors (sha256 abc)", "Upload by class: 5 images in 2 classes", "d1")
+    out = stamped_table(pd.DataFrame({"block": ["SE_2_1"], "x": [1.0]}), prov)
+    assert list(out.columns[:3]) == ["model", "weights", "images"]
+    back = pd.read_csv(io.StringIO(out.to_csv(index=False)))
+    assert back.loc[0, "weights"] == prov.weights and back.loc[0, "images"].endswith("(set d1)")
+
+
+@pytest.mark.skipif(not (TFLITE.is_file() and IMAGENET.is_dir()), reason="../shared is missing")
+def test_uploads_named_like_imagenet_files_are_scored():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.selectbox(key="model_name").set_value("tf_mobilenetv3_small_100")
+    at.radio(key="image_source").set_value("Upload by class")
+    at.run()
+    assert_ok(at)
+    at.text_input(key="class_name_0").set_value("sharks")  # not a model class: the file names label the images
+    at.text_input(key="class_name_1").set_value("n02108915")  # a wnid: French bulldog
+    sharks = ["n01484850_great_white_shark.JPEG", "n01491361_tiger_shark.JPEG"]
+    uploader(at, 0).set_value([(f, (IMAGENET / f).read_bytes(), "image/jpeg") for f in sharks])
+    at.run()
+    uploader(at, 1).set_value([("my dog.jpg", (IMAGENET / "n02108915_French_bulldog.JPEG").read_bytes(),
+                                "image/jpeg")])
+    at.run()
+    assert_ok(at)
+    open_page(at, "remove")
+    top1 = {m.label: m.value for m in at.metric}["Top-1 (full network)"]
+    assert top1.endswith("%"), top1  # scored, not "n/a"
+    assert not any("cannot be scored" in i.value for i in at.info)

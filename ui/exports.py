@@ -1,0 +1,108 @@
+"""What the Export page offers: figures and tables kept by the pages, each tagged with the selection it was made
+from (model, weights, image set), so Export lists the current selection's results and never mixes models.
+
+Pages call :func:`keep_figure` / :func:`keep_table` after drawing; Export calls :func:`current` and
+:func:`earlier`. Exported files carry their provenance: figures as a line under the plot (``plots.stamp``),
+tables as leading ``model``, ``weights`` and ``images`` columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from ui import sidebar
+
+MAX_EARLIER_SELECTIONS = 4  # older selections kept for Export, least recent dropped first
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a figure or table comes from."""
+
+    model: str
+    weights: str
+    images: str  # e.g. "Upload by class: 4 images in 2 classes"
+    image_set: str  # digest of the image keys and labels: the same files give the same digest
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.model, self.weights, self.image_set)
+
+    @property
+    def text(self) -> str:
+        return f"model {self.model} · weights {self.weights} · images: {self.images} (set {self.image_set})"
+
+    def columns(self) -> dict[str, str]:
+        return {"model": self.model, "weights": self.weights, "images": f"{self.images} (set {self.image_set})"}
+
+
+def provenance(selection: sidebar.Selection | None = None) -> Provenance | None:
+    """The provenance of the sidebar's current selection (None without a model)."""
+    selection = selection or sidebar.current()
+    model = selection.model
+    if model is None:
+        return None
+    weights = model.weights_source if model.weights_id in ("random", "") else \
+        f"{model.weights_source} (sha256 {model.weights_id[:12]})"
+    images, digest = "none", "-"
+    if selection.images is not None:
+        items = selection.images.items
+        h = hashlib.sha256()
+        for it in items:
+            h.update(f"{it.key}\0{it.label}\n".encode())
+        digest = h.hexdigest()[:10]
+        n_classes = len(selection.images.classes_present())
+        images = f"{selection.source}: {len(items)} images in {n_classes} classes"
+    return Provenance(model.name, weights, images, digest)
+
+
+def _store() -> dict[tuple, dict]:
+    return st.session_state.setdefault("exports", {})
+
+
+def _bucket(prov: Provenance) -> dict:
+    store = _store()
+    bucket = store.pop(prov.key, None) or {"provenance": prov, "figures": {}, "tables": {}}
+    store[prov.key] = bucket  # most recent last
+    for old in list(store)[:-1 - MAX_EARLIER_SELECTIONS]:
+        store.pop(old)
+    return bucket
+
+
+def keep_figure(name: str, fig: go.Figure) -> None:
+    """Offer ``fig`` on the Export page under ``name``, tagged with the current selection."""
+    prov = provenance()
+    if prov is not None:
+        _bucket(prov)["figures"][name] = fig
+
+
+def keep_table(name: str, frame: pd.DataFrame) -> None:
+    """Offer ``frame`` on the Export page under ``name``, tagged with the current selection."""
+    prov = provenance()
+    if prov is not None:
+        _bucket(prov)["tables"][name] = frame
+
+
+def current() -> dict | None:
+    """The figures and tables of the current selection: ``{"provenance", "figures", "tables"}``."""
+    prov = provenance()
+    if prov is None:
+        return None
+    return _store().get(prov.key) or {"provenance": prov, "figures": {}, "tables": {}}
+
+
+def earlier() -> list[dict]:
+    """Results of earlier selections (other model, weights or images), most recent first."""
+    prov = provenance()
+    return [b for k, b in reversed(_store().items()) if prov is None or k != prov.key]
+
+
+def stamped_table(frame: pd.DataFrame, prov: Provenance) -> pd.DataFrame:
+    """``frame`` with the provenance as its first columns (an existing column of that name is kept as is)."""
+    extra = {k: v for k, v in prov.columns().items() if k not in frame.columns}
+    return pd.concat([pd.DataFrame(extra, index=frame.index), frame], axis=1) if extra else frame
