@@ -24,7 +24,7 @@ from .blocks import SEBlock
 from .capture import ablate, capture, model_lock
 from .cost import model_cost
 from .data import ImageSet, Skipped
-from .run import ProgressFn, Result, run_model
+from .run import ProgressFn, Result, count_forward, run_model
 from .zoo import LoadedModel
 
 CALIBRATION_FRACTION = 0.2
@@ -158,6 +158,7 @@ def _logits(loaded: LoadedModel, pixels: torch.Tensor, batch_size: int, blocks: 
         for start in range(0, len(pixels), batch_size):
             with torch.autocast(loaded.device.type, dtype=torch.float16, enabled=cuda):
                 logits = loaded.model(pixels[start:start + batch_size].to(loaded.device))
+            count_forward(len(logits))
             out.append(logits.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, loaded.num_classes), np.float32)
 
@@ -192,7 +193,9 @@ def sweep(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = ("identi
             raise ValueError("no calibration image could be read; mean ablation needs some")
         with capture(loaded.model, loaded.blocks) as rec:
             for start in range(0, len(calib_pixels), batch_size):
-                loaded.model(calib_pixels[start:start + batch_size].to(loaded.device))
+                batch = calib_pixels[start:start + batch_size]
+                loaded.model(batch.to(loaded.device))
+                count_forward(len(batch))
         means = {name: g.astype(np.float32).mean(axis=0) for name, g in rec.gates.items()}
         n_calib = len(calib_pixels)
     else:

@@ -3,8 +3,10 @@
 MACs are counted by torch's own ``torch.utils.flop_counter.FlopCounterMode`` over one forward pass of a single
 image (convolutions and matrix products; FLOPs = 2 x MACs). Element-wise work (the sigmoid, the pooling, the
 channel-wise multiply) is not counted, as in the SENet paper's GFLOPs. An SE block that is removed
-(gate = 1) or frozen to a constant (its mean gate, which folds into the next layer's weights) saves its own
-parameters and MACs: its two bottleneck layers are no longer needed.
+(gate = 1) or frozen to a constant saves its own parameters and MACs: its two bottleneck layers are no longer
+needed. A constant per-channel gate folds into an existing layer: in SE-ResNets into the batch norm that precedes
+the SE scale on the residual branch (the BN after the branch's last conv: scale its weight and bias), in
+MobileNet / EfficientNet blocks, where the SE sits before the 1x1 projection conv, into that conv's input weights.
 """
 
 from __future__ import annotations

@@ -57,7 +57,11 @@ class PresetResult:
 
 
 def pick_classes(images: ImageSet, classes: Sequence[str | int] | None, wnids: Sequence[str] | None) -> list[int]:
-    """Class indices: the given names / wnids / indices, else the paper's four if present, else the first four."""
+    """Class indices: the given names / wnids / indices, else the four classes with the most images.
+
+    Ties are broken deterministically: the paper's four classes (goldfish, pug, plane, cliff) first, in the
+    paper's order, then by class index.
+    """
     present = images.classes_present()
     if classes:
         wanted = []
@@ -76,11 +80,13 @@ def pick_classes(images: ImageSet, classes: Sequence[str | int] | None, wnids: S
         if missing:
             raise ValueError(f"no images of class(es) {missing} in this image set")
         return wanted
-    if wnids:
-        paper = [wnids.index(w) for w in PAPER_CLASSES if w in wnids]
-        if paper and all(k in present for k in paper):
-            return paper
-    return present[:4]
+    counts: dict[int, int] = {}
+    for it in images.items:
+        if it.label is not None:
+            counts[it.label] = counts.get(it.label, 0) + 1
+    paper_rank = {wnids.index(w): i for i, w in enumerate(PAPER_CLASSES) if wnids and w in wnids}
+    ranked = sorted(present, key=lambda k: (-counts[k], paper_rank.get(k, len(PAPER_CLASSES)), k))
+    return ranked[:4]
 
 
 def paper_preset(loaded: LoadedModel, images: ImageSet, classes: Sequence[str | int] | None = None,

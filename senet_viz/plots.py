@@ -407,7 +407,7 @@ def fig6(
     _layout_title(
         fig,
         f"Mean excitation per channel — {model}: {_blocks_text(blocks)}<br>{_classes_text(shown, counts)}",
-        f"{sampled}; dashed grey = mean over all images. cf. {PAPER}, Fig. 6",
+        f"{sampled}; dashed dark-grey line = mean over all images. cf. {PAPER}, Fig. 6",
         top=160,
     )
     fig.update_layout(height=max(420, 300 * n_rows + 140))
@@ -442,7 +442,8 @@ def fig7(
     """One class's mean gate per channel with a filled ±1 std band, and the all-class mean for reference.
 
     Channels are sampled as in :func:`fig6`. The band is ``mean ± std`` as stored (not clipped to [0, 1]).
-    Traces carry ``meta`` = ``"upper"``, ``"lower"``, ``"mean"`` and ``"all"``.
+    Traces carry ``meta`` = ``"upper"``, ``"lower"``, ``"mean"`` and ``"all"``. A class with one image has no
+    within-class std: the band is left out (no ``"upper"`` / ``"lower"`` traces) and the subtitle says why.
     """
     model, block, cls, colors, shown, sub, counts = _one_class_view(channels, model, block, cls)
     ids = np.sort(sub["channel"].unique())
@@ -452,35 +453,37 @@ def fig7(
     std = per["std"].to_numpy(dtype=float)
     color = colors[cls]
     label = f"{cls} (n={counts.get(cls, 0)})"
+    has_band = counts.get(cls, 0) >= 2
 
     fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=picked,
-            y=mean + std,
-            mode="lines",
-            line={"width": 0, "color": color},
-            name=f"{cls} mean + 1 std",
-            legendgroup=cls,
-            showlegend=False,
-            meta="upper",
-            hoverinfo="skip",
+    if has_band:  # one image has no within-class std: no zero-width band
+        fig.add_trace(
+            go.Scatter(
+                x=picked,
+                y=mean + std,
+                mode="lines",
+                line={"width": 0, "color": color},
+                name=f"{cls} mean + 1 std",
+                legendgroup=cls,
+                showlegend=False,
+                meta="upper",
+                hoverinfo="skip",
+            )
         )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=picked,
-            y=mean - std,
-            mode="lines",
-            line={"width": 0, "color": color},
-            fill="tonexty",
-            fillcolor=_rgba(color if cls != ALL_CLASS else ALL_COLOR, 0.22),
-            name=f"{cls} mean ± 1 std",
-            legendgroup=cls,
-            meta="lower",
-            hoverinfo="skip",
+        fig.add_trace(
+            go.Scatter(
+                x=picked,
+                y=mean - std,
+                mode="lines",
+                line={"width": 0, "color": color},
+                fill="tonexty",
+                fillcolor=_rgba(color if cls != ALL_CLASS else ALL_COLOR, 0.22),
+                name=f"{cls} mean ± 1 std",
+                legendgroup=cls,
+                meta="lower",
+                hoverinfo="skip",
+            )
         )
-    )
     fig.add_trace(
         go.Scatter(
             x=picked,
@@ -515,10 +518,12 @@ def fig7(
     sampled = "all channels" if all_channels else f"{len(picked)} of {len(ids)} channels sampled (seed {seed})"
     fig.update_xaxes(title_text="channel index")
     fig.update_yaxes(title_text=GATE_AXIS, range=[lo - 0.02, hi + 0.02])
+    band = ("mean ± 1 std over the class's images" if has_band else
+            f"mean only: the ±1 std band needs ≥ 2 images and class {cls} has {counts.get(cls, 0)}")
     _layout_title(
         fig,
         f"Excitation of class {label} — {model}: {block}<br>{_classes_text(shown, counts)}",
-        f"mean ± 1 std over the class's images, {sampled}; dashed grey = all images. cf. {PAPER}, Fig. 7",
+        f"{band}, {sampled}; dashed dark-grey line = all images. cf. {PAPER}, Fig. 7",
     )
     fig.update_layout(height=460)
     return fig
@@ -944,7 +949,8 @@ def image_percentiles(
 
     Top: percentile (0..100) of the image's gate within the class's per-channel histogram
     (:func:`channel_percentiles`), with 5/50/95 reference lines. Bottom: the image's gates, the class mean and the
-    all-class mean. ``gates[i]`` belongs to the i-th channel of the block in channel order.
+    all-class mean. ``gates[i]`` belongs to the i-th channel of the block in channel order. With one image in
+    ``cls`` the subtitle says that percentiles within it are meaningless.
     """
     model, block, cls, colors, shown, sub, counts = _one_class_view(channels, model, block, cls)
     per = _per_channel(sub, block, cls)
@@ -1012,11 +1018,13 @@ def image_percentiles(
     fig.update_yaxes(title_text="gate s (unitless, 0–1)", range=[-0.02, 1.02], row=2, col=1)
     fig.update_xaxes(title_text="channel index", row=2, col=1)
     n_bins = hist.shape[1]
+    one = (f"class {cls} has one image: percentiles within a one-image class are meaningless; "
+           if counts.get(cls, 0) == 1 else "")
     _layout_title(
         fig,
         f"Image {image_name} against class {label} — {model}: {block}<br>{_classes_text(shown, counts)}",
-        f"percentile = CDF of the class's per-channel histogram ({n_bins} bins over [0, 1], linear within a bin); "
-        f"dashed 50, dotted 5/95. cf. {PAPER}, Fig. 7",
+        f"{one}percentile = CDF of the class's per-channel histogram ({n_bins} bins over [0, 1], linear within a "
+        f"bin); dashed 50, dotted 5/95; dashed dark-grey line = all images. cf. {PAPER}, Fig. 7",
         top=160,
     )
     fig.update_layout(height=620, legend={"title": {"text": ""}})
@@ -1186,7 +1194,7 @@ def stamp(fig: go.Figure, provenance: str) -> go.Figure:
     for export (``EXPORT_WIDTH`` x at least ``EXPORT_HEIGHT``). The original figure is not changed."""
     out = go.Figure(fig)
     height = max(EXPORT_HEIGHT, int(out.layout.height or 0))
-    bottom = int((out.layout.margin.b if out.layout.margin and out.layout.margin.b is not None else 60)) + 40
+    bottom = int(out.layout.margin.b if out.layout.margin and out.layout.margin.b is not None else 60) + 40
     out.update_layout(width=EXPORT_WIDTH, height=height, margin={"b": bottom})
     out.add_annotation(text=provenance, xref="paper", yref="paper", x=0, y=0, xanchor="left", yanchor="top",
                        yshift=-(bottom - 18), showarrow=False, align="left",
@@ -1229,8 +1237,8 @@ def save_figure(fig: go.Figure, path: str | os.PathLike[str], **kwargs: Any) -> 
     :func:`find_chromium` is handed to kaleido (via choreographer's ``BROWSER_PATH`` environment variable, set
     for this process if it was unset or wrong); without one a ``RuntimeError`` says how to install it. Extra
     keyword arguments go to ``write_html`` / ``write_image``; images default to the figure's own width (else
-    ``EXPORT_WIDTH``, 1600) and at least ``EXPORT_HEIGHT`` (900) high at scale 2, where nothing is cut (plotly's 700 x 500
-    default cuts long titles and legends).
+    ``EXPORT_WIDTH``, 1600) and at least ``EXPORT_HEIGHT`` (900) high at scale 2, where nothing is cut
+    (plotly's 700 x 500 default cuts long titles and legends).
     """
     if not isinstance(fig, go.Figure):
         raise TypeError(f"fig must be a plotly.graph_objects.Figure, got {type(fig).__name__}")

@@ -3,11 +3,15 @@
 ``run_model(loaded, images)`` decodes images in a DataLoader (a file that cannot be read is skipped with its
 reason, never fatal to the batch), runs the network on its device (CUDA with fp16 autocast and channels_last
 when present) under the model's lock, records every SE gate, and returns a :class:`Result` of plain arrays.
+
+:func:`forward_count` is a process-wide count of the images sent through a network here and in
+:mod:`senet_viz.ablation`, so callers and tests can see whether a result was reused or recomputed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +25,22 @@ from .data import ImageDecodeError, ImageItem, ImageSet, Skipped
 from .zoo import LoadedModel, resolve_device
 
 ProgressFn = Callable[[int, int], None]  # (images done, images total)
+
+_forwarded = 0
+_forwarded_lock = threading.Lock()  # sessions forward from several threads at once
+
+
+def count_forward(images: int) -> None:
+    """Add ``images`` to :func:`forward_count` (call once per forward pass, with its batch size)."""
+    global _forwarded
+    with _forwarded_lock:
+        _forwarded += images
+
+
+def forward_count() -> int:
+    """Images forwarded through any network by :func:`run_model` and the ablation sweeps since import."""
+    with _forwarded_lock:
+        return _forwarded
 
 
 @dataclass
@@ -122,6 +142,7 @@ def run_model(loaded: LoadedModel, images: ImageSet, *, blocks: Sequence[SEBlock
                     batch = batch.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
                     logits = model(batch).float()
+                count_forward(len(indices))
                 prob = logits.softmax(dim=1)
                 p5, i5 = prob.topk(min(5, prob.shape[1]), dim=1)
                 preds.append(i5[:, 0].cpu().numpy())

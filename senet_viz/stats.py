@@ -8,8 +8,9 @@ the number of images, and shards merge into exactly what one pass gives.
 Indices per block (:meth:`GateStats.indices`), with ``m_kc`` the mean gate of channel c over the images of
 class k, ``n_k`` the class sizes, ``m_c`` the all-image mean and ``v_kc`` the within-class variance:
 
-- **class specificity** (``specificity``): the share of gate variance explained by class, averaged over
-  channels (the correlation ratio eta^2)::
+- **class specificity** (``specificity``): the share of gate variance explained by class, pooled over the
+  block's channels (the correlation ratio eta^2: the sum of the channels' between-class variances over the sum of
+  their total variances, not an average of per-channel ratios)::
 
       B_c = sum_k n_k (m_kc - m_c)^2 / N,   W_c = sum_k n_k v_kc / N,   specificity = sum_c B_c / sum_c (B_c + W_c)
 
@@ -27,6 +28,9 @@ class k, ``n_k`` the class sizes, ``m_c`` the all-image mean and ``v_kc`` the wi
   channels whose mean gate is <= 1 - threshold.
 - **cross-class correlation** (``cross_class_corr``): mean Pearson correlation of the class-mean gate
   vectors over all pairs of classes (1: classes excite channels in the same pattern).
+- **constancy and class sizes**: ``all_std_max`` = the largest per-channel std over all images (about 0 when the
+  block's gate is a constant, e.g. a hard-sigmoid clipped at 1), ``gate_min`` / ``gate_max`` over all images and
+  channels, and ``min_class_count`` / ``max_class_count`` = images in the smallest / largest class.
 """
 
 from __future__ import annotations
@@ -191,12 +195,19 @@ class GateStats:
                    "n_images": total.count, "n_classes": len(classes), "threshold": threshold}
             row.update(_specificity(accs))
             class_means = np.array([a.mean for a in accs])
+            counts = [a.count for a in accs]
             row.update({
                 "saturation": float((total.mean >= threshold).mean()),
                 "mean_abs_1_minus_s": total.sum_abs_1m / (total.count * b.channels),
                 "share_near_0": float((total.mean <= 1 - threshold).mean()),
                 "mean_gate": float(total.mean.mean()),
                 "cross_class_corr": _mean_pairwise_corr(class_means),
+                # From M2 and the running min/max only: no histogram is read.
+                "all_std_max": float(np.sqrt(total.m2 / (total.count - 1)).max()) if total.count > 1 else float("nan"),
+                "gate_min": float(total.min.min()),
+                "gate_max": float(total.max.max()),
+                "min_class_count": min(counts) if counts else 0,
+                "max_class_count": max(counts) if counts else 0,
             })
             rows.append(row)
         return pd.DataFrame(rows)

@@ -188,7 +188,7 @@ def test_remove_toggle_and_mode_change_the_numbers():
     assert count(mean["Parameters"]) == count(identity["Parameters"])  # the same block is removed
     scored = ("Top-1", "Top-5", "Agreement with full")
     assert [mean[k] for k in scored] != [identity[k] for k in scored]  # mean gates on the other 80% of the images
-    assert "mean gates fitted on" in " ".join(c.value for c in at.caption)
+    assert "the mean gates were fitted on" in " ".join(c.value for c in at.caption)
 
 
 def test_depth_metrics_change_the_traces():

@@ -105,13 +105,13 @@ def test_remove_settings_survive_leaving_the_page():
     open_page(at, "remove")
     at.radio(key="remove_how").set_value("Blocks")
     at.run()
-    at.multiselect(key="remove_blocks").set_value(["SE_5_2"])
+    at.multiselect(key=f"remove_blocks@{MODEL}").set_value(["SE_5_2"])
     at.radio(key="remove_mode").set_value("mean")
     at.run()
     open_page(at, "cost")
     open_page(at, "remove")
     assert at.radio(key="remove_how").value == "Blocks"
-    assert at.multiselect(key="remove_blocks").value == ["SE_5_2"]
+    assert at.multiselect(key=f"remove_blocks@{MODEL}").value == ["SE_5_2"]
     assert at.radio(key="remove_mode").value == "mean"
 
 
@@ -164,7 +164,7 @@ def test_export_lists_only_the_current_selection_and_tags_every_file():
     at.selectbox(key="model_name").set_value(TWIN)
     at.run()
     open_page(at, "export")
-    earlier = [e for e in at.expander if e.label.startswith(f"{MODEL} — Upload by class: 5 images in 2 classes")]
+    earlier = [e for e in at.expander if e.label.startswith(f"{MODEL} — Upload by class: 5 files in 2 classes")]
     assert len(earlier) == 1, [e.label for e in at.expander]
     in_earlier = [m.value for m in earlier[0].markdown]
     everywhere = [m.value for m in at.markdown]
@@ -179,7 +179,7 @@ def test_export_lists_only_the_current_selection_and_tags_every_file():
 def test_exported_tables_carry_model_weights_and_images():
     from ui.exports import Provenance, stamped_table
 
-    prov = Provenance("m", "assets/m.safetensors (sha256 abc)", "Upload by class: 5 images in 2 classes", "d1")
+    prov = Provenance("m", "assets/m.safetensors (sha256 abc)", "Upload by class: 5 files in 2 classes", "d1")
     out = stamped_table(pd.DataFrame({"block": ["SE_2_1"], "x": [1.0]}), prov)
     assert list(out.columns[:3]) == ["model", "weights", "images"]
     back = pd.read_csv(io.StringIO(out.to_csv(index=False)))

@@ -1,15 +1,18 @@
 """A real browser against a real server: `streamlit run app.py` (headless, free port) driven by Debian's Chromium
 through Playwright.
 
-The flow: MobileNetV3-Small from ../shared (the .tflite), "Upload by class" with two classes named after ImageNet
-classes (so top-1 is scored) and two images each, the Compare classes figure, a bad upload listed with its
-reason while the app keeps working, removal of the last SE block changing top-1 and parameters, and every
-page of the navigation opened without an exception on screen. Screenshots go to test-output/browser/.
+The flow: MobileNetV3-Small from ../shared (the .tflite), "Upload by class" with two classes and two images each,
+the Compare classes figure, the image source switched away and back (the uploads and the figure are unchanged), a
+bad upload listed with its reason while the app keeps working, removal of the last SE block changing top-1 and
+parameters (top-1 is scored: one class is named after a model class, the other's files have ImageNet-style
+names), a PNG export with its title inside the image, every page of the navigation opened without an exception
+on screen, and Export after a model switch listing only the new model's figures. Screenshots go to
+test-output/browser/.
 
-The classes are "great white shark" (the great white shark and tiger shark samples) and "French bulldog" (the
-French bulldog and pug samples): removing the last SE block of MobileNetV3-Small changes the top-1 class of the
-great white shark and the French bulldog images, so top-1 accuracy moves; the goldfish and pug images keep
-theirs, and a goldfish/pug pair would leave top-1 unchanged.
+The classes are "sharks" (the great white shark and tiger shark samples) and "French bulldog" (the French bulldog
+and pug samples): removing the last SE block of MobileNetV3-Small changes the top-1 class of the great white
+shark and the French bulldog images, so top-1 accuracy moves; the goldfish and pug images keep theirs, and a
+goldfish/pug pair would leave top-1 unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +35,10 @@ TFLITE = SHARED / "models" / "mobilenet_v3_small_224_1.0_uint8.tflite"
 CHROMIUM = Path("/usr/bin/chromium")
 OUT = ROOT / "test-output" / "browser"
 MODEL = "tf_mobilenetv3_small_100"
-CLASSES = {  # class name (an ImageNet class) -> two sample images uploaded into it
-    "great white shark": ["n01484850_great_white_shark.JPEG", "n01491361_tiger_shark.JPEG"],
-    "French bulldog": ["n02108915_French_bulldog.JPEG", "n02110958_pug.JPEG"],
+CLASSES = {  # class name -> two sample images uploaded into it
+    # not a model class: top-1 is scored from the ImageNet-style file names (n01484850_...)
+    "sharks": ["n01484850_great_white_shark.JPEG", "n01491361_tiger_shark.JPEG"],
+    "French bulldog": ["n02108915_French_bulldog.JPEG", "n02110958_pug.JPEG"],  # a model class
 }
 PAGES = ["Compare classes", "Explore", "Depth", "Remove SE blocks", "Attribution", "Cost", "Export"]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -152,10 +157,45 @@ def count(text: str) -> int:
     return int(text.replace(",", ""))
 
 
+def upload_input(page, slot: int):
+    """The file input of an upload class; its key ends in a generation number (the sidebar moves uploaded files
+    into session state and empties the widget)."""
+    return page.locator(f"[class*='st-key-class_files_{slot}_'] input[type='file']")
+
+
+def plotly_data(page) -> list:
+    """The traces (name, x, y) of the first plotly chart on the page, as the browser holds them."""
+    return page.evaluate("""() => document.querySelector('.js-plotly-plot').data.map(
+        t => [t.name, Array.from(t.x || []), Array.from(t.y || [])])""")
+
+
+def pick_model(page, name: str) -> None:
+    page.locator(".st-key-model_name [data-testid='stSelectbox']").click()
+    page.keyboard.type(name)  # the selectbox filters its options as one types
+    page.get_by_role("option", name=name, exact=True).click()
+    wait_idle(page)
+    assert name in page.locator(".st-key-model_name input").input_value()
+
+
 def open_page(page, title: str) -> None:
     page.get_by_test_id("stSidebarNav").locator("a").filter(has_text=re.compile(rf"{re.escape(title)}\s*$")).click()
     wait_idle(page)
     page.get_by_test_id("stHeading").filter(has_text=title).first.wait_for()  # the page's own header
+
+
+def check_png_export(path: Path) -> None:
+    """1600 x >= 900 at scale 2, the title drawn in the top band (dark text pixels left of centre), the provenance
+    line near the bottom, nothing cut at the edges."""
+    from PIL import Image
+
+    image = np.asarray(Image.open(path).convert("L"))
+    height, width = image.shape
+    assert width == 3200 and height >= 1800, image.shape
+    title_band = image[: 120 * 2, : width // 2]  # the title sits in the top margin (120 px), left-aligned
+    assert (title_band < 100).sum() > 500, "no title text in the top band of the PNG"
+    footer = image[height - 40 * 2:, : width // 2]
+    assert (footer < 200).sum() > 200, "no provenance line at the bottom of the PNG"
+    assert (image[:, -4:] > 240).all(), "something is cut at the right edge"
 
 
 # ------------------------------------------------------------------------------------------------ the flow
@@ -172,11 +212,7 @@ def test_upload_compare_remove_and_every_page(page, server, tmp_path):
     shot(page, "start", shots)
 
     # the model: MobileNetV3-Small, loaded from ../shared/models/*.tflite
-    page.locator(".st-key-model_name [data-testid='stSelectbox']").click()
-    page.keyboard.type(MODEL)  # the selectbox filters its options as one types
-    page.get_by_role("option").filter(has_text=f"{MODEL} —").first.click()
-    wait_idle(page)
-    assert MODEL in page.locator(".st-key-model_name input").input_value()
+    pick_model(page, MODEL)
     assert_no_exception(page, "model")
 
     # two classes named after ImageNet classes, two images each
@@ -187,7 +223,7 @@ def test_upload_compare_remove_and_every_page(page, server, tmp_path):
         field.fill(name)
         field.press("Enter")
         wait_idle(page)
-        page.locator(f".st-key-class_files_{i} input[type='file']").set_input_files([SAMPLES / f for f in files])
+        upload_input(page, i).set_input_files([SAMPLES / f for f in files])
         wait_idle(page)
     chart = page.get_by_test_id("stPlotlyChart").first
     chart.locator(".js-plotly-plot").wait_for()
@@ -202,10 +238,23 @@ def test_upload_compare_remove_and_every_page(page, server, tmp_path):
     assert_no_exception(page, "Compare classes")
     shot(page, "compare-classes", shots)
 
+    # switch the image source away and back: the uploads are kept, the figure is the same
+    before = plotly_data(page)
+    sidebar.get_by_test_id("stRadio").get_by_text("Folder on the server", exact=True).click()
+    wait_idle(page)
+    assert "sharks (n=2)" not in page.get_by_test_id("stMain").inner_text()  # the folder's images are shown
+    sidebar.get_by_test_id("stRadio").get_by_text("Upload by class", exact=True).click()
+    wait_idle(page)
+    page.get_by_test_id("stPlotlyChart").first.locator(".js-plotly-plot").wait_for()
+    assert "4 images, grouped by labels" in page.get_by_test_id("stMain").inner_text()
+    assert "2 file(s) in sharks" in sidebar.inner_text()
+    assert plotly_data(page) == before
+    shot(page, "uploads-kept-after-source-switch", shots)
+
     # a bad upload is listed with its reason, and the rest is still analysed
     bad = tmp_path / "notes.jpg"
     bad.write_text("a text file renamed .jpg\n" * 50)
-    page.locator(".st-key-class_files_0 input[type='file']").set_input_files([bad])
+    upload_input(page, 0).set_input_files([bad])
     wait_idle(page)
     page.get_by_text("1 image(s) could not be read and were left out").first.wait_for()
     listed = page.get_by_test_id("stExpander").filter(has_text="could not be read").first.inner_text()
@@ -238,6 +287,31 @@ def test_upload_compare_remove_and_every_page(page, server, tmp_path):
         assert_no_exception(page, title)
         slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
         shot(page, f"page-{slug}", shots)
+
+    # a PNG export: large, with the title inside the image and the provenance line under the plot
+    main = page.get_by_test_id("stMain")
+    row = main.get_by_test_id("stHorizontalBlock").filter(has_text="Compare classes").first
+    row.get_by_role("button", name="PNG").click()
+    wait_idle(page)
+    with page.expect_download() as download:
+        row.get_by_role("button", name="Download PNG").click()
+    png_path = OUT / "export-compare-classes.png"
+    download.value.save_as(png_path)
+    check_png_export(png_path)
+    shot(page, "export-png", shots)
+
+    # a model switch: Export lists only the new model's figures; the old ones sit apart, under their model
+    pick_model(page, "se_resnet_fmnist")
+    open_page(page, "Export")
+    assert_no_exception(page, "Export after a model switch")
+    current = main.inner_text().split("Earlier selections")[0]
+    assert "Current selection: model se_resnet_fmnist" in current
+    for name in ("Compare classes", "Explore", "Depth", "Grad-CAM"):
+        assert f"\n{name}\n" not in current, current
+    earlier = main.get_by_test_id("stExpander").filter(has_text=f"{MODEL} — Upload by class").first
+    earlier.click()
+    assert "Compare classes" in earlier.inner_text()
+    shot(page, "export-after-model-switch", shots)
     assert _health(server) == "ok"  # the server keeps serving
     assert all(p.is_file() and p.stat().st_size > 0 for p in shots)
     print("browser errors:", errors or "none")

@@ -8,17 +8,26 @@ from ui import sidebar, state
 
 # Value widgets whose state must outlive the page (or source) that draws them. Streamlit deletes a widget's
 # value when a run does not draw the widget; writing the value back at the top of every run keeps it as plain
-# session state. Buttons and uploaders cannot be written (their state is not a value), hence the explicit list.
-_KEPT_PREFIXES = ("model_name", "device", "image_source", "weights_path", "server_folder", "fmnist_limit",
-                  "group_by_prediction", "class_name_", "classes_", "all_classes_", "compare_", "fig6_", "fig7_",
-                  "dist_", "heat_", "depth_", "explore_", "attr_", "remove_how", "remove_k", "remove_stage",
-                  "remove_blocks", "remove_mode", "remove_on", "sweep_modes", "sweep_kinds")
+# session state. Buttons, uploaders and charts cannot be written (their state is not a value), hence the list.
+_KEPT_KEYS = frozenset({
+    "model_name", "device", "image_source", "weights_path", "server_folder", "fmnist_limit", "group_by_prediction",
+    "compare_classes", "compare_view", "fig6_all", "fig6_n", "fig6_seed", "fig7_class", "dist_kind", "depth_metrics",
+    "depth_second", "explore_image", "attr_image", "attr_mode", "remove_how", "remove_k", "remove_mode", "remove_on",
+    "sweep_modes", "sweep_kinds"})
+_KEPT_PREFIXES = ("class_name_", "classes_", "all_classes_")
+
+
+def per_model(key: str, model_name: str) -> str:
+    """The widget key of a setting that names a model's blocks or stages. Each model keeps its own: a browser
+    resends a widget's last value, so one shared key would carry another model's blocks (where names coincide)
+    into this model's preset."""
+    return f"{key}@{model_name}"
 
 
 def keep_widget_values() -> None:
     """Carry every listed widget value over to the next run, drawn or not (call at the top of app.py)."""
     for key in list(st.session_state):
-        if isinstance(key, str) and key.startswith(_KEPT_PREFIXES) and not key.startswith("remove_class_"):
+        if isinstance(key, str) and (key in _KEPT_KEYS or key.startswith(_KEPT_PREFIXES) or "@" in key):
             st.session_state[key] = st.session_state[key]
 
 

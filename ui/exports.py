@@ -26,7 +26,7 @@ class Provenance:
 
     model: str
     weights: str
-    images: str  # e.g. "Upload by class: 4 images in 2 classes"
+    images: str  # e.g. "Upload by class: 4 files in 2 classes"
     image_set: str  # digest of the image keys and labels: the same files give the same digest
 
     @property
@@ -57,7 +57,7 @@ def provenance(selection: sidebar.Selection | None = None) -> Provenance | None:
             h.update(f"{it.key}\0{it.label}\n".encode())
         digest = h.hexdigest()[:10]
         n_classes = len(selection.images.classes_present())
-        images = f"{selection.source}: {len(items)} images in {n_classes} classes"
+        images = f"{selection.source}: {len(items)} files in {n_classes} class{'es' if n_classes != 1 else ''}"
     return Provenance(model.name, weights, images, digest)
 
 

@@ -64,12 +64,6 @@ class Selection:
             return self.images
         return model_space_labels(self.images, self.model.class_names, self.model.wnids)
 
-    @property
-    def n_scorable(self) -> int:
-        """How many images have a label in the model's class space (0: accuracy cannot be scored)."""
-        scored = self.scored_images()
-        return sum(it.label is not None for it in scored.items) if scored else 0
-
 
 def upload_limits_help(kind: str = "images") -> str:
     """What an upload widget accepts, for its help text: the size limit per file (``server.maxUploadSize``),
@@ -93,11 +87,8 @@ def current() -> Selection:
     return st.session_state.get("selection", Selection())
 
 
-def _model_label(name: str) -> str:
-    # Short: the sidebar is narrow and a long option is cut off; the paper name is shown under the picker.
-    status = zoo.weights_status(name)
-    mark = "ready" if status in ("file", "hub cache") else "needs weights"
-    return f"{name} [{mark}]"
+def _weights_mark(name: str) -> str:
+    return "weights ready" if zoo.weights_status(name) in ("file", "hub cache") else "needs weights"
 
 
 def _device_options() -> list[str]:
@@ -108,9 +99,11 @@ def _model_section(selection: Selection) -> None:
     names = list(zoo.REGISTRY)
     default = zoo.DEFAULT_MODEL if zoo.DEFAULT_MODEL in names and zoo.weights_status(zoo.DEFAULT_MODEL) == "file" \
         else "tf_mobilenetv3_small_100"
-    name = st.selectbox("Model", names, index=names.index(default), format_func=_model_label, key="model_name",
-                        help="[ready]: weights present (file or hub cache); [needs weights]: a file or the internet")
-    st.caption(zoo.get_spec(name).paper_name)
+    # Options are bare names: the sidebar is narrow and a longer option is cut off; the paper name and whether the
+    # weights are here are said under the picker.
+    name = st.selectbox("Model", names, index=names.index(default), key="model_name",
+                        help="Models whose weights are not here need a file (Weights below) or the internet")
+    st.caption(f"{zoo.get_spec(name).paper_name} · {_weights_mark(name)}")
     device = st.radio("Device", _device_options(), horizontal=True, key="device",
                       help="auto = CUDA when a GPU is visible, else the CPU")
     if torch.cuda.is_available():
@@ -214,7 +207,7 @@ def _class_uploads() -> list[tuple[str, bytes, str | None]]:
         cols = st.columns([5, 1])
         cls["name"] = cols[0].text_input("Class name", value=cls["name"], key=f"class_name_{cid}",
                                          label_visibility="collapsed")
-        if cols[1].button(":material/close:", key=f"remove_class_{cid}",
+        if cols[1].button("", icon=":material/close:", key=f"remove_class_{cid}",
                           help="remove this class and its files"):
             classes.remove(cls)
             _upload_store().pop(str(cid), None)

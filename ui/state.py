@@ -1,31 +1,349 @@
-"""Streamlit glue: cached models, per-session results, and the image set the sidebar chose.
+"""Streamlit glue: cached models, results shared between sessions, torch threads per request, and uploads.
 
-Computation lives in ``senet_viz``; this module only decides *when* to call it. Models are shared by every
-browser session through ``st.cache_resource`` (small ``max_entries``; never mutated, every hooked forward
-holds the model's lock). Results are memoised per session in ``st.session_state`` under a key made of the
-model, its weights digest, the device and the images' content keys, so changing what a chart shows never
-re-runs the network, and nothing a user uploaded or computed is lost on a rerun.
+Computation lives in ``senet_viz``; this module only decides *when* (and on which thread) to call it.
+
+Models are shared by every browser session through ``st.cache_resource`` (small ``max_entries``; never mutated,
+every hooked forward holds the model's lock).
+
+Results (network passes, statistics, ablations, sweeps, Grad-CAMs, channel attributions) are shared by every
+session of the process: one :class:`ResultCache`, keyed by the model, its weights digest, the device and the
+content of the images (:func:`images_key`), so a second tab or a second user asking for the same thing gets it
+without a forward pass, and two sessions asking at the same moment compute it once (the second waits for the
+first). The cache is a least-recently-*used* LRU bounded per kind by :data:`RESULT_LIMITS` (entries, not bytes).
+Memory is dominated by network passes: one keeps 2 bytes per SE gate and 4 per logit of every image (34 kB per
+image for SE-ResNet-50, 0.8 kB for the embedded Fashion-MNIST model), and at most ``run`` + ``analysis`` = 32 of
+them are held (an analysis holds its pass), e.g. 32 x 34 MB for 1,000 ImageNet images on SE-ResNet-50, or
+32 x 8 MB for the 10,000 Fashion-MNIST test images. Shared results are read-only (their arrays are not
+writeable).
+
+Torch threads. ``torch.set_num_threads`` is process-global in name only. Measured with torch 2.14 (OpenMP
+build): it stores a process-wide default *and* sets the calling thread's OpenMP team size; every other thread
+keeps the size it had at its first parallel op, and a thread that has not run one yet takes the stored default.
+Two sessions that each use every core therefore run 2 x cores threads, and OpenMP's spinning barriers on an
+oversubscribed machine make both many times slower (10x and worse, more when anything else uses a core). So
+network work does not run on the sessions' script threads: it runs on a small process-wide pool of worker
+threads, each capped once when it starts, while the session shows a progress bar and waits.
+
+- ``SENET_VIZ_TORCH_THREADS``: torch intra-op threads per request (default ``max(1, cores // 2)``, cores being
+  the CPUs this process may use).
+- ``SENET_VIZ_MAX_CONCURRENT``: requests computing at once, i.e. worker threads (default
+  ``max(1, cores // threads)``); more requests queue. On the CPU each worker may use its own copy of a model
+  (made on first need, at most this many per model, so two sessions on the same model do not queue on its lock);
+  on CUDA there is one copy.
+
+Both are read once per process, when the first model is requested; ``1`` and ``cores`` give the CLI's
+behaviour for a single user (every core for one request).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
+import logging
+import os
 import tempfile
+import threading
+import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import streamlit as st
+import torch
 
 from senet_viz import ablation, zoo
-from senet_viz.data import ImageSet
-from senet_viz.run import Result, run_model
+from senet_viz.data import ImageItem, ImageSet
+from senet_viz.run import ProgressFn, Result, run_model
 from senet_viz.stats import GateStats
 
-MAX_RESULTS_PER_SESSION = 8
+T = TypeVar("T")
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "senet_viz_uploads"
+THREADS_ENV = "SENET_VIZ_TORCH_THREADS"
+CONCURRENT_ENV = "SENET_VIZ_MAX_CONCURRENT"
+# Entries kept per kind, for the whole process (all sessions together); see the module docstring for memory.
+RESULT_LIMITS: dict[str, int] = {"run": 16, "analysis": 16, "evaluate": 64, "sweep": 8, "gradcam": 64,
+                                 "channel_attr": 128}
+_log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ shared results
+
+
+@dataclass
+class Flight:
+    """One computation under way: its progress, then its value or its error (``done`` is set after either)."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
+    progress: tuple[int, int] | None = None  # (done, total) as the computation reports it
+    value: Any = None
+    error: BaseException | None = None
+
+    def report(self, done: int, total: int) -> None:
+        self.progress = (done, total)
+
+
+Submit = Callable[[Callable[[], None]], object]  # runs a job now or later, on some thread
+
+
+def _inline(job: Callable[[], None]) -> None:
+    job()
+
+
+class ResultCache:
+    """Process-wide, thread-safe LRU of computed results, one bounded ``OrderedDict`` per kind.
+
+    A hit moves the entry to the end (most recently used); inserting beyond the kind's limit evicts from the front
+    (least recently used). A miss starts one :class:`Flight` per key: whoever asks for a key while it is being
+    computed waits for that flight instead of computing it again. A computation that raises is not cached: every
+    waiter gets the error, and the next request computes again.
+    """
+
+    def __init__(self, limits: Mapping[str, int]) -> None:
+        self.limits = dict(limits)
+        self._entries: dict[str, OrderedDict[Hashable, Any]] = {kind: OrderedDict() for kind in self.limits}
+        self._flights: dict[tuple[str, Hashable], Flight] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(store) for store in self._entries.values())
+
+    def keys(self, kind: str) -> list[Hashable]:
+        """Keys of ``kind``, least recently used first."""
+        with self._lock:
+            return list(self._entries[kind])
+
+    def peek(self, kind: str, key: Hashable) -> tuple[bool, Any]:
+        """(found, value) without computing; a hit counts as a use."""
+        with self._lock:
+            store = self._entries[kind]
+            if key in store:
+                store.move_to_end(key)
+                return True, store[key]
+            return False, None
+
+    def fetch(self, kind: str, key: Hashable, compute: Callable[[ProgressFn], T], *, submit: Submit = _inline,
+              wait: Callable[[Flight], None] | None = None) -> T:
+        """The value of ``key``: cached, or computed once by ``compute(progress)`` run through ``submit``.
+
+        ``wait(flight)`` is called on a miss (by the thread that started the flight and by any thread that found
+        it under way) and must return once ``flight.done`` is set; it may show ``flight.progress`` meanwhile.
+        """
+        with self._lock:
+            store = self._entries[kind]
+            if key in store:
+                store.move_to_end(key)
+                return store[key]
+            flight = self._flights.get((kind, key))
+            start = flight is None
+            if start:
+                flight = self._flights[(kind, key)] = Flight()
+        if start:
+            try:
+                submit(lambda: self._compute(kind, key, compute, flight))
+            except BaseException as exc:  # e.g. the pool is shut down: no waiter may hang on this flight
+                self._finish(kind, key, flight, None, exc)
+                raise
+        if wait is not None:
+            wait(flight)
+        flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        return flight.value
+
+    def _compute(self, kind: str, key: Hashable, compute: Callable[[ProgressFn], Any], flight: Flight) -> None:
+        flight.started = True
+        try:
+            value, error = compute(flight.report), None
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter, raised in their threads
+            value, error = None, exc
+        self._finish(kind, key, flight, value, error)
+
+    def _finish(self, kind: str, key: Hashable, flight: Flight, value: Any, error: BaseException | None) -> None:
+        with self._lock:  # stored and the flight retired together: a new request sees one or the other
+            if error is None:
+                store = self._entries[kind]
+                store[key] = value
+                store.move_to_end(key)
+                while len(store) > self.limits[kind]:
+                    store.popitem(last=False)
+            del self._flights[(kind, key)]
+        flight.value, flight.error = value, error
+        flight.done.set()
+
+
+# ------------------------------------------------------------------------------------------ threads per request
+
+
+@dataclass(frozen=True)
+class ThreadPolicy:
+    cores: int  # CPUs this process may use
+    threads: int  # torch intra-op threads per request
+    concurrent: int  # requests computing at once (worker threads)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # honours taskset / cgroup cpusets, unlike os.cpu_count()
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _env_int(name: str, default: int, env: Mapping[str, str]) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        _log.warning("%s=%r is not a positive integer; using %d", name, raw, default)
+        return default
+    return value
+
+
+def thread_policy(env: Mapping[str, str] | None = None, cores: int | None = None) -> ThreadPolicy:
+    """The policy ``SENET_VIZ_TORCH_THREADS`` and ``SENET_VIZ_MAX_CONCURRENT`` ask for (module docstring)."""
+    env = os.environ if env is None else env
+    cores = cores or _usable_cores()
+    threads = _env_int(THREADS_ENV, max(1, cores // 2), env)
+    return ThreadPolicy(cores, threads, _env_int(CONCURRENT_ENV, max(1, cores // threads), env))
+
+
+class _Replicas:
+    """Copies of one cached model for concurrent requests; each copy is used by one request at a time."""
+
+    def __init__(self, loaded: zoo.LoadedModel, limit: int) -> None:
+        self.primary = loaded
+        self.limit = limit
+        self.free: list[zoo.LoadedModel] = [loaded]
+        self.made = 1
+        self.cond = threading.Condition()
+
+    @contextmanager
+    def take(self) -> Iterator[zoo.LoadedModel]:
+        with self.cond:
+            while not self.free and self.made >= self.limit:
+                self.cond.wait()
+            copy_needed = not self.free
+            if copy_needed:
+                self.made += 1
+            else:
+                model = self.free.pop()
+        if copy_needed:
+            try:
+                model = self._copy()
+            except Exception:  # e.g. a module that cannot be deep-copied: this model serves one request at a time
+                _log.warning("cannot copy %s for concurrent requests; they will take turns", self.primary.name,
+                             exc_info=True)
+                with self.cond:
+                    self.made -= 1
+                    self.limit = 1
+                    while not self.free:
+                        self.cond.wait()
+                    model = self.free.pop()
+        try:
+            yield model
+        finally:
+            with self.cond:
+                self.free.append(model)
+                self.cond.notify()
+
+    def _copy(self) -> zoo.LoadedModel:
+        # Under the lock no hook is registered (hooks exist only inside locked scopes), so none is copied.
+        with self.primary.lock:
+            module = copy.deepcopy(self.primary.model)
+        return replace(self.primary, model=module, lock=None)  # lock=None: the copy gets its own
+
+
+class Engine:
+    """What every session shares: the result cache, the worker threads and the model copies."""
+
+    def __init__(self, policy: ThreadPolicy, limits: Mapping[str, int] = RESULT_LIMITS) -> None:
+        self.policy = policy
+        self.results = ResultCache(limits)
+        # The stored default is what threads that have not run torch yet (each Streamlit rerun is a new thread)
+        # will use; each worker also sets its own team size once, in its initializer.
+        torch.set_num_threads(policy.threads)
+        self.pool = ThreadPoolExecutor(max_workers=policy.concurrent, thread_name_prefix="senet-viz-compute",
+                                       initializer=torch.set_num_threads, initargs=(policy.threads,))
+        self._replicas: weakref.WeakKeyDictionary[torch.nn.Module, _Replicas] = weakref.WeakKeyDictionary()
+        self._replicas_guard = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.pool.submit(job)
+
+    @contextmanager
+    def model(self, loaded: zoo.LoadedModel) -> Iterator[zoo.LoadedModel]:
+        """``loaded`` or an identical copy of it that no other request is using."""
+        with self._replicas_guard:
+            pool = self._replicas.get(loaded.model)
+            if pool is None:
+                limit = self.policy.concurrent if loaded.device.type == "cpu" else 1  # one copy per GPU
+                pool = self._replicas[loaded.model] = _Replicas(loaded, limit)
+        with pool.take() as model:
+            yield model
+
+
+@st.cache_resource(show_spinner=False)
+def engine() -> Engine:
+    """The process-wide engine, created (and the thread policy applied) before the first model is loaded."""
+    policy = thread_policy()
+    _log.info("senet-viz: %d torch thread(s) per request, %d request(s) at once, %d core(s)", policy.threads,
+              policy.concurrent, policy.cores)
+    return Engine(policy)
+
+
+def _fetch(eng: Engine, kind: str, key: Hashable, compute: Callable[[ProgressFn], T],
+           wait: Callable[[Flight], None], on_worker: bool = True) -> T:
+    return eng.results.fetch(kind, key, compute, submit=eng.submit if on_worker else _inline, wait=wait)
+
+
+def _progress_wait(text: str, unit: str) -> Callable[[Flight], None]:
+    """Wait for a flight behind this session's own progress bar (the computation runs on a worker thread)."""
+
+    def wait(flight: Flight) -> None:
+        bar = st.progress(0.0, text=text)
+        try:
+            shown: object = None
+            while not flight.done.wait(0.1):
+                now = flight.progress if flight.started else "queued"
+                if now == shown:
+                    continue
+                shown = now
+                if now == "queued":
+                    bar.progress(0.0, text=f"{text} (waiting for other sessions' computations)")
+                elif now is not None:
+                    done, total = now
+                    bar.progress(min(1.0, done / max(total, 1)), text=f"{text} {done}/{total} {unit}")
+        finally:
+            bar.empty()
+
+    return wait
+
+
+def _spinner_wait(text: str) -> Callable[[Flight], None]:
+    def wait(flight: Flight) -> None:
+        with st.spinner(text):
+            flight.done.wait()
+
+    return wait
+
+
+def _no_wait(flight: Flight) -> None:
+    flight.done.wait()
+
+
+# ------------------------------------------------------------------------------------------ models and keys
 
 
 @st.cache_resource(max_entries=3, show_spinner="Loading the model ...")
@@ -34,11 +352,23 @@ def _cached_model(name: str, weights: str | None, device: str, weights_key: str)
     return zoo.load_model(name, weights=weights, device=device)
 
 
-def get_model(name: str, weights: str | None = None, device: str = "auto") -> zoo.LoadedModel:
-    """The shared, cached model; raises the library's errors (WeightsError, ...) for the caller to show."""
+@functools.lru_cache(maxsize=64)
+def _digest_of(path: str, size: int, mtime_ns: int) -> str:
     from senet_viz.weights import file_digest
 
-    key = file_digest(weights) if weights and Path(weights).is_file() else (weights or "default")
+    return file_digest(path)
+
+
+def weights_digest(path: str | Path) -> str:
+    """Content digest of a weights file, hashed again only when its size or modification time changes."""
+    stat = os.stat(path)
+    return _digest_of(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+def get_model(name: str, weights: str | None = None, device: str = "auto") -> zoo.LoadedModel:
+    """The shared, cached model; raises the library's errors (WeightsError, ...) for the caller to show."""
+    engine()  # the thread policy is in place before the first forward (loading verifies the blocks with one)
+    key = weights_digest(weights) if weights and Path(weights).is_file() else (weights or "default")
     return _cached_model(name, weights, device, key)
 
 
@@ -52,26 +382,49 @@ def save_upload(name: str, data: bytes) -> Path:
     return path
 
 
-def _memo(kind: str) -> OrderedDict:
-    store = st.session_state.setdefault(f"_memo_{kind}", OrderedDict())
-    return store
+def _item_stamp(item: ImageItem) -> tuple:
+    """What identifies an item's pixels: uploads carry their content hash in the key; a file on disk is its
+    absolute path (keys are relative to the folder), size and modification time, so an edited file is new."""
+    if item.path is not None:
+        try:
+            stat = item.path.stat()
+        except OSError:
+            return (os.path.abspath(item.path), None, None)  # unreadable now: a later fix gives a new key
+        return (os.path.abspath(item.path), stat.st_size, stat.st_mtime_ns)
+    return ("data", len(item.data or b""))
 
 
-def _remember(kind: str, key: tuple, value) -> None:
-    store = _memo(kind)
-    store[key] = value
-    store.move_to_end(key)
-    while len(store) > MAX_RESULTS_PER_SESSION:
-        store.popitem(last=False)
-
-
-def images_key(images: ImageSet) -> tuple:
-    # Labels are part of the key: the same files scored with and without labels are different requests.
-    return tuple((it.key, it.label) for it in images.items)
+def images_key(images: ImageSet) -> str:
+    """A digest of everything a result depends on in ``images``: each item's identity (:func:`_item_stamp`;
+    in-memory items are named by their key: a content hash for uploads, an index into the installed test set for
+    Fashion-MNIST), label and label name (the same files with other labels are another request), the class names
+    and the files left out (listed with a result)."""
+    h = hashlib.sha256()
+    h.update(repr((list(images.class_names), [(s.file, s.reason) for s in images.skipped])).encode())
+    for it in images.items:
+        h.update(repr((it.key, it.label, it.label_name, _item_stamp(it))).encode())
+    return h.hexdigest()
 
 
 def model_key(loaded: zoo.LoadedModel) -> tuple:
     return (loaded.name, loaded.weights_id, str(loaded.device))
+
+
+def _pixels_key(pixels: torch.Tensor) -> str:
+    # The exact input, not the image's key: two folders can hold different files under the same relative path.
+    return hashlib.sha256(pixels.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _read_only(result: Result) -> Result:
+    # One Result serves every session: an in-place edit by one page would change another user's charts.
+    arrays = [result.labels, result.pred, result.top5, result.top5_prob, result.logits, *result.gates.values()]
+    for array in arrays:
+        if array is not None:
+            array.flags.writeable = False
+    return result
+
+
+# ------------------------------------------------------------------------------------------ results
 
 
 @dataclass
@@ -86,74 +439,70 @@ class Analysis:
     grouping: str  # "labels" or "predicted class"
 
 
-def _progress_bar(text: str):
-    bar = st.progress(0.0, text=text)
-
-    def update(done: int, total: int) -> None:
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} {done}/{total} images")
-
-    return bar, update
-
-
 def run(loaded: zoo.LoadedModel, images: ImageSet) -> Result:
-    """Gates, predictions and logits of every image (memoised per session)."""
-    key = (*model_key(loaded), images_key(images))
-    store = _memo("run")
-    if key in store:
-        store.move_to_end(key)
-        return store[key]
-    bar, update = _progress_bar(f"Running {loaded.name} on")
-    result = run_model(loaded, images, progress=update, batch_size=32)
-    bar.empty()
-    _remember("run", key, result)
-    return result
+    """Gates, predictions and logits of every image (shared by every session)."""
+    eng = engine()  # here, on the session's thread: compute() runs on a worker, outside any script run
+
+    def compute(progress: ProgressFn) -> Result:
+        with eng.model(loaded) as model:
+            return _read_only(run_model(model, images, progress=progress, batch_size=32))
+
+    return _fetch(eng, "run", (*model_key(loaded), images_key(images)), compute,
+                  _progress_wait(f"Running {loaded.name} on", "images"))
 
 
 def analyse(loaded: zoo.LoadedModel, images: ImageSet, group_by_prediction: bool = False) -> Analysis:
-    """Run (memoised) and compute per-class statistics, grouping by labels or by predicted class."""
-    result = run(loaded, images)
+    """Run (shared) and compute per-class statistics, grouping by labels or by predicted class."""
+    eng = engine()
     key = (*model_key(loaded), images_key(images), group_by_prediction)
-    store = _memo("analysis")
-    if key in store:
-        return store[key]
-    if group_by_prediction or (result.labels < 0).all():
-        labels, names, grouping = result.pred, list(loaded.class_names), "predicted class"
-    else:
-        labels, names, grouping = result.labels, list(images.class_names or loaded.class_names), "labels"
-    stats = GateStats.for_blocks(loaded.name, loaded.blocks, names)
-    for name, gates in result.gates.items():
-        stats.update(name, gates, labels)
-    analysis = Analysis(result=result, stats=stats, channels=stats.frame(), indices=stats.indices(),
+    found, analysis = eng.results.peek("analysis", key)
+    if found:  # without asking for the run: it may have been evicted while its statistics were not
+        return analysis
+    result = run(loaded, images)
+
+    def compute(_progress: ProgressFn) -> Analysis:
+        if group_by_prediction or (result.labels < 0).all():
+            labels, names, grouping = result.pred, list(loaded.class_names), "predicted class"
+        else:
+            labels, names, grouping = result.labels, list(images.class_names or loaded.class_names), "labels"
+        stats = GateStats.for_blocks(loaded.name, loaded.blocks, names)
+        for name, gates in result.gates.items():
+            stats.update(name, gates, labels)
+        return Analysis(result=result, stats=stats, channels=stats.frame(), indices=stats.indices(),
                         class_names=names, grouping=grouping)
-    _remember("analysis", key, analysis)
-    return analysis
+
+    # Statistics need no network: computed on this thread (still once for sessions asking together).
+    return _fetch(eng, "analysis", key, compute, _no_wait, on_worker=False)
 
 
 def evaluate(loaded: zoo.LoadedModel, images: ImageSet, blocks: list, mode: str) -> dict:
-    """The ablation metrics of ``blocks`` in ``mode`` (memoised); reuses the full pass when it can."""
+    """The ablation metrics of ``blocks`` in ``mode`` (shared); reuses the full pass when it can."""
+    eng = engine()
     key = (*model_key(loaded), images_key(images), tuple(b.name for b in blocks), mode)
-    store = _memo("evaluate")
-    if key in store:
-        return store[key]
+    found, out = eng.results.peek("evaluate", key)
+    if found:
+        return out
     full = run(loaded, images) if mode == "identity" else None
-    with st.spinner(f"Evaluating with {len(blocks)} SE block(s) {'removed' if mode == 'identity' else 'frozen'} ..."):
-        out = ablation.evaluate(loaded, images, blocks, mode=mode, full=full)
-    _remember("evaluate", key, out)
-    return out
+
+    def compute(_progress: ProgressFn) -> dict:
+        with eng.model(loaded) as model:
+            return ablation.evaluate(model, images, blocks, mode=mode, full=full)
+
+    verb = "removed" if mode == "identity" else "frozen"
+    return _fetch(eng, "evaluate", key, compute, _spinner_wait(f"Evaluating with {len(blocks)} SE block(s) {verb} ..."))
 
 
 def sweep(loaded: zoo.LoadedModel, images: ImageSet, modes: tuple[str, ...], kinds: tuple[str, ...]) -> pd.DataFrame:
-    key = (*model_key(loaded), images_key(images), modes, kinds)
-    store = _memo("sweep")
-    if key in store:
-        return store[key]
-    configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[0] in kinds]
-    bar = st.progress(0.0, text="Sweeping SE ablations ...")
-    frame = ablation.sweep(loaded, images, modes, configs,
-                           progress=lambda d, t: bar.progress(d / t, text=f"Sweeping SE ablations: {d}/{t} runs"))
-    bar.empty()
-    _remember("sweep", key, frame)
-    return frame
+    """Every single-block, stage and last-k ablation in each mode (shared), with a progress bar per run."""
+    eng = engine()
+
+    def compute(progress: ProgressFn) -> pd.DataFrame:
+        configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[0] in kinds]
+        with eng.model(loaded) as model:
+            return ablation.sweep(model, images, modes, configs, progress=progress)
+
+    return _fetch(eng, "sweep", (*model_key(loaded), images_key(images), modes, kinds), compute,
+                  _progress_wait("Sweeping SE ablations:", "runs"))
 
 
 def single_image_gates(analysis: Analysis, key: str) -> dict[str, np.ndarray]:
@@ -186,25 +535,32 @@ def paper_cost_table() -> dict[str, pd.DataFrame]:
 
 
 def gradcams(loaded: zoo.LoadedModel, image_key: str, pixels, stage: int, removed: list) -> tuple[dict, int]:
-    """Grad-CAM with the full network and with ``removed`` SE blocks (memoised per session)."""
+    """Grad-CAM with the full network and with ``removed`` SE blocks (shared; keyed by the pixels themselves,
+    ``image_key`` only names the image)."""
     from senet_viz.attribution import gradcam
 
-    key = (*model_key(loaded), image_key, stage, tuple(b.name for b in removed))
-    store = _memo("gradcam")
-    if key not in store:
-        with st.spinner("Computing Grad-CAM ..."):
-            full, target = gradcam(loaded, pixels, stage)
-            ablated, _ = gradcam(loaded, pixels, stage, target=target, ablate_blocks=removed)
+    eng = engine()
+
+    def compute(_progress: ProgressFn) -> tuple[dict, int]:
+        with eng.model(loaded) as model:
+            full, target = gradcam(model, pixels, stage)
+            ablated, _ = gradcam(model, pixels, stage, target=target, ablate_blocks=removed)
         names = ", ".join(b.name for b in removed)
-        _remember("gradcam", key, ({"full network": full, f"without {names}": ablated}, target))
-    return store[key]
+        return {"full network": full, f"without {names}": ablated}, target
+
+    key = (*model_key(loaded), _pixels_key(pixels), stage, tuple(b.name for b in removed))
+    return _fetch(eng, "gradcam", key, compute, _spinner_wait("Computing Grad-CAM ..."))
 
 
 def channel_attribution(loaded: zoo.LoadedModel, image_key: str, pixels, block) -> tuple:
+    """Gradient x gate of each channel of ``block`` for one image (shared; keyed by the pixels)."""
     from senet_viz.attribution import se_channel_attribution
 
-    key = (*model_key(loaded), image_key, block.name)
-    store = _memo("channel_attr")
-    if key not in store:
-        _remember("channel_attr", key, se_channel_attribution(loaded, pixels, block))
-    return store[key]
+    eng = engine()
+
+    def compute(_progress: ProgressFn) -> tuple:
+        with eng.model(loaded) as model:
+            return se_channel_attribution(model, pixels, block)
+
+    key = (*model_key(loaded), _pixels_key(pixels), block.name)
+    return _fetch(eng, "channel_attr", key, compute, _spinner_wait("Attributing the class score to SE channels ..."))

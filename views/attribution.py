@@ -7,7 +7,7 @@ import streamlit as st
 from senet_viz import plots
 from senet_viz.blocks import select_blocks
 from ui import exports, state
-from ui.common import need_analysis, pick_image
+from ui.common import need_analysis, per_model, pick_image
 
 st.header("Attribution")
 selection, analysis = need_analysis()
@@ -15,8 +15,8 @@ model, result = selection.model, analysis.result
 items, key = pick_image(selection, analysis, "attr_image")
 c1, c2, c3 = st.columns(3)
 stages = sorted({b.stage for b in model.blocks})
-stage = c1.selectbox("Grad-CAM stage", stages, index=len(stages) - 1, key="attr_stage")
-k = c2.slider("Remove the last k SE blocks", 1, len(model.blocks), 1, key="attr_k")
+stage = c1.selectbox("Grad-CAM stage", stages, index=len(stages) - 1, key=per_model("attr_stage", model.name))
+k = c2.slider("Remove the last k SE blocks", 1, len(model.blocks), 1, key=per_model("attr_k", model.name))
 mode = c3.radio("Mode", ["identity"], key="attr_mode", help="identity: gate = 1 (the paper's removal)")
 removed = select_blocks(model.blocks, f"last:{k}")
 
@@ -31,7 +31,8 @@ st.plotly_chart(fig, width="stretch", key="attr_gradcam")
 exports.keep_figure("Grad-CAM", fig)
 
 st.subheader("Which SE channels carry the predicted class?")
-block_name = st.selectbox("SE block", [b.name for b in model.blocks], index=len(model.blocks) - 1, key="attr_block")
+block_name = st.selectbox("SE block", [b.name for b in model.blocks], index=len(model.blocks) - 1,
+                          key=per_model("attr_block", model.name))
 block = next(b for b in model.blocks if b.name == block_name)
 attribution, gates, target = state.channel_attribution(model, key, pixels, block)
 fig2 = plots.channel_attribution_figure(attribution, gates, model.name, block.name, model.class_names[target])

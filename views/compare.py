@@ -2,14 +2,17 @@
 
 import streamlit as st
 
-from senet_viz import plots
+from senet_viz import plots, verdict
 from ui import exports
-from ui.common import class_caption, need_analysis
+from ui.common import class_caption, need_analysis, per_model
 
 st.header("Compare classes")
 selection, analysis = need_analysis()
 channels, indices = analysis.channels, analysis.indices
 st.caption(class_caption(analysis))
+if int(indices["max_class_count"].max()) == 1:
+    st.warning("Every class has one image: Fig. 7's ±1 std bands cannot be computed (a single image has no "
+               "within-class spread), and class specificity falls back from eta² to the spread of the class means.")
 
 classes = [c for c in channels["class"].unique() if c != "all"]
 blocks = list(indices["block"])
@@ -35,21 +38,21 @@ if preset.startswith("Paper Fig. 6"):
     seed = c3.number_input("Seed", 0, 10_000, 0, key="fig6_seed")
     fig_blocks = st.multiselect("Blocks (default: the paper's preset — last block of each stage and every block "
                                 "of the last stage)", blocks, default=plots.paper_preset_blocks(indices),
-                                key="fig6_blocks")
+                                key=per_model("fig6_blocks", selection.model.name))
     fig = plots.fig6(channels, blocks=fig_blocks or None, classes=chosen, n_channels=int(n_channels),
                      seed=int(seed), all_channels=all_channels)
 elif preset.startswith("Paper Fig. 7"):
     c1, c2 = st.columns(2)
-    block = c1.selectbox("Block", blocks, index=len(blocks) - 1, key="fig7_block")
+    block = c1.selectbox("Block", blocks, index=len(blocks) - 1, key=per_model("fig7_block", selection.model.name))
     cls = c2.selectbox("Class", chosen, key="fig7_class")
     fig = plots.fig7(channels, block, cls)
 elif preset.startswith("Per-stage"):
     c1, c2 = st.columns(2)
-    stage = c1.selectbox("Stage", stages, index=len(stages) - 1, key="dist_stage")
+    stage = c1.selectbox("Stage", stages, index=len(stages) - 1, key=per_model("dist_stage", selection.model.name))
     kind = c2.radio("Kind", ["box", "violin"], horizontal=True, key="dist_kind")
     fig = plots.distributions(channels, stage=int(stage), classes=chosen, kind=kind)
 else:
-    block = st.selectbox("Block", blocks, index=len(blocks) - 1, key="heat_block")
+    block = st.selectbox("Block", blocks, index=len(blocks) - 1, key=per_model("heat_block", selection.model.name))
     fig = plots.heatmap(channels, block, classes=chosen)
 
 st.plotly_chart(fig, width="stretch", key="compare_chart")
@@ -58,6 +61,21 @@ exports.keep_figure("Compare classes", fig)
 with st.expander("Indices per block (class specificity, saturation)"):
     st.dataframe(indices[["block", "stage", "channels", "n_images", "n_classes", "specificity", "specificity_method",
                           "saturation", "mean_gate", "cross_class_corr"]], hide_index=True)
-    st.caption("Specificity: share of gate variance explained by class (eta², or the spread fallback with one "
-               "image per class). Saturation: share of channels with mean gate ≥ 0.9. The paper found early "
-               "blocks class-agnostic and stage-5 gates saturated near 1.")
+    st.caption("Specificity: share of gate variance explained by class, pooled over channels (eta², or the spread "
+               "fallback with one image per class). Saturation: share of channels with mean gate ≥ 0.9. The paper "
+               "(Hu et al., role of excitation) found: in early blocks the class curves nearly coincide "
+               "(class-agnostic); class specificity rises with depth; SE_5_2's gates saturate near 1 in most "
+               "channels, so that block is close to an identity; SE_5_3 shows a similar pattern across classes, up "
+               "to a scale. The Depth page tests each claim on this network.")
+
+with st.expander("How to read this"):
+    st.markdown(verdict.GLOSSARY + """
+- **Fig. 6** (the paper's preset: the last block of each stage and every block of the last stage): one panel per
+  block, x = channel index, y = the channel's mean gate over a class's images; one line per class, the dashed
+  dark-grey line is the mean over all images. Lines that lie on top of each other mean the block treats the
+  classes alike (class-agnostic); lines that separate mean class-specific gating. Curves of the same shape at
+  different heights are "similar up to a scale".
+- **Fig. 7** (one class): the class's mean gate per channel with a band of ±1 std over its images, and the
+  all-image mean. A narrow band means the gates hardly depend on the image within the class; the band needs at
+  least 2 images in the class.
+""")

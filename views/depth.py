@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from senet_viz import plots, zoo
+from senet_viz import plots, verdict, zoo
 from senet_viz.weights import WeightsError
 from ui import exports, state
 from ui.common import class_caption, need_analysis
@@ -10,6 +10,9 @@ from ui.common import class_caption, need_analysis
 st.header("Depth profile")
 selection, analysis = need_analysis()
 st.caption(class_caption(analysis))
+judged = verdict.paper_verdict(analysis.indices)
+for note in judged.notes:
+    st.warning(note)
 metrics = st.multiselect("Indices", ["specificity", "spread", "saturation", "mean_gate", "mean_abs_1_minus_s",
                                      "share_near_0", "cross_class_corr"],
                          default=["specificity", "spread", "saturation"], key="depth_metrics",
@@ -24,22 +27,23 @@ if second_name != "—":
         second = state.analyse(other, selection.images, selection.group_by_prediction).indices
     except (WeightsError, ValueError, KeyError) as exc:
         st.error(f"Could not run {second_name}: {exc}")
-if not metrics:
+if metrics:
+    fig = plots.depth_profile(analysis.indices, second=second, metrics=tuple(metrics))
+    st.plotly_chart(fig, width="stretch", key="depth_chart")
+    exports.keep_figure("Depth", fig)
+else:
     st.warning("Choose at least one index.")
-    st.stop()
-fig = plots.depth_profile(analysis.indices, second=second, metrics=tuple(metrics))
-st.plotly_chart(fig, width="stretch", key="depth_chart")
-exports.keep_figure("Depth", fig)
 
-idx = analysis.indices
-early, late = idx.iloc[0], idx.iloc[-1]
-# The paper's "class-agnostic" is about how far apart the class curves are: judged on the absolute spread.
-verdict_early = "class-agnostic" if early["spread"] < 0.05 else "already class-specific"
-verdict_late = "saturated near 1" if late["saturation"] >= 0.5 else "not saturated"
-st.markdown(
-    f"**Against the paper** (early blocks class-agnostic, stage-5 gates saturated near 1): the first block "
-    f"{early['block']} has class-mean spread {early['spread']:.3f} and eta² {early['eta2']:.3f} ({verdict_early}); "
-    f"the last block "
-    f"{late['block']} has {late['saturation']:.0%} of channels with mean gate ≥ {late['threshold']} and mean gate "
-    f"{late['mean_gate']:.3f} ({verdict_late}).")
-st.dataframe(idx, hide_index=True)
+st.subheader("Against the paper")
+st.markdown(f"**Verdict:** {judged.summary}")
+st.dataframe(judged.table(), hide_index=True, key="depth_verdict")
+if judged.inert:
+    st.info(f"Switched off (the gate is the same for every image, std < {verdict.INERT_STD:g} in every channel; "
+            "neither class-agnostic nor saturated in the paper's sense):\n\n"
+            + "\n".join(f"- {b.text}" for b in judged.inert))
+if second is not None:
+    st.markdown(f"**Second model:** {verdict.paper_verdict(second).summary}")
+with st.expander("How to read this"):
+    st.markdown(verdict.GLOSSARY + verdict.thresholds_markdown(float(analysis.indices["threshold"].iloc[0])))
+st.markdown("**Indices per block**")
+st.dataframe(analysis.indices, hide_index=True)

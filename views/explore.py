@@ -5,7 +5,7 @@ import streamlit as st
 
 from senet_viz import plots
 from ui import exports, state
-from ui.common import need_analysis, pick_image
+from ui.common import need_analysis, per_model, pick_image
 
 st.header("Explore one image")
 selection, analysis = need_analysis()
@@ -39,9 +39,17 @@ summary = pd.DataFrame({"block": blocks, "mean gate (this image)": [float(gates[
                                                  for b in blocks]})
 st.markdown("**Gates block by block**")
 st.dataframe(summary, hide_index=True)
-block = st.selectbox("Block", blocks, index=len(blocks) - 1, key="explore_block")
-fig = plots.image_percentiles(analysis.channels, block, group, gates[block], items[key].name)
+block = st.selectbox("Block", blocks, index=len(blocks) - 1, key=per_model("explore_block", selection.model.name))
+sizes = analysis.channels.drop_duplicates("class").set_index("class")["count"]
+reference = group
+if group != "all" and int(sizes[group]) == 1:
+    # A one-image class has no distribution to rank the image in: rank it among all images instead.
+    reference = "all"
+    st.info(f"Class '{group}' holds only this image, so percentiles within the class cannot be computed. The chart "
+            f"places the image among all {int(sizes['all'])} images instead; add images of '{group}' to rank it "
+            f"within its class.")
+fig = plots.image_percentiles(analysis.channels, block, reference, gates[block], items[key].name)
 st.plotly_chart(fig, width="stretch", key="explore_chart")
-st.caption(f"Percentile of each channel's gate within the gates of class '{group}' "
-           f"({int(analysis.channels[(analysis.channels['class'] == group)]['count'].iloc[0])} images).")
+st.caption(f"Percentile of each channel's gate within the gates of "
+           f"{'class ' if reference != 'all' else ''}'{reference}' ({int(sizes[reference])} images).")
 exports.keep_figure("Explore", fig)

@@ -6,29 +6,18 @@ import streamlit as st
 from senet_viz import paper, plots, zoo
 from senet_viz.blocks import select_blocks
 from ui import exports, state
-from ui.common import need_model_and_images
+from ui.common import need_model_and_images, per_model
 
 st.header("Remove SE blocks")
 selection = need_model_and_images()
 model, images = selection.model, selection.scored_images()
-n_scorable = selection.n_scorable
-if n_scorable == 0:
-    st.info("No image carries one of the model's classes, so top-1/top-5 cannot be scored: agreement with the full "
-            "network and KL divergence measure the effect instead. Name a class after a model class (or a wnid), or "
-            "use ImageNet-style file names (n01443537_goldfish.JPEG), to score accuracy.")
-elif n_scorable < len(images.items):
-    st.caption(f"Top-1/top-5 are scored on the {n_scorable} of {len(images.items)} images whose class or file name "
-               "is a model class; agreement and KL use every image.")
+explanation = st.container()  # filled once the full network has run: it says how many images are scored
 
-# Settings outlive the page (ui.common.keep_widget_values); drop the ones another model makes invalid.
+# Settings outlive the page (ui.common.keep_widget_values); k is clamped to this model's number of blocks.
 block_names = [b.name for b in model.blocks]
 stage_names = sorted({b.stage for b in model.blocks})
 if st.session_state.get("remove_k", 1) > len(model.blocks):
     st.session_state["remove_k"] = len(model.blocks)
-if st.session_state.get("remove_stage") not in (None, *stage_names):
-    st.session_state["remove_stage"] = None
-if not set(st.session_state.get("remove_blocks", [])) <= set(block_names):
-    st.session_state["remove_blocks"] = [n for n in st.session_state["remove_blocks"] if n in block_names]
 
 c1, c2, c3 = st.columns([2, 3, 2])
 how = c1.radio("Choose", ["Last k blocks", "Stage", "Blocks"], key="remove_how")
@@ -36,10 +25,11 @@ if how == "Last k blocks":
     k = c2.slider("k", 1, len(model.blocks), 1, key="remove_k")
     blocks = select_blocks(model.blocks, f"last:{k}")
 elif how == "Stage":
-    stage = c2.selectbox("Stage", stage_names, index=None, key="remove_stage", placeholder="choose a stage")
+    stage = c2.selectbox("Stage", stage_names, index=None, key=per_model("remove_stage", model.name),
+                         placeholder="choose a stage")
     blocks = select_blocks(model.blocks, f"stage:{stage}") if stage is not None else []
 else:
-    names = c2.multiselect("Blocks", block_names, key="remove_blocks")
+    names = c2.multiselect("Blocks", block_names, key=per_model("remove_blocks", model.name))
     blocks = select_blocks(model.blocks, names)
 mode = c3.radio("Mode", ["identity", "mean"], key="remove_mode",
                 help="identity: gate = 1 (the paper's removal) · mean: gate frozen to its mean over a "
@@ -47,6 +37,13 @@ mode = c3.radio("Mode", ["identity", "mean"], key="remove_mode",
 enabled = st.toggle(f"Remove {', '.join(b.name for b in blocks) or '…'}", key="remove_on", disabled=not blocks)
 
 full = state.evaluate(model, images, [], "identity")
+if full["n_scored"] == 0:
+    explanation.info("No image carries one of the model's classes, so top-1/top-5 cannot be scored: agreement with "
+                     "the full network and KL divergence measure the effect instead. Name a class after a model class "
+                     "(or a wnid), or use ImageNet-style file names (n01443537_goldfish.JPEG), to score accuracy.")
+elif full["n_scored"] < full["n_images"]:
+    explanation.caption(f"Top-1/top-5 are scored on the {full['n_scored']} of {full['n_images']} images whose class "
+                        "or file name is a model class; agreement and KL use every image.")
 
 
 def pct(v):
@@ -90,8 +87,9 @@ if out is not None:
                    help="mean KL divergence of the ablated network's class probabilities from the full network's")
     cols[4].metric("Parameters", f"{out['params_after']:,}", f"-{out['params_removed']:,} "
                    f"({out['params_removed'] / out['params']:.2%})", delta_color="off")
-    cols[5].metric("MACs (one image)", plots.format_macs((out["gmacs"] - out["gmacs_removed"]) * 1e9),
-                   f"-{plots.format_macs(out['gmacs_removed'] * 1e9)}", delta_color="off")
+    cols[5].metric("GMACs", f"{out['gmacs'] - out['gmacs_removed']:.4f}",
+                   f"-{plots.format_macs(out['gmacs_removed'] * 1e9)}", delta_color="off",
+                   help="multiply-accumulates for one image, after the removal")
     st.caption(scored_caption(out) + f" Full network: top-1 {pct(out['full_top1'])}, {out['params']:,} parameters, "
                f"{out['gmacs']:.4f} GMACs.")
     st.session_state["last_ablation"] = out

@@ -1,0 +1,263 @@
+"""Two browser sessions at once vs one alone, on a real Streamlit server, with and without the torch thread cap.
+
+For each configuration a fresh server is started (``streamlit run app.py --server.headless true
+--server.fileWatcherType none`` on a free port, the configuration in its environment), a warm-up session loads the
+models (Remove SE blocks on the embedded samples), and then, ``--repeat`` times:
+
+- single: one session opens Remove SE blocks on a folder of ``--images`` images nobody has asked for yet (cold:
+  a full pass, a pass with stage 5's SE blocks removed, a pass of the model retrained without them);
+- concurrent: two sessions at once, each on its own cold folder of the same size, so the shared result cache
+  cannot hide the work (different work, same amount).
+
+A session is a websocket client speaking Streamlit's protocol as a browser tab does (rerun this page with these
+widget values); its time runs from the request to ``script_finished``. The folders hold copies of the embedded
+Fashion-MNIST samples (hard links; a result's key is the file's absolute path, size and mtime, so every folder is
+new work). Printed per configuration: the median single time, the median concurrent time (the slower of the two
+sessions), their ratio (target < 1.5 with the cap) and the settings the server ran with:
+
+- capped: the defaults of ui/state.py (threads per request = cores // 2, requests at once = cores // threads);
+- uncapped: SENET_VIZ_TORCH_THREADS = cores and SENET_VIZ_MAX_CONCURRENT = 8 (every request on every core, at
+  once: the behaviour before the cap);
+- queued: SENET_VIZ_TORCH_THREADS = cores and SENET_VIZ_MAX_CONCURRENT = 1 (every core, one request at a time).
+
+It first prints what ``torch.set_num_threads`` in one Python thread does to the others (measured here).
+
+    python benchmarks/concurrent_sessions.py [--images 600] [--repeat 3] [--configs capped,uncapped,queued]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "assets" / "fmnist_samples"
+PAGE = "remove"
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def probe_set_num_threads() -> str:
+    """What a thread sees after another thread called torch.set_num_threads(1) (the main thread ran torch)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.ones(1).add_(1)  # the main thread has run torch: its own team size is settled
+    seen: dict[str, int] = {}
+    started, set_done = threading.Event(), threading.Event()
+
+    def early() -> None:  # ran torch before the other thread's call
+        torch.ones(1).add_(1)
+        seen["early, before"] = torch.get_num_threads()
+        started.set()
+        set_done.wait()
+        seen["early, after"] = torch.get_num_threads()
+
+    def setter() -> None:
+        torch.set_num_threads(1)
+        seen["setter"] = torch.get_num_threads()
+
+    first = threading.Thread(target=early)
+    first.start()
+    started.wait()
+    t = threading.Thread(target=setter)
+    t.start()
+    t.join()
+    set_done.set()
+    first.join()
+    late = threading.Thread(target=lambda: seen.__setitem__("new thread", torch.get_num_threads()))
+    late.start()
+    late.join()
+    seen["main"] = torch.get_num_threads()
+    torch.set_num_threads(before)
+    return (f"torch.set_num_threads(1) in one thread (default {before}): that thread {seen['setter']}, a thread "
+            f"started later {seen['new thread']}, a thread that had run torch {seen['early, after']} "
+            f"(before: {seen['early, before']}), the main thread {seen['main']}")
+
+
+def make_folder(dest: Path, n: int) -> Path:
+    """``n`` images in class sub-folders, hard links to the embedded samples (copies where links fail)."""
+    files = sorted(SAMPLES.glob("*/*.png"))
+    for i in range(n):
+        src = files[i % len(files)]
+        target = dest / src.parent.name / f"{src.stem}_{i}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, target)
+        except OSError:
+            shutil.copy2(src, target)
+    return dest
+
+
+# ------------------------------------------------------------------------------------------------ server
+
+
+class Server:
+    def __init__(self, env: dict[str, str]) -> None:
+        """A server of app.py with exactly ``env`` as its environment."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="senet_viz_server_", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.fileWatcherType", "none", "--server.port", str(self.port), "--server.address", "127.0.0.1",
+             "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_stcore/health", timeout=2) as r:
+                    if r.read() == b"ok":
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise SystemExit(f"the server did not start; see {self.log.name}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def session(port: int, widgets: dict[str, str] | None = None, page_hash: str = "",
+                  start: asyncio.Event | None = None, check: bool = True
+                  ) -> tuple[float, dict[str, str], dict[str, str]]:
+    """One browser tab's run of a page: (seconds to script_finished, widget ids by key, page hashes by url).
+    With ``check``, an exception or error shown on the page stops the benchmark."""
+    import websockets
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    async with websockets.connect(f"ws://127.0.0.1:{port}/_stcore/stream", subprotocols=["streamlit"],
+                                  max_size=None, open_timeout=60) as ws:
+        msg = BackMsg()
+        msg.rerun_script.query_string = ""
+        msg.rerun_script.page_script_hash = page_hash
+        for wid, value in (widgets or {}).items():
+            state = msg.rerun_script.widget_states.widgets.add()
+            state.id, state.string_value = wid, value
+        if start is not None:
+            await start.wait()  # both sessions are connected: send together
+        began = time.perf_counter()
+        await ws.send(msg.SerializeToString())
+        ids: dict[str, str] = {}
+        pages: dict[str, str] = {}
+        problems: list[str] = []
+        while True:
+            fwd = ForwardMsg()
+            fwd.ParseFromString(await asyncio.wait_for(ws.recv(), timeout=600))
+            kind = fwd.WhichOneof("type")
+            if kind == "delta" and fwd.delta.WhichOneof("type") == "new_element":
+                element = fwd.delta.new_element
+                which = element.WhichOneof("type")
+                body = getattr(element, which)
+                if getattr(body, "id", ""):
+                    ids[body.id.split("-", 2)[2] if body.id.startswith("$$ID-") else body.id] = body.id
+                if which == "exception":
+                    problems.append(f"exception: {body.message}")
+                elif which == "alert" and body.format == body.ERROR:
+                    problems.append(f"error: {body.body}")
+            elif kind == "navigation":
+                pages = {p.url_pathname: p.page_script_hash for p in fwd.navigation.app_pages}
+            elif kind == "script_finished" and fwd.script_finished != ForwardMsg.FINISHED_EARLY_FOR_RERUN:
+                elapsed = time.perf_counter() - began
+                if problems and check:
+                    raise SystemExit(f"the page failed: {problems}")
+                return elapsed, ids, pages
+
+
+def measure(env: dict[str, str], n: int, repeat: int, work: Path) -> tuple[list[float], list[float]]:
+    server = Server(env)
+    try:
+        _, ids, pages = asyncio.run(session(server.port))  # loads the model: not timed
+        page = pages[PAGE]
+        asyncio.run(session(server.port, page_hash=page))  # loads the retrained twin, creates nothing cold
+        # Only to learn the folder box's id: its default folder may not suit the model (an error on the page).
+        _, ids2, _ = asyncio.run(session(server.port, {ids["image_source"]: "Folder on the server"}, page,
+                                         check=False))
+        source, folder_box = ids["image_source"], ids2["server_folder"]
+
+        def widgets(folder: Path) -> dict[str, str]:
+            return {source: "Folder on the server", folder_box: str(folder)}
+
+        singles, concurrents = [], []
+        for r in range(repeat):
+            alone, a, b = (make_folder(work / f"{r}-{name}", n) for name in ("single", "a", "b"))
+            singles.append(asyncio.run(session(server.port, widgets(alone), page))[0])
+
+            async def both(a: Path = a, b: Path = b) -> list[float]:
+                go = asyncio.Event()
+                tasks = [asyncio.create_task(session(server.port, widgets(f), page, go)) for f in (a, b)]
+                await asyncio.sleep(0.5)  # both websockets open
+                go.set()
+                return [t[0] for t in await asyncio.gather(*tasks)]
+
+            concurrents.append(max(asyncio.run(both())))
+            print(f"    repeat {r + 1}: single {singles[-1]:.2f} s, concurrent {concurrents[-1]:.2f} s", flush=True)
+        return singles, concurrents
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=600, help="images per session (default 600)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--configs", default="capped,uncapped,queued")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(ROOT))
+    import streamlit.logger
+
+    streamlit.logger.set_log_level("error")  # no "No runtime found" warnings: ui.state is imported for its policy
+    from ui.state import CONCURRENT_ENV, THREADS_ENV, thread_policy
+
+    n_cores = cores()
+    configs = {
+        "capped": {},
+        "uncapped": {THREADS_ENV: str(n_cores), CONCURRENT_ENV: "8"},
+        "queued": {THREADS_ENV: str(n_cores), CONCURRENT_ENV: "1"},
+    }
+    print(probe_set_num_threads())
+    print(f"{n_cores} cores; Remove SE blocks, {args.images} images per session (3 passes each), "
+          f"median of {args.repeat}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="senet_viz_sessions_") as tmp:
+        for name in args.configs.split(","):
+            env = {k: v for k, v in os.environ.items() if k not in (THREADS_ENV, CONCURRENT_ENV)}
+            env.update(configs[name])
+            policy = thread_policy(env, n_cores)
+            print(f"  {name}: {policy.threads} torch thread(s) per request, {policy.concurrent} request(s) at once",
+                  flush=True)
+            singles, concurrents = measure(env, args.images, args.repeat, Path(tmp) / name)
+            rows.append((name, policy, statistics.median(singles), statistics.median(concurrents)))
+    print()
+    print(f"{'config':<10} {'threads':>7} {'at once':>7} {'single s':>9} {'concurrent s':>13} {'ratio':>6}")
+    for name, policy, single, concurrent in rows:
+        print(f"{name:<10} {policy.threads:>7} {policy.concurrent:>7} {single:>9.2f} {concurrent:>13.2f} "
+              f"{concurrent / single:>6.2f}")
+    print("ratio = concurrent (slower of two sessions doing different work) / single; target < 1.5 when capped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""AppTest tests of the Depth page's verdict against the paper, and of the one-image-per-class warnings
+(Depth, Compare classes, Explore) with the embedded model ``se_resnet_fmnist``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from senet_viz import zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "se_resnet_fmnist"
+SAMPLES = ROOT / "assets" / "fmnist_samples"
+TIMEOUT = 180
+
+pytestmark = pytest.mark.skipif(
+    zoo.weights_status(MODEL) != "file" or not SAMPLES.is_dir(),
+    reason=f"the embedded model is missing: assets/{MODEL}.safetensors and assets/fmnist_samples/",
+)
+
+
+def assert_ok(at: AppTest) -> None:
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def open_page(at: AppTest, page: str, header: str) -> AppTest:
+    at.switch_page(f"views/{page}.py")
+    at.run()
+    assert_ok(at)
+    assert header in [h.value for h in at.header]
+    return at
+
+
+def uploader(at: AppTest, slot: int):
+    """The file uploader of upload class ``slot`` (its key carries a generation number)."""
+    found = [u for u in at.get("file_uploader") if str(u.key).startswith(f"class_files_{slot}_")]
+    assert len(found) == 1, [u.key for u in at.get("file_uploader")]
+    return found[0]
+
+
+def sample(cls: str) -> Path:
+    return sorted((SAMPLES / cls).glob("*.png"))[0]
+
+
+def page_text(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.main.markdown)
+
+
+def test_depth_shows_the_verdict_line():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.selectbox(key="model_name").set_value(MODEL)
+    at.run()
+    assert_ok(at)
+    open_page(at, "depth", "Depth profile")
+    verdict = [line for line in page_text(at).splitlines() if line.startswith("**Verdict:**")]
+    assert len(verdict) == 1, page_text(at)
+    assert f"{MODEL} shows " in verdict[0] and " testable parts of the paper's pattern" in verdict[0]
+    assert "Against the paper" in [s.value for s in at.subheader]
+    assert "How to read this" in [e.label for e in at.expander]
+    # 30 images per class: no one-image warning on the page
+    assert not any("one image" in w.value for w in at.main.warning)
+
+
+def test_one_image_per_class_is_warned_on_depth_compare_and_explore():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.selectbox(key="model_name").set_value(MODEL)
+    at.radio(key="image_source").set_value("Upload by class")
+    at.run()
+    assert_ok(at)
+    at.text_input(key="class_name_0").set_value("Bag")
+    at.text_input(key="class_name_1").set_value("Sneaker")
+    uploader(at, 0).set_value([("bag.png", sample("Bag").read_bytes(), "image/png")])
+    at.run()
+    uploader(at, 1).set_value([("sneaker.png", sample("Sneaker").read_bytes(), "image/png")])
+    at.run()
+    assert_ok(at)
+
+    open_page(at, "depth", "Depth profile")
+    warnings = [w.value for w in at.main.warning]
+    assert any("Every class has one image" in w and "eta² cannot be computed" in w and "±1 std" in w
+               for w in warnings), warnings
+    assert any(line.startswith("**Verdict:**") for line in page_text(at).splitlines())
+
+    open_page(at, "compare", "Compare classes")
+    warnings = [w.value for w in at.main.warning]
+    assert any("Fig. 7's ±1 std bands cannot be computed" in w for w in warnings), warnings
+
+    open_page(at, "explore", "Explore one image")
+    infos = [i.value for i in at.main.info]
+    assert any("percentiles within the class cannot be computed" in i for i in infos), infos
