@@ -1,8 +1,9 @@
 """Two browser sessions at once vs one alone, on a real Streamlit server, with and without the torch thread cap.
 
-For each configuration a fresh server is started (``streamlit run app.py --server.headless true
+For each configuration a server is started (``streamlit run app.py --server.headless true
 --server.fileWatcherType none`` on a free port, the configuration in its environment), a warm-up session loads the
-models (Remove SE blocks on the embedded samples), and then, ``--repeat`` times:
+models (Remove SE blocks on the embedded samples); then, ``--repeat`` times, each configuration in turn (so drifting
+load on the machine hits all of them alike):
 
 - single: one session opens Remove SE blocks on a folder of ``--images`` images nobody has asked for yet (cold:
   a full pass, a pass with stage 5's SE blocks removed, a pass of the model retrained without them);
@@ -12,8 +13,9 @@ models (Remove SE blocks on the embedded samples), and then, ``--repeat`` times:
 A session is a websocket client speaking Streamlit's protocol as a browser tab does (rerun this page with these
 widget values); its time runs from the request to ``script_finished``. The folders hold copies of the embedded
 Fashion-MNIST samples (hard links; a result's key is the file's absolute path, size and mtime, so every folder is
-new work). Printed per configuration: the median single time, the median concurrent time (the slower of the two
-sessions), their ratio (target < 1.5 with the cap) and the settings the server ran with:
+new work); ``--busy N`` keeps N CPU-bound processes running meanwhile (other work on the machine). Printed per
+configuration: the median single time, the median concurrent time (the slower of the two sessions), their ratio
+(target < 1.5 with the cap) and the settings the server ran with:
 
 - capped: the defaults of ui/state.py (threads per request = cores // 2, requests at once = cores // threads);
 - uncapped: SENET_VIZ_TORCH_THREADS = cores and SENET_VIZ_MAX_CONCURRENT = 8 (every request on every core, at
@@ -22,7 +24,7 @@ sessions), their ratio (target < 1.5 with the cap) and the settings the server r
 
 It first prints what ``torch.set_num_threads`` in one Python thread does to the others (measured here).
 
-    python benchmarks/concurrent_sessions.py [--images 600] [--repeat 3] [--configs capped,uncapped,queued]
+    python benchmarks/concurrent_sessions.py [--images 600] [--repeat 5] [--configs capped,uncapped,queued] [--busy 1]
 """
 
 from __future__ import annotations
@@ -128,15 +130,18 @@ class Server:
                         return
             except OSError:
                 time.sleep(0.2)
-        self.stop()
+        self.stop(keep_log=True)
         raise SystemExit(f"the server did not start; see {self.log.name}")
 
-    def stop(self) -> None:
+    def stop(self, keep_log: bool = False) -> None:
         self.proc.terminate()
         try:
             self.proc.wait(20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self.log.close()
+        if not keep_log:
+            os.unlink(self.log.name)
 
 
 async def session(port: int, widgets: dict[str, str] | None = None, page_hash: str = "",
@@ -186,44 +191,45 @@ async def session(port: int, widgets: dict[str, str] | None = None, page_hash: s
                 return elapsed, ids, pages
 
 
-def measure(env: dict[str, str], n: int, repeat: int, work: Path) -> tuple[list[float], list[float]]:
-    server = Server(env)
-    try:
-        _, ids, pages = asyncio.run(session(server.port))  # loads the model: not timed
-        page = pages[PAGE]
-        asyncio.run(session(server.port, page_hash=page))  # loads the retrained twin, creates nothing cold
+class App:
+    """A warm server of one configuration, with what a session needs to ask for a folder on a page."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.server = Server(env)
+        port = self.server.port
+        _, ids, pages = asyncio.run(session(port))  # loads the model: not timed
+        self.page = pages[PAGE]
+        asyncio.run(session(port, page_hash=self.page))  # loads the retrained twin; nothing timed is cached
         # Only to learn the folder box's id: its default folder may not suit the model (an error on the page).
-        _, ids2, _ = asyncio.run(session(server.port, {ids["image_source"]: "Folder on the server"}, page,
+        _, ids2, _ = asyncio.run(session(port, {ids["image_source"]: "Folder on the server"}, self.page,
                                          check=False))
-        source, folder_box = ids["image_source"], ids2["server_folder"]
+        self.source, self.folder_box = ids["image_source"], ids2["server_folder"]
 
-        def widgets(folder: Path) -> dict[str, str]:
-            return {source: "Folder on the server", folder_box: str(folder)}
+    def widgets(self, folder: Path) -> dict[str, str]:
+        return {self.source: "Folder on the server", self.folder_box: str(folder)}
 
-        singles, concurrents = [], []
-        for r in range(repeat):
-            alone, a, b = (make_folder(work / f"{r}-{name}", n) for name in ("single", "a", "b"))
-            singles.append(asyncio.run(session(server.port, widgets(alone), page))[0])
+    def single(self, folder: Path) -> float:
+        return asyncio.run(session(self.server.port, self.widgets(folder), self.page))[0]
 
-            async def both(a: Path = a, b: Path = b) -> list[float]:
-                go = asyncio.Event()
-                tasks = [asyncio.create_task(session(server.port, widgets(f), page, go)) for f in (a, b)]
-                await asyncio.sleep(0.5)  # both websockets open
-                go.set()
-                return [t[0] for t in await asyncio.gather(*tasks)]
+    def concurrent(self, a: Path, b: Path) -> float:
+        """Two sessions sent together; the slower one's time."""
+        async def both() -> list[float]:
+            go = asyncio.Event()
+            tasks = [asyncio.create_task(session(self.server.port, self.widgets(f), self.page, go)) for f in (a, b)]
+            await asyncio.sleep(0.5)  # both websockets open
+            go.set()
+            return [t[0] for t in await asyncio.gather(*tasks)]
 
-            concurrents.append(max(asyncio.run(both())))
-            print(f"    repeat {r + 1}: single {singles[-1]:.2f} s, concurrent {concurrents[-1]:.2f} s", flush=True)
-        return singles, concurrents
-    finally:
-        server.stop()
+        return max(asyncio.run(both()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=600, help="images per session (default 600)")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--configs", default="capped,uncapped,queued")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="CPU-bound processes running meanwhile (other work on the machine), default 0")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -233,30 +239,49 @@ def main() -> None:
     from ui.state import CONCURRENT_ENV, THREADS_ENV, thread_policy
 
     n_cores = cores()
-    configs = {
+    settings = {
         "capped": {},
         "uncapped": {THREADS_ENV: str(n_cores), CONCURRENT_ENV: "8"},
         "queued": {THREADS_ENV: str(n_cores), CONCURRENT_ENV: "1"},
     }
+    names = args.configs.split(",")
     print(probe_set_num_threads())
-    print(f"{n_cores} cores; Remove SE blocks, {args.images} images per session (3 passes each), "
-          f"median of {args.repeat}")
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="senet_viz_sessions_") as tmp:
-        for name in args.configs.split(","):
+    print(f"{n_cores} cores; Remove SE blocks, {args.images} images per session (3 passes each), median of "
+          f"{args.repeat}, configurations interleaved")
+    apps: dict[str, App] = {}
+    policies = {}
+    hogs: list[subprocess.Popen] = []
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in names}
+    try:
+        for name in names:  # every server started and warm first: each repeat then runs every configuration
             env = {k: v for k, v in os.environ.items() if k not in (THREADS_ENV, CONCURRENT_ENV)}
-            env.update(configs[name])
-            policy = thread_policy(env, n_cores)
-            print(f"  {name}: {policy.threads} torch thread(s) per request, {policy.concurrent} request(s) at once",
-                  flush=True)
-            singles, concurrents = measure(env, args.images, args.repeat, Path(tmp) / name)
-            rows.append((name, policy, statistics.median(singles), statistics.median(concurrents)))
+            env.update(settings[name])
+            policies[name] = thread_policy(env, n_cores)
+            apps[name] = App(env)
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+        if hogs:
+            print(f"{len(hogs)} busy process(es) running meanwhile")
+        with tempfile.TemporaryDirectory(prefix="senet_viz_sessions_") as tmp:
+            for r in range(args.repeat):
+                for name in names:
+                    alone, a, b = (make_folder(Path(tmp) / f"{name}-{r}-{s}", args.images) for s in ("1", "a", "b"))
+                    times[name][0].append(apps[name].single(alone))
+                    times[name][1].append(apps[name].concurrent(a, b))
+                    print(f"  repeat {r + 1} {name:<9}: single {times[name][0][-1]:.2f} s, "
+                          f"concurrent {times[name][1][-1]:.2f} s", flush=True)
+    finally:
+        for hog in hogs:
+            hog.kill()
+        for app in apps.values():
+            app.server.stop()
     print()
     print(f"{'config':<10} {'threads':>7} {'at once':>7} {'single s':>9} {'concurrent s':>13} {'ratio':>6}")
-    for name, policy, single, concurrent in rows:
+    for name in names:
+        single, concurrent = (statistics.median(t) for t in times[name])
+        policy = policies[name]
         print(f"{name:<10} {policy.threads:>7} {policy.concurrent:>7} {single:>9.2f} {concurrent:>13.2f} "
               f"{concurrent / single:>6.2f}")
-    print("ratio = concurrent (slower of two sessions doing different work) / single; target < 1.5 when capped")
+    print("ratio = concurrent (the slower of two sessions doing different work) / single; target < 1.5 when capped")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 One AppTest session on app.py with the embedded model (se_resnet_fmnist) and its embedded samples, on the
 default page (Compare classes). The page is rerun ``--runs`` times with the same inputs; by default every rerun
 also flips a chart-only widget (the Fig. 6 channel-sampling seed between 0 and 1), so the figure is rebuilt
-while the network result and the statistics come from the session's memo. Resident memory (VmRSS from
+while the network result and the statistics come from the shared result cache. Resident memory (VmRSS from
 /proc/self/status, after a gc) is printed after run 1, 10 and the last; flat memory means a last/first ratio
 close to 1 (target <= 1.05 after the first run's one-off allocations).
 

@@ -9,19 +9,22 @@ and of the worker threads (capped torch threads, one model copy per concurrent r
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_CLASSES, make_tiny_seresnet
 from streamlit.testing.v1 import AppTest
 
 from senet_viz import zoo
-from senet_viz.capture import hook_count
+from senet_viz.capture import capture, hook_count
 from senet_viz.data import folder_source
 from senet_viz.run import forward_count
 from ui.state import Engine, Flight, ResultCache, ThreadPolicy, images_key, thread_policy, weights_digest
@@ -311,4 +314,45 @@ def test_workers_run_capped_and_concurrent_requests_get_their_own_model_copy(tin
             assert torch.equal(v, params[k]), k
     finally:
         engine.pool.shutdown(wait=True)
+        torch.set_num_threads(before)
+
+
+def test_model_copies_are_dropped_with_the_cached_model():
+    before = torch.get_num_threads()
+    engine = Engine(ThreadPolicy(cores=2, threads=1, concurrent=2))
+    try:
+        loaded = zoo.LoadedModel.from_module(make_tiny_seresnet(), "tiny", TINY_CLASSES, input_size=(3, 64, 64))
+        with engine.model(loaded) as first, engine.model(loaded) as second:
+            assert first is loaded and second.model is not loaded.model  # busy: the second request gets a copy
+            assert second.lock is not loaded.lock
+            copy_ref = weakref.ref(second.model)
+        del first, second, loaded
+        gc.collect()
+        assert copy_ref() is None  # the engine kept nothing of a model the model cache let go
+    finally:
+        engine.pool.shutdown()
+        torch.set_num_threads(before)
+
+
+def test_a_copy_is_made_while_the_model_is_busy_and_has_no_hooks_of_the_busy_request(tiny_seresnet, tiny_input):
+    before = torch.get_num_threads()
+    engine = Engine(ThreadPolicy(cores=2, threads=1, concurrent=2))
+    primary = tiny_seresnet.model
+    try:
+        with engine.model(tiny_seresnet) as busy, capture(busy.model, busy.blocks) as recorder:
+            assert busy is tiny_seresnet and hook_count(primary) == len(busy.blocks)  # the model's lock is held here
+
+            def other_request() -> tuple[int, torch.Tensor]:
+                with engine.model(tiny_seresnet) as other, capture(other.model, other.blocks) as own:
+                    other.model(tiny_input)
+                    return hook_count(other.model) - len(other.blocks), own.gates[other.blocks[0].name]
+
+            # Would time out if copying waited for this thread's lock (that is, for the whole busy request).
+            extra_hooks, gates = engine.pool.submit(other_request).result(timeout=30)
+            primary(tiny_input)
+        assert extra_hooks == 0  # the busy request's hooks were not copied
+        assert len(gates) == len(tiny_input) and len(recorder.gates[busy.blocks[0].name]) == len(tiny_input)
+        assert hook_count(primary) == 0
+    finally:
+        engine.pool.shutdown()
         torch.set_num_threads(before)

@@ -287,10 +287,14 @@ def _images_section(selection: Selection) -> None:
             if files:
                 images = uploads_source(files, class_names=model.class_names if model else None)
         elif source == "Folder on the server":
-            path = st.text_input("Folder", value=str(IMAGENET_SAMPLES), key="server_folder",
+            imagenet = spec is not None and spec.labels == "imagenet"
+            default_folder = IMAGENET_SAMPLES if imagenet or not (spec and spec.samples_dir) else spec.samples_dir
+            path = st.text_input("Folder", value=str(default_folder), key="server_folder",
                                  help="ImageNet-style names (n01443537_goldfish.JPEG) or one sub-folder per class")
             if path.strip():
-                images = _class_picker(folder_source(Path(path.strip()).expanduser(), model.class_names, model.wnids),
+                # wnids label files only for ImageNet models; for others wnid-named files stay unlabelled
+                wnids = model.wnids if model.wnids is not None else []
+                images = _class_picker(folder_source(Path(path.strip()).expanduser(), model.class_names, wnids),
                                        model, f"classes_{path}")
         else:
             limit = st.slider("Test images", 100, 10_000, 1000, step=100, key="fmnist_limit")

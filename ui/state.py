@@ -17,11 +17,12 @@ them are held (an analysis holds its pass), e.g. 32 x 34 MB for 1,000 ImageNet i
 writeable).
 
 Torch threads. ``torch.set_num_threads`` is process-global in name only. Measured with torch 2.14 (OpenMP
-build): it stores a process-wide default *and* sets the calling thread's OpenMP team size; every other thread
-keeps the size it had at its first parallel op, and a thread that has not run one yet takes the stored default.
-Two sessions that each use every core therefore run 2 x cores threads, and OpenMP's spinning barriers on an
-oversubscribed machine make both many times slower (10x and worse, more when anything else uses a core). So
-network work does not run on the sessions' script threads: it runs on a small process-wide pool of worker
+build; ``benchmarks/concurrent_sessions.py`` prints it): it stores a process-wide default *and* sets the calling
+thread's OpenMP team size; every other thread keeps the size it had at its first parallel op, and a thread that
+has not run one yet takes the stored default. Uncapped, two sessions that each use every core run 2 x cores
+threads, and when the cores are also busy with anything else, OpenMP's spinning barriers wait for threads that
+are not running (measured on 2 cores with one busy: a pass with 2 threads took 2x, once 35x, as long as with 1).
+So network work does not run on the sessions' script threads: it runs on a small process-wide pool of worker
 threads, each capped once when it starts, while the session shows a progress bar and waits.
 
 - ``SENET_VIZ_TORCH_THREADS``: torch intra-op threads per request (default ``max(1, cores // 2)``, cores being
@@ -31,8 +32,9 @@ threads, each capped once when it starts, while the session shows a progress bar
   (made on first need, at most this many per model, so two sessions on the same model do not queue on its lock);
   on CUDA there is one copy.
 
-Both are read once per process, when the first model is requested; ``1`` and ``cores`` give the CLI's
-behaviour for a single user (every core for one request).
+Both are read once per process, when the first model is requested. ``SENET_VIZ_TORCH_THREADS=<cores>`` with
+``SENET_VIZ_MAX_CONCURRENT=1`` gives every core to one request at a time, as the CLI does (the fastest single
+session on an otherwise idle machine).
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ CONCURRENT_ENV = "SENET_VIZ_MAX_CONCURRENT"
 RESULT_LIMITS: dict[str, int] = {"run": 16, "analysis": 16, "evaluate": 64, "sweep": 8, "gradcam": 64,
                                  "channel_attr": 128}
 _log = logging.getLogger(__name__)
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
 
 
 # ------------------------------------------------------------------------------------------ shared results
@@ -134,8 +138,8 @@ class ResultCache:
               wait: Callable[[Flight], None] | None = None) -> T:
         """The value of ``key``: cached, or computed once by ``compute(progress)`` run through ``submit``.
 
-        ``wait(flight)`` is called on a miss (by the thread that started the flight and by any thread that found
-        it under way) and must return once ``flight.done`` is set; it may show ``flight.progress`` meanwhile.
+        ``wait(flight)`` is called on a miss, by the thread that started the flight and by any thread that found
+        it under way, to show ``flight.progress`` until ``flight.done`` is set (the value is awaited either way).
         """
         with self._lock:
             store = self._entries[kind]
@@ -220,49 +224,65 @@ def thread_policy(env: Mapping[str, str] | None = None, cores: int | None = None
 
 
 class _Replicas:
-    """Copies of one cached model for concurrent requests; each copy is used by one request at a time."""
+    """The cached model and copies of it for concurrent requests, each used by one request at a time.
 
-    def __init__(self, loaded: zoo.LoadedModel, limit: int) -> None:
-        self.primary = loaded
-        self.limit = limit
-        self.free: list[zoo.LoadedModel] = [loaded]
-        self.made = 1
+    Holds no reference to the cached model (each request passes it in), so when the model cache drops a model,
+    its copies go with it (see :meth:`Engine.model`).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # models in all, the cached one included
+        self.primary_free = True
+        self.copies: list[zoo.LoadedModel] = []  # copies not in use
+        self.made = 0
         self.cond = threading.Condition()
 
     @contextmanager
-    def take(self) -> Iterator[zoo.LoadedModel]:
+    def take(self, loaded: zoo.LoadedModel) -> Iterator[zoo.LoadedModel]:
         with self.cond:
-            while not self.free and self.made >= self.limit:
+            while not (self.primary_free or self.copies or 1 + self.made < self.limit):
                 self.cond.wait()
-            copy_needed = not self.free
-            if copy_needed:
-                self.made += 1
+            if self.primary_free:
+                self.primary_free, model, which = False, loaded, "primary"
+            elif self.copies:
+                model, which = self.copies.pop(), "copy"
             else:
-                model = self.free.pop()
-        if copy_needed:
+                self.made += 1
+                which = "new"
+        if which == "new":
             try:
-                model = self._copy()
-            except Exception:  # e.g. a module that cannot be deep-copied: this model serves one request at a time
-                _log.warning("cannot copy %s for concurrent requests; they will take turns", self.primary.name,
+                model = self._copy(loaded)
+            except Exception:  # e.g. a module that cannot be deep-copied: requests take turns on what exists
+                _log.warning("cannot copy %s for concurrent requests; they will take turns", loaded.name,
                              exc_info=True)
                 with self.cond:
                     self.made -= 1
-                    self.limit = 1
-                    while not self.free:
-                        self.cond.wait()
-                    model = self.free.pop()
+                    self.limit = 1 + self.made
+                with self.take(loaded) as model:
+                    yield model
+                return
         try:
             yield model
         finally:
             with self.cond:
-                self.free.append(model)
+                if which == "primary":
+                    self.primary_free = True
+                else:
+                    self.copies.append(model)
                 self.cond.notify()
 
-    def _copy(self) -> zoo.LoadedModel:
-        # Under the lock no hook is registered (hooks exist only inside locked scopes), so none is copied.
-        with self.primary.lock:
-            module = copy.deepcopy(self.primary.model)
-        return replace(self.primary, model=module, lock=None)  # lock=None: the copy gets its own
+    @staticmethod
+    def _copy(loaded: zoo.LoadedModel) -> zoo.LoadedModel:
+        # Copied without the model's lock, so a request does not wait for another's whole pass: that request's
+        # hooks (registered under the lock) are left out by copying every hook dict as an empty one, and nothing
+        # else of a model in eval mode changes during a forward.
+        memo: dict[int, Any] = {}
+        for module in loaded.model.modules():
+            for name in _HOOK_DICTS:
+                hooks = getattr(module, name, None)
+                if hooks is not None:
+                    memo[id(hooks)] = type(hooks)()
+        return replace(loaded, model=copy.deepcopy(loaded.model, memo), lock=None)  # lock=None: a lock of its own
 
 
 class Engine:
@@ -276,7 +296,7 @@ class Engine:
         torch.set_num_threads(policy.threads)
         self.pool = ThreadPoolExecutor(max_workers=policy.concurrent, thread_name_prefix="senet-viz-compute",
                                        initializer=torch.set_num_threads, initargs=(policy.threads,))
-        self._replicas: weakref.WeakKeyDictionary[torch.nn.Module, _Replicas] = weakref.WeakKeyDictionary()
+        self._replicas: dict[int, _Replicas] = {}  # by id() of the cached module, dropped when it is collected
         self._replicas_guard = threading.Lock()
 
     def submit(self, job: Callable[[], None]) -> None:
@@ -285,13 +305,19 @@ class Engine:
     @contextmanager
     def model(self, loaded: zoo.LoadedModel) -> Iterator[zoo.LoadedModel]:
         """``loaded`` or an identical copy of it that no other request is using."""
+        key = id(loaded.model)
         with self._replicas_guard:
-            pool = self._replicas.get(loaded.model)
+            pool = self._replicas.get(key)
             if pool is None:
-                limit = self.policy.concurrent if loaded.device.type == "cpu" else 1  # one copy per GPU
-                pool = self._replicas[loaded.model] = _Replicas(loaded, limit)
-        with pool.take() as model:
+                limit = self.policy.concurrent if loaded.device.type == "cpu" else 1  # one model per GPU
+                pool = self._replicas[key] = _Replicas(limit)
+                weakref.finalize(loaded.model, self._forget, key)
+        with pool.take(loaded) as model:
             yield model
+
+    def _forget(self, key: int) -> None:
+        with self._replicas_guard:
+            self._replicas.pop(key, None)
 
 
 @st.cache_resource(show_spinner=False)
