@@ -207,3 +207,47 @@ def test_uploads_named_like_imagenet_files_are_scored():
     top1 = {m.label: m.value for m in at.metric}["Top-1 (full network)"]
     assert top1.endswith("%"), top1  # scored, not "n/a"
     assert not any("cannot be scored" in i.value for i in at.info)
+
+
+def _explore_values(at: AppTest) -> list:
+    spec = chart_spec(at)
+    image_trace = next(t for t in spec["data"] if t.get("meta") == "image")
+    return image_trace["y"]
+
+
+def test_large_runs_stream_statistics_and_keep_no_per_image_gates(monkeypatch):
+    """Past KEEP_GATES_LIMIT images the run keeps predictions but not per-image gates: statistics are streamed
+    (the same figure), Explore computes the chosen image's gates on demand, and grouping by prediction works."""
+    from senet_viz import run as run_module
+    from ui import state
+
+    def embedded() -> AppTest:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+        at.run()
+        at.selectbox(key="model_name").set_value(MODEL)
+        at.run()
+        assert_ok(at)
+        return at
+
+    small = embedded()
+    reference = chart_spec(small)
+    open_page(small, "explore")
+    reference_image = _explore_values(small)
+
+    state.engine().results.clear()
+    monkeypatch.setattr(state, "KEEP_GATES_LIMIT", 10)
+    large = embedded()
+    assert state.run(large.session_state["selection"].model, large.session_state["selection"].images).gates == {}
+    streamed = chart_spec(large)
+    for a, b in zip(reference["data"], streamed["data"], strict=True):
+        assert a["name"] == b["name"]
+        assert a["y"] == pytest.approx(b["y"], abs=2e-3)  # float16 per-image gates vs streamed float32
+    before = run_module.forward_count()
+    open_page(large, "explore")
+    assert run_module.forward_count() - before == 1  # one image through the network, not the set
+    assert _explore_values(large) == pytest.approx(reference_image, abs=2e-3)
+    open_page(large, "compare")
+    large.checkbox(key="group_by_prediction").check()
+    large.run()
+    assert_ok(large)
+    assert "grouped by predicted class" in large.caption[0].value

@@ -70,6 +70,9 @@ UPLOAD_DIR = Path(tempfile.gettempdir()) / "senet_viz_uploads"
 THREADS_ENV = "SENET_VIZ_TORCH_THREADS"
 CONCURRENT_ENV = "SENET_VIZ_MAX_CONCURRENT"
 # Entries kept per kind, for the whole process (all sessions together); see the module docstring for memory.
+# Per-image gates are kept (for Explore) only for runs of at most this many images; larger runs keep predictions
+# and stream the gates into statistics, so memory does not grow with the folder (SE-ResNet-50: 30 kB per image).
+KEEP_GATES_LIMIT = 2_000
 RESULT_LIMITS: dict[str, int] = {"run": 16, "analysis": 16, "evaluate": 64, "sweep": 8, "gradcam": 64,
                                  "channel_attr": 128}
 _log = logging.getLogger(__name__)
@@ -119,6 +122,12 @@ class ResultCache:
     def __len__(self) -> int:
         with self._lock:
             return sum(len(store) for store in self._entries.values())
+
+    def clear(self) -> None:
+        """Forget every finished result (computations in flight finish and are stored as usual)."""
+        with self._lock:
+            for store in self._entries.values():
+                store.clear()
 
     def keys(self, kind: str) -> list[Hashable]:
         """Keys of ``kind``, least recently used first."""
@@ -465,40 +474,69 @@ class Analysis:
     grouping: str  # "labels" or "predicted class"
 
 
-def run(loaded: zoo.LoadedModel, images: ImageSet) -> Result:
-    """Gates, predictions and logits of every image (shared by every session)."""
+def _streamed_run(loaded: zoo.LoadedModel, images: ImageSet) -> tuple[Result, GateStats]:
+    """One pass: predictions and logits of every image, gate statistics by label streamed batch by batch, and the
+    per-image gates only when the set has at most :data:`KEEP_GATES_LIMIT` images (shared by every session)."""
     eng = engine()  # here, on the session's thread: compute() runs on a worker, outside any script run
+    names = list(images.class_names or loaded.class_names)
 
-    def compute(progress: ProgressFn) -> Result:
+    def compute(progress: ProgressFn) -> tuple[Result, GateStats]:
+        stats = GateStats.for_blocks(loaded.name, loaded.blocks, names)
+        keep = len(images.items) <= KEEP_GATES_LIMIT
         with eng.model(loaded) as model:
-            return _read_only(run_model(model, images, progress=progress, batch_size=32))
+            result = run_model(model, images, progress=progress, batch_size=32, keep_gates=keep,
+                               on_gates=stats.update)
+        return _read_only(result), stats
 
     return _fetch(eng, "run", (*model_key(loaded), images_key(images)), compute,
                   _progress_wait(f"Running {loaded.name} on", "images"))
 
 
+def run(loaded: zoo.LoadedModel, images: ImageSet) -> Result:
+    """Predictions and logits of every image, and their gates up to :data:`KEEP_GATES_LIMIT` images (shared)."""
+    return _streamed_run(loaded, images)[0]
+
+
 def analyse(loaded: zoo.LoadedModel, images: ImageSet, group_by_prediction: bool = False) -> Analysis:
-    """Run (shared) and compute per-class statistics, grouping by labels or by predicted class."""
+    """Run (shared) and compute per-class statistics, grouping by labels or by predicted class.
+
+    Statistics by label are streamed during the run. Grouping by predicted class needs the predictions first: from
+    the kept per-image gates when the set is small, else from a second pass with the predictions as labels."""
     eng = engine()
     key = (*model_key(loaded), images_key(images), group_by_prediction)
     found, analysis = eng.results.peek("analysis", key)
     if found:  # without asking for the run: it may have been evicted while its statistics were not
         return analysis
-    result = run(loaded, images)
+    result, by_label = _streamed_run(loaded, images)
+    by_prediction = group_by_prediction or (result.labels < 0).all()
+    if by_prediction and not result.gates and result.n:
+        predicted = replace(images, items=[replace(it, label=int(p), label_name=loaded.class_names[int(p)])
+                                           for it, p in zip(_kept_items(images, result), result.pred, strict=True)],
+                            skipped=[], class_names=list(loaded.class_names))
+        _, by_pred = _streamed_run(loaded, predicted)
+    else:
+        by_pred = None
 
     def compute(_progress: ProgressFn) -> Analysis:
-        if group_by_prediction or (result.labels < 0).all():
-            labels, names, grouping = result.pred, list(loaded.class_names), "predicted class"
+        if not by_prediction:
+            stats, names, grouping = by_label, by_label.class_names, "labels"
+        elif by_pred is not None:
+            stats, names, grouping = by_pred, list(loaded.class_names), "predicted class"
         else:
-            labels, names, grouping = result.labels, list(images.class_names or loaded.class_names), "labels"
-        stats = GateStats.for_blocks(loaded.name, loaded.blocks, names)
-        for name, gates in result.gates.items():
-            stats.update(name, gates, labels)
+            names, grouping = list(loaded.class_names), "predicted class"
+            stats = GateStats.for_blocks(loaded.name, loaded.blocks, names)
+            for name, gates in result.gates.items():
+                stats.update(name, gates, result.pred)
         return Analysis(result=result, stats=stats, channels=stats.frame(), indices=stats.indices(),
-                        class_names=names, grouping=grouping)
+                        class_names=list(names), grouping=grouping)
 
     # Statistics need no network: computed on this thread (still once for sessions asking together).
     return _fetch(eng, "analysis", key, compute, _no_wait, on_worker=False)
+
+
+def _kept_items(images: ImageSet, result: Result) -> list[ImageItem]:
+    by_key = {it.key: it for it in images.items}
+    return [by_key[k] for k in result.keys]
 
 
 def evaluate(loaded: zoo.LoadedModel, images: ImageSet, blocks: list, mode: str) -> dict:
@@ -531,9 +569,14 @@ def sweep(loaded: zoo.LoadedModel, images: ImageSet, modes: tuple[str, ...], kin
                   _progress_wait("Sweeping SE ablations:", "runs"))
 
 
-def single_image_gates(analysis: Analysis, key: str) -> dict[str, np.ndarray]:
-    row = analysis.result.keys.index(key)
-    return {name: g[row].astype(np.float32) for name, g in analysis.result.gates.items()}
+def single_image_gates(loaded: zoo.LoadedModel, images: ImageSet, analysis: Analysis, key: str
+                       ) -> dict[str, np.ndarray]:
+    """One image's gates: from the run when it kept them, else from a one-image pass (shared)."""
+    if analysis.result.gates:
+        row = analysis.result.keys.index(key)
+        return {name: g[row].astype(np.float32) for name, g in analysis.result.gates.items()}
+    one = subset_by_keys(images, {key})
+    return {name: g[0].astype(np.float32) for name, g in run(loaded, one).gates.items()}
 
 
 def subset_by_keys(images: ImageSet, keys: set[str]) -> ImageSet:

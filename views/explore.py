@@ -28,7 +28,7 @@ with right:
     right.dataframe(top5, hide_index=True, column_config={
         "probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")})
 
-gates = state.single_image_gates(analysis, key)
+gates = state.single_image_gates(model, selection.images, analysis, key)
 group = analysis.class_names[int(result.pred[row])] if analysis.grouping == "predicted class" \
     else (items[key].label_name or "all")
 group = group if group in set(analysis.channels["class"]) else "all"
