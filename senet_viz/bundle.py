@@ -75,13 +75,20 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _command_line() -> list[str]:
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("senet_viz/__main__.py", "senet_viz\\__main__.py")):
+        argv[0:1] = ["python", "-m", "senet_viz"]  # as the user typed it, not the module's path
+    return argv
+
+
 def provenance(*, model: str, weights: str, weights_digest: str, images: str, n_images: int, n_classes: int,
                n_skipped: int = 0, command: list[str] | None = None, **extra: Any) -> dict[str, Any]:
     """The provenance record of a bundle (``extra`` keys are kept as given, e.g. ``per_class``, ``world_size``)."""
     return {"format": FORMAT, "version": VERSION, "model": model, "weights": weights,
             "weights_digest": weights_digest, "images": images, "n_images": int(n_images),
             "n_classes": int(n_classes), "n_skipped": int(n_skipped),
-            "command": " ".join(command if command is not None else sys.argv),
+            "command": " ".join(command if command is not None else _command_line()),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": _versions(), **extra}
 
 

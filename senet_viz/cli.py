@@ -8,6 +8,7 @@ counted in ``n_skipped`` and listed under ``skipped`` with their reason.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -57,9 +58,21 @@ def _load(args, weights_needed: bool = True):
         raise UserError(str(exc)) from exc
 
 
-def _images(args, loaded):
+def _images(args, loaded, per_class: bool = True):
+    """The images of ``--images``: labelled by ``--labels FILE`` (ImageNet's flat validation layout) or by their
+    names / class folders; then ``--per-class K`` (unless the command applies it itself), ``--shard``, ``--limit``."""
+    from .imagenet_layouts import labels_file_source, take_per_class
+
+    labels, devkit = getattr(args, "labels", None), getattr(args, "devkit_meta", None)
+    if devkit and not labels:
+        raise UserError("--devkit-meta goes with --labels ILSVRC2012_validation_ground_truth.txt")
     try:
-        images = folder_source(args.images, class_names=loaded.class_names, wnids=loaded.wnids)
+        if labels:
+            images = labels_file_source(args.images, labels, loaded.class_names, loaded.wnids, devkit=devkit)
+        else:
+            images = folder_source(args.images, class_names=loaded.class_names, wnids=loaded.wnids)
+        if per_class and getattr(args, "per_class", None) is not None:
+            images = take_per_class(images, args.per_class)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     if getattr(args, "shard", None):
@@ -73,6 +86,43 @@ def _images(args, loaded):
     if not images.items:
         raise UserError(f"no images found in {args.images}")
     return images
+
+
+@contextlib.contextmanager
+def _ranks(args):
+    """The ranks of a torchrun / srun launch (one process: a stand-in whose collectives are the identity).
+    ``args.device`` becomes this rank's device. The process group is destroyed when the command ends, also on
+    errors; only rank 0 prints, so another rank's error names its rank."""
+    from .distributed import DistributedError, process_group
+
+    try:
+        with process_group(args.device) as group:
+            args.device = group.device
+            try:
+                yield group
+            except UserError as exc:
+                if group.main:
+                    raise
+                raise UserError(f"rank {group.rank}: {exc}") from exc
+    except DistributedError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _agreed(group, setup):
+    """Run ``setup()`` (loading, listing, checking) on every rank and fail together if any rank fails: rank 0
+    reports the first failure, the others exit 2 quietly. Without it a rank that failed alone would leave the
+    others waiting in the next collective."""
+    try:
+        value, error = setup(), None
+    except UserError as exc:
+        value, error = None, str(exc)
+    failed = group.first_error(error)
+    if failed is not None:
+        rank, message = failed
+        if not group.main:
+            raise SystemExit(2)
+        raise UserError(message if rank == 0 else f"rank {rank}: {message}")
+    return value
 
 
 def _select(loaded, spec: str | None):
@@ -138,26 +188,59 @@ def cmd_extract(args) -> None:
     from .run import run_model
     from .store import ExcitationWriter
 
-    loaded = _load(args)
-    images = _images(args, loaded)
-    blocks = _select(loaded, args.blocks) if args.blocks else loaded.blocks
-    meta = {"model": loaded.name, "weights": loaded.weights_source, "weights_id": loaded.weights_id,
-            "class_names": images.class_names, "shard": args.shard}
-    progress = _progress("extract", args.json)
-    n_done, skipped = 0, list(images.skipped)
-    total = len(images.items)
-    with ExcitationWriter(args.out, blocks, meta) as writer:
-        # Chunks bound memory: gates of one chunk live in RAM, then go to their own row group.
-        for start in range(0, total, args.chunk):
-            chunk = type(images)(images.items[start:start + args.chunk], [], images.class_names)
-            result = run_model(loaded, chunk, blocks=blocks, batch_size=args.batch_size, keep_logits=False,
-                               num_workers=args.workers)
-            writer.write(result)
-            skipped += result.skipped
-            n_done += len(chunk.items)
-            if progress:
-                progress(n_done, total)
-        rows = writer.rows
+    with _ranks(args) as group:
+        def setup():
+            loaded = _load(args)
+            images = _images(args, loaded)
+            blocks = _select(loaded, args.blocks) if args.blocks else loaded.blocks
+            if args.chunk < 1:
+                raise UserError(f"--chunk must be at least 1, got {args.chunk}")
+            return loaded, images, blocks
+
+        def open_writer():  # rank 0 only, once every rank is ready (no half-written file after a failed setup)
+            if not group.main:
+                return None
+            meta = {"model": loaded.name, "weights": loaded.weights_source, "weights_id": loaded.weights_id,
+                    "class_names": images.class_names, "shard": args.shard}
+            try:
+                return ExcitationWriter(args.out, blocks, meta)
+            except OSError as exc:
+                raise UserError(f"cannot write {args.out}: {exc}") from exc
+
+        loaded, images, blocks = _agreed(group, setup)
+        writer = _agreed(group, open_writer)
+        progress = _progress("extract", args.json or not group.main)
+        n_done, skipped = 0, list(images.skipped)
+        total = len(images.items)
+        # Chunks bound memory: gates of one chunk live in RAM, then go to their own row group. With several ranks,
+        # chunk c is run by rank c % world and rank 0 writes the chunks in order, so the file has the rows and row
+        # groups of a single-process run.
+        starts = list(range(0, total, args.chunk))
+        with contextlib.ExitStack() as stack:
+            if writer is not None:
+                stack.enter_context(writer)
+            for first in range(0, len(starts), group.world):
+                mine = first + group.rank
+                result = None
+                if mine < len(starts):
+                    chunk = type(images)(images.items[starts[mine]:starts[mine] + args.chunk], [],
+                                         images.class_names)
+                    result = run_model(loaded, chunk, blocks=blocks, batch_size=args.batch_size,
+                                       keep_logits=False, num_workers=args.workers)
+                if not group.main:
+                    if result is not None:
+                        group.send_result(result)
+                    continue
+                for src in range(min(group.world, len(starts) - first)):
+                    part = result if src == 0 else group.recv_result(src)
+                    writer.write(part)
+                    skipped += part.skipped
+                    n_done += min(args.chunk, total - starts[first + src])
+                    if progress:
+                        progress(n_done, total)
+            rows = writer.rows if writer is not None else 0
+    if not group.main:
+        return
     summary = {"out": str(args.out), "model": loaded.name, "blocks": [b.name for b in blocks], "n_images": rows,
                "n_skipped": len(skipped), "skipped": [{"file": s.file, "reason": s.reason} for s in skipped],
                "bytes": Path(args.out).stat().st_size}
@@ -171,15 +254,26 @@ def cmd_extract(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .ablation import evaluate
+    from .distributed import evaluate_sharded
 
-    loaded = _load(args)
-    images = _images(args, loaded)
-    blocks = _select(loaded, args.ablate)
-    if args.ablate and not blocks:
-        raise UserError(f"--ablate {args.ablate!r} selects no SE block")
-    out = evaluate(loaded, images, blocks, mode=args.mode, calibrate_on_eval=args.calibrate_on_eval,
-                   batch_size=args.batch_size, progress=_progress("evaluate", args.json))
+    with _ranks(args) as group:
+        def setup():
+            loaded = _load(args)
+            images = _images(args, loaded)
+            blocks = _select(loaded, args.ablate)
+            if args.ablate and not blocks:
+                raise UserError(f"--ablate {args.ablate!r} selects no SE block")
+            return loaded, images, blocks
+
+        loaded, images, blocks = _agreed(group, setup)
+        try:
+            out = evaluate_sharded(group, loaded, images, blocks, mode=args.mode,
+                                   calibrate_on_eval=args.calibrate_on_eval, batch_size=args.batch_size,
+                                   progress=_progress("evaluate", args.json or not group.main))
+        except ValueError as exc:  # e.g. no calibration image could be read
+            raise UserError(str(exc)) from exc
+    if out is None:  # not rank 0
+        return
     if args.json:
         _print_json(out)
         return
@@ -195,19 +289,43 @@ def cmd_evaluate(args) -> None:
         print(f"  skipped {s['file']}: {s['reason']}")
 
 
+def _detail_classes(spec: str | None) -> list[str] | None:
+    """``--detail-classes``: auto (None), none ([]) or a comma-separated list of class names / indices."""
+    if spec is None or spec.strip().lower() == "auto":
+        return None
+    if spec.strip().lower() == "none":
+        return []
+    return [c.strip() for c in spec.split(",") if c.strip()]
+
+
 def cmd_stats(args) -> None:
     from .stats import stats_from_parquet
 
+    detail = _detail_classes(args.detail_classes)
     total = None
-    for path in args.excitations:  # one shard at a time: memory stays O(classes x channels x bins)
+    for path in args.excitations:  # one shard at a time, one block column at a time: memory is the statistics'
         try:
-            part = stats_from_parquet(path, bins=args.bins)
+            part = stats_from_parquet(path, bins=args.bins, detail_classes=detail)
         except (OSError, ValueError, KeyError) as exc:
             raise UserError(f"cannot read excitations {path}: {exc}") from exc
-        total = part if total is None else total.merge(part)
+        try:
+            total = part if total is None else total.merge(part)
+        except ValueError as exc:
+            raise UserError(f"cannot merge {path}: {exc}") from exc
     assert total is not None  # argparse requires at least one file
     if args.out:
         total.save(args.out)
+    if args.bundle:
+        from .bundle import provenance, write_bundle
+        from .store import read_meta
+
+        metas = [read_meta(path) for path in args.excitations]
+        first = metas[0]
+        prov = provenance(model=total.model, weights=str(first.get("weights", "?")),
+                          weights_digest=str(first.get("weights_id", "?")),
+                          images=", ".join(str(p) for p in args.excitations), n_images=total.n_images(),
+                          n_classes=len(total.classes()), shards=len(metas))
+        args.bundle = write_bundle(args.bundle, total, prov)
     indices = total.indices(threshold=args.threshold)
     if args.json:
         _print_json(indices.to_dict(orient="records"))
@@ -217,42 +335,62 @@ def cmd_stats(args) -> None:
     cols = ["block", "stage", "channels", "specificity", "specificity_method", "saturation", "mean_gate",
             "mean_abs_1_minus_s", "share_near_0", "cross_class_corr"]
     print(indices[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    kept = len(total.detailed_classes())
+    print(f"per-channel histograms kept for {kept} of {len(total.classes())} classes and for all images; means and "
+          f"M2 for every class ({total.nbytes() / 2**20:,.1f} MiB of statistics)")
     if args.out:
         print(f"wrote {args.out}")
+    if args.bundle:
+        print(f"wrote {args.bundle} (opens in the app: Work from -> An analysis file)")
 
 
 FIGURES = ("fig6", "fig7", "distributions", "depth", "heatmap")
+DEFAULT_FIGURE_CLASSES = 16
+"""fig6 / fig7 / distributions show every class up to this many, else the four with the most images."""
 
 
 def cmd_figure(args) -> None:
     from . import plots
-    from .stats import GateStats
+    from .stats import ALL, GateStats
 
     try:
         stats = GateStats.load(args.stats)
     except (OSError, KeyError, ValueError) as exc:
         raise UserError(f"cannot read statistics {args.stats}: {exc}") from exc
-    channels = stats.frame()
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     blocks = [b.strip() for b in args.blocks.split(",")] if args.blocks else None
+    table = stats.class_table()
+    real = table[table["class_index"] >= 0]
+    palette = list(real["class"])  # every class: a class keeps its colour whatever is shown
+    # The figures read bounded views of the statistics (chosen blocks and classes), never every class x channel.
+    default = None if len(real) <= DEFAULT_FIGURE_CLASSES else list(
+        real.sort_values(["count", "class_index"], ascending=[False, True], kind="stable")["class"].head(4))
     try:
         if args.kind == "fig6":
-            fig = plots.fig6(channels, blocks=blocks, classes=classes, n_channels=args.channels,
-                             seed=args.seed, all_channels=args.all_channels)
+            frame = stats.frame(blocks=blocks, classes=classes or default, hist=False)
+            fig = plots.fig6(frame, blocks=blocks, classes=classes or default, n_channels=args.channels,
+                             seed=args.seed, all_channels=args.all_channels, all_classes=palette)
         elif args.kind == "fig7":
-            cls = classes[0] if classes else next(c for c in channels["class"].unique() if c != "all")
+            if not classes and real.empty:
+                raise UserError("no class to show")
+            cls = classes[0] if classes else (default or palette)[0]
             block = blocks[0] if blocks else stats.blocks[-1].name
-            fig = plots.fig7(channels, block, cls, n_channels=args.channels, seed=args.seed,
-                             all_channels=args.all_channels)
+            frame = stats.frame(blocks=[block], classes=[cls], hist=False)
+            fig = plots.fig7(frame, block, cls, n_channels=args.channels, seed=args.seed,
+                             all_channels=args.all_channels, all_classes=palette)
         elif args.kind == "distributions":
-            fig = plots.distributions(channels, stage=args.stage, blocks=blocks, classes=classes)
+            shown = classes or (None if default is None else [*default, ALL])
+            fig = plots.distributions(stats.block_frame(classes=shown), stage=args.stage, blocks=blocks,
+                                      classes=shown, all_classes=palette)
         elif args.kind == "depth":
             second = GateStats.load(args.second).indices() if args.second else None
             fig = plots.depth_profile(stats.indices(), second=second)
         else:
-            fig = plots.heatmap(channels, blocks[0] if blocks else stats.blocks[-1].name, classes=classes)
+            block = blocks[0] if blocks else stats.blocks[-1].name
+            labels, counts, means = stats.class_means(block, classes, include_all=bool(classes and ALL in classes))
+            fig = plots.heatmap_matrix(means, labels, counts, model=stats.model, block=block, all_classes=palette)
         plots.save_figure(fig, args.out)
-    except (ValueError, StopIteration) as exc:
+    except (ValueError, KeyError) as exc:
         raise UserError(str(exc) or "no class to show") from exc
     except RuntimeError as exc:  # e.g. PNG export without a browser for kaleido
         raise UserError(str(exc)) from exc
@@ -264,20 +402,41 @@ def cmd_figure(args) -> None:
 
 def cmd_paper(args) -> None:
     from . import plots
-    from .paper import paper_preset
+    from .distributed import paper_preset_sharded
+    from .paper import pick_classes
 
-    loaded = _load(args)
-    images = _images(args, loaded)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    try:
-        result = paper_preset(loaded, images, classes=classes, per_class=args.per_class,
-                              batch_size=args.batch_size, progress=_progress("paper preset", args.json))
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    with _ranks(args) as group:
+        def setup():
+            loaded = _load(args)
+            images = _images(args, loaded, per_class=False)  # the preset takes --per-class itself
+            if args.per_class < 1:
+                raise UserError(f"--per-class must be at least 1, got {args.per_class}")
+            try:
+                pick_classes(images, classes, loaded.wnids)  # a wrong --classes fails here, on every rank alike
+            except ValueError as exc:
+                raise UserError(str(exc)) from exc
+            return loaded, images
+
+        loaded, images = _agreed(group, setup)
+        try:
+            result = paper_preset_sharded(group, loaded, images, classes=classes, per_class=args.per_class,
+                                          batch_size=args.batch_size,
+                                          progress=_progress("paper preset", args.json or not group.main))
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+    if result is None:  # not rank 0
+        return
+    from .bundle import provenance, write_bundle
+
     args.out.mkdir(parents=True, exist_ok=True)
-    channels = result.stats.frame()
+    channels = result.stats.frame(classes=result.classes, hist=False)  # bounded: the preset's classes and all
     written = {"stats": str(args.out / "stats.parquet")}
     result.stats.save(args.out / "stats.parquet")
+    prov = provenance(model=loaded.name, weights=loaded.weights_source, weights_digest=loaded.weights_id,
+                      images=str(args.images), n_images=result.n_images, n_classes=len(result.images_per_class),
+                      n_skipped=len(result.skipped), protocol="paper", images_per_class=result.images_per_class)
+    written["bundle"] = str(write_bundle(args.out / "analysis.senetviz.zip", result.stats, prov))
     fig = plots.fig6(channels, classes=result.classes, n_channels=args.channels, seed=args.seed)
     plots.save_figure(fig, args.out / "fig6.html")
     written["fig6"] = str(args.out / "fig6.html")
@@ -299,20 +458,34 @@ def cmd_paper(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .ablation import pareto_front, sweep, sweep_configs
+    from .ablation import pareto_front, sweep_configs
+    from .distributed import sweep_sharded
 
-    loaded = _load(args)
-    images = _images(args, loaded)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    configs = sweep_configs(loaded.blocks)
-    if args.kinds:
-        kinds = {k.strip() for k in args.kinds.split(",")}
-        configs = [c for c in configs if c[0] in kinds]
-    try:
-        frame = sweep(loaded, images, modes, configs, batch_size=args.batch_size,
-                      progress=_progress("sweep configurations", args.json))
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    with _ranks(args) as group:
+        def setup():
+            unknown = [m for m in modes if m not in ("identity", "mean")]
+            if unknown or not modes:
+                raise UserError(f"unknown ablation mode {unknown[0] if unknown else args.modes!r}; "
+                                "use identity and/or mean")
+            loaded = _load(args)
+            images = _images(args, loaded)
+            configs = sweep_configs(loaded.blocks)
+            if args.kinds:
+                kinds = {k.strip() for k in args.kinds.split(",")}
+                configs = [c for c in configs if c[0] in kinds]
+                if not configs:
+                    raise UserError(f"--kinds {args.kinds!r} selects no configuration; use block, stage and/or last")
+            return loaded, images, configs
+
+        loaded, images, configs = _agreed(group, setup)
+        try:
+            frame = sweep_sharded(group, loaded, images, modes, configs, batch_size=args.batch_size,
+                                  progress=_progress("sweep configurations", args.json or not group.main))
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+    if frame is None:  # not rank 0
+        return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out, index=False)
     if args.figure:
@@ -323,8 +496,10 @@ def cmd_sweep(args) -> None:
         _print_json({"out": str(args.out), "rows": frame.to_dict(orient="records")})
         return
     cols = ["config", "mode", "top1", "d_top1", "agreement", "kl", "params_removed", "params_saved_pct"]
+    full = frame["full_top1"].iloc[0]
+    full_text = "n/a (no labelled image)" if full is None or full != full else f"{full:.2%}"
     print(f"{loaded.name}: {int(frame['n_images'].iloc[0])} evaluation images, "
-          f"{int(frame['n_calibration'].iloc[0])} calibration images; full top-1 {frame['full_top1'].iloc[0]:.2%}")
+          f"{int(frame['n_calibration'].iloc[0])} calibration images; full top-1 {full_text}")
     print(frame[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("Pareto front (params saved vs top-1 change):")
     print(pareto_front(frame)[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -340,6 +515,24 @@ def cmd_train(args) -> None:
         raise UserError(str(exc)) from exc
     if args.json:
         _print_json(out)
+
+
+IMAGES_HELP = ("folder: ImageNet-style names (n01443537_goldfish.JPEG), class sub-folders (wnid folders: "
+               "val/n01440764/*.JPEG), or ImageNet's flat validation folder with --labels")
+
+
+def _image_options(p: argparse.ArgumentParser, per_class: bool = True) -> None:
+    """Options shared by every command that reads --images."""
+    p.add_argument("--labels", type=Path,
+                   help="labels for a flat folder of ILSVRC2012_val_*.JPEG: Kaggle's LOC_val_solution.csv, or the "
+                        "devkit's ILSVRC2012_validation_ground_truth.txt with --devkit-meta")
+    p.add_argument("--devkit-meta", type=Path,
+                   help="with a devkit ground-truth file: the devkit's data/meta.mat (needs scipy) or a "
+                        "map_clsloc.txt, mapping its class ids to wnids")
+    if per_class:
+        p.add_argument("--per-class", type=int,
+                       help="take the first K images of every class by sorted file key (the paper used 50); "
+                            "unlabelled images are left out")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,8 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = command(name, help_text)
         p.add_argument("--weights", help="weights file: .safetensors, .pth/.pt (weights_only), .tflite")
-        p.add_argument("--images", required=True,
-                       help="folder: ImageNet-style names (n01443537_goldfish.JPEG) or class sub-folders")
+        p.add_argument("--images", required=True, help=IMAGES_HELP)
+        _image_options(p)
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--shard", help="process part i of n (0-based), e.g. 0/4; the parts combine")
         p.add_argument("--limit", type=int, help="use only the first N images")
@@ -384,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "extract":
             p.add_argument("--out", required=True, type=Path, help="output .parquet file")
             p.add_argument("--blocks", help="only these SE blocks (same syntax as --ablate); default all")
-            p.add_argument("--chunk", type=int, default=1024, help="images per row group (bounds memory)")
+            p.add_argument("--chunk", type=int, default=1024,
+                           help="images per row group (bounds memory); under torchrun the unit of work per rank")
             p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
         else:
             p.add_argument("--ablate", help="SE blocks: SE_5_1,SE_5_2 | stage:5 | last:3")
@@ -395,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="with --mode mean: fit the mean gates on all images and score on them too")
     p = command("sweep", "ablate every SE block, stage and last-k set in each mode; accuracy vs parameters saved")
     p.add_argument("--weights", help="weights file")
-    p.add_argument("--images", required=True, help="folder of labelled images")
+    p.add_argument("--images", required=True, help=IMAGES_HELP)
+    _image_options(p)
     p.add_argument("--modes", default="identity,mean", help="identity, mean or both (comma-separated)")
     p.add_argument("--kinds", help="restrict to block, stage and/or last (comma-separated)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -412,15 +607,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("stats", "per-class gate statistics and indices from extracted Parquet shards", model=False)
     p.add_argument("--excitations", nargs="+", required=True, type=Path, help="one or more extract outputs")
-    p.add_argument("--out", type=Path, help="write the statistics (with histograms) to this .parquet")
+    p.add_argument("--out", type=Path, help="write the statistics (mergeable .parquet) to this file")
+    p.add_argument("--bundle", type=Path, help="also write an analysis bundle (.senetviz.zip: statistics, model, "
+                                               "weights digest, counts, this command) that the app opens alone")
     p.add_argument("--bins", type=int, default=50, help="histogram bins on [0, 1]")
     p.add_argument("--threshold", type=float, default=0.9, help="saturation threshold on the mean gate")
+    p.add_argument("--detail-classes", help="classes that keep per-channel histograms (percentiles within a class): "
+                                            "auto (default: every class when at most 64), none, or names/indices "
+                                            "a,b,c; means and std are kept for every class")
     p.set_defaults(func=cmd_stats)
 
     p = command("figure", "draw a figure from saved statistics (.html, or .png/.svg with Chromium)", model=False)
     p.add_argument("--stats", required=True, type=Path, help="output of `stats --out`")
     p.add_argument("--kind", required=True, choices=FIGURES)
-    p.add_argument("--classes", help="comma-separated class names (default: all in the statistics)")
+    p.add_argument("--classes", help="comma-separated class names (default: all in the statistics; for fig6, fig7 "
+                                     "and distributions with more than 16 classes, the 4 with the most images)")
     p.add_argument("--blocks", help="comma-separated block names (fig6 default: the paper's preset)")
     p.add_argument("--stage", type=int, help="distributions: one stage")
     p.add_argument("--second", type=Path, help="depth: statistics of a second model for the same chart")
@@ -432,7 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("paper", "the paper's Fig. 6/7 protocol on a folder of labelled images, in one call")
     p.add_argument("--weights", help="weights file")
-    p.add_argument("--images", required=True, help="folder of labelled images")
+    p.add_argument("--images", required=True, help=IMAGES_HELP)
+    _image_options(p, per_class=False)  # --per-class below is the protocol's own
     p.add_argument("--classes", help="class names or wnids (default: goldfish, pug, airliner, cliff if present)")
     p.add_argument("--per-class", type=int, default=50, help="images per class (the paper used 50)")
     p.add_argument("--channels", type=int, default=50, help="channels sampled per block (the paper shows 50)")

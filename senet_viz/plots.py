@@ -11,6 +11,15 @@ Input frames (see ``stats.py``):
   ``max`` and ``hist`` (counts of the gate values in equal bins over [0, 1]).
 * ``indices``: one row per (model, block) with ``specificity``, ``saturation`` and the other indices.
 
+Large statistics (e.g. SE-ResNet-50 over the 1,000 ImageNet classes: 15 million class-channel rows) are never
+drawn from a full frame: pass the bounded frames of ``GateStats`` instead. ``fig6`` / ``fig7`` take
+``stats.frame(blocks, classes, hist=False)`` (means and std only, no ``hist``/``min``/``max`` needed),
+``distributions`` also takes ``stats.block_frame(blocks, classes)`` (one row per block and class, the class's
+histogram pooled over channels), :func:`heatmap_matrix` takes the class x channel means of
+``stats.class_means(block, classes)``, and ``image_percentiles`` falls back to the all-image histogram (and says
+so) where a class's per-channel histograms are not kept (``hist`` None). ``all_classes=`` (every class of the
+statistics) keeps a class's colour the same however few classes a bounded frame holds.
+
 Conventions shared by all figures: a class keeps its colour everywhere (:func:`class_colors`), the all-class
 reference is dark grey and dashed, gate axes span 0..1, titles name the model, the block(s) and the classes with
 their number of images, and unknown block / class / model names raise ``ValueError`` listing the valid ones.
@@ -44,6 +53,7 @@ __all__ = [
     "fig7",
     "find_chromium",
     "heatmap",
+    "heatmap_matrix",
     "image_percentiles",
     "paper_preset_blocks",
     "sample_channels",
@@ -62,6 +72,11 @@ ALL_COLOR = "#404040"
 PAPER = "Hu et al. 2018"
 GATE_AXIS = "mean gate s (0–1)"
 CHANNEL_COLUMNS = ("model", "block", "stage", "order", "class", "channel", "count", "mean", "std", "min", "max", "hist")
+MEAN_COLUMNS = ("model", "block", "stage", "order", "class", "channel", "count", "mean", "std")
+"""What the line figures and the heatmap need: ``stats.frame(..., hist=False)`` has them."""
+BLOCK_COLUMNS = ("model", "block", "stage", "order", "class", "count", "mean", "min", "max", "hist")
+"""A frame of whole-block distributions (``stats.block_frame()``): one row per (block, class), no ``channel``."""
+_MAX_HEATMAP_ROWS_HIGH = 60  # past this many classes the heatmap stops growing in height and drops the tick labels
 INDEX_COLUMNS = ("model", "block", "stage", "order")
 
 _MAX_TITLE_CLASSES = 8
@@ -117,6 +132,14 @@ def class_colors(classes: Iterable[str]) -> dict[str, str]:
     colors = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(names)}
     colors[ALL_CLASS] = ALL_COLOR
     return colors
+
+
+def _colors(frame: pd.DataFrame, all_classes: Iterable[str] | None) -> dict[str, str]:
+    """Colours from every class of the statistics when given (bounded frames hold only some), else the frame's."""
+    names = set(map(str, frame["class"].unique()))
+    if all_classes is not None:
+        names |= {str(c) for c in all_classes}
+    return class_colors(names)
 
 
 def _rgba(color: str, alpha: float) -> str:
@@ -295,7 +318,16 @@ def channel_percentiles(hist_matrix: np.ndarray, values: np.ndarray) -> np.ndarr
     return pct
 
 
+def _has_hist(rows: pd.DataFrame) -> bool:
+    """Every row carries a histogram (statistics keep per-channel ones for some classes only)."""
+    return "hist" in rows.columns and all(h is not None and np.ndim(h) == 1 for h in rows["hist"])
+
+
 def _stack_hist(rows: pd.DataFrame) -> np.ndarray:
+    if not _has_hist(rows):
+        missing = sorted(set(map(str, rows["class"])))[:4] if "class" in rows.columns else []
+        raise ValueError(f"per-channel histograms are not kept for class(es) {missing} (the statistics keep them for "
+                         "a bounded set of classes): draw distributions from GateStats.block_frame()")
     hists = [np.asarray(h, dtype=np.int64).ravel() for h in rows["hist"]]
     lengths = {h.size for h in hists}
     if len(lengths) != 1:
@@ -343,20 +375,22 @@ def fig6(
     all_channels: bool = False,
     *,
     model: str | None = None,
+    all_classes: Iterable[str] | None = None,
 ) -> go.Figure:
     """The paper's Fig. 6: mean gate per channel, one line per class plus the all-class mean, one panel per block.
 
     ``blocks`` defaults to :func:`paper_preset_blocks`, ``classes`` to every class of the frame. Each panel
     shows ``n_channels`` channels sampled with :func:`sample_channels` (``seed``), or all of them when
-    ``all_channels``; x is the channel index, y the mean gate over the class's images.
+    ``all_channels``; x is the channel index, y the mean gate over the class's images. Needs only the
+    :data:`MEAN_COLUMNS` (``stats.frame(blocks, classes, hist=False)``); ``all_classes`` fixes the colours.
     """
-    _require(channels, CHANNEL_COLUMNS, "channels")
+    _require(channels, MEAN_COLUMNS, "channels")
     frame, model = _one_model(channels, model, "channels")
     blocks = _resolve_blocks(frame, paper_preset_blocks(frame) if blocks is None else blocks)
     chosen = _resolve_classes(frame, classes)
     has_all = ALL_CLASS in set(frame["class"])
     shown = [c for c in chosen if c != ALL_CLASS] + ([ALL_CLASS] if has_all else [])
-    colors = class_colors(frame["class"].unique())
+    colors = _colors(frame, all_classes)
     sub = frame[frame["block"].isin(blocks) & frame["class"].isin(shown)]
     counts = _class_counts(sub)
     if not all_channels:
@@ -417,13 +451,14 @@ def fig6(
 # --------------------------------------------------------------------------------------------------- Fig. 7
 
 
-def _one_class_view(channels: pd.DataFrame, model: str | None, block: str, cls: str):
+def _one_class_view(channels: pd.DataFrame, model: str | None, block: str, cls: str,
+                    all_classes: Iterable[str] | None = None, columns: Sequence[str] = MEAN_COLUMNS):
     """Shared set-up of the one-class figures: the rows of ``block`` for ``cls`` and the all-class reference."""
-    _require(channels, CHANNEL_COLUMNS, "channels")
+    _require(channels, columns, "channels")
     frame, model = _one_model(channels, model, "channels")
     (block,) = _resolve_blocks(frame, [block])
     (cls,) = _resolve_classes(frame, [cls])
-    colors = class_colors(frame["class"].unique())
+    colors = _colors(frame, all_classes)
     shown = [cls] + ([ALL_CLASS] if cls != ALL_CLASS and ALL_CLASS in set(frame["class"]) else [])
     sub = frame[(frame["block"] == block) & frame["class"].isin(shown)]
     return model, block, cls, colors, shown, sub, _class_counts(sub)
@@ -438,14 +473,16 @@ def fig7(
     all_channels: bool = False,
     *,
     model: str | None = None,
+    all_classes: Iterable[str] | None = None,
 ) -> go.Figure:
     """One class's mean gate per channel with a filled ±1 std band, and the all-class mean for reference.
 
-    Channels are sampled as in :func:`fig6`. The band is ``mean ± std`` as stored (not clipped to [0, 1]).
+    Channels are sampled as in :func:`fig6`. The band is ``mean ± std`` as stored (not clipped to [0, 1]): the std
+    comes from the streamed M2, so no histogram is needed (``stats.frame([block], [cls], hist=False)``).
     Traces carry ``meta`` = ``"upper"``, ``"lower"``, ``"mean"`` and ``"all"``. A class with one image has no
     within-class std: the band is left out (no ``"upper"`` / ``"lower"`` traces) and the subtitle says why.
     """
-    model, block, cls, colors, shown, sub, counts = _one_class_view(channels, model, block, cls)
+    model, block, cls, colors, shown, sub, counts = _one_class_view(channels, model, block, cls, all_classes)
     ids = np.sort(sub["channel"].unique())
     picked = ids if all_channels else sample_channels(ids, n_channels, seed)
     per = _per_channel(sub, block, cls).reindex(picked)
@@ -565,19 +602,23 @@ def distributions(
     kind: Literal["box", "violin"] = "box",
     *,
     model: str | None = None,
+    all_classes: Iterable[str] | None = None,
 ) -> go.Figure:
     """Distribution of all gate values of a block (every channel, every image of a class), per block and class.
 
-    x groups the blocks (of ``stage``, or ``blocks``, or all blocks) in depth order; each class is one trace,
-    side by side. ``classes`` defaults to every class plus ``"all"``. The distributions come from the
-    per-class histograms summed over the block's channels: ``kind="box"`` draws precomputed quartiles from those
+    ``channels`` is the per-channel frame, or a block frame (``stats.block_frame()``, :data:`BLOCK_COLUMNS`:
+    one row per block and class whose ``hist`` is already pooled over the channels; statistics keep it for every
+    class, so large runs draw from it). x groups the blocks (of ``stage``, or ``blocks``, or all blocks) in depth
+    order; each class is one trace, side by side. ``classes`` defaults to every class plus ``"all"``. The
+    distributions come from the per-class histograms summed over the block's channels: ``kind="box"`` draws
+    precomputed quartiles from those
     histograms (linear within a bin), whiskers at 1.5 IQR clipped to the observed min/max, and the exact mean;
     ``kind="violin"`` draws the histogram itself as a mirrored density (each violin scaled to its own peak), with
     a marker at the median (the marker traces have ``meta["part"] == "median"``).
     """
     if kind not in ("box", "violin"):
         raise ValueError(f"kind must be 'box' or 'violin', got {kind!r}")
-    _require(channels, CHANNEL_COLUMNS, "channels")
+    _require(channels, CHANNEL_COLUMNS if "channel" in channels.columns else BLOCK_COLUMNS, "channels")
     frame, model = _one_model(channels, model, "channels")
     table = _block_table(frame)
     stages = sorted(int(s) for s in table["stage"].unique())
@@ -597,10 +638,10 @@ def distributions(
         shown = _real_classes(frame) + ([ALL_CLASS] if ALL_CLASS in set(frame["class"]) else [])
     else:
         shown = _resolve_classes(frame, classes)
-    colors = class_colors(frame["class"].unique())
+    colors = _colors(frame, all_classes)
     sub = frame[frame["block"].isin(blocks) & frame["class"].isin(shown)]
     counts = _class_counts(sub)
-    n_bins = int(np.asarray(sub["hist"].iloc[0]).size)
+    n_bins = next((int(np.asarray(h).size) for h in sub["hist"] if h is not None and np.ndim(h) == 1), 0)
 
     summaries = {
         (b, c): _block_summary(sub[(sub["block"] == b) & (sub["class"] == c)])
@@ -876,37 +917,68 @@ def heatmap(
     max_channels: int | None = None,
     *,
     model: str | None = None,
+    all_classes: Iterable[str] | None = None,
 ) -> go.Figure:
     """Class × channel heatmap of the mean gate of one block (colour scale fixed to 0..1).
 
     ``classes`` defaults to every class (``"all"`` may be asked for explicitly). With ``max_channels`` and a wider
     block, only the ``max_channels`` channels whose mean gate varies most across the shown classes are kept
-    (in channel order; ties by lower index), and the x-axis title says so.
+    (in channel order; ties by lower index), and the x-axis title says so. For many classes pass the means
+    matrix to :func:`heatmap_matrix` instead of a long frame.
     """
-    _require(channels, CHANNEL_COLUMNS, "channels")
+    _require(channels, MEAN_COLUMNS, "channels")
     frame, model = _one_model(channels, model, "channels")
     (block,) = _resolve_blocks(frame, [block])
     shown = _resolve_classes(frame, classes)
-    colors = class_colors(frame["class"].unique())
     sub = frame[(frame["block"] == block) & frame["class"].isin(shown)]
     counts = _class_counts(sub)
     if sub.duplicated(["class", "channel"]).any():
         raise ValueError(f"duplicate (class, channel) rows in block {block!r}")
     table = sub.pivot(index="class", columns="channel", values="mean").reindex(index=shown).sort_index(axis=1)
-    n_total = table.shape[1]
+    palette = set(map(str, frame["class"].unique())) | {str(c) for c in (all_classes or ())}
+    return heatmap_matrix(table.to_numpy(dtype=float), shown, [counts.get(c, 0) for c in shown], model=model,
+                          block=block, channel_ids=table.columns.to_numpy(), max_channels=max_channels,
+                          all_classes=palette)
+
+
+def heatmap_matrix(
+    means: np.ndarray,
+    classes: Sequence[str],
+    counts: Sequence[int],
+    *,
+    model: str,
+    block: str,
+    channel_ids: Sequence[int] | np.ndarray | None = None,
+    max_channels: int | None = None,
+    all_classes: Iterable[str] | None = None,
+) -> go.Figure:
+    """:func:`heatmap` from a class × channel matrix of mean gates (``stats.class_means(block, classes)``), without
+    a long frame: 1,000 classes × 2,048 channels is one array. ``counts`` are the classes' image counts,
+    ``channel_ids`` the columns' channel indices (default 0..C-1). Past 60 classes the figure stops growing in
+    height and leaves the class names to the hover text."""
+    z = np.asarray(means, dtype=float)
+    shown = [str(c) for c in classes]
+    if z.ndim != 2 or z.shape[0] != len(shown) or len(counts) != len(shown):
+        raise ValueError(f"means must be (classes, channels) with one row per class ({len(shown)}) and as many "
+                         f"counts ({len(counts)}), got shape {z.shape}")
+    if not shown:
+        raise ValueError("no class chosen")
+    x = np.arange(z.shape[1]) if channel_ids is None else np.asarray(channel_ids)
+    count_of = {c: int(n) for c, n in zip(shown, counts, strict=True)}
+    colors = class_colors(set(shown) | {str(c) for c in (all_classes or ())})
+    n_total = z.shape[1]
     x_title = "channel index"
     if max_channels is not None:
         max_channels = _positive_int(max_channels, "max_channels")
         if n_total > max_channels:
-            var = np.nan_to_num(np.nanvar(table.to_numpy(dtype=float), axis=0), nan=-1.0)
+            var = np.nan_to_num(np.nanvar(z, axis=0), nan=-1.0)
             keep = np.sort(np.argsort(-var, kind="stable")[:max_channels])
-            table = table.iloc[:, keep]
+            z, x = z[:, keep], x[keep]
             x_title = (
                 f"channel index (the {max_channels} of {n_total} channels with the largest variance across classes)"
             )
-    z = table.to_numpy(dtype=float)
-    x = table.columns.to_numpy()
-    subset = table.shape[1] < n_total
+    subset = z.shape[1] < n_total
+    many = len(shown) > _MAX_HEATMAP_ROWS_HIGH
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -916,20 +988,25 @@ def heatmap(
             zmax=1.0,
             colorscale="Viridis",
             colorbar={"title": {"text": "mean gate s"}},
-            customdata=np.array([[counts.get(c, 0)] * z.shape[1] for c in shown]),
+            customdata=np.repeat(np.array([count_of[c] for c in shown])[:, None], z.shape[1], axis=1),
             hovertemplate="%{y} (n=%{customdata})<br>channel %{x}<br>mean s = %{z:.3f}<extra></extra>",
         )
     )
     fig.update_xaxes(title_text=x_title, type="category" if subset else "linear")
-    fig.update_yaxes(title_text="class", autorange="reversed", tickmode="array", tickvals=shown,
-                     ticktext=[f"<span style='color:{colors[c]}'>■</span> {c}" for c in shown])
+    if many:  # a thousand tick labels are unreadable: the class is in the hover text
+        fig.update_yaxes(title_text=f"class ({len(shown)}; names on hover)", autorange="reversed",
+                         showticklabels=False)
+    else:
+        fig.update_yaxes(title_text="class", autorange="reversed", tickmode="array", tickvals=shown,
+                         ticktext=[f"<span style='color:{colors[c]}'>■</span> {c}" for c in shown])
     _layout_title(
         fig,
-        f"Mean gate per class and channel — {model}: {block}<br>{_classes_text(shown, counts)}",
+        f"Mean gate per class and channel — {model}: {block}<br>{_classes_text(shown, count_of)}",
         f"colour = mean of s over the class's images (fixed scale 0–1). "
         f"cf. {PAPER}, Fig. 6 (all channels of one panel)",
     )
-    fig.update_layout(height=max(320, 40 * len(shown) + 200), legend={"title": {"text": ""}})
+    rows = min(len(shown), _MAX_HEATMAP_ROWS_HIGH)
+    fig.update_layout(height=max(320, 40 * rows + 200), legend={"title": {"text": ""}})
     return fig
 
 
@@ -944,22 +1021,33 @@ def image_percentiles(
     image_name: str,
     *,
     model: str | None = None,
+    all_classes: Iterable[str] | None = None,
 ) -> go.Figure:
     """One image's gates in ``block`` against the per-channel distribution of its class ``cls``.
 
     Top: percentile (0..100) of the image's gate within the class's per-channel histogram
     (:func:`channel_percentiles`), with 5/50/95 reference lines. Bottom: the image's gates, the class mean and the
     all-class mean. ``gates[i]`` belongs to the i-th channel of the block in channel order. With one image in
-    ``cls`` the subtitle says that percentiles within it are meaningless.
+    ``cls`` the subtitle says that percentiles within it are meaningless. Where the class's per-channel
+    histograms are not kept (``hist`` None: large statistics keep them for a bounded set of classes), the
+    percentiles are taken among all images and the panel title and subtitle say so (trace meta
+    ``"percentile"`` either way).
     """
-    model, block, cls, colors, shown, sub, counts = _one_class_view(channels, model, block, cls)
+    model, block, cls, colors, shown, sub, counts = _one_class_view(channels, model, block, cls, all_classes,
+                                                                    CHANNEL_COLUMNS)
     per = _per_channel(sub, block, cls)
     values = np.asarray(gates, dtype=np.float64)
     if values.ndim != 1 or values.size != len(per):
         raise ValueError(
             f"gates must be a 1-D array with one value per channel of {block} ({len(per)}), got shape {values.shape}"
         )
-    hist = _stack_hist(per)
+    within = cls
+    if not _has_hist(per):
+        if ALL_CLASS not in shown:
+            raise ValueError(f"per-channel histograms are not kept for class {cls!r} and the frame has no "
+                             f"{ALL_CLASS!r} rows to rank the image among")
+        within = ALL_CLASS
+    hist = _stack_hist(per if within == cls else _per_channel(sub, block, ALL_CLASS).reindex(per.index))
     pct = channel_percentiles(hist, values)
     x = per.index.to_numpy()
     mean = per["mean"].to_numpy(dtype=float)
@@ -968,9 +1056,11 @@ def image_percentiles(
     label = f"{cls} (n={counts.get(cls, 0)})"
     dense = len(x) > 120
 
+    among = (f"within class {label}" if within == cls else
+             f"among all {counts.get(ALL_CLASS, 0)} images (class {cls}: per-channel histograms not kept)")
     fig = make_subplots(
         rows=2, cols=1, shared_xaxes=True, row_heights=[0.55, 0.45], vertical_spacing=0.1,
-        subplot_titles=[f"percentile of the image's gate within class {label}", "gate values"],
+        subplot_titles=[f"percentile of the image's gate {among}", "gate values"],
     )
     custom = np.column_stack([values, mean, std])
     fig.add_trace(
@@ -980,7 +1070,7 @@ def image_percentiles(
             mode="markers" if dense else "lines+markers",
             marker={"color": color, "size": 4 if dense else 6},
             line={"color": _rgba(color, 0.5), "width": 1},
-            name=f"percentile in {cls}",
+            name=f"percentile in {within}",
             meta="percentile",
             customdata=custom,
             hovertemplate="channel %{x}<br>percentile %{y:.1f}<br>image s = %{customdata[0]:.3f}<br>"
@@ -1019,11 +1109,14 @@ def image_percentiles(
     fig.update_xaxes(title_text="channel index", row=2, col=1)
     n_bins = hist.shape[1]
     one = (f"class {cls} has one image: percentiles within a one-image class are meaningless; "
-           if counts.get(cls, 0) == 1 else "")
+           if counts.get(cls, 0) == 1 and within == cls else "")
+    whose = ("the class's" if within == cls else
+             f"all images' (the per-channel histograms of class {cls} are not kept for this class: the statistics "
+             "keep them for a bounded set of classes)")
     _layout_title(
         fig,
         f"Image {image_name} against class {label} — {model}: {block}<br>{_classes_text(shown, counts)}",
-        f"{one}percentile = CDF of the class's per-channel histogram ({n_bins} bins over [0, 1], linear within a "
+        f"{one}percentile = CDF of {whose} per-channel histogram ({n_bins} bins over [0, 1], linear within a "
         f"bin); dashed 50, dotted 5/95; dashed dark-grey line = all images. cf. {PAPER}, Fig. 7",
         top=160,
     )

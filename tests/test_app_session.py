@@ -251,3 +251,54 @@ def test_large_runs_stream_statistics_and_keep_no_per_image_gates(monkeypatch):
     large.run()
     assert_ok(large)
     assert "grouped by predicted class" in large.caption[0].value
+
+
+def test_an_analysis_file_opens_without_model_or_images(tmp_path, monkeypatch):
+    """A bundle written by `paper` opens from a server path: Compare draws Fig. 6, Depth gives its verdict, Export
+    lists the bundle's tables; no model is loaded and pages that need a network say so."""
+    from senet_viz import cli
+
+    out = tmp_path / "paper"
+    assert cli.main(["paper", "--model", MODEL, "--images", str(SAMPLES), "--per-class", "10", "--out", str(out),
+                     "--json"]) == 0
+    bundle = out / "analysis.senetviz.zip"
+    assert bundle.is_file()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded while working from an analysis file")
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    monkeypatch.setattr(zoo, "load_model", no_model)
+    at.radio(key="work_from").set_value("An analysis file")
+    at.run()
+    at.text_input(key="bundle_path").set_value(str(bundle))
+    at.run()
+    assert_ok(at)
+    assert at.caption[0].value.startswith("100 images, grouped by labels")  # 10 per class
+    spec = chart_spec(at)
+    assert spec["layout"]["title"]["text"].startswith(f"Mean excitation per channel — {MODEL}")
+    assert any(t["name"] == "all (n=100)" for t in spec["data"])
+    open_page(at, "depth")
+    assert any(m.value.startswith("**Verdict:**") for m in at.markdown)
+    open_page(at, "export")
+    assert any("analysis file" in c.value for c in at.caption)
+    open_page(at, "remove")
+    assert any("an analysis file holds statistics only" in i.value for i in at.info)
+
+
+def test_a_file_that_is_not_an_analysis_is_refused_and_the_app_keeps_serving(tmp_path):
+    bad = tmp_path / "not.senetviz.zip"
+    bad.write_bytes(b"no zip here")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.radio(key="work_from").set_value("An analysis file")
+    at.run()
+    at.text_input(key="bundle_path").set_value(str(bad))
+    at.run()
+    assert not at.exception
+    assert any("not a zip archive" in e.value for e in at.error)
+    at.radio(key="work_from").set_value("A model and images")
+    at.run()
+    assert_ok(at)
+    assert at.get("plotly_chart")  # the default analysis is back

@@ -315,3 +315,49 @@ def test_upload_compare_remove_and_every_page(page, server, tmp_path):
     assert _health(server) == "ok"  # the server keeps serving
     assert all(p.is_file() and p.stat().st_size > 0 for p in shots)
     print("browser errors:", errors or "none")
+
+
+@pytest.fixture(scope="module")
+def paper_bundle(tmp_path_factory) -> Path:
+    """`python -m senet_viz paper` on the 900 shared images with MobileNetV3-Small: the bundle it writes."""
+    out = tmp_path_factory.mktemp("paper")
+    cmd = [sys.executable, "-m", "senet_viz", "paper", "--model", MODEL, "--weights", str(TFLITE), "--images",
+           str(SAMPLES), "--out", str(out), "--json"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    bundle = out / "analysis.senetviz.zip"
+    assert bundle.is_file()
+    return bundle
+
+
+def test_an_analysis_bundle_opens_with_no_model_and_draws_fig6(page, server, paper_bundle):
+    shots: list[Path] = []
+    tab = page.context.browser.new_context(viewport={"width": 1600, "height": 1100}).new_page()  # a fresh session
+    tab.set_default_timeout(RUN_TIMEOUT_MS)
+    try:
+        tab.goto(server)
+        wait_idle(tab, started=False)
+        sidebar = tab.get_by_test_id("stSidebar")
+        sidebar.get_by_test_id("stRadio").get_by_text("An analysis file", exact=True).click()
+        wait_idle(tab)
+        field = tab.locator(".st-key-bundle_path input")
+        field.fill(str(paper_bundle))
+        field.press("Enter")
+        wait_idle(tab)
+        chart = tab.get_by_test_id("stPlotlyChart").first
+        chart.locator(".js-plotly-plot").wait_for()
+        assert tab.locator(".st-key-model_name").count() == 0  # no model picker: nothing to load
+        title = chart.locator(".gtitle").first.text_content()
+        assert title.startswith(f"Mean excitation per channel — {MODEL}"), title
+        legend = chart.locator(".legend").first.text_content()
+        assert "all (n=900)" in legend, legend
+        for cls in ("goldfish", "pug", "airliner", "cliff"):
+            assert f"{cls} (n=1)" in legend, legend  # the paper's four classes, one image each here
+        assert_no_exception(tab, "analysis bundle")
+        shot(tab, "bundle-compare-classes", shots)
+        open_page(tab, "Depth")
+        tab.get_by_text("Verdict:").first.wait_for()
+        assert_no_exception(tab, "analysis bundle depth")
+        shot(tab, "bundle-depth", shots)
+    finally:
+        tab.context.close()

@@ -457,8 +457,12 @@ def test_several_models_need_model_argument(channels):
 
 
 def test_missing_columns_are_reported(channels):
+    with pytest.raises(ValueError, match="mean"):
+        plots.fig6(channels.drop(columns=["mean"]))
     with pytest.raises(ValueError, match="hist"):
-        plots.fig6(channels.drop(columns=["hist"]))
+        plots.image_percentiles(channels.drop(columns=["hist"]), "SE_2_1", "goldfish", np.zeros(64), "x")
+    with pytest.raises(ValueError, match="hist"):
+        plots.distributions(channels.drop(columns=["hist"]))
 
 
 def test_no_torch_or_streamlit_import():
@@ -503,3 +507,151 @@ def test_save_figure_png(channels, tmp_path):
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 5_000
+
+
+# ------------------------------------------------------------------------------------------------ from statistics
+# Bounded inputs of GateStats: the figures of a run over many classes never see a class x channel x bin frame.
+
+N_MANY = 300
+WIDE = [("SE_2_1", 2, 32), ("SE_3_1", 3, 48), ("SE_3_2", 3, 48)]
+
+
+@pytest.fixture(scope="module")
+def many():
+    """Statistics of 300 classes (per-channel histograms not kept, auto policy) and the raw gates."""
+    from senet_viz.stats import GateStats
+
+    rng = np.random.default_rng(11)
+    n = 4000
+    labels = rng.integers(0, N_MANY, n)
+    names = [f"class{k:03d}" for k in range(N_MANY)]
+    stats = GateStats.for_blocks(MODEL, [{"name": b, "stage": s, "channels": c} for b, s, c in WIDE], names,
+                                 bins=BINS)
+    raw = {}
+    for block, _, c in WIDE:
+        centres = rng.uniform(0.2, 0.8, (N_MANY, c))
+        raw[block] = np.clip(centres[labels] + rng.normal(0, 0.1, (n, c)), 0, 1)
+        for start in range(0, n, 256):
+            stats.update(block, raw[block][start:start + 256], labels[start:start + 256])
+    return stats, raw, labels, names
+
+
+def test_many_classes_fig6_and_fig7_from_means_and_m2(many):
+    stats, raw, labels, names = many
+    assert stats.detailed_classes() == []
+    shown = [names[k] for k in (0, 50, 120, 299)]
+    frame = stats.frame(["SE_3_1", "SE_3_2"], shown, hist=False)
+    assert "hist" not in frame.columns and len(frame) == 2 * 5 * 48  # 2 blocks x (4 classes + all), not 300
+    fig = plots.fig6(frame, classes=shown, all_classes=names, all_channels=True)
+    lines = [t for t in fig.data if t.meta["block"] == "SE_3_2"]
+    assert [t.meta["class"] for t in lines] == [*shown, "all"]
+    np.testing.assert_allclose(lines[1].y, raw["SE_3_2"][labels == 50].mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(lines[-1].y, raw["SE_3_2"].mean(axis=0), rtol=1e-12)
+    # colours come from every class of the statistics, not from the four in the frame
+    assert lines[1].line.color == plots.class_colors(names)[names[50]]
+    assert plots.class_colors(shown)[names[50]] != plots.class_colors(names)[names[50]]
+
+    f7 = plots.fig7(stats.frame(["SE_2_1"], [names[2]], hist=False), "SE_2_1", names[2], all_channels=True)
+    parts = {t.meta: t for t in f7.data}
+    g = raw["SE_2_1"][labels == 2]
+    np.testing.assert_allclose(parts["upper"].y, g.mean(axis=0) + g.std(axis=0, ddof=1), rtol=1e-9)
+    np.testing.assert_allclose(parts["lower"].y, g.mean(axis=0) - g.std(axis=0, ddof=1), rtol=1e-9)
+    assert "mean ± 1 std" in f7.layout.title.subtitle.text
+
+
+def test_many_classes_distributions_from_the_pooled_sketch(many):
+    stats, raw, labels, names = many
+    shown = [names[0], names[5], "all"]
+    blocks = stats.block_frame(["SE_3_1", "SE_3_2"], shown)
+    assert "channel" not in blocks.columns and len(blocks) == 2 * 3
+    fig = plots.distributions(blocks, stage=3, classes=shown, all_classes=names)
+    assert [t.meta["class"] for t in fig.data] == shown
+    for t in fig.data:
+        for i, block in enumerate(t.x):
+            k = names.index(t.meta["class"]) if t.meta["class"] != "all" else None
+            values = (raw[block] if k is None else raw[block][labels == k]).ravel()
+            q1, med, q3 = np.quantile(values, [0.25, 0.5, 0.75])
+            assert abs(t.median[i] - med) <= 1 / BINS and abs(t.q1[i] - q1) <= 1 / BINS
+            assert abs(t.q3[i] - q3) <= 1 / BINS
+            assert t.mean[i] == pytest.approx(values.mean())
+            assert values.min() <= t.lowerfence[i] and t.upperfence[i] <= values.max()
+    violin = plots.distributions(blocks, blocks=["SE_3_2"], classes=shown, kind="violin")
+    assert "histogram" in violin.layout.title.subtitle.text
+    # the per-channel frame has no histogram for these classes: a clear error that names the way out
+    with pytest.raises(ValueError, match="not kept.*block_frame"):
+        plots.distributions(stats.frame(["SE_3_1"], [names[0]]), stage=3, classes=[names[0]])
+
+
+def test_many_classes_heatmap_from_a_means_matrix(many):
+    stats, raw, labels, names = many
+    labels_, counts, means = stats.class_means("SE_3_2")
+    fig = plots.heatmap_matrix(means, labels_, counts, model=MODEL, block="SE_3_2")
+    (hm,) = fig.data
+    assert np.asarray(hm.z).shape == (N_MANY, 48)
+    np.testing.assert_allclose(np.asarray(hm.z)[7], raw["SE_3_2"][labels == 7].mean(axis=0), rtol=1e-12)
+    assert fig.layout.yaxis.showticklabels is False and "names on hover" in fig.layout.yaxis.title.text
+    assert fig.layout.height <= 40 * 60 + 200  # a 300-row figure does not grow to 12,000 px
+    assert f"+{N_MANY - 8} more classes" in fig.layout.title.text
+    top = plots.heatmap_matrix(means, labels_, counts, model=MODEL, block="SE_3_2", max_channels=5)
+    assert np.asarray(top.data[0].z).shape == (N_MANY, 5)
+    with pytest.raises(ValueError, match="one row per class"):
+        plots.heatmap_matrix(means[:3], labels_, counts, model=MODEL, block="SE_3_2")
+
+
+def test_heatmap_of_a_frame_equals_the_matrix_form(channels):
+    fig = plots.heatmap(channels, "SE_3_1", classes=["goldfish", "tench"])
+    rows = channels[channels["block"] == "SE_3_1"]
+    means = np.stack([rows[rows["class"] == c].sort_values("channel")["mean"] for c in ("goldfish", "tench")])
+    direct = plots.heatmap_matrix(means, ["goldfish", "tench"], [20, 30], model=MODEL, block="SE_3_1",
+                                  all_classes=channels["class"].unique())
+    np.testing.assert_array_equal(np.asarray(fig.data[0].z), np.asarray(direct.data[0].z))
+    assert fig.layout.title.text == direct.layout.title.text
+    assert list(fig.layout.yaxis.ticktext) == list(direct.layout.yaxis.ticktext)
+
+
+def test_many_classes_image_percentiles_say_the_class_histogram_is_not_kept(many):
+    stats, raw, labels, names = many
+    image = raw["SE_3_1"][np.flatnonzero(labels == 9)[0]]
+    frame = stats.frame(["SE_3_1"], [names[9]])
+    fig = plots.image_percentiles(frame, "SE_3_1", names[9], image, "img.png", all_classes=names)
+    parts = {t.meta: t for t in fig.data}
+    expected = plots.channel_percentiles(stats.hist("SE_3_1", "all"), image)
+    np.testing.assert_allclose(parts["percentile"].y, expected)  # ranked among all images
+    np.testing.assert_allclose(parts["class mean"].y, raw["SE_3_1"][labels == 9].mean(axis=0), rtol=1e-12)
+    assert "not kept for this class" in fig.layout.title.subtitle.text
+    assert "among all 4000 images" in fig.layout.annotations[0].text
+    with pytest.raises(ValueError, match="not kept"):
+        plots.image_percentiles(stats.frame(["SE_3_1"], [names[9]], include_all=False), "SE_3_1", names[9], image,
+                                "img.png")
+
+
+def test_bounded_frames_of_small_statistics_draw_what_the_full_frame_draws():
+    """The pages now pass bounded frames; for a small run the figures are those of the full frame."""
+    from senet_viz.stats import GateStats
+
+    rng = np.random.default_rng(12)
+    stats = GateStats.for_blocks(MODEL, [{"name": b, "stage": s, "channels": c} for b, s, c in BLOCKS], list(CLASSES),
+                                 bins=BINS)
+    labels = rng.integers(0, 3, 90)
+    for block, _, c in BLOCKS:
+        stats.update(block, rng.uniform(size=(90, c)), labels)
+    full = stats.frame()
+    names = list(CLASSES)
+    chosen = ["goldfish", "tench"]
+    a = plots.fig6(full, classes=chosen)
+    b = plots.fig6(stats.frame(PRESET, chosen, hist=False), blocks=PRESET, classes=chosen, all_classes=names)
+    assert [(t.name, t.line.color, tuple(t.y)) for t in a.data] == [(t.name, t.line.color, tuple(t.y)) for t in b.data]
+    assert a.layout.title.text == b.layout.title.text
+    d1 = plots.distributions(full, stage=3, classes=chosen)
+    d2 = plots.distributions(stats.block_frame(["SE_3_1", "SE_3_2", "SE_3_3"], chosen), stage=3, classes=chosen,
+                             all_classes=names)
+    for t1, t2 in zip(d1.data, d2.data, strict=True):
+        for key in ("q1", "median", "q3", "lowerfence", "upperfence"):
+            np.testing.assert_allclose(getattr(t1, key), getattr(t2, key), rtol=1e-12)
+        np.testing.assert_allclose(t1.mean, t2.mean, rtol=1e-12)
+        assert t1.marker.color == t2.marker.color
+    p1 = plots.image_percentiles(full, "SE_3_3", "goldfish", np.full(128, 0.5), "x")
+    p2 = plots.image_percentiles(stats.frame(["SE_3_3"], ["goldfish"]), "SE_3_3", "goldfish", np.full(128, 0.5), "x",
+                                 all_classes=names)
+    np.testing.assert_array_equal(p1.data[0].y, p2.data[0].y)
+    assert "not kept" not in p2.layout.title.subtitle.text

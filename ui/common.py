@@ -10,9 +10,11 @@ from ui import sidebar, state
 # value when a run does not draw the widget; writing the value back at the top of every run keeps it as plain
 # session state. Buttons, uploaders and charts cannot be written (their state is not a value), hence the list.
 _KEPT_KEYS = frozenset({
+    "work_from", "bundle_path", "bundle_chosen",
     "model_name", "device", "image_source", "weights_path", "server_folder", "fmnist_limit", "group_by_prediction",
     "compare_classes", "compare_view", "fig6_all", "fig6_n", "fig6_seed", "fig7_class", "dist_kind", "depth_metrics",
-    "depth_second", "explore_image", "attr_image", "attr_mode", "remove_how", "remove_k", "remove_mode", "remove_on",
+    "depth_second", "depth_second_bundle",
+    "explore_image", "attr_image", "attr_mode", "remove_how", "remove_k", "remove_mode", "remove_on",
     "sweep_modes", "sweep_kinds"})
 _KEPT_PREFIXES = ("class_name_", "classes_", "all_classes_")
 
@@ -34,6 +36,10 @@ def keep_widget_values() -> None:
 def need_model_and_images() -> sidebar.Selection:
     """The sidebar's selection, or stop the page with a message that says what to do."""
     selection = sidebar.current()
+    if selection.bundle is not None:
+        st.info("This page runs a network, and an analysis file holds statistics only: Compare classes, Depth and "
+                "Export work from it. Choose 'A model and images' under 'Work from' in the sidebar for this page.")
+        st.stop()
     if selection.model is None:
         st.info(selection.model_error or "Pick a model in the sidebar.")
         st.stop()
@@ -43,7 +49,11 @@ def need_model_and_images() -> sidebar.Selection:
     return selection
 
 
-def need_analysis() -> tuple[sidebar.Selection, state.Analysis]:
+def need_analysis(bundle_ok: bool = False) -> tuple[sidebar.Selection, state.Analysis]:
+    """The current analysis: of the sidebar's model and images, or (``bundle_ok``) of an opened analysis file."""
+    selection = sidebar.current()
+    if bundle_ok and selection.bundle is not None:
+        return selection, state.bundle_analysis(selection.bundle)
     selection = need_model_and_images()
     analysis = state.analyse(selection.model, selection.images, selection.group_by_prediction)
     skipped = [s for s in analysis.result.skipped if s not in selection.skipped]
@@ -59,10 +69,11 @@ def need_analysis() -> tuple[sidebar.Selection, state.Analysis]:
 
 
 def class_caption(analysis: state.Analysis) -> str:
-    frame = analysis.channels
-    counts = frame[frame["class"] != "all"].drop_duplicates("class")[["class", "count"]]
+    table = analysis.stats.class_table()
+    counts = table[table["class_index"] >= 0][["class", "count"]]
     parts = [f"{c} (n={n})" for c, n in counts.itertuples(index=False)]
-    return f"{analysis.result.n} images, grouped by {analysis.grouping}: " + ", ".join(parts[:12]) + (
+    n = analysis.result.n if analysis.result is not None else int(table["count"].iloc[0])
+    return f"{n} images, grouped by {analysis.grouping}: " + ", ".join(parts[:12]) + (
         f" … +{len(parts) - 12} more" if len(parts) > 12 else "")
 
 

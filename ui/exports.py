@@ -9,6 +9,7 @@ tables as leading ``model``, ``weights`` and ``images`` columns.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import pandas as pd
@@ -44,6 +45,11 @@ class Provenance:
 def provenance(selection: sidebar.Selection | None = None) -> Provenance | None:
     """The provenance of the sidebar's current selection (None without a model)."""
     selection = selection or sidebar.current()
+    if selection.bundle is not None:
+        prov = selection.bundle.provenance
+        digest = hashlib.sha256(json.dumps(prov, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        weights = f"{prov.get('weights', '?')} (sha256 {str(prov.get('weights_digest', '?'))[:12]})"
+        return Provenance(selection.bundle.model, weights, f"analysis file: {selection.bundle.label}", digest)
     model = selection.model
     if model is None:
         return None

@@ -10,6 +10,7 @@ import streamlit as st
 import torch
 
 from senet_viz import zoo
+from senet_viz.bundle import Bundle, BundleError
 from senet_viz.data import (
     MAX_ZIP_BYTES,
     MAX_ZIP_MEMBERS,
@@ -51,6 +52,7 @@ class Selection:
     source: str = ""
     group_by_prediction: bool = False
     skipped: list[Skipped] = field(default_factory=list)
+    bundle: Bundle | None = None  # an opened analysis file: statistics without model or images
 
     @property
     def ready(self) -> bool:
@@ -71,6 +73,8 @@ def upload_limits_help(kind: str = "images") -> str:
     size = f"Up to {st.get_option('server.maxUploadSize')} MB per file (server.maxUploadSize)"
     if kind == "weights":
         return f"{size}. .pth/.pt files load with weights_only=True: pickled code is refused."
+    if kind == "bundle":
+        return f"{size}; only the bundle's known members are read, nothing in it is executed."
     try:
         pixels = f"{max_pixels_limit() / 1e6:,.0f} Mpx"
     except ValueError:  # a malformed $SENET_VIZ_MAX_PIXELS: the decoder reports it per image
@@ -322,14 +326,72 @@ def _images_section(selection: Selection) -> None:
                     st.markdown(f"- `{s.file}`: {s.reason}")
 
 
+WORK_FROM = ("A model and images", "An analysis file")
+
+
+def opened_bundles() -> dict[str, Bundle]:
+    """The analysis files open in this session that can be read, by key."""
+    out = {}
+    for key, source in st.session_state.get("opened_bundles", {}).items():
+        try:
+            out[key] = state.open_bundle(key, source)
+        except BundleError:
+            continue
+    return out
+
+
+def _bundle_section(selection: Selection) -> None:
+    """Open analysis bundles (written by `python -m senet_viz paper` or `stats --bundle`): an upload or a path on
+    the server. Opened bundles are kept in the session, like uploaded images, until removed."""
+    opened: dict[str, bytes | str] = st.session_state.setdefault("opened_bundles", {})
+    upload = st.file_uploader("Analysis file (.senetviz.zip)", type=["zip"],
+                              key=f"bundle_upload_{st.session_state.get('bundle_generation', 0)}",
+                              help="written by `python -m senet_viz paper --out DIR` or `stats --bundle FILE`; "
+                                   + upload_limits_help("bundle"))
+    if upload is not None:
+        data = upload.getvalue()
+        opened.setdefault(hashlib.sha256(data).hexdigest()[:16], data)
+        st.session_state["bundle_generation"] = st.session_state.get("bundle_generation", 0) + 1
+        st.rerun()
+    path = st.text_input("…or a path on the server", key="bundle_path", placeholder="/runs/imagenet.senetviz.zip")
+    if path.strip():
+        opened.setdefault(f"path:{path.strip()}", path.strip())
+    bundles: dict[str, Bundle] = {}
+    for key, source in list(opened.items()):
+        try:
+            bundles[key] = state.open_bundle(key, source)
+        except BundleError as exc:
+            st.error(f"Could not open {source if isinstance(source, str) else 'the uploaded file'}: {exc}")
+            opened.pop(key)  # a path stays in its box (and its error on screen) until the user changes it
+    if not bundles:
+        st.info("Open an analysis file to see its statistics without a model or images.")
+        return
+    keys = list(bundles)
+    chosen = st.selectbox("Analysis", keys, index=len(keys) - 1, key="bundle_chosen",
+                          format_func=lambda k: bundles[k].label)
+    selection.bundle = bundles[chosen]
+    prov = selection.bundle.provenance
+    st.caption(f"{prov.get('images', '')} · weights {prov.get('weights', '?')} · made by `{prov.get('command', '?')}`"
+               f" on {prov.get('created', '?')}")
+    if st.button("Close this analysis", icon=":material/close:", key="bundle_close"):
+        opened.pop(chosen, None)
+        st.rerun()
+
+
 def render() -> Selection:
     selection = Selection()
     with st.sidebar:
         st.title("senet-viz")
         with st.expander("What am I looking at?", icon=":material/help:"):
             st.markdown(READING_GUIDE)
-        _model_section(selection)
-        if selection.model is not None:
-            _images_section(selection)
+        work_from = st.radio("Work from", WORK_FROM, key="work_from", horizontal=True,
+                             help="an analysis file holds the statistics of a run made elsewhere (e.g. 50,000 "
+                                  "ImageNet images on a GPU): Compare classes, Depth and Export work from it alone")
+        if work_from == WORK_FROM[1]:
+            _bundle_section(selection)
+        else:
+            _model_section(selection)
+            if selection.model is not None:
+                _images_section(selection)
     st.session_state["selection"] = selection
     return selection

@@ -42,6 +42,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -61,6 +62,7 @@ import streamlit as st
 import torch
 
 from senet_viz import ablation, zoo
+from senet_viz.bundle import Bundle, BundleError, read_bundle
 from senet_viz.data import ImageItem, ImageSet
 from senet_viz.run import ProgressFn, Result, run_model
 from senet_viz.stats import GateStats
@@ -466,9 +468,8 @@ def _read_only(result: Result) -> Result:
 class Analysis:
     """One model over one image set: the raw result and its per-class statistics."""
 
-    result: Result
-    stats: GateStats
-    channels: pd.DataFrame
+    result: Result | None  # None for an opened bundle (statistics only)
+    stats: GateStats  # read bounded views of it (stats.frame(blocks, classes), class_means, ...): no full frame
     indices: pd.DataFrame
     class_names: list[str]
     grouping: str  # "labels" or "predicted class"
@@ -527,8 +528,8 @@ def analyse(loaded: zoo.LoadedModel, images: ImageSet, group_by_prediction: bool
             stats = GateStats.for_blocks(loaded.name, loaded.blocks, names)
             for name, gates in result.gates.items():
                 stats.update(name, gates, result.pred)
-        return Analysis(result=result, stats=stats, channels=stats.frame(), indices=stats.indices(),
-                        class_names=list(names), grouping=grouping)
+        return Analysis(result=result, stats=stats, indices=stats.indices(), class_names=list(names),
+                        grouping=grouping)
 
     # Statistics need no network: computed on this thread (still once for sessions asking together).
     return _fetch(eng, "analysis", key, compute, _no_wait, on_worker=False)
@@ -567,6 +568,35 @@ def sweep(loaded: zoo.LoadedModel, images: ImageSet, modes: tuple[str, ...], kin
 
     return _fetch(eng, "sweep", (*model_key(loaded), images_key(images), modes, kinds), compute,
                   _progress_wait("Sweeping SE ablations:", "runs"))
+
+
+@st.cache_resource(max_entries=8, show_spinner="Opening the analysis ...")
+def _bundle(key: str, _source: bytes | str) -> Bundle:
+    return read_bundle(_source if isinstance(_source, bytes) else Path(_source).expanduser())
+
+
+def open_bundle(key: str, source: bytes | str) -> Bundle:
+    """An analysis bundle from an upload's bytes or a server path (shared, at most 8 open; raises BundleError).
+    ``key`` names the content: a digest of the upload, or the path with its size and modification time."""
+    if isinstance(source, str):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise BundleError(f"no file at {path}")
+        st_ = path.stat()
+        key = f"{path.resolve()}|{st_.st_size}|{st_.st_mtime_ns}"
+    return _bundle(key, source)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _bundle_analysis(key: str, _bundle: Bundle) -> Analysis:
+    return Analysis(result=None, stats=_bundle.stats, indices=_bundle.stats.indices(),
+                    class_names=list(_bundle.stats.class_names), grouping="labels")
+
+
+def bundle_analysis(bundle: Bundle) -> Analysis:
+    """The pages' view of an opened bundle: its statistics, and no per-image result (computed once per bundle)."""
+    # Keyed by the bundle's provenance (made at write time, with its time stamp): stable across reruns.
+    return _bundle_analysis(json.dumps(bundle.provenance, sort_keys=True, default=str), bundle)
 
 
 def single_image_gates(loaded: zoo.LoadedModel, images: ImageSet, analysis: Analysis, key: str

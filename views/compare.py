@@ -7,20 +7,25 @@ from ui import exports
 from ui.common import class_caption, need_analysis, per_model
 
 st.header("Compare classes")
-selection, analysis = need_analysis()
-channels, indices = analysis.channels, analysis.indices
+selection, analysis = need_analysis(bundle_ok=True)  # works from an analysis file too
+# Bounded views of the statistics (the chosen blocks and classes), never every class x channel: 1,000 ImageNet classes
+# x 15,104 SE-ResNet-50 channels would be 15 million rows.
+stats, indices = analysis.stats, analysis.indices
 st.caption(class_caption(analysis))
 if int(indices["max_class_count"].max()) == 1:
     st.warning("Every class has one image: Fig. 7's ±1 std bands cannot be computed (a single image has no "
                "within-class spread), and class specificity falls back from eta² to the spread of the class means.")
 
-classes = [c for c in channels["class"].unique() if c != "all"]
+classes = [c for c in stats.class_table()["class"] if c != "all"]  # class-index order; also fixes the colours
 blocks = list(indices["block"])
 stages = sorted(indices["stage"].unique())
 
 left, right = st.columns([3, 2])
 if "compare_classes" not in st.session_state or st.session_state.get("_compare_classes_present") != classes:
-    st.session_state["compare_classes"] = classes[:6]  # first visit, or other images/classes: the default
+    # first visit, or other images/classes: up to six classes, those with the most images (ImageNet: 1,000)
+    counts = stats.class_table().set_index("class")["count"]
+    st.session_state["compare_classes"] = classes if len(classes) <= 6 else \
+        sorted(classes, key=lambda c: (-int(counts.get(c, 0)), classes.index(c)))[:4]
 st.session_state["_compare_classes_present"] = classes
 chosen = left.multiselect("Classes to compare", classes, key="compare_classes")
 preset = right.radio("View", ["Paper Fig. 6 (preset blocks)", "Paper Fig. 7 (one class, ±1 std)",
@@ -38,22 +43,27 @@ if preset.startswith("Paper Fig. 6"):
     seed = c3.number_input("Seed", 0, 10_000, 0, key="fig6_seed")
     fig_blocks = st.multiselect("Blocks (default: the paper's preset — last block of each stage and every block "
                                 "of the last stage)", blocks, default=plots.paper_preset_blocks(indices),
-                                key=per_model("fig6_blocks", selection.model.name))
-    fig = plots.fig6(channels, blocks=fig_blocks or None, classes=chosen, n_channels=int(n_channels),
-                     seed=int(seed), all_channels=all_channels)
+                                key=per_model("fig6_blocks", stats.model))
+    shown_blocks = fig_blocks or plots.paper_preset_blocks(indices)
+    fig = plots.fig6(stats.frame(shown_blocks, chosen, hist=False), blocks=shown_blocks, classes=chosen,
+                     n_channels=int(n_channels), seed=int(seed), all_channels=all_channels, all_classes=classes)
 elif preset.startswith("Paper Fig. 7"):
     c1, c2 = st.columns(2)
-    block = c1.selectbox("Block", blocks, index=len(blocks) - 1, key=per_model("fig7_block", selection.model.name))
+    block = c1.selectbox("Block", blocks, index=len(blocks) - 1, key=per_model("fig7_block", stats.model))
     cls = c2.selectbox("Class", chosen, key="fig7_class")
-    fig = plots.fig7(channels, block, cls)
+    fig = plots.fig7(stats.frame([block], [cls], hist=False), block, cls, all_classes=classes)
 elif preset.startswith("Per-stage"):
     c1, c2 = st.columns(2)
-    stage = c1.selectbox("Stage", stages, index=len(stages) - 1, key=per_model("dist_stage", selection.model.name))
+    stage = c1.selectbox("Stage", stages, index=len(stages) - 1, key=per_model("dist_stage", stats.model))
     kind = c2.radio("Kind", ["box", "violin"], horizontal=True, key="dist_kind")
-    fig = plots.distributions(channels, stage=int(stage), classes=chosen, kind=kind)
+    stage_blocks = list(indices.loc[indices["stage"] == stage, "block"])
+    # Per-class histograms pooled over each block's channels: kept for every class, however many.
+    fig = plots.distributions(stats.block_frame(stage_blocks, chosen), stage=int(stage), classes=chosen, kind=kind,
+                              all_classes=classes)
 else:
-    block = st.selectbox("Block", blocks, index=len(blocks) - 1, key=per_model("heat_block", selection.model.name))
-    fig = plots.heatmap(channels, block, classes=chosen)
+    block = st.selectbox("Block", blocks, index=len(blocks) - 1, key=per_model("heat_block", stats.model))
+    labels, counts, means = stats.class_means(block, chosen)
+    fig = plots.heatmap_matrix(means, labels, counts, model=stats.model, block=block, all_classes=classes)
 
 st.plotly_chart(fig, width="stretch", key="compare_chart")
 exports.keep_figure("Compare classes", fig)

@@ -4,11 +4,11 @@ import streamlit as st
 
 from senet_viz import plots, verdict, zoo
 from senet_viz.weights import WeightsError
-from ui import exports, state
+from ui import exports, sidebar, state
 from ui.common import class_caption, need_analysis
 
 st.header("Depth profile")
-selection, analysis = need_analysis()
+selection, analysis = need_analysis(bundle_ok=True)  # works from an analysis file too
 st.caption(class_caption(analysis))
 judged = verdict.paper_verdict(analysis.indices)
 for note in judged.notes:
@@ -18,15 +18,24 @@ metrics = st.multiselect("Indices", ["specificity", "spread", "saturation", "mea
                          default=["specificity", "spread", "saturation"], key="depth_metrics",
                          help="specificity = eta² (share of gate variance explained by class; scale-free), spread = "
                               "std of the class-mean gates relative to the largest possible (absolute)")
-others = [n for n in zoo.REGISTRY if n != selection.model.name and zoo.weights_status(n) != "hub (online only)"]
-second_name = st.selectbox("Second model on the same images (optional)", ["—", *others], key="depth_second")
 second = None
-if second_name != "—":
-    try:
-        other = state.get_model(second_name, None, str(selection.model.device))
-        second = state.analyse(other, selection.images, selection.group_by_prediction).indices
-    except (WeightsError, ValueError, KeyError) as exc:
-        st.error(f"Could not run {second_name}: {exc}")
+if selection.bundle is None:
+    others = [n for n in zoo.REGISTRY if n != selection.model.name and zoo.weights_status(n) != "hub (online only)"]
+    second_name = st.selectbox("Second model on the same images (optional)", ["—", *others], key="depth_second")
+    if second_name != "—":
+        try:
+            other = state.get_model(second_name, None, str(selection.model.device))
+            second = state.analyse(other, selection.images, selection.group_by_prediction).indices
+        except (WeightsError, ValueError, KeyError) as exc:
+            st.error(f"Could not run {second_name}: {exc}")
+else:  # an analysis file: overlay another opened analysis file (e.g. another model over the same images)
+    opened = sidebar.opened_bundles()
+    others = {k: b for k, b in opened.items() if b is not selection.bundle}
+    second_key = st.selectbox("Second analysis file on the same chart (optional)", ["—", *others],
+                              format_func=lambda k: "—" if k == "—" else others[k].label, key="depth_second_bundle",
+                              help="open more analysis files in the sidebar to list them here")
+    if second_key != "—":
+        second = state.bundle_analysis(others[second_key]).indices
 if metrics:
     fig = plots.depth_profile(analysis.indices, second=second, metrics=tuple(metrics))
     st.plotly_chart(fig, width="stretch", key="depth_chart")

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from senet_viz import plots
+from senet_viz.stats import MAX_DETAIL_CLASSES
 from ui import exports, state
 from ui.common import need_analysis, per_model, pick_image
 
@@ -31,16 +32,18 @@ with right:
 gates = state.single_image_gates(model, selection.images, analysis, key)
 group = analysis.class_names[int(result.pred[row])] if analysis.grouping == "predicted class" \
     else (items[key].label_name or "all")
-group = group if group in set(analysis.channels["class"]) else "all"
+stats = analysis.stats
+classes = stats.class_table()  # "all" and every class: count, and whether per-channel histograms are kept
+group = group if group in set(classes["class"]) else "all"
 blocks = list(analysis.indices["block"])
+pooled = stats.block_frame(blocks, [group])
+pooled = pooled[pooled["class"] == group].set_index("block")["mean"]  # mean over the block's channels
 summary = pd.DataFrame({"block": blocks, "mean gate (this image)": [float(gates[b].mean()) for b in blocks],
-                        f"mean gate ({group})": [float(analysis.channels[(analysis.channels["block"] == b)
-                                                 & (analysis.channels["class"] == group)]["mean"].mean())
-                                                 for b in blocks]})
+                        f"mean gate ({group})": [float(pooled[b]) for b in blocks]})
 st.markdown("**Gates block by block**")
 st.dataframe(summary, hide_index=True)
 block = st.selectbox("Block", blocks, index=len(blocks) - 1, key=per_model("explore_block", selection.model.name))
-sizes = analysis.channels.drop_duplicates("class").set_index("class")["count"]
+sizes = classes.drop_duplicates("class").set_index("class")["count"]
 reference = group
 if group != "all" and int(sizes[group]) == 1:
     # A one-image class has no distribution to rank the image in: rank it among all images instead.
@@ -48,8 +51,15 @@ if group != "all" and int(sizes[group]) == 1:
     st.info(f"Class '{group}' holds only this image, so percentiles within the class cannot be computed. The chart "
             f"places the image among all {int(sizes['all'])} images instead; add images of '{group}' to rank it "
             f"within its class.")
-fig = plots.image_percentiles(analysis.channels, block, reference, gates[block], items[key].name)
+kept = bool(classes.drop_duplicates("class").set_index("class")["detail"][reference])
+if not kept:
+    # Large runs keep per-channel histograms for a bounded set of classes only (means and std for all).
+    st.info(f"Per-channel histograms are not kept for class '{reference}' ({len(classes) - 1} classes: they are kept "
+            f"for at most {MAX_DETAIL_CLASSES}), so the chart ranks the image among all {int(sizes['all'])} images.")
+fig = plots.image_percentiles(stats.frame([block], [reference]), block, reference, gates[block], items[key].name,
+                              all_classes=list(classes["class"]))
 st.plotly_chart(fig, width="stretch", key="explore_chart")
+within = reference if kept else "all"
 st.caption(f"Percentile of each channel's gate within the gates of "
-           f"{'class ' if reference != 'all' else ''}'{reference}' ({int(sizes[reference])} images).")
+           f"{'class ' if within != 'all' else ''}'{within}' ({int(sizes[within])} images).")
 exports.keep_figure("Explore", fig)

@@ -10,17 +10,26 @@ import pandas as pd
 import streamlit as st
 
 from senet_viz import plots
+from senet_viz.stats import MAX_DETAIL_CLASSES
 from ui import exports
 from ui.common import need_analysis
 
 st.header("Export")
-selection, analysis = need_analysis()
+selection, analysis = need_analysis(bundle_ok=True)  # works from an analysis file too
 result = analysis.result
-exports.keep_table("channel_stats", analysis.channels.drop(columns=["hist"]))
+stats = analysis.stats
+n_classes = len(stats.classes())
+# Per-class per-channel rows for up to MAX_DETAIL_CLASSES classes; past that (1,000 ImageNet classes x 15,104
+# channels = 15 million rows) the all-image rows, and every class pooled per block.
+exports.keep_table("channel_stats", stats.frame(hist=False) if n_classes <= MAX_DETAIL_CLASSES
+                   else stats.frame(classes=[], hist=False))
+if n_classes > MAX_DETAIL_CLASSES:
+    exports.keep_table("class_block_stats", stats.block_frame().drop(columns=["hist"]))
 exports.keep_table("indices", analysis.indices)
-exports.keep_table("predictions", pd.DataFrame({
-    "key": result.keys, "name": result.names, "label": result.labels, "label_name": result.label_names,
-    "pred": result.pred, "pred_name": [selection.model.class_names[p] for p in result.pred]}))
+if result is not None:  # an analysis file holds statistics only
+    exports.keep_table("predictions", pd.DataFrame({
+        "key": result.keys, "name": result.names, "label": result.labels, "label_name": result.label_names,
+        "pred": result.pred, "pred_name": [selection.model.class_names[p] for p in result.pred]}))
 
 
 def slugify(text: str) -> str:
