@@ -24,7 +24,7 @@ from .blocks import SEBlock
 from .capture import ablate, capture, model_lock
 from .cost import model_cost
 from .data import ImageSet, Skipped
-from .run import ProgressFn, Result, count_forward, run_model
+from .run import PrecisionPolicy, ProgressFn, Result, run_model
 from .zoo import LoadedModel
 
 CALIBRATION_FRACTION = 0.2
@@ -69,8 +69,11 @@ def per_class_accuracy(result: Result) -> dict[int, float]:
 
 def evaluate(loaded: LoadedModel, images: ImageSet, ablate_blocks: Sequence[SEBlock] = (), mode: str = "identity",
              *, calibrate_on_eval: bool = False, fraction: float = CALIBRATION_FRACTION, batch_size: int = 32,
-             progress: ProgressFn | None = None, full: Result | None = None) -> dict:
+             progress: ProgressFn | None = None, full: Result | None = None, precision: str = "auto") -> dict:
     """Accuracy, agreement and cost of the full network and, if ``ablate_blocks``, of the ablated one.
+
+    Every pass (calibration, full, ablated) runs at the same ``precision`` (see :class:`senet_viz.run.PrecisionPolicy`;
+    a ``full`` result passed in should come from the same precision).
 
     Returns a JSON-ready dict: ``top1``/``top5`` of the evaluated network (ablated if blocks are given),
     ``full_top1``/``full_top5``, ``agreement`` (share of images whose top-1 equals the full network's),
@@ -87,18 +90,20 @@ def evaluate(loaded: LoadedModel, images: ImageSet, ablate_blocks: Sequence[SEBl
             calib = images
         else:
             calib, eval_images = split_calibration(images, fraction)
-        calib_result = run_model(loaded, calib, blocks=ablate_blocks, batch_size=batch_size, keep_logits=False)
+        calib_result = run_model(loaded, calib, blocks=ablate_blocks, batch_size=batch_size, keep_logits=False,
+                                 precision=precision)
         means = mean_gates(calib_result, ablate_blocks)
         calib_n = calib_result.n
     if full is None or full.keys != [it.key for it in eval_images.items]:
-        full = run_model(loaded, eval_images, blocks=[], batch_size=batch_size, progress=progress)
+        full = run_model(loaded, eval_images, blocks=[], batch_size=batch_size, progress=progress,
+                         precision=precision)
     out: dict = {"model": loaded.name, "weights": loaded.weights_source, "mode": mode if ablate_blocks else None,
                  "ablated": [b.name for b in ablate_blocks]}
     if ablate_blocks:
         keep = set(full.keys)
         ablated_images = replace(eval_images, items=[it for it in eval_images.items if it.key in keep], skipped=[])
         ablated = run_model(loaded, ablated_images, blocks=[], ablate_blocks=ablate_blocks, mode=mode, means=means,
-                            batch_size=batch_size, progress=progress)
+                            batch_size=batch_size, progress=progress, precision=precision)
     else:
         ablated = full
     cost = model_cost(loaded.model, loaded.blocks, ablate_blocks, loaded.input_size, loaded.name)
@@ -145,21 +150,20 @@ def _decode(loaded: LoadedModel, images: ImageSet, batch_size: int) -> tuple[tor
     return (torch.cat(tensors) if tensors else empty), kept, skipped
 
 
-def _logits(loaded: LoadedModel, pixels: torch.Tensor, batch_size: int, blocks: Sequence[SEBlock] = (),
-            mode: str = "identity", means: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def _logits(loaded: LoadedModel, pixels: torch.Tensor, batch_size: int, policy: PrecisionPolicy,
+            blocks: Sequence[SEBlock] = (), mode: str = "identity", means: dict[str, np.ndarray] | None = None
+            ) -> np.ndarray:
     out = []
+    policy.new_pass()
     with contextlib.ExitStack() as stack:
         if blocks:
             stack.enter_context(ablate(loaded.model, blocks, mode=mode, means=means))
         else:
             stack.enter_context(model_lock(loaded.model))
             stack.enter_context(torch.inference_mode())
-        cuda = loaded.device.type == "cuda"
         for start in range(0, len(pixels), batch_size):
-            with torch.autocast(loaded.device.type, dtype=torch.float16, enabled=cuda):
-                logits = loaded.model(pixels[start:start + batch_size].to(loaded.device))
-            count_forward(len(logits))
-            out.append(logits.float().cpu().numpy())
+            logits = policy.forward(loaded.model, pixels[start:start + batch_size].to(loaded.device))
+            out.append(logits.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, loaded.num_classes), np.float32)
 
 
@@ -175,27 +179,31 @@ def sweep_configs(blocks: Sequence[SEBlock]) -> list[tuple[str, str, list[SEBloc
 
 def sweep(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = ("identity", "mean"),
           configs: Sequence[tuple[str, str, list[SEBlock]]] | None = None, *, fraction: float = CALIBRATION_FRACTION,
-          batch_size: int = 64, progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+          batch_size: int = 64, progress: Callable[[int, int], None] | None = None, precision: str = "auto"
+          ) -> pd.DataFrame:
     """Ablate each configuration in each mode and measure it against the full network on the same images.
 
     With ``"mean"`` among the modes, the images are split (see :func:`split_calibration`): every mode is
     scored on the evaluation part only, so identity and mean rows are comparable. One row per
     (configuration, mode): top-1 / top-5 and their change in points, agreement, KL, parameters and GMACs saved.
+    Every forward (calibration, full network, each configuration) runs at the same ``precision``; the frame's
+    ``attrs`` hold ``precision`` and ``fp32_fallback_batches`` (batches redone in fp32, see
+    :class:`senet_viz.run.PrecisionPolicy`).
     """
     for mode in modes:
         if mode not in ("identity", "mean"):
             raise ValueError(f"unknown ablation mode {mode!r}; use identity and/or mean")
     configs = list(configs) if configs is not None else sweep_configs(loaded.blocks)
+    policy = PrecisionPolicy(precision, loaded.device)
     if "mean" in modes:
         calib, eval_images = split_calibration(images, fraction)
         calib_pixels, _, _ = _decode(loaded, calib, batch_size)
         if len(calib_pixels) == 0:
             raise ValueError("no calibration image could be read; mean ablation needs some")
-        with capture(loaded.model, loaded.blocks) as rec:
+        with capture(loaded.model, loaded.blocks, per_batch=True) as rec:
             for start in range(0, len(calib_pixels), batch_size):
-                batch = calib_pixels[start:start + batch_size]
-                loaded.model(batch.to(loaded.device))
-                count_forward(len(batch))
+                policy.forward(loaded.model, calib_pixels[start:start + batch_size].to(loaded.device), rec)
+                rec.commit()
         means = {name: g.astype(np.float32).mean(axis=0) for name, g in rec.gates.items()}
         n_calib = len(calib_pixels)
     else:
@@ -205,7 +213,7 @@ def sweep(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = ("identi
     known = labels >= 0
     cost = model_cost(loaded.model, loaded.blocks, (), loaded.input_size, loaded.name)
     block_macs = dict(zip(cost.blocks["name"], cost.blocks["macs"], strict=True))
-    full = _logits(loaded, pixels, batch_size)
+    full = _logits(loaded, pixels, batch_size, policy)
 
     def accuracy(logits: np.ndarray, k: int) -> float | None:
         if not known.any():
@@ -217,7 +225,7 @@ def sweep(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = ("identi
     rows = []
     total = len(configs) * len(modes)
     for i, ((kind, label, blocks), mode) in enumerate(itertools.product(configs, modes)):
-        logits = _logits(loaded, pixels, batch_size, blocks, mode, means)
+        logits = _logits(loaded, pixels, batch_size, policy, blocks, mode, means)
         top1, top5 = accuracy(logits, 1), accuracy(logits, 5)
         params_removed = sum(b.params for b in blocks)
         rows.append({
@@ -236,7 +244,9 @@ def sweep(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = ("identi
         })
         if progress is not None:
             progress(i + 1, total)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame.attrs.update(precision=policy.name, fp32_fallback_batches=policy.fallback_batches)
+    return frame
 
 
 def pareto_front(frame: pd.DataFrame, x: str = "params_saved_pct", y: str = "d_top1") -> pd.DataFrame:

@@ -579,7 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--blocks", help="only these SE blocks (same syntax as --ablate); default all")
             p.add_argument("--chunk", type=int, default=1024,
                            help="images per row group (bounds memory); under torchrun the unit of work per rank")
-            p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+            p.add_argument("--workers", type=int, default=None,
+                           help="decode threads beside the network (default: one per core, up to 4 on the CPU, "
+                                "8 on CUDA; 0 decodes on the main thread)")
         else:
             p.add_argument("--ablate", help="SE blocks: SE_5_1,SE_5_2 | stage:5 | last:3")
             p.add_argument("--mode", choices=("identity", "mean"), default="identity",

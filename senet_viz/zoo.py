@@ -83,11 +83,29 @@ class Preprocess:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     channels: int = 3  # 1: the image is converted to grey first (e.g. the Fashion-MNIST models)
 
-    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+    def transform(self) -> PreprocessTransform:
         mode = T.InterpolationMode(self.interpolation)
         grey = [T.Grayscale(1)] if self.channels == 1 else []
-        return T.Compose([*grey, LimitAspect(), T.Resize(self.resize, interpolation=mode), T.CenterCrop(self.crop),
-                          T.ToTensor(), T.Normalize(self.mean, self.std)])
+        return PreprocessTransform([*grey, LimitAspect(), T.Resize(self.resize, interpolation=mode),
+                                    T.CenterCrop(self.crop), T.ToTensor(), T.Normalize(self.mean, self.std)], self)
+
+
+class PreprocessTransform(T.Compose):
+    """A ``Compose`` that knows the :class:`Preprocess` it was built from (``Preprocess.transform()``).
+
+    The runner applies the same steps to tensors decoded by a faster JPEG decoder (:mod:`senet_viz.run`);
+    :meth:`geometry` is every step before ``ToTensor``. Built from a plain list, it is a plain ``Compose``.
+    """
+
+    def __init__(self, transforms: list[Callable], preprocess: Preprocess | None = None) -> None:
+        super().__init__(transforms)
+        self.preprocess = preprocess
+
+    def geometry(self, im: Image.Image) -> Image.Image:
+        """The image the model sees, before scaling to [0, 1] and normalising (grey, aspect guard, resize, crop)."""
+        for step in self.transforms[:-2]:
+            im = step(im)
+        return im
 
 
 @dataclass(frozen=True)
