@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from ui import sidebar
+from ui import sidebar, state
 
 MAX_EARLIER_SELECTIONS = 4  # older selections kept for Export, least recent dropped first
 
@@ -58,10 +58,7 @@ def provenance(selection: sidebar.Selection | None = None) -> Provenance | None:
     images, digest = "none", "-"
     if selection.images is not None:
         items = selection.images.items
-        h = hashlib.sha256()
-        for it in items:
-            h.update(f"{it.key}\0{it.label}\n".encode())
-        digest = h.hexdigest()[:10]
+        digest = state.images_key(selection.images)[:10]  # the identity that also keys the shared results
         n_classes = len(selection.images.classes_present())
         images = f"{selection.source}: {len(items)} files in {n_classes} class{'es' if n_classes != 1 else ''}"
     return Provenance(model.name, weights, images, digest)

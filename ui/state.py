@@ -436,10 +436,16 @@ def images_key(images: ImageSet) -> str:
     in-memory items are named by their key: a content hash for uploads, an index into the installed test set for
     Fashion-MNIST), label and label name (the same files with other labels are another request), the class names
     and the files left out (listed with a result)."""
+    # Asked several times per script run (each result, Export's provenance) and it stats every file: computed once
+    # per ImageSet object (the sidebar builds a new one each run, so an edited file is seen on the next run).
+    cached = images.__dict__.get("_senet_viz_images_key")
+    if cached is not None and cached[0] == len(images.items):
+        return cached[1]
     h = hashlib.sha256()
     h.update(repr((list(images.class_names), [(s.file, s.reason) for s in images.skipped])).encode())
     for it in images.items:
         h.update(repr((it.key, it.label, it.label_name, _item_stamp(it))).encode())
+    images.__dict__["_senet_viz_images_key"] = (len(images.items), h.hexdigest())
     return h.hexdigest()
 
 
