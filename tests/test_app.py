@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apptest_helpers import assert_ok, open_page, uploader
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -49,19 +50,6 @@ def new_app() -> AppTest:
     return at
 
 
-def assert_ok(at: AppTest) -> None:
-    assert not at.exception, [e.message for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def open_page(at: AppTest, page: str, header: str) -> AppTest:
-    at.switch_page(f"views/{page}.py")
-    at.run()
-    assert_ok(at)
-    assert header in [h.value for h in at.header]
-    return at
-
-
 def charts(at: AppTest) -> list[dict]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
@@ -85,14 +73,6 @@ def metrics(at: AppTest) -> dict[str, str]:
 
 def count(text: str) -> int:
     return int(text.replace(",", ""))
-
-
-def uploader(at: AppTest, slot: int | str):
-    """The file uploader of an upload class (``slot`` = class id, or "zip"). Its key carries a generation number:
-    the sidebar moves uploaded files into session state and empties the uploader under a new key."""
-    found = [u for u in at.get("file_uploader") if str(u.key).startswith(f"class_files_{slot}_")]
-    assert len(found) == 1, [u.key for u in at.get("file_uploader")]
-    return found[0]
 
 
 def sample(cls: str, i: int = 0) -> Path:

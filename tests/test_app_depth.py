@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from apptest_helpers import assert_ok, open_page, uploader
 from streamlit.testing.v1 import AppTest
 
 from senet_viz import zoo
@@ -19,26 +20,6 @@ pytestmark = pytest.mark.skipif(
     zoo.weights_status(MODEL) != "file" or not SAMPLES.is_dir(),
     reason=f"the embedded model is missing: assets/{MODEL}.safetensors and assets/fmnist_samples/",
 )
-
-
-def assert_ok(at: AppTest) -> None:
-    assert not at.exception, [e.message for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def open_page(at: AppTest, page: str, header: str) -> AppTest:
-    at.switch_page(f"views/{page}.py")
-    at.run()
-    assert_ok(at)
-    assert header in [h.value for h in at.header]
-    return at
-
-
-def uploader(at: AppTest, slot: int):
-    """The file uploader of upload class ``slot`` (its key carries a generation number)."""
-    found = [u for u in at.get("file_uploader") if str(u.key).startswith(f"class_files_{slot}_")]
-    assert len(found) == 1, [u.key for u in at.get("file_uploader")]
-    return found[0]
 
 
 def sample(cls: str) -> Path:

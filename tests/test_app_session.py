@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from apptest_helpers import assert_ok, open_page, uploader
 from streamlit.testing.v1 import AppTest
 
 from senet_viz import ablation, zoo
@@ -27,29 +28,12 @@ pytestmark = pytest.mark.skipif(zoo.weights_status(MODEL) != "file" or not SAMPL
                                 reason="the embedded model and samples ship with the project (assets/)")
 
 
-def assert_ok(at: AppTest) -> None:
-    assert not at.exception, [e.message for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def uploader(at: AppTest, slot: int | str):
-    found = [u for u in at.get("file_uploader") if str(u.key).startswith(f"class_files_{slot}_")]
-    assert len(found) == 1, [u.key for u in at.get("file_uploader")]
-    return found[0]
-
-
 def files(cls: str, n: int) -> list[tuple[str, bytes, str]]:
     return [(p.name, p.read_bytes(), "image/png") for p in sorted((SAMPLES / cls).glob("*.png"))[:n]]
 
 
 def chart_spec(at: AppTest, index: int = 0) -> dict:
     return json.loads(at.get("plotly_chart")[index].proto.spec)
-
-
-def open_page(at: AppTest, page: str) -> None:
-    at.switch_page(f"views/{page}.py")
-    at.run()
-    assert_ok(at)
 
 
 def uploaded_app() -> AppTest:

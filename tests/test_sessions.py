@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from apptest_helpers import assert_ok, open_page
 from conftest import TINY_CLASSES, make_tiny_seresnet
 from streamlit.testing.v1 import AppTest
 
@@ -51,11 +52,6 @@ def small_folder(dest: Path, per_class: int = 4) -> Path:
 # ------------------------------------------------------------------------------------------------ two sessions
 
 
-def assert_ok(at: AppTest) -> None:
-    assert not at.exception, [e.message for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
 def new_session() -> AppTest:
     """A session on the embedded model and its 300 samples, on the first page (Compare classes)."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
@@ -65,13 +61,6 @@ def new_session() -> AppTest:
     assert_ok(at)
     assert "Compare classes" in [h.value for h in at.header]
     return at
-
-
-def open_page(at: AppTest, page: str, header: str) -> None:
-    at.switch_page(f"views/{page}.py")
-    at.run()
-    assert_ok(at)
-    assert header in [h.value for h in at.header]
 
 
 def charts(at: AppTest) -> list[dict]:

@@ -1,0 +1,29 @@
+"""Helpers the AppTest test files share: driving the app and reading what it shows."""
+
+from __future__ import annotations
+
+from streamlit.testing.v1 import AppTest
+
+
+def assert_ok(at: AppTest) -> None:
+    """No exception and no error on screen."""
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def open_page(at: AppTest, page: str, header: str | None = None) -> AppTest:
+    """Switch to ``views/<page>.py`` and run; with ``header``, check the page's own header is shown."""
+    at.switch_page(f"views/{page}.py")
+    at.run()
+    assert_ok(at)
+    if header is not None:
+        assert header in [h.value for h in at.header]
+    return at
+
+
+def uploader(at: AppTest, slot: int | str):
+    """The file uploader of an upload class (``slot`` = class id, or "zip"). Its key carries a generation number:
+    the sidebar moves uploaded files into session state and empties the uploader under a new key."""
+    found = [u for u in at.get("file_uploader") if str(u.key).startswith(f"class_files_{slot}_")]
+    assert len(found) == 1, [u.key for u in at.get("file_uploader")]
+    return found[0]
