@@ -2,9 +2,8 @@
 its Fashion-MNIST samples), widgets change what the charts show, and bad uploads are listed with their reason
 while the good ones are analysed.
 
-Charts are read from their plotly spec (``json.loads(chart.proto.spec)``). The page files live in ``views/``: with
-a ``pages/`` folder beside app.py, Streamlit 1.67 (AppTest and a fresh server alike) falls back to its legacy
-"pages directory" mode and runs page files without the sidebar.
+Charts are read from their plotly spec (``json.loads(chart.proto.spec)``). Every AppTest run starts in Streamlit's legacy
+"pages folder" mode (AppTest resets it); ``ui.routing.through_app`` hands each run to app.py's navigation.
 """
 
 from __future__ import annotations

@@ -308,7 +308,7 @@ def test_a_network_without_se_has_no_blocks_and_says_so_where_a_user_selects_the
 # ------------------------------------------------------------------------------------------- safe loading
 
 SCANNED = [ROOT / "app.py", *sorted((ROOT / "senet_viz").rglob("*.py")), *sorted((ROOT / "ui").rglob("*.py")),
-           *sorted((ROOT / "views").rglob("*.py"))]
+           *sorted((ROOT / "pages").rglob("*.py"))]
 # Loaders that unpickle: they must be called with weights_only=True written out.
 NEED_WEIGHTS_ONLY = {"torch.load", "torch.hub.load", "torch.hub.load_state_dict_from_url",
                      "torch.utils.model_zoo.load_url"}

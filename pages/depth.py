@@ -6,6 +6,9 @@ from senet_viz import plots, verdict, zoo
 from senet_viz.weights import WeightsError
 from ui import exports, sidebar, state
 from ui.common import class_caption, need_analysis
+from ui.routing import through_app
+
+through_app()  # before anything is drawn: a fresh server's first request may run this file alone
 
 st.header("Depth profile")
 selection, analysis = need_analysis(bundle_ok=True)  # works from an analysis file too

@@ -7,6 +7,9 @@ from senet_viz import paper, plots, zoo
 from senet_viz.blocks import select_blocks
 from ui import exports, state
 from ui.common import need_model_and_images, per_model
+from ui.routing import through_app
+
+through_app()  # before anything is drawn: a fresh server's first request may run this file alone
 
 st.header("Remove SE blocks")
 selection = need_model_and_images()

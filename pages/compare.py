@@ -5,6 +5,9 @@ import streamlit as st
 from senet_viz import plots, verdict
 from ui import exports
 from ui.common import class_caption, need_analysis, per_model
+from ui.routing import through_app
+
+through_app()  # before anything is drawn: a fresh server's first request may run this file alone
 
 st.header("Compare classes")
 selection, analysis = need_analysis(bundle_ok=True)  # works from an analysis file too

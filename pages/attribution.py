@@ -8,6 +8,9 @@ from senet_viz import plots
 from senet_viz.blocks import select_blocks
 from ui import exports, state
 from ui.common import need_analysis, per_model, pick_image
+from ui.routing import through_app
+
+through_app()  # before anything is drawn: a fresh server's first request may run this file alone
 
 st.header("Attribution")
 selection, analysis = need_analysis()

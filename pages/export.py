@@ -13,6 +13,9 @@ from senet_viz import plots
 from senet_viz.stats import MAX_DETAIL_CLASSES
 from ui import exports
 from ui.common import need_analysis
+from ui.routing import through_app
+
+through_app()  # before anything is drawn: a fresh server's first request may run this file alone
 
 st.header("Export")
 selection, analysis = need_analysis(bundle_ok=True)  # works from an analysis file too

@@ -6,6 +6,9 @@ import streamlit as st
 from senet_viz import paper, plots
 from ui import exports, state
 from ui.common import need_model_and_images
+from ui.routing import through_app
+
+through_app()  # before anything is drawn: a fresh server's first request may run this file alone
 
 st.header("Cost")
 selection = need_model_and_images()
