@@ -1,29 +1,40 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PORT ?= 8501
 
 .PHONY: run test lint venv clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+# The pinned requirements first, then the project itself, editable and without dependencies or build isolation
+# (setuptools comes pinned in requirements-dev.txt), so the install needs nothing beyond the pinned list.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
 
+# `make run PORT=8502` serves on another port; .streamlit/config.toml holds the other server settings.
 run: $(STAMP)
-	$(VENV)/bin/streamlit run app.py --server.fileWatcherType none
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Under CI=true the browser tests need Chromium: a failed install fails `make test` (the tests would fail anyway,
+# see tests/conftest.py `require`); elsewhere it is a message and those tests are skipped.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	@command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; \
-	} || echo "chromium could not be installed; browser tests will be skipped"
+	} || { \
+	  case "$$CI" in ""|0|false|no) echo "chromium could not be installed; browser tests will be skipped";; \
+	    *) echo "chromium could not be installed, and CI (CI=$$CI) needs it for the browser tests" >&2; exit 1;; \
+	  esac; \
+	}
 	$(PY) -m pytest -q -p no:cacheprovider
 
 clean:

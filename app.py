@@ -20,6 +20,7 @@ st.set_page_config(page_title="senet-viz: inside SE channel attention", page_ico
 PAGES = [
     st.Page("pages/compare.py", title="Compare classes", icon=":material/bar_chart:", default=True),
     st.Page("pages/explore.py", title="Explore", icon=":material/image_search:"),
+    st.Page("pages/channels.py", title="Channels", icon=":material/tune:"),
     st.Page("pages/depth.py", title="Depth", icon=":material/stacked_line_chart:"),
     st.Page("pages/remove.py", title="Remove SE blocks", icon=":material/content_cut:"),
     st.Page("pages/attribution.py", title="Attribution", icon=":material/center_focus_strong:"),

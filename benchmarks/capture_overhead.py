@@ -20,14 +20,11 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from senet_viz.capture import GateRecorder, capture, hook_count  # noqa: E402
-from senet_viz.zoo import LoadedModel, load_model, local_weights_file  # noqa: E402
+from senet_viz.capture import GateRecorder, capture, hook_count
+from senet_viz.zoo import LoadedModel, load_model, local_weights_file
 
 TARGET = 1.03
 MODELS = ("tf_mobilenetv3_small_100", "legacy_seresnet50")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -23,13 +22,11 @@ from pathlib import Path
 
 import torch
 
+from senet_viz import zoo
+from senet_viz.data import ImageSet, folder_source
+from senet_viz.run import run_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from senet_viz import zoo  # noqa: E402
-from senet_viz.data import ImageSet, folder_source  # noqa: E402
-from senet_viz.run import run_model  # noqa: E402
-
 SHARED = ROOT.parent / "shared"
 
 

@@ -120,7 +120,10 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
              "--server.fileWatcherType", "none", "--server.port", str(self.port), "--server.address", "127.0.0.1",
-             "--browser.gatherUsageStats", "false"],
+             "--browser.gatherUsageStats", "false",
+             # Streamlit guesses "development mode" when it is not installed in site-packages (e.g. pip --target)
+             # and then refuses --server.port
+             "--global.developmentMode", "false"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -131,7 +134,8 @@ class Server:
             except OSError:
                 time.sleep(0.2)
         self.stop(keep_log=True)
-        raise SystemExit(f"the server did not start; see {self.log.name}")
+        tail = Path(self.log.name).read_text(errors="replace")[-3000:]
+        raise SystemExit(f"the server did not start; its log ({self.log.name}) ends:\n{tail}")
 
     def stop(self, keep_log: bool = False) -> None:
         self.proc.terminate()
@@ -232,7 +236,6 @@ def main() -> None:
                         help="CPU-bound processes running meanwhile (other work on the machine), default 0")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(ROOT))
     import streamlit.logger
 
     streamlit.logger.set_log_level("error")  # no "No runtime found" warnings: ui.state is imported for its policy

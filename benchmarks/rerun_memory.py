@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import gc
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -41,7 +40,6 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=0, help="also print RSS every N reruns")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(ROOT))
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)

@@ -105,7 +105,6 @@ def _timed(fn):
 
 
 def phase_stream(args) -> dict:
-    sys.path.insert(0, str(ROOT))
     from senet_viz.stats import GateStats
 
     data = Gates(args.classes, args.images)
@@ -121,7 +120,6 @@ def phase_stream(args) -> dict:
 def phase_shards(args) -> dict:
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
     from senet_viz.stats import GateStats
 
     data = Gates(args.classes, args.images)
@@ -156,7 +154,6 @@ def phase_shards(args) -> dict:
 def phase_figures(args) -> dict:
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
     from senet_viz import plots
     from senet_viz.stats import ALL, GateStats
 
@@ -197,7 +194,6 @@ def phase_figures(args) -> dict:
 
 def phase_before(args) -> dict:
     """The same small protocol through either the old code (``--which old``) or the current one."""
-    sys.path.insert(0, str(ROOT))
     if args.which == "old":
         stats_mod = _load_module("old_stats", subprocess.run(["git", "show", f"{args.before}:senet_viz/stats.py"],
                                                              cwd=ROOT, check=True, capture_output=True,

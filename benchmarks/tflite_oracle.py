@@ -25,12 +25,9 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
+from senet_viz.tflite import load_tflite_state_dict, runtime_crop
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # allow `python benchmarks/tflite_oracle.py` without installing the package
-    sys.path.insert(0, str(ROOT))
-
-from senet_viz.tflite import load_tflite_state_dict, runtime_crop  # noqa: E402
-
 SHARED = ROOT.parent / "shared"
 MODEL_FILE = SHARED / "models" / "mobilenet_v3_small_224_1.0_uint8.tflite"
 IMAGES = SHARED / "data" / "imagenet-samples"

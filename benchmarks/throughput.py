@@ -36,12 +36,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from senet_viz.capture import capture  # noqa: E402
-from senet_viz.data import ImageSet, folder_source  # noqa: E402
-from senet_viz.run import PrecisionPolicy, _batches, _Pipeline, default_workers, run_model  # noqa: E402
-from senet_viz.zoo import LoadedModel, load_model, local_weights_file  # noqa: E402
+from senet_viz.capture import capture
+from senet_viz.data import ImageSet, folder_source
+from senet_viz.run import PrecisionPolicy, _batches, _Pipeline, default_workers, run_model
+from senet_viz.zoo import LoadedModel, load_model, local_weights_file
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT.parent / "shared" / "data" / "imagenet-samples"

@@ -25,10 +25,8 @@ stages = sorted(indices["stage"].unique())
 
 left, right = st.columns([3, 2])
 if "compare_classes" not in st.session_state or st.session_state.get("_compare_classes_present") != classes:
-    # first visit, or other images/classes: up to six classes, those with the most images (ImageNet: 1,000)
-    counts = stats.class_table().set_index("class")["count"]
-    st.session_state["compare_classes"] = classes if len(classes) <= 6 else \
-        sorted(classes, key=lambda c: (-int(counts.get(c, 0)), classes.index(c)))[:4]
+    # first visit, or other images/classes: up to six classes, else the four with the most images (ImageNet: 1,000)
+    st.session_state["compare_classes"] = classes if len(classes) <= 6 else stats.largest_classes(4)
 st.session_state["_compare_classes_present"] = classes
 chosen = left.multiselect("Classes to compare", classes, key="compare_classes")
 preset = right.radio("View", ["Paper Fig. 6 (preset blocks)", "Paper Fig. 7 (one class, ±1 std)",

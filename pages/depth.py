@@ -23,7 +23,7 @@ metrics = st.multiselect("Indices", ["specificity", "spread", "saturation", "mea
                               "std of the class-mean gates relative to the largest possible (absolute)")
 second = None
 if selection.bundle is None:
-    others = [n for n in zoo.REGISTRY if n != selection.model.name and zoo.weights_status(n) != "hub (online only)"]
+    others = [n for n in zoo.REGISTRY if n != selection.model.name and zoo.weights_status(n).ready]
     second_name = st.selectbox("Second model on the same images (optional)", ["—", *others], key="depth_second")
     if second_name != "—":
         try:
@@ -50,12 +50,10 @@ st.subheader("Against the paper")
 st.markdown(f"**Verdict:** {judged.summary}")
 st.dataframe(judged.table(), hide_index=True, key="depth_verdict")
 if judged.inert:
-    st.info(f"Switched off (the gate is the same for every image, std < {verdict.INERT_STD:g} in every channel; "
-            "neither class-agnostic nor saturated in the paper's sense):\n\n"
-            + "\n".join(f"- {b.text}" for b in judged.inert))
+    st.info(judged.inert_markdown)
 if second is not None:
     st.markdown(f"**Second model:** {verdict.paper_verdict(second).summary}")
 with st.expander("How to read this"):
-    st.markdown(verdict.GLOSSARY + verdict.thresholds_markdown(float(analysis.indices["threshold"].iloc[0])))
+    st.markdown(judged.how_to_read)
 st.markdown("**Indices per block**")
 st.dataframe(analysis.indices, hide_index=True)

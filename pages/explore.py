@@ -1,6 +1,5 @@
 """Explore one image: its top-5, its gates block by block, and where they sit in its class's distribution."""
 
-import pandas as pd
 import streamlit as st
 
 from senet_viz import plots
@@ -15,7 +14,6 @@ st.header("Explore one image")
 selection, analysis = need_analysis()
 result, model = analysis.result, selection.model
 items, key = pick_image(selection, analysis, "explore_image")
-row = result.keys.index(key)
 left, right = st.columns([1, 2])
 with left:
     try:
@@ -23,46 +21,36 @@ with left:
     except ValueError as exc:
         left.warning(f"Cannot show this image: {exc}")
 with right:
-    top5 = pd.DataFrame({
-        "rank": range(1, result.top5.shape[1] + 1),
-        "class": [model.class_names[c] for c in result.top5[row]],
-        "probability": result.top5_prob[row],
-    })
+    top5 = result.top5_frame(key, model.class_names)
     right.markdown(f"**Top-5** of {model.name} · label: **{items[key].label_name or 'none'}**")
     right.dataframe(top5, hide_index=True, column_config={
         "probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")})
 
 gates = state.single_image_gates(model, selection.images, analysis, key)
-group = analysis.class_names[int(result.pred[row])] if analysis.grouping == "predicted class" \
-    else (items[key].label_name or "all")
 stats = analysis.stats
-classes = stats.class_table()  # "all" and every class: count, and whether per-channel histograms are kept
-group = group if group in set(classes["class"]) else "all"
+# The image's group: its predicted class or its label, as the analysis groups images ("all" when not a class here).
+own = analysis.class_names[int(result.pred[result.keys.index(key)])] if analysis.grouping == "predicted class" \
+    else items[key].label_name
+place = stats.place_image(own)
 blocks = list(analysis.indices["block"])
-pooled = stats.block_frame(blocks, [group])
-pooled = pooled[pooled["class"] == group].set_index("block")["mean"]  # mean over the block's channels
-summary = pd.DataFrame({"block": blocks, "mean gate (this image)": [float(gates[b].mean()) for b in blocks],
-                        f"mean gate ({group})": [float(pooled[b]) for b in blocks]})
 st.markdown("**Gates block by block**")
-st.dataframe(summary, hide_index=True)
+st.dataframe(stats.image_vs_class(gates, place.group, blocks), hide_index=True)
 block = st.selectbox("Block", blocks, index=len(blocks) - 1, key=per_model("explore_block", selection.model.name))
-sizes = classes.drop_duplicates("class").set_index("class")["count"]
-reference = group
-if group != "all" and int(sizes[group]) == 1:
+group, reference, within = place.group, place.reference, place.within
+if place.single:
     # A one-image class has no distribution to rank the image in: rank it among all images instead.
-    reference = "all"
     st.info(f"Class '{group}' holds only this image, so percentiles within the class cannot be computed. The chart "
-            f"places the image among all {int(sizes['all'])} images instead; add images of '{group}' to rank it "
+            f"places the image among all {place.counts['all']} images instead; add images of '{group}' to rank it "
             f"within its class.")
-kept = bool(classes.drop_duplicates("class").set_index("class")["detail"][reference])
-if not kept:
+if within != reference:
     # Large runs keep per-channel histograms for a bounded set of classes only (means and std for all).
-    st.info(f"Per-channel histograms are not kept for class '{reference}' ({len(classes) - 1} classes: they are kept "
-            f"for at most {MAX_DETAIL_CLASSES}), so the chart ranks the image among all {int(sizes['all'])} images.")
+    st.info(f"Per-channel histograms are not kept for class '{reference}' ({len(place.counts) - 1} classes: they are "
+            f"kept for at most {MAX_DETAIL_CLASSES}), so the chart ranks the image among all {place.counts['all']} "
+            "images.")
+classes = list(place.counts)
 fig = plots.image_percentiles(stats.frame([block], [reference]), block, reference, gates[block], items[key].name,
-                              all_classes=list(classes["class"]))
+                              all_classes=classes)
 st.plotly_chart(fig, width="stretch", key="explore_chart")
-within = reference if kept else "all"
 st.caption(f"Percentile of each channel's gate within the gates of "
-           f"{'class ' if within != 'all' else ''}'{within}' ({int(sizes[within])} images).")
+           f"{'class ' if within != 'all' else ''}'{within}' ({place.counts[within]} images).")
 exports.keep_figure("Explore", fig)

@@ -6,12 +6,10 @@ import re
 import tempfile
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 from senet_viz import plots
-from senet_viz.stats import MAX_DETAIL_CLASSES
-from ui import exports
+from ui import exports, state
 from ui.common import need_analysis
 from ui.routing import through_app
 
@@ -21,18 +19,11 @@ st.header("Export")
 selection, analysis = need_analysis(bundle_ok=True)  # works from an analysis file too
 result = analysis.result
 stats = analysis.stats
-n_classes = len(stats.classes())
-# Per-class per-channel rows for up to MAX_DETAIL_CLASSES classes; past that (1,000 ImageNet classes x 15,104
-# channels = 15 million rows) the all-image rows, and every class pooled per block.
-exports.keep_table("channel_stats", stats.frame(hist=False) if n_classes <= MAX_DETAIL_CLASSES
-                   else stats.frame(classes=[], hist=False))
-if n_classes > MAX_DETAIL_CLASSES:
-    exports.keep_table("class_block_stats", stats.block_frame().drop(columns=["hist"]))
+for name, table in stats.tables().items():  # bounded however many classes (GateStats.tables)
+    exports.keep_table(name, table)
 exports.keep_table("indices", analysis.indices)
 if result is not None:  # an analysis file holds statistics only
-    exports.keep_table("predictions", pd.DataFrame({
-        "key": result.keys, "name": result.names, "label": result.labels, "label_name": result.label_names,
-        "pred": result.pred, "pred_name": [selection.model.class_names[p] for p in result.pred]}))
+    exports.keep_table("predictions", result.predictions(selection.model.class_names))
 
 
 def slugify(text: str) -> str:
@@ -60,7 +51,11 @@ def tables_section(bucket: dict, tag: str) -> None:
                                 "application/octet-stream", key=f"parquet_{tag}_{name}")
 
 
+PNG_LIMIT = 16  # rendered PNGs this session keeps for download (about 1 MB each), the least recently used dropped
+
+
 def figures_section(bucket: dict, tag: str) -> None:
+    pngs = state.session_memo("png_cache", PNG_LIMIT)
     prov = bucket["provenance"]
     prefix = f"{slugify(prov.model)}_{prov.image_set}"
     for name, fig in bucket["figures"].items():
@@ -77,10 +72,10 @@ def figures_section(bucket: dict, tag: str) -> None:
             try:
                 with st.spinner("Rendering the PNG ..."), tempfile.TemporaryDirectory() as tmp:
                     path = plots.save_figure(stamped, Path(tmp) / f"{slug}.png")
-                    st.session_state.setdefault("png_cache", {})[png_key] = path.read_bytes()
+                    pngs.put(png_key, path.read_bytes())
             except RuntimeError as exc:
                 st.error(str(exc))
-        png = st.session_state.get("png_cache", {}).get(png_key)
+        png = pngs.get(png_key)
         if png:
             cols[2].download_button("Download PNG", png, f"{prefix}_{slug}.png", "image/png",
                                     key=f"dl_png_{tag}_{slug}")

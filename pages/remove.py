@@ -4,6 +4,7 @@ and see top-1, top-5, agreement, parameters and GMACs before and after; sweep ev
 import streamlit as st
 
 from senet_viz import paper, plots, zoo
+from senet_viz.ablation import AblationResult
 from senet_viz.blocks import select_blocks
 from ui import exports, state
 from ui.common import need_model_and_images, per_model
@@ -39,13 +40,13 @@ mode = c3.radio("Mode", ["identity", "mean"], key="remove_mode",
                      "calibration split (20% of the images, not scored)")
 enabled = st.toggle(f"Remove {', '.join(b.name for b in blocks) or '…'}", key="remove_on", disabled=not blocks)
 
-full = state.evaluate(model, images, [], "identity")
-if full["n_scored"] == 0:
+full = state.evaluate(model, images, [], "identity")  # an AblationResult with nothing ablated
+if full.n_scored == 0:
     explanation.info("No image carries one of the model's classes, so top-1/top-5 cannot be scored: agreement with "
                      "the full network and KL divergence measure the effect instead. Name a class after a model class "
                      "(or a wnid), or use ImageNet-style file names (n01443537_goldfish.JPEG), to score accuracy.")
-elif full["n_scored"] < full["n_images"]:
-    explanation.caption(f"Top-1/top-5 are scored on the {full['n_scored']} of {full['n_images']} images whose class "
+elif full.n_scored < full.n_images:
+    explanation.caption(f"Top-1/top-5 are scored on the {full.n_scored} of {full.n_images} images whose class "
                         "or file name is a model class; agreement and KL use every image.")
 
 
@@ -61,14 +62,14 @@ def points(now, before) -> tuple[str | None, str]:
     return f"{change:+.1f} pts vs full {pct(before)}", "normal" if abs(change) >= 0.05 else "off"
 
 
-def scored_caption(out: dict) -> str:
-    scored = f"{out['n_scored']} of them scored for top-1" if out["n_scored"] < out["n_images"] else "all scored"
-    text = f"{out['n_images']} images evaluated ({scored})"
-    if out["n_calibration"]:
-        text += (f"; the mean gates were fitted on the other {out['n_calibration']} images (the calibration split: "
+def scored_caption(out: AblationResult) -> str:
+    scored = f"{out.n_scored} of them scored for top-1" if out.n_scored < out.n_images else "all scored"
+    text = f"{out.n_images} images evaluated ({scored})"
+    if out.n_calibration:
+        text += (f"; the mean gates were fitted on the other {out.n_calibration} images (the calibration split: "
                  "an image is in it when sha1(key) mod 1000 < 200), which are never scored, so the full network's "
-                 f"top-1 here ({pct(out['full_top1'])}) is over fewer images than with identity "
-                 f"({pct(full['full_top1'])} on {full['n_images']})")
+                 f"top-1 here ({pct(out.full_top1)}) is over fewer images than with identity "
+                 f"({pct(full.full_top1)} on {full.n_images})")
     return text + "."
 
 
@@ -80,39 +81,39 @@ if enabled and blocks:
         st.warning(f"Cannot evaluate this removal: {exc} (mode 'mean' fits the gates on 20% of the images).")
 if out is not None:
     cols = st.columns(6)
-    delta, color = points(out["top1"], out["full_top1"])
-    cols[0].metric("Top-1", pct(out["top1"]), delta, delta_color=color)
-    delta, color = points(out["top5"], out["full_top5"])
-    cols[1].metric("Top-5", pct(out["top5"]), delta, delta_color=color)
-    cols[2].metric("Agreement with full", pct(out["agreement"]),
+    delta, color = points(out.top1, out.full_top1)
+    cols[0].metric("Top-1", pct(out.top1), delta, delta_color=color)
+    delta, color = points(out.top5, out.full_top5)
+    cols[1].metric("Top-5", pct(out.top5), delta, delta_color=color)
+    cols[2].metric("Agreement with full", pct(out.agreement),
                    help="share of images whose top-1 class is the full network's")
-    cols[3].metric("KL(full ‖ ablated)", f"{out['kl']:.3f} nats",
+    cols[3].metric("KL(full ‖ ablated)", "n/a" if out.kl is None else f"{out.kl:.3f} nats",
                    help="mean KL divergence of the ablated network's class probabilities from the full network's")
-    cols[4].metric("Parameters", f"{out['params_after']:,}", f"-{out['params_removed']:,} "
-                   f"({out['params_removed'] / out['params']:.2%})", delta_color="off")
-    cols[5].metric("GMACs", f"{out['gmacs'] - out['gmacs_removed']:.4f}",
-                   f"-{plots.format_macs(out['gmacs_removed'] * 1e9)}", delta_color="off",
-                   help="multiply-accumulates for one image, after the removal")
-    st.caption(scored_caption(out) + f" Full network: top-1 {pct(out['full_top1'])}, {out['params']:,} parameters, "
-               f"{out['gmacs']:.4f} GMACs.")
+    cols[4].metric("Parameters", f"{out.params_after:,}", f"-{out.params_removed:,} "
+                   f"({out.params_removed / out.params:.2%})", delta_color="off")
+    cols[5].metric("GMACs", f"{out.macs_after / 1e9:.4f}", f"-{plots.format_macs(out.macs_removed)}",
+                   delta_color="off", help="multiply-accumulates for one image, after the removal")
+    st.caption(scored_caption(out) + f" Full network: top-1 {pct(out.full_top1)}, {out.params:,} parameters, "
+               f"{out.macs / 1e9:.4f} GMACs.")
     st.session_state["last_ablation"] = out
 else:
     cols = st.columns(4)
-    cols[0].metric("Top-1 (full network)", pct(full["top1"]))
-    cols[1].metric("Top-5 (full network)", pct(full["top5"]))
-    cols[2].metric("Parameters", f"{full['params']:,}")
-    cols[3].metric("GMACs", f"{full['gmacs']:.4f}")
+    cols[0].metric("Top-1 (full network)", pct(full.top1))
+    cols[1].metric("Top-5 (full network)", pct(full.top5))
+    cols[2].metric("Parameters", f"{full.params:,}")
+    cols[3].metric("GMACs", f"{full.macs / 1e9:.4f}")
     st.caption(scored_caption(full) + " Turn on the toggle to remove the chosen SE blocks.")
 
-retrained = {zoo.DEFAULT_MODEL: "se_resnet_fmnist_nose5"}.get(model.name)
-if retrained and retrained in zoo.REGISTRY and zoo.weights_status(retrained) == "file":
-    st.subheader("Post-hoc removal vs retrained without SE in stage 5")
-    other = state.get_model(retrained, None, str(model.device))
-    post = state.evaluate(model, images, select_blocks(model.blocks, "stage:5"), "identity")
+twin = model.spec.retrained_twin if model.spec else None
+retrained = twin.name if twin else None
+if twin and twin.name in zoo.REGISTRY and zoo.weights_status(twin.name) is zoo.WeightsStatus.FILE:
+    st.subheader(f"Post-hoc removal vs retrained without {twin.description}")
+    other = state.get_model(twin.name, None, str(model.device))
+    post = state.evaluate(model, images, select_blocks(model.blocks, twin.without), "identity")
     again = state.evaluate(other, images, [], "identity")
     st.dataframe([
         {"network": f"{model.name} (full)", "top-1": pct(post["full_top1"]), "parameters": post["params"]},
-        {"network": "stage-5 SE removed post hoc (gate = 1)", "top-1": pct(post["top1"]),
+        {"network": f"{twin.description} removed post hoc (gate = 1)", "top-1": pct(post["top1"]),
          "parameters": post["params_after"]},
         {"network": f"{retrained} (trained without)", "top-1": pct(again["top1"]), "parameters": again["params"]},
     ], hide_index=True)
@@ -146,7 +147,7 @@ if done and done["for"] != request_for:
 elif done:
     frame = done["frame"]
     exports.keep_table("sweep", frame)
-    reference = paper.PAPER_LAST_STAGE_CLAIM if model.name == "legacy_seresnet50" else None
+    reference = paper.PAPER_LAST_STAGE_CLAIM if model.spec and model.spec.paper_reference else None
     fig = plots.sweep_figure(frame, reference=reference)
     st.plotly_chart(fig, width="stretch", key="sweep_chart")
     exports.keep_figure("Sweep", fig)

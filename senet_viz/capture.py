@@ -160,7 +160,9 @@ def ablate(model: nn.Module, blocks: Sequence[SEBlock], mode: AblationMode = "id
            means: Mapping[str, np.ndarray | torch.Tensor] | None = None, *, grad: bool = False) -> Iterator[None]:
     """Replace the gates of ``blocks`` inside the ``with`` block.
 
-    ``mode="identity"``: every gate is 1, so the block passes its input through (the paper's SE removal).
+    ``mode="identity"``: every gate is 1, so the block passes its input through (the paper's SE removal); for a
+    block whose output the network multiplies by a gain (NFNet's ``attn_gain``) the gate is ``1 / gain``
+    (:attr:`SEBlock.identity_gate`), so that the block's effective scale is 1.
     ``mode="mean"``: every gate is the constant per-channel vector ``means[block.name]`` (length C), e.g. the
     block's mean gate over a calibration set: the input-dependent excitation is frozen to a fixed scale.
     """
@@ -178,11 +180,15 @@ def ablate(model: nn.Module, blocks: Sequence[SEBlock], mode: AblationMode = "id
                     f"mean gate for {b.name} has {vec.numel()} values, the block has {b.channels} channels")
             constants[b.name] = vec
 
-    def replace(name: str):
+    def replace(block: SEBlock):
+        identity = block.identity_gate
+
         def hook(_module, _inputs, out: torch.Tensor) -> torch.Tensor:
             if mode == "identity":
-                return torch.ones_like(out)
-            vec = constants[name].to(device=out.device, dtype=out.dtype)
+                return torch.ones_like(out) if identity == 1.0 else torch.full_like(out, identity)
+            vec = constants[block.name].to(device=out.device, dtype=out.dtype)
+            if out.dim() > 2 and out.shape[1] == 1 and out.shape[-1] == vec.numel():
+                return vec.view(*([1] * (out.dim() - 1)), -1).expand_as(out)  # ECA's N x 1 x C gate
             return vec.view(1, -1, *([1] * (out.dim() - 2))).expand_as(out)
         return hook
 
@@ -192,7 +198,7 @@ def ablate(model: nn.Module, blocks: Sequence[SEBlock], mode: AblationMode = "id
             for block, gate in _modules(model, blocks):
                 # prepend: the replacement runs before any capture hook on the same gate, so a recorder sees
                 # the gate the network used whichever of capture()/ablate() was entered first.
-                handles.append(gate.register_forward_hook(replace(block.name), prepend=True))
+                handles.append(gate.register_forward_hook(replace(block), prepend=True))
             with _grad_context(grad):
                 yield
         finally:

@@ -3,6 +3,9 @@
 Exit codes: 0 success; 2 a usage or input error (unknown model or block, unreadable weights, no usable image),
 with the reason on stderr; 1 an unexpected failure. Images that cannot be read do not fail a run: they are
 counted in ``n_skipped`` and listed under ``skipped`` with their reason.
+
+Size: one short function per command plus the parser they share (common options defined once, as parent
+parsers); a command reads top to bottom like its --help, and the module is the CLI's one entry point.
 """
 
 from __future__ import annotations
@@ -275,18 +278,17 @@ def cmd_evaluate(args) -> None:
     if out is None:  # not rank 0
         return
     if args.json:
-        _print_json(out)
+        _print_json(out.to_dict())
         return
     pct = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731
-    print(f"{loaded.name} ({loaded.weights_source}) on {out['n_images']} images, {out['n_skipped']} skipped")
-    print(f"full network: top-1 {pct(out['full_top1'])}, top-5 {pct(out['full_top5'])}, "
-          f"{out['params']:,} parameters")
+    print(f"{loaded.name} ({loaded.weights_source}) on {out.n_images} images, {out.n_skipped} skipped")
+    print(f"full network: top-1 {pct(out.full_top1)}, top-5 {pct(out.full_top5)}, {out.params:,} parameters")
     if blocks:
-        print(f"{args.mode} on {', '.join(out['ablated'])}: top-1 {pct(out['top1'])}, top-5 {pct(out['top5'])}, "
-              f"agreement {pct(out['agreement'])}, KL {out['kl']:.4f} nats, "
-              f"-{out['params_removed']:,} parameters")
-    for s in out["skipped"]:
-        print(f"  skipped {s['file']}: {s['reason']}")
+        kl = "n/a" if out.kl is None else f"{out.kl:.4f} nats"
+        print(f"{args.mode} on {', '.join(out.ablated)}: top-1 {pct(out.top1)}, top-5 {pct(out.top5)}, "
+              f"agreement {pct(out.agreement)}, KL {kl}, -{out.params_removed:,} parameters")
+    for s in out.skipped:
+        print(f"  skipped {s.file}: {s.reason}")
 
 
 def _detail_classes(spec: str | None) -> list[str] | None:
@@ -363,8 +365,7 @@ def cmd_figure(args) -> None:
     real = table[table["class_index"] >= 0]
     palette = list(real["class"])  # every class: a class keeps its colour whatever is shown
     # The figures read bounded views of the statistics (chosen blocks and classes), never every class x channel.
-    default = None if len(real) <= DEFAULT_FIGURE_CLASSES else list(
-        real.sort_values(["count", "class_index"], ascending=[False, True], kind="stable")["class"].head(4))
+    default = None if len(real) <= DEFAULT_FIGURE_CLASSES else stats.largest_classes(4)
     try:
         if args.kind == "fig6":
             frame = stats.frame(blocks=blocks, classes=classes or default, hist=False)
@@ -458,13 +459,13 @@ def cmd_paper(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .ablation import pareto_front, sweep_configs
+    from .ablation import MODES, pareto_front, sweep_configs
     from .distributed import sweep_sharded
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     with _ranks(args) as group:
         def setup():
-            unknown = [m for m in modes if m not in ("identity", "mean")]
+            unknown = [m for m in modes if m not in MODES]
             if unknown or not modes:
                 raise UserError(f"unknown ablation mode {unknown[0] if unknown else args.modes!r}; "
                                 "use identity and/or mean")
@@ -481,7 +482,7 @@ def cmd_sweep(args) -> None:
         loaded, images, configs = _agreed(group, setup)
         try:
             frame = sweep_sharded(group, loaded, images, modes, configs, batch_size=args.batch_size,
-                                  progress=_progress("sweep configurations", args.json or not group.main))
+                                  progress=_progress("sweep", args.json or not group.main))
         except ValueError as exc:
             raise UserError(str(exc)) from exc
     if frame is None:  # not rank 0
@@ -507,7 +508,7 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .fmnist import run_train_command
+    from .embedded.command import run_train_command
 
     try:
         out = run_train_command(args)
@@ -519,95 +520,102 @@ def cmd_train(args) -> None:
 
 IMAGES_HELP = ("folder: ImageNet-style names (n01443537_goldfish.JPEG), class sub-folders (wnid folders: "
                "val/n01440764/*.JPEG), or ImageNet's flat validation folder with --labels")
+WEIGHTS_HELP = "weights file: .safetensors, .pth/.pt (weights_only), .tflite"
 
 
-def _image_options(p: argparse.ArgumentParser, per_class: bool = True) -> None:
-    """Options shared by every command that reads --images."""
-    p.add_argument("--labels", type=Path,
-                   help="labels for a flat folder of ILSVRC2012_val_*.JPEG: Kaggle's LOC_val_solution.csv, or the "
-                        "devkit's ILSVRC2012_validation_ground_truth.txt with --devkit-meta")
-    p.add_argument("--devkit-meta", type=Path,
-                   help="with a devkit ground-truth file: the devkit's data/meta.mat (needs scipy) or a "
-                        "map_clsloc.txt, mapping its class ids to wnids")
-    if per_class:
-        p.add_argument("--per-class", type=int,
-                       help="take the first K images of every class by sorted file key (the paper used 50); "
-                            "unlabelled images are left out")
+def _parent(*arguments: tuple[tuple[str, ...], dict]) -> argparse.ArgumentParser:
+    """A parent parser holding ``arguments`` ((flags, keywords) pairs), for commands that share them."""
+    p = argparse.ArgumentParser(add_help=False)
+    for flags, kwargs in arguments:
+        p.add_argument(*flags, **kwargs)
+    return p
+
+
+# Options shared by several commands, each defined once.
+COMMON = _parent((("--device",), {"default": "auto", "help": "auto (CUDA if present), cpu or cuda"}),
+                 (("--json",), {"action": "store_true", "help": "print one JSON document"}))
+MODEL = _parent((("--model",), {"required": True, "help": "zoo name, see `python -m senet_viz models`"}))
+WEIGHTS = _parent((("--weights",), {"help": WEIGHTS_HELP}))
+IMAGES = _parent(
+    (("--images",), {"required": True, "help": IMAGES_HELP}),
+    (("--labels",), {"type": Path, "help": "labels for a flat folder of ILSVRC2012_val_*.JPEG: Kaggle's "
+                                           "LOC_val_solution.csv, or the devkit's "
+                                           "ILSVRC2012_validation_ground_truth.txt with --devkit-meta"}),
+    (("--devkit-meta",), {"type": Path, "help": "with a devkit ground-truth file: the devkit's data/meta.mat (needs "
+                                                "scipy) or a map_clsloc.txt, mapping its class ids to wnids"}))
+PER_CLASS = _parent((("--per-class",), {"type": int, "help": "take the first K images of every class by sorted file "
+                                                             "key (the paper used 50); unlabelled images are left "
+                                                             "out"}))
+PART = _parent((("--shard",), {"help": "process part i of n (0-based), e.g. 0/4; the parts combine"}),
+               (("--limit",), {"type": int, "help": "use only the first N images"}))
+ABLATE_MODE = _parent(
+    (("--mode",), {"choices": ("identity", "mean"), "default": "identity",
+                   "help": "identity: gate = 1 (the paper's removal); mean: gate = its mean over a calibration "
+                           "split (20%% of the images, not scored)"}),
+    (("--calibrate-on-eval",), {"action": "store_true",
+                                "help": "with --mode mean: fit the mean gates on all images and score on them too"}))
+FIGURE_SAMPLING = _parent((("--seed",), {"type": int, "default": 0}))
+
+
+def _batch_size(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument("--batch-size", type=int, default=default)
+
+
+def _channels(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--channels", type=int, default=50, help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m senet_viz", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m senet_viz", description=__doc__.split("\n\nSize:")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, help_text: str, model: bool = True):
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
-        p.add_argument("--json", action="store_true", help="print one JSON document")
-        if model:
-            p.add_argument("--model", required=True, help="zoo name, see `python -m senet_viz models`")
+    def command(name: str, help_text: str, func, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[COMMON, *parents])
+        p.set_defaults(func=func)
         return p
 
-    p = command("models", "list models, where their weights come from", model=False)
+    p = command("models", "list models, where their weights come from", cmd_models)
     p.add_argument("--blocks", action="store_true", help="also count SE blocks (builds every model, slower)")
-    p.set_defaults(func=cmd_models)
 
-    p = command("blocks", "list SE blocks: name, module path, stage, channels, parameters")
+    p = command("blocks", "list SE blocks: name, module path, stage, channels, parameters", cmd_blocks, MODEL)
     p.add_argument("--weights", help="weights file (not needed to list blocks)")
-    p.set_defaults(func=cmd_blocks)
 
-    p = command("cost", "parameters and GMACs per SE block and stage; no weights needed")
+    p = command("cost", "parameters and GMACs per SE block and stage; no weights needed", cmd_cost, MODEL)
     p.add_argument("--ablate", help="SE blocks to remove: SE_5_1,SE_5_2 | stage:5 | stage:3,4,5 | last:3")
     p.add_argument("--reduction", type=int, help="build with SE reduction ratio r (SE-ResNet/ResNeXt families)")
     p.add_argument("--per-block", action="store_true", help="with --json: include per-block and per-stage rows")
-    p.set_defaults(func=cmd_cost)
 
-    for name, help_text, func in (
-        ("extract", "capture every SE gate over a folder of images into Parquet", cmd_extract),
-        ("evaluate", "top-1/top-5 of the network, optionally with SE blocks removed or frozen", cmd_evaluate),
-    ):
-        p = command(name, help_text)
-        p.add_argument("--weights", help="weights file: .safetensors, .pth/.pt (weights_only), .tflite")
-        p.add_argument("--images", required=True, help=IMAGES_HELP)
-        _image_options(p)
-        p.add_argument("--batch-size", type=int, default=32)
-        p.add_argument("--shard", help="process part i of n (0-based), e.g. 0/4; the parts combine")
-        p.add_argument("--limit", type=int, help="use only the first N images")
-        p.set_defaults(func=func)
-        if name == "extract":
-            p.add_argument("--out", required=True, type=Path, help="output .parquet file")
-            p.add_argument("--blocks", help="only these SE blocks (same syntax as --ablate); default all")
-            p.add_argument("--chunk", type=int, default=1024,
-                           help="images per row group (bounds memory); under torchrun the unit of work per rank")
-            p.add_argument("--workers", type=int, default=None,
-                           help="decode threads beside the network (default: one per core, up to 4 on the CPU, "
-                                "8 on CUDA; 0 decodes on the main thread)")
-        else:
-            p.add_argument("--ablate", help="SE blocks: SE_5_1,SE_5_2 | stage:5 | last:3")
-            p.add_argument("--mode", choices=("identity", "mean"), default="identity",
-                           help="identity: gate = 1 (the paper's removal); mean: gate = its mean over a "
-                                "calibration split (20%% of the images, not scored)")
-            p.add_argument("--calibrate-on-eval", action="store_true",
-                           help="with --mode mean: fit the mean gates on all images and score on them too")
-    p = command("sweep", "ablate every SE block, stage and last-k set in each mode; accuracy vs parameters saved")
-    p.add_argument("--weights", help="weights file")
-    p.add_argument("--images", required=True, help=IMAGES_HELP)
-    _image_options(p)
+    p = command("extract", "capture every SE gate over a folder of images into Parquet", cmd_extract,
+                MODEL, WEIGHTS, IMAGES, PER_CLASS, PART)
+    _batch_size(p, 32)
+    p.add_argument("--out", required=True, type=Path, help="output .parquet file")
+    p.add_argument("--blocks", help="only these SE blocks (same syntax as --ablate); default all")
+    p.add_argument("--chunk", type=int, default=1024,
+                   help="images per row group (bounds memory); under torchrun the unit of work per rank")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decode threads beside the network (default: one per core, up to 4 on the CPU, 8 on CUDA; "
+                        "0 decodes on the main thread)")
+
+    p = command("evaluate", "top-1/top-5 of the network, optionally with SE blocks removed or frozen", cmd_evaluate,
+                MODEL, WEIGHTS, IMAGES, PER_CLASS, PART, ABLATE_MODE)
+    _batch_size(p, 32)
+    p.add_argument("--ablate", help="SE blocks: SE_5_1,SE_5_2 | stage:5 | last:3")
+
+    p = command("sweep", "ablate every SE block, stage and last-k set in each mode; accuracy vs parameters saved",
+                cmd_sweep, MODEL, WEIGHTS, IMAGES, PER_CLASS)
     p.add_argument("--modes", default="identity,mean", help="identity, mean or both (comma-separated)")
     p.add_argument("--kinds", help="restrict to block, stage and/or last (comma-separated)")
-    p.add_argument("--batch-size", type=int, default=64)
+    _batch_size(p, 64)
     p.add_argument("--out", required=True, type=Path, help="output .csv")
     p.add_argument("--figure", type=Path, help="also write the Pareto figure (.html/.png)")
-    p.set_defaults(func=cmd_sweep, shard=None, limit=None)
 
-    p = command("train", "train the embedded SE-ResNet on Fashion-MNIST (weights, metrics, model card)",
-                model=False)
-    from .fmnist import add_train_arguments
+    p = command("train", "train the embedded SE-ResNet on Fashion-MNIST (weights, metrics, model card)", cmd_train)
+    from .embedded.command import add_train_arguments
 
     add_train_arguments(p)
-    p.set_defaults(func=cmd_train)
 
-    p = command("stats", "per-class gate statistics and indices from extracted Parquet shards", model=False)
+    p = command("stats", "per-class gate statistics and indices from extracted Parquet shards", cmd_stats)
     p.add_argument("--excitations", nargs="+", required=True, type=Path, help="one or more extract outputs")
     p.add_argument("--out", type=Path, help="write the statistics (mergeable .parquet) to this file")
     p.add_argument("--bundle", type=Path, help="also write an analysis bundle (.senetviz.zip: statistics, model, "
@@ -617,9 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detail-classes", help="classes that keep per-channel histograms (percentiles within a class): "
                                             "auto (default: every class when at most 64), none, or names/indices "
                                             "a,b,c; means and std are kept for every class")
-    p.set_defaults(func=cmd_stats)
 
-    p = command("figure", "draw a figure from saved statistics (.html, or .png/.svg with Chromium)", model=False)
+    p = command("figure", "draw a figure from saved statistics (.html, or .png/.svg with Chromium)", cmd_figure,
+                FIGURE_SAMPLING)
     p.add_argument("--stats", required=True, type=Path, help="output of `stats --out`")
     p.add_argument("--kind", required=True, choices=FIGURES)
     p.add_argument("--classes", help="comma-separated class names (default: all in the statistics; for fig6, fig7 "
@@ -627,23 +635,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", help="comma-separated block names (fig6 default: the paper's preset)")
     p.add_argument("--stage", type=int, help="distributions: one stage")
     p.add_argument("--second", type=Path, help="depth: statistics of a second model for the same chart")
-    p.add_argument("--channels", type=int, default=50, help="channels sampled for fig6/fig7")
+    _channels(p, "channels sampled for fig6/fig7")
     p.add_argument("--all-channels", action="store_true", help="fig6/fig7: every channel")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, type=Path, help=".html, .png, .svg or .pdf")
-    p.set_defaults(func=cmd_figure)
 
-    p = command("paper", "the paper's Fig. 6/7 protocol on a folder of labelled images, in one call")
-    p.add_argument("--weights", help="weights file")
-    p.add_argument("--images", required=True, help=IMAGES_HELP)
-    _image_options(p, per_class=False)  # --per-class below is the protocol's own
+    p = command("paper", "the paper's Fig. 6/7 protocol on a folder of labelled images, in one call", cmd_paper,
+                MODEL, WEIGHTS, IMAGES, FIGURE_SAMPLING)  # --per-class below is the protocol's own
     p.add_argument("--classes", help="class names or wnids (default: goldfish, pug, airliner, cliff if present)")
     p.add_argument("--per-class", type=int, default=50, help="images per class (the paper used 50)")
-    p.add_argument("--channels", type=int, default=50, help="channels sampled per block (the paper shows 50)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+    _channels(p, "channels sampled per block (the paper shows 50)")
+    _batch_size(p, 32)
     p.add_argument("--out", required=True, type=Path, help="output folder for stats and figures")
-    p.set_defaults(func=cmd_paper, shard=None, limit=None)
+
+    from .channels_cli import add_channels_parser  # its own module: senet_viz/channels_cli.py
+
+    add_channels_parser(sub, [COMMON])
     return parser
 
 

@@ -7,6 +7,12 @@ channel-wise multiply) is not counted, as in the SENet paper's GFLOPs. An SE blo
 needed. A constant per-channel gate folds into an existing layer: in SE-ResNets into the batch norm that precedes
 the SE scale on the residual branch (the BN after the branch's last conv: scale its weight and bias), in
 MobileNet / EfficientNet blocks, where the SE sits before the 1x1 projection conv, into that conv's input weights.
+
+Every gate kind of :mod:`senet_viz.blocks` is costed the same way: an SE / ESE / ECA / gather-excite /
+global-context module's parameters and MACs are those of its module path; a gate found in a traced graph
+(``kind == "fx"``: ONNX, TorchScript, ``.pt2``, inline SE) has no module of its own, so its parameters are those of
+the weights its gate branch reads and its MACs those of the graph nodes of the branch (pooling to sigmoid),
+counted node by node. :meth:`CostReport.kinds` sums them per gate kind.
 """
 
 from __future__ import annotations
@@ -55,6 +61,15 @@ class CostReport:
         grouped["macs_share"] = grouped["macs"] / self.macs
         return grouped
 
+    def kinds(self) -> pd.DataFrame:
+        """Blocks, parameters and MACs per gate kind ("se", "ese", "eca", ...), with their share of the network."""
+        grouped = self.blocks.groupby("gate_kind").agg(
+            blocks=("name", "count"), params=("params", "sum"), macs=("macs", "sum"),
+            removed=("removed", "sum")).reset_index()
+        grouped["params_share"] = grouped["params"] / self.params
+        grouped["macs_share"] = grouped["macs"] / self.macs
+        return grouped
+
     def summary(self) -> dict:
         """Plain JSON-ready numbers (GMACs and millions of parameters rounded for reading, counts exact)."""
         return {
@@ -77,6 +92,7 @@ class CostReport:
         out = self.summary()
         out["blocks"] = self.blocks.to_dict(orient="records")
         out["stages"] = self.stages().to_dict(orient="records")
+        out["kinds"] = self.kinds().to_dict(orient="records")
         return out
 
 
@@ -126,14 +142,42 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int,
     return counter.get_total_flops() // 2, per_module
 
 
+def count_node_macs(model: nn.Module, input_size: tuple[int, int, int], nodes: set[str]) -> dict[str, int]:
+    """MACs of the named graph nodes (a traced graph's gate branches) in one forward pass of a single image,
+    counted per node by running the graph node by node. ``model`` is a GraphModule, or a module holding one as
+    ``net`` (:class:`senet_viz.blocks.PerImage`)."""
+    gm = model if isinstance(model, torch.fx.GraphModule) else getattr(model, "net", None)
+    if not isinstance(gm, torch.fx.GraphModule) or not nodes:
+        return {}
+    counts: dict[str, int] = {}
+
+    class _Counter(torch.fx.Interpreter):
+        def run_node(self, n):
+            if n.name not in nodes:
+                return super().run_node(n)
+            counter = FlopCounterMode(display=False, depth=None)
+            with counter:
+                out = super().run_node(n)
+            counts[n.name] = counter.get_total_flops() // 2
+            return out
+
+    device = next((t.device for t in [*gm.parameters(), *gm.buffers()]), torch.device("cpu"))
+    with model_lock(model), torch.no_grad():
+        _Counter(gm).run(torch.zeros((1, *input_size), device=device))
+    return counts
+
+
 def model_cost(model: nn.Module, blocks: Sequence[SEBlock], removed: Sequence[SEBlock] = (),
                input_size: tuple[int, int, int] = (3, 224, 224), name: str = "") -> CostReport:
     """Cost of ``model`` and what removing ``removed`` (a subset of ``blocks``) saves."""
     total_macs, per_module = count_macs(model, input_size)
+    per_node = count_node_macs(model, input_size, {n for b in blocks for n in b.branch})
     removed_names = {b.name for b in removed}
     rows = [{**{k: v for k, v in asdict(b).items() if k in ("name", "stage", "index", "path", "channels", "params")},
-             "macs": per_module.get(b.path, 0), "removed": b.name in removed_names} for b in blocks]
-    table = pd.DataFrame(rows, columns=["name", "stage", "index", "path", "channels", "params", "macs", "removed"])
+             "macs": sum(per_node.get(n, 0) for n in b.branch) if b.branch else per_module.get(b.path, 0),
+             "removed": b.name in removed_names, "gate_kind": b.gate_kind} for b in blocks]
+    table = pd.DataFrame(rows, columns=["name", "stage", "index", "path", "channels", "params", "macs", "removed",
+                                        "gate_kind"])
     gone = table[table["removed"].astype(bool)]  # astype: with no block, an empty object column would select columns
     return CostReport(
         model=name or type(model).__name__,

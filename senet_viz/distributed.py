@@ -435,13 +435,12 @@ def paper_preset_sharded(group: Group, loaded, images: ImageSet, classes=None, p
 
 
 def evaluate_sharded(group: Group, loaded, images: ImageSet, ablate_blocks=(), mode: str = "identity", *,
-                     calibrate_on_eval: bool = False, batch_size: int = 32, progress=None) -> dict | None:
+                     calibrate_on_eval: bool = False, batch_size: int = 32, progress=None):
     """:func:`senet_viz.ablation.evaluate` over all ranks, bit for bit: the calibration gates are gathered to
     every rank and averaged in single-process order; each rank runs its share of the full and ablated passes;
     predictions, labels and per-image KL are gathered to rank 0, which computes the metrics as one process does.
-    Returns the same dict on rank 0, None elsewhere."""
-    from .ablation import CALIBRATION_FRACTION, evaluate, mean_gates, per_class_accuracy, split_calibration
-    from .cost import model_cost
+    Returns the same :class:`~senet_viz.ablation.AblationResult` on rank 0, None elsewhere."""
+    from .ablation import CALIBRATION_FRACTION, compare, evaluate, mean_gates, split_calibration
     from .run import run_model
 
     if not group.active:
@@ -475,32 +474,9 @@ def evaluate_sharded(group: Group, loaded, images: ImageSet, ablate_blocks=(), m
     ablated_all = group.gather_result(ablated, eval_images) if blocks else full_all
     if full_all is None or ablated_all is None:
         return None
-    # The same fields, in the same order and from the same formulas, as ablation.evaluate.
-    cost = model_cost(loaded.model, loaded.blocks, blocks, loaded.input_size, loaded.name)
-    agreement = float((ablated_all.pred == full_all.pred).mean()) if full_all.n else None
-    full_pc, abl_pc = per_class_accuracy(full_all), per_class_accuracy(ablated_all)
-    return {
-        "model": loaded.name, "weights": loaded.weights_source, "mode": mode if blocks else None,
-        "ablated": [b.name for b in blocks],
-        "top1": ablated_all.accuracy(1),
-        "top5": ablated_all.accuracy(5),
-        "full_top1": full_all.accuracy(1),
-        "full_top5": full_all.accuracy(5),
-        "agreement": agreement,
-        "kl": float(kl_all.mean()) if blocks and full_all.n else 0.0,
-        "params": cost.params,
-        "params_removed": cost.params_removed,
-        "params_after": cost.params_after,
-        "gmacs": round(cost.macs / 1e9, 4),
-        "gmacs_removed": round(cost.macs_removed / 1e9, 6),
-        "n_images": full_all.n,
-        "n_scored": int((full_all.labels >= 0).sum()),
-        "n_calibration": calib_n,
-        "n_skipped": len(full_all.skipped),
-        "skipped": [{"file": s.file, "reason": s.reason} for s in full_all.skipped],
-        "per_class_top1_change": {loaded.class_names[c]: abl_pc[c] - full_pc[c] for c in full_pc} if blocks
-        else {},
-    }
+    # The same fields from the same formulas as ablation.evaluate (KL from the gathered per-image rows).
+    return compare(loaded, full_all, ablated_all if blocks else None, blocks, mode, n_calibration=calib_n,
+                   kl_rows=kl_all if blocks else None)
 
 
 # Sweep columns and how the ranks' rows combine into the single-process row.

@@ -58,6 +58,9 @@ variance:
 - **constancy and class sizes**: ``all_std_max`` = the largest per-channel std over all images (about 0 when the
   block's gate is a constant, e.g. a hard-sigmoid clipped at 1), ``gate_min`` / ``gate_max`` over all images and
   channels, and ``min_class_count`` / ``max_class_count`` = images in the smallest / largest class.
+
+Size: one streaming accumulator and the views, indices and file format built on its private layout; the
+figure code that reads it lives in senet_viz/plots/.
 """
 
 from __future__ import annotations
@@ -66,17 +69,39 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+if TYPE_CHECKING:  # the statistics need no torch: a Result is only read
+    from .run import Result
+
 ALL = "all"
+GROUPINGS = ("labels", "prediction")
 DEFAULT_BINS = 50
 DEFAULT_THRESHOLD = 0.9
 MAX_DETAIL_CLASSES = 64
 """Auto policy: per-channel histograms of every class while at most this many classes have been seen."""
 FORMAT_VERSION = 2
 _META_KEY = b"senet_viz_stats"
+
+
+@dataclass(frozen=True)
+class ImagePlacement:
+    """Where one image is compared (:meth:`GateStats.place_image`).
+
+    ``group``: its class, or ``"all"`` when that is not a class of the statistics (or unknown). ``reference``: the
+    group whose distribution it is drawn against: ``group``, or ``"all"`` when ``group`` holds only this image
+    (``single``: no distribution to rank it in). ``within``: where channel percentiles are taken: ``reference``, or
+    ``"all"`` when the reference's per-channel histograms are not kept. ``counts``: images per group ("all" too).
+    """
+
+    group: str
+    reference: str
+    within: str
+    single: bool
+    counts: dict[str, int]
 
 
 class UnknownName(KeyError, ValueError):
@@ -379,6 +404,26 @@ class GateStats:
                    detail_classes=_resolve_detail(class_names, detail_classes),
                    max_detail_classes=int(max_detail_classes))
 
+    @classmethod
+    def from_result(cls, result: Result, blocks: Iterable, class_names: Sequence[str], *, by: str = "labels",
+                    bins: int = DEFAULT_BINS, detail_classes: Iterable[int | str] | None = None,
+                    max_detail_classes: int = MAX_DETAIL_CLASSES) -> GateStats:
+        """Statistics of the per-image gates a pass kept (a :class:`senet_viz.run.Result` run with ``keep_gates``),
+        grouped by the images' labels (``by="labels"``, ``class_names``: the image set's classes) or by the
+        network's top-1 class (``by="prediction"``, ``class_names``: the model's classes). ``blocks`` as for
+        :meth:`for_blocks`; every one must be in ``result.gates``."""
+        if by not in GROUPINGS:
+            raise ValueError(f"by must be one of {GROUPINGS}, not {by!r}")
+        stats = cls.for_blocks(result.model, blocks, class_names, bins=bins, detail_classes=detail_classes,
+                               max_detail_classes=max_detail_classes)
+        missing = [b.name for b in stats.blocks if b.name not in result.gates]
+        if missing:
+            raise ValueError(f"the result kept no gates of {missing}: run it with keep_gates=True and these blocks")
+        labels = result.pred if by == "prediction" else result.labels
+        for b in stats.blocks:
+            stats.update(b.name, result.gates[b.name], labels)
+        return stats
+
     def _block(self, name: str) -> BlockInfo:
         for b in self.blocks:
             if b.name == name:
@@ -502,6 +547,35 @@ class GateStats:
             "detail": [True] + [int(k) in acc.detail for k in ks],
         })
 
+    def largest_classes(self, k: int, block: str | None = None) -> list[str]:
+        """The ``k`` classes with the most images (ties: lower class index first), largest first."""
+        table = self.class_table(block)
+        real = table[table["class_index"] >= 0]
+        ranked = real.sort_values(["count", "class_index"], ascending=[False, True], kind="stable")
+        return list(ranked["class"].head(k))
+
+    def place_image(self, cls: str | None, block: str | None = None) -> ImagePlacement:
+        """Where an image of class ``cls`` (None: unlabelled) is compared: see :class:`ImagePlacement`."""
+        table = self.class_table(block).drop_duplicates("class").set_index("class")
+        group = cls if cls is not None and cls in table.index else ALL
+        single = group != ALL and int(table.loc[group, "count"]) == 1
+        reference = ALL if single else group
+        within = reference if bool(table.loc[reference, "detail"]) else ALL
+        return ImagePlacement(group=group, reference=reference, within=within, single=single,
+                              counts={c: int(n) for c, n in table["count"].items()})
+
+    def image_vs_class(self, gates: Mapping[str, np.ndarray], cls: str, blocks: Iterable[str] | None = None
+                       ) -> pd.DataFrame:
+        """One image's mean gate per block (``gates``: block -> its C gates) beside the mean gate of class ``cls``
+        (``"all"``: every image) over the block's channels; columns ``block``, ``mean gate (this image)`` and
+        ``mean gate (<cls>)``, blocks in depth order (default: every block of ``gates``)."""
+        names = [b.name for b in self._blocks(blocks) if blocks is not None or b.name in gates]
+        pooled = self.block_frame(names, [cls])
+        pooled = pooled[pooled["class"] == cls].set_index("block")["mean"]
+        return pd.DataFrame({"block": names,
+                             "mean gate (this image)": [float(np.mean(gates[b])) for b in names],
+                             f"mean gate ({cls})": [float(pooled[b]) for b in names]})
+
     def class_means(self, block: str, classes: str | Iterable[str | int] | None = None, include_all: bool = False
                     ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """``(labels, counts, means)`` of ``block``: the mean gate per class and channel, ``means`` (K, C)."""
@@ -595,6 +669,16 @@ class GateStats:
                 "class_index": k, "channels": b.channels, "count": n, "mean": grand,
                 "std": float(np.sqrt(ss / (values - 1))) if values > 1 else 0.0, "min": float(lo), "max": float(hi),
                 "hist": np.asarray(hist, dtype=np.int64)}
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The statistics as tables of bounded size, by name, for export: ``channel_stats`` (one row per class and
+        channel, without histograms, while there are at most ``MAX_DETAIL_CLASSES`` classes; past that the
+        all-image rows only: 1,000 ImageNet classes x 15,104 channels would be 15 million rows) and, past that,
+        ``class_block_stats`` (every class pooled per block, :meth:`block_frame` without histograms)."""
+        if len(self.classes()) <= MAX_DETAIL_CLASSES:
+            return {"channel_stats": self.frame(hist=False)}
+        return {"channel_stats": self.frame(classes=[], hist=False),
+                "class_block_stats": self.block_frame().drop(columns=["hist"])}
 
     def nbytes(self) -> int:
         """Bytes held by the accumulators of every block."""
@@ -828,21 +912,38 @@ def _mean_pairwise_corr(vectors: np.ndarray) -> float:
     return float((total @ total - (unit * unit).sum()) / (m * (m - 1)))
 
 
-def hist_quantile(hist: np.ndarray, q: float | np.ndarray) -> np.ndarray:
-    """Quantile(s) from a histogram of equal bins on [0, 1], interpolating linearly within the bin."""
-    hist = np.asarray(hist, dtype=np.float64)
-    bins = hist.shape[-1]
-    cdf = np.cumsum(hist, axis=-1)
-    total = cdf[..., -1:]
+def hist_quantile(hist: np.ndarray, q: float | Sequence[float] | np.ndarray) -> np.ndarray:
+    """Quantile(s) ``q`` (in [0, 1]) of values binned in ``hist``'s last axis (equal bins over [0, 1]).
+
+    The mass of a bin is spread uniformly over it, so a quantile is linear within the bin where the cumulative
+    count reaches ``q * total``. At the edges: ``q = 0`` is the lower edge of the first non-empty bin and ``q = 1``
+    the upper edge of the last non-empty one (the support of the data, not 0 and 1); empty bins between them never
+    hold a quantile; a histogram without any count gives NaN. A scalar ``q`` gives one value per histogram, a
+    sequence one more axis.
+    """
+    h = np.asarray(hist, dtype=np.float64)
     qs = np.atleast_1d(np.asarray(q, dtype=np.float64))
-    out = np.empty((*hist.shape[:-1], len(qs)))
+    if qs.ndim != 1 or np.any((qs < 0) | (qs > 1)) or np.isnan(qs).any():
+        raise ValueError(f"quantiles must be in [0, 1], got {q!r}")
+    bins = h.shape[-1]
+    flat = h.reshape(-1, bins)
+    cum = np.cumsum(flat, axis=1)
+    total = cum[:, -1:]
+    out = np.full((len(flat), len(qs)), np.nan)
     for j, qq in enumerate(qs):
-        target = qq * total
-        idx = np.minimum((cdf < target).sum(axis=-1, keepdims=True), bins - 1)
-        below = np.where(idx > 0, np.take_along_axis(cdf, np.maximum(idx - 1, 0), axis=-1), 0.0)
-        inside = np.take_along_axis(hist, idx, axis=-1)
-        frac = np.where(inside > 0, (target - below) / np.where(inside > 0, inside, 1), 0.0)
-        out[..., j] = ((idx + np.clip(frac, 0, 1)) / bins)[..., 0]
+        target = qq * total  # (M, 1)
+        if qq == 0:
+            first = np.argmax(flat > 0, axis=1)[:, None]
+            out[:, j] = (first / bins)[:, 0]
+        else:
+            # The first bin whose cumulative count reaches the target (non-empty: the count grows there).
+            idx = np.minimum((cum < target).sum(axis=1, keepdims=True), bins - 1)
+            below = np.where(idx > 0, np.take_along_axis(cum, np.maximum(idx - 1, 0), axis=1), 0.0)
+            inside = np.take_along_axis(flat, idx, axis=1)
+            frac = np.where(inside > 0, (target - below) / np.where(inside > 0, inside, 1), 1.0)
+            out[:, j] = ((idx + np.clip(frac, 0, 1)) / bins)[:, 0]
+    out[total[:, 0] <= 0] = np.nan
+    out = out.reshape(*h.shape[:-1], len(qs))
     return out[..., 0] if np.ndim(q) == 0 else out
 
 

@@ -99,6 +99,7 @@ class Verdict:
     one_image_per_class: bool  # every class has a single image
     single_image_classes: bool  # at least one class has a single image
     notes: list[str] = field(default_factory=list)  # caveats (one image per class, ...)
+    threshold: float = DEFAULT_THRESHOLD  # the saturation index's mean-gate level the indices were computed with
 
     @property
     def shown(self) -> list[Claim]:
@@ -119,6 +120,20 @@ class Verdict:
         if self.inert:
             parts.append(f"Switched off (constant gate): {', '.join(b.block for b in self.inert)}")
         return ". ".join(parts) + "."
+
+    @property
+    def inert_markdown(self) -> str:
+        """Markdown naming the switched-off blocks and why they are set apart ("" when there is none)."""
+        if not self.inert:
+            return ""
+        return (f"Switched off (the gate is the same for every image, std < {INERT_STD:g} in every channel; "
+                "neither class-agnostic nor saturated in the paper's sense):\n\n"
+                + "\n".join(f"- {b.text}" for b in self.inert))
+
+    @property
+    def how_to_read(self) -> str:
+        """Markdown: the glossary (gate, block names, eta² vs spread) and the thresholds of this verdict."""
+        return GLOSSARY + thresholds_markdown(self.threshold)
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame([{"paper": c.paper, "this network": c.status, "blocks": ", ".join(c.blocks),
@@ -287,5 +302,6 @@ def paper_verdict(stats_or_indices: GateStats | pd.DataFrame, model: str | None 
                    or int(idx.loc[idx["block"] == b.block, "order"].iloc[0]) < first_active_order]
     claims = [_early(active, early_inert), _rising(active), _saturation(idx, inert_names),
               _last_similar(idx, inert_names)]
+    threshold = float(idx["threshold"].iloc[0]) if "threshold" in idx else DEFAULT_THRESHOLD
     return Verdict(model=name, claims=claims, inert=inert, one_image_per_class=one_each,
-                   single_image_classes=min_count == 1, notes=notes)
+                   single_image_classes=min_count == 1, notes=notes, threshold=threshold)

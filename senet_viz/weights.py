@@ -7,7 +7,9 @@ DataParallel are unwrapped); ``.tflite`` through the importer in :mod:`senet_viz
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,13 +25,31 @@ class WeightsError(ValueError):
     """Weights that cannot be used: unreadable file, unsafe pickle, or a checkpoint of another architecture."""
 
 
-def file_digest(path: str | Path, length: int = 16) -> str:
-    """Short sha256 of a file's content (a cache key that changes when the weights change)."""
+def _hash_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:length]
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=128)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    return _hash_file(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 (hex) of a file's content, memoised by (absolute path, size, modification time in ns): a file
+    is read again only when it changed (or was replaced), not on every call (e.g. every dashboard rerun)."""
+    path = os.path.abspath(path)
+    stat = os.stat(path)
+    return _sha256_of(path, stat.st_size, stat.st_mtime_ns)
+
+
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """Short sha256 of a file's content (a cache key that changes when the weights change); see
+    :func:`file_sha256`."""
+    return file_sha256(path)[:length]
 
 
 def _unwrap(obj: object) -> dict[str, torch.Tensor]:

@@ -6,14 +6,19 @@ in this order:
 
 1. ``weights=``: a local file (``.safetensors``, ``.pth``/``.pt`` with ``weights_only=True``, ``.tflite``), or
    ``"random"`` for an untrained network (block discovery and cost need no weights);
-2. a file named after the model in ``$SENET_VIZ_WEIGHTS_DIR`` (``legacy_seresnet50.safetensors``, ...) or in the
-   project's ``assets/`` folder;
+2. a file named after the model in ``$SENET_VIZ_WEIGHTS_DIR`` (``legacy_seresnet50.safetensors``, ...), the
+   project's ``assets/`` folder or the download folder;
 3. the timm / torchvision hub, from the local cache when it is there, else downloaded when online. Offline, this
    fails within seconds with a message that names the file options.
+
+The models themselves are :class:`~senet_viz.registry.ModelSpec` entries of :mod:`senet_viz.registry`: this
+module registers the curated timm / torchvision list below, and importing it imports :mod:`senet_viz.embedded`,
+which registers the project's own Fashion-MNIST networks.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import os
 import socket
@@ -26,14 +31,24 @@ from urllib.parse import urlparse
 import torch
 from PIL import Image
 from torch import nn
-from torchvision import transforms as T
 
+from . import embedded  # noqa: F401  (registers the embedded models; it imports the registry, never this module)
 from .blocks import SEBlock, find_se_blocks
 from .capture import model_lock
+from .paths import ASSETS_DIR, PROJECT_ROOT, cache_dir
+from .preprocess import MAX_ASPECT, LimitAspect, Preprocess, PreprocessTransform
+from .registry import REGISTRY, HeldOutSet, ModelSpec, RetrainedTwin, get_spec, list_models, register
+from .registry import tv_weights as _tv_weights
 from .weights import WEIGHT_SUFFIXES, WeightsError, file_digest, load_weights_into
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-ASSETS_DIR = PROJECT_ROOT / "assets"
+__all__ = [
+    "ASSETS_DIR", "DEFAULT_MODEL", "MAX_ASPECT", "PROJECT_ROOT", "REGISTRY", "WEIGHTS_DIR_ENV", "HeldOutSet",
+    "LimitAspect", "LoadedModel", "ModelSpec", "Preprocess", "PreprocessTransform", "RetrainedTwin", "WeightsStatus",
+    "WeightsUnavailableError", "default_model", "download_dir", "download_weights", "forget_weights_status",
+    "get_spec", "list_models", "load_model", "local_weights_file", "register", "resolve_device", "weights_status",
+    "weights_url",
+]
+
 WEIGHTS_DIR_ENV = "SENET_VIZ_WEIGHTS_DIR"
 HUB_TIMEOUT_S = 3.0
 
@@ -42,120 +57,7 @@ class WeightsUnavailableError(WeightsError):
     """No local weights and the hub cannot be reached."""
 
 
-MAX_ASPECT = 16  # long side / short side kept before resizing (see LimitAspect)
-
-
-class LimitAspect:
-    """Center-crop the long side of an image to at most ``max_ratio`` times its short side.
-
-    Resizing the short side first (as every ImageNet preprocessing does) blows a 1 x 10,000 image up to
-    256 x 2,560,000 pixels, several GB, before the center crop throws nearly all of it away. The crop that
-    follows only ever keeps the central ``crop / resize`` part of the short side's length along the long side,
-    so cutting the long side to ``max_ratio`` times the short side first keeps every pixel the model sees (up
-    to the resampling grid) and bounds memory at ``resize^2 * max_ratio``. Images within the ratio pass as is.
-    """
-
-    def __init__(self, max_ratio: float = MAX_ASPECT) -> None:
-        self.max_ratio = max_ratio
-
-    def __call__(self, im: Image.Image) -> Image.Image:
-        w, h = im.size
-        short, long = min(w, h), max(w, h)
-        if short <= 0 or long <= short * self.max_ratio:
-            return im
-        keep = int(short * self.max_ratio)
-        start = (long - keep) // 2
-        return im.crop((start, 0, start + keep, h) if w > h else (0, start, w, start + keep))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(max_ratio={self.max_ratio})"
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Resize the short side to ``resize``, center-crop ``crop``, scale to [0, 1], normalise (extreme aspect
-    ratios are first cut to :data:`MAX_ASPECT`, see :class:`LimitAspect`)."""
-
-    crop: int = 224
-    resize: int = 256
-    interpolation: str = "bilinear"
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    channels: int = 3  # 1: the image is converted to grey first (e.g. the Fashion-MNIST models)
-
-    def transform(self) -> PreprocessTransform:
-        mode = T.InterpolationMode(self.interpolation)
-        grey = [T.Grayscale(1)] if self.channels == 1 else []
-        return PreprocessTransform([*grey, LimitAspect(), T.Resize(self.resize, interpolation=mode),
-                                    T.CenterCrop(self.crop), T.ToTensor(), T.Normalize(self.mean, self.std)], self)
-
-
-class PreprocessTransform(T.Compose):
-    """A ``Compose`` that knows the :class:`Preprocess` it was built from (``Preprocess.transform()``).
-
-    The runner applies the same steps to tensors decoded by a faster JPEG decoder (:mod:`senet_viz.run`);
-    :meth:`geometry` is every step before ``ToTensor``. Built from a plain list, it is a plain ``Compose``.
-    """
-
-    def __init__(self, transforms: list[Callable], preprocess: Preprocess | None = None) -> None:
-        super().__init__(transforms)
-        self.preprocess = preprocess
-
-    def geometry(self, im: Image.Image) -> Image.Image:
-        """The image the model sees, before scaling to [0, 1] and normalising (grey, aspect guard, resize, crop)."""
-        for step in self.transforms[:-2]:
-            im = step(im)
-        return im
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str  # zoo name, e.g. "legacy_seresnet50"
-    source: str  # "timm", "torchvision" or "senet_viz" (built by ``builder``, weights only from a file)
-    family: str  # "SE-ResNet", "SE-ResNeXt", "SENet", "MobileNetV3", "EfficientNet", "RegNetY"
-    paper_name: str  # how the paper (or the family's paper) calls it
-    arch: str  # the constructor's name in its library
-    paper: str  # where the architecture comes from
-    labels: str = "imagenet"
-    supports_reduction: bool = False  # can be built with another SE reduction ratio r
-    known_files: tuple[str, ...] = ()  # weights files looked for, relative to the project root
-    builder: Callable[..., nn.Module] | None = None  # source "senet_viz": builder(reduction=r) -> network
-    preprocess_config: Preprocess | None = None  # overrides the library's preprocessing config
-    samples: str | None = None  # embedded sample images (class folders), relative to the project root
-
-    @functools.cached_property
-    def preprocess(self) -> Preprocess:
-        return _preprocess_for(self)
-
-    @property
-    def input_size(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one transformed image."""
-        return (self.preprocess.channels, self.preprocess.crop, self.preprocess.crop)
-
-    @property
-    def samples_dir(self) -> Path | None:
-        """The model's embedded sample folder, if it has one and it exists."""
-        path = PROJECT_ROOT / self.samples if self.samples else None
-        return path if path is not None and path.is_dir() else None
-
-    def build(self, reduction: int | None = None) -> nn.Module:
-        """The network with random weights (optionally with SE reduction ratio ``reduction``)."""
-        kwargs = {}
-        if reduction is not None:
-            if not self.supports_reduction:
-                raise ValueError(f"{self.name} cannot be built with another SE reduction ratio; "
-                                 "try a legacy_se* or seres* model")
-            kwargs = _reduction_kwargs(self, reduction)
-        if self.builder is not None:
-            return self.builder(**kwargs)
-        if self.source == "timm":
-            import timm
-
-            return timm.create_model(self.arch, pretrained=False, **kwargs)
-        import torchvision.models as tvm
-
-        return tvm.get_model(self.arch, weights=None, **kwargs)
-
+# ------------------------------------------------------------------------------------- the curated models
 
 SENET = "Hu et al., Squeeze-and-Excitation Networks, CVPR 2018 / TPAMI 2019"
 MNV3 = "Howard et al., Searching for MobileNetV3, ICCV 2019"
@@ -163,91 +65,71 @@ EFFNET = "Tan & Le, EfficientNet, ICML 2019"
 REGNET = "Radosavovic et al., Designing Network Design Spaces, CVPR 2020"
 
 
-def _specs() -> list[ModelSpec]:
+def _curated() -> list[ModelSpec]:
     specs = []
     for depth in (18, 34, 50, 101, 152):
-        specs.append(ModelSpec(f"legacy_seresnet{depth}", "timm", "SE-ResNet", f"SE-ResNet-{depth}",
-                               f"legacy_seresnet{depth}", SENET, supports_reduction=True))
+        specs.append(ModelSpec(name=f"legacy_seresnet{depth}", source="timm", family="SE-ResNet",
+                               paper_name=f"SE-ResNet-{depth}", arch=f"legacy_seresnet{depth}", paper=SENET,
+                               supports_reduction=True, paper_reference=depth == 50))
     for depth in (26, 50, 101):
-        specs.append(ModelSpec(f"legacy_seresnext{depth}_32x4d", "timm", "SE-ResNeXt",
-                               f"SE-ResNeXt-{depth} (32x4d)", f"legacy_seresnext{depth}_32x4d", SENET,
-                               supports_reduction=True))
+        specs.append(ModelSpec(name=f"legacy_seresnext{depth}_32x4d", source="timm", family="SE-ResNeXt",
+                               paper_name=f"SE-ResNeXt-{depth} (32x4d)", arch=f"legacy_seresnext{depth}_32x4d",
+                               paper=SENET, supports_reduction=True))
     specs += [
-        ModelSpec("legacy_senet154", "timm", "SENet", "SENet-154", "legacy_senet154", SENET,
+        ModelSpec(name="legacy_senet154", source="timm", family="SENet", paper_name="SENet-154",
+                  arch="legacy_senet154", paper=SENET, supports_reduction=True),
+        ModelSpec(name="seresnet50", source="timm", family="SE-ResNet",
+                  paper_name="SE-ResNet-50 (timm ResNet with SE)", arch="seresnet50", paper=SENET,
                   supports_reduction=True),
-        ModelSpec("seresnet50", "timm", "SE-ResNet", "SE-ResNet-50 (timm ResNet with SE)", "seresnet50", SENET,
+        ModelSpec(name="seresnext50_32x4d", source="timm", family="SE-ResNeXt",
+                  paper_name="SE-ResNeXt-50 (32x4d, timm ResNet with SE)", arch="seresnext50_32x4d", paper=SENET,
                   supports_reduction=True),
-        ModelSpec("seresnext50_32x4d", "timm", "SE-ResNeXt", "SE-ResNeXt-50 (32x4d, timm ResNet with SE)",
-                  "seresnext50_32x4d", SENET, supports_reduction=True),
-        ModelSpec("mobilenetv3_small_100", "timm", "MobileNetV3", "MobileNetV3-Small 1.0", "mobilenetv3_small_100",
-                  MNV3),
-        ModelSpec("mobilenetv3_large_100", "timm", "MobileNetV3", "MobileNetV3-Large 1.0", "mobilenetv3_large_100",
-                  MNV3),
-        ModelSpec("tf_mobilenetv3_small_100", "timm", "MobileNetV3",
-                  "MobileNetV3-Small 1.0 (TensorFlow port; loads Google's .tflite)", "tf_mobilenetv3_small_100", MNV3,
+        ModelSpec(name="mobilenetv3_small_100", source="timm", family="MobileNetV3",
+                  paper_name="MobileNetV3-Small 1.0", arch="mobilenetv3_small_100", paper=MNV3),
+        ModelSpec(name="mobilenetv3_large_100", source="timm", family="MobileNetV3",
+                  paper_name="MobileNetV3-Large 1.0", arch="mobilenetv3_large_100", paper=MNV3),
+        # the dashboard's fallback: its weights (Google's .tflite) are in ../shared, so it works offline too
+        ModelSpec(name="tf_mobilenetv3_small_100", source="timm", family="MobileNetV3",
+                  paper_name="MobileNetV3-Small 1.0 (TensorFlow port; loads Google's .tflite)",
+                  arch="tf_mobilenetv3_small_100", paper=MNV3, fallback=True,
                   known_files=("../shared/models/mobilenet_v3_small_224_1.0_uint8.tflite",)),
-        ModelSpec("tf_mobilenetv3_large_100", "timm", "MobileNetV3", "MobileNetV3-Large 1.0 (TensorFlow port)",
-                  "tf_mobilenetv3_large_100", MNV3),
-        ModelSpec("mobilenet_v3_small", "torchvision", "MobileNetV3", "MobileNetV3-Small", "mobilenet_v3_small", MNV3),
-        ModelSpec("mobilenet_v3_large", "torchvision", "MobileNetV3", "MobileNetV3-Large", "mobilenet_v3_large", MNV3),
+        ModelSpec(name="tf_mobilenetv3_large_100", source="timm", family="MobileNetV3",
+                  paper_name="MobileNetV3-Large 1.0 (TensorFlow port)", arch="tf_mobilenetv3_large_100", paper=MNV3),
+        ModelSpec(name="mobilenet_v3_small", source="torchvision", family="MobileNetV3",
+                  paper_name="MobileNetV3-Small", arch="mobilenet_v3_small", paper=MNV3),
+        ModelSpec(name="mobilenet_v3_large", source="torchvision", family="MobileNetV3",
+                  paper_name="MobileNetV3-Large", arch="mobilenet_v3_large", paper=MNV3),
     ]
     for b in range(4):
-        specs.append(ModelSpec(f"efficientnet_b{b}", "torchvision", "EfficientNet", f"EfficientNet-B{b}",
-                               f"efficientnet_b{b}", EFFNET))
+        specs.append(ModelSpec(name=f"efficientnet_b{b}", source="torchvision", family="EfficientNet",
+                               paper_name=f"EfficientNet-B{b}", arch=f"efficientnet_b{b}", paper=EFFNET))
     for size in ("400mf", "800mf", "1_6gf"):
-        specs.append(ModelSpec(f"regnet_y_{size}", "torchvision", "RegNetY",
-                               f"RegNetY-{size.replace('_', '.').upper()}", f"regnet_y_{size}", REGNET))
+        specs.append(ModelSpec(name=f"regnet_y_{size}", source="torchvision", family="RegNetY",
+                               paper_name=f"RegNetY-{size.replace('_', '.').upper()}", arch=f"regnet_y_{size}",
+                               paper=REGNET))
     return specs
 
 
-REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _specs()}
-DEFAULT_MODEL = "se_resnet_fmnist"  # embedded weights + samples in assets/: works offline at once
+for _spec in _curated():
+    register(_spec)
+del _spec
+
+#: The model marked ``default`` (the embedded SE-ResNet: weights and samples in assets/, works offline at once).
+DEFAULT_MODEL = next(s.name for s in REGISTRY.values() if s.default)
 
 
-def register(spec: ModelSpec) -> None:
-    """Add a model to the zoo (e.g. the project's own embedded model)."""
-    REGISTRY[spec.name] = spec
+def default_model() -> str:
+    """The model to open with: the one marked ``default`` when its weights are a file here, else the one marked
+    ``fallback`` (else the first registered)."""
+    specs = list(REGISTRY.values())
+    for flag in ("default", "fallback"):
+        for spec in specs:
+            if getattr(spec, flag) and (flag == "fallback" or weights_status(spec.name) is WeightsStatus.FILE):
+                return spec.name
+    return specs[0].name
 
 
-def get_spec(name: str) -> ModelSpec:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown model '{name}'; choose one of: {', '.join(REGISTRY)}") from None
-
-
-def _reduction_kwargs(spec: ModelSpec, reduction: int) -> dict:
-    if reduction < 1:
-        raise ValueError(f"the SE reduction ratio must be >= 1, not {reduction}")
-    if spec.builder is not None or spec.arch.startswith("legacy_"):
-        return {"reduction": reduction}
-    from timm.layers import SEModule
-
-    return {"block_args": {"attn_layer": functools.partial(SEModule, rd_ratio=1.0 / reduction)}}
-
-
-def _tv_weights(spec: ModelSpec):
-    import torchvision.models as tvm
-
-    return tvm.get_model_weights(spec.arch).DEFAULT
-
-
-def _preprocess_for(spec: ModelSpec) -> Preprocess:
-    if spec.preprocess_config is not None:
-        return spec.preprocess_config
-    if spec.source == "timm":
-        import timm.models
-
-        cfg = timm.models.get_pretrained_cfg(spec.arch)
-        cfg = cfg.to_dict() if cfg is not None else {}
-        crop = int(cfg.get("input_size", (3, 224, 224))[-1])
-        crop_pct = float(cfg.get("crop_pct", 0.875))
-        return Preprocess(crop=crop, resize=int(crop / crop_pct), interpolation=cfg.get("interpolation", "bicubic"),
-                          mean=tuple(cfg.get("mean", Preprocess.mean)), std=tuple(cfg.get("std", Preprocess.std)))
-    kw = _tv_weights(spec).transforms.keywords
-    crop = kw["crop_size"]
-    return Preprocess(crop=crop, resize=kw.get("resize_size", int(crop / 0.875)),
-                      interpolation=kw.get("interpolation", T.InterpolationMode.BILINEAR).value)
+# ------------------------------------------------------------------------------------- a loaded model
 
 
 @dataclass
@@ -304,23 +186,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-@functools.cache
-def imagenet_labels() -> tuple[list[str], list[str]]:
-    """ImageNet-1k short class names and wnids in class-index order (offline, from timm's bundled info)."""
-    from timm.data import ImageNetInfo
+# ------------------------------------------------------------------------------------- where weights come from
 
-    info = ImageNetInfo()
-    wnids = [info.index_to_label_name(i) for i in range(1000)]
-    names = [info.index_to_description(i).split(",")[0].strip() for i in range(1000)]
-    return names, wnids
+
+def _weights_dirs() -> list[Path]:
+    env = [Path(d) for d in os.environ.get(WEIGHTS_DIR_ENV, "").split(os.pathsep) if d]
+    return [*env, ASSETS_DIR, download_dir()]
 
 
 def local_weights_file(name: str) -> Path | None:
-    """A weights file named after the model in $SENET_VIZ_WEIGHTS_DIR or assets/, or one of the spec's known
-    files (e.g. the shared .tflite of MobileNetV3-Small), if there is one."""
-    dirs = [Path(d) for d in os.environ.get(WEIGHTS_DIR_ENV, "").split(os.pathsep) if d] + [ASSETS_DIR,
-                                                                                         download_dir()]
-    for folder in dirs:
+    """A weights file named after the model in $SENET_VIZ_WEIGHTS_DIR, assets/ or the download folder, or one of
+    the spec's known files (e.g. the shared .tflite of MobileNetV3-Small), if there is one."""
+    for folder in _weights_dirs():
         for suffix in WEIGHT_SUFFIXES:
             candidate = folder / f"{name}{suffix}"
             if candidate.is_file():
@@ -334,9 +211,8 @@ def local_weights_file(name: str) -> Path | None:
 
 
 def download_dir() -> Path:
-    """Where :func:`download_weights` keeps files ($SENET_VIZ_CACHE, else ~/.cache/senet_viz/weights)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "senet_viz"
-    return Path(os.environ.get("SENET_VIZ_CACHE") or cache) / "weights"
+    """Where :func:`download_weights` keeps files: ``<cache>/weights`` (see :func:`senet_viz.paths.cache_dir`)."""
+    return cache_dir() / "weights"
 
 
 def weights_url(name: str) -> str:
@@ -390,6 +266,7 @@ def download_weights(name: str, progress: Callable[[int, int], None] | None = No
         partial.unlink(missing_ok=True)
         raise WeightsUnavailableError(f"downloading the weights of {name} failed: {exc}") from exc
     partial.replace(dest)
+    forget_weights_status()
     return dest
 
 
@@ -463,6 +340,7 @@ def _from_hub(spec: ModelSpec, model: nn.Module) -> tuple[str, str]:
         model.load_state_dict(hub_model.state_dict())
     else:
         model.load_state_dict(_tv_weights(spec).get_state_dict(progress=True, weights_only=True))
+    forget_weights_status()
     cached = _hub_cached_file(spec)
     return "hub download", file_digest(cached) if cached else "hub"
 
@@ -485,36 +363,96 @@ def load_model(name: str, weights: str | Path | None = None, device: str = "auto
     model.eval().to(dev)
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    class_names, wnids = imagenet_labels() if spec.labels == "imagenet" else (_labels_for(spec), None)
     blocks = find_se_blocks(model, spec.input_size)
-    return LoadedModel(name=name, model=model, transform=spec.preprocess.transform(), class_names=class_names,
-                       wnids=wnids, blocks=blocks, device=dev, weights_source=source, weights_id=weights_id,
-                       spec=spec)
+    return LoadedModel(name=name, model=model, transform=spec.preprocess.transform(), class_names=spec.class_names,
+                       wnids=spec.class_wnids, blocks=blocks, device=dev, weights_source=source,
+                       weights_id=weights_id, spec=spec)
 
 
-_LABEL_PROVIDERS: dict[str, Callable[[], list[str]]] = {}
+class WeightsStatus(enum.StrEnum):
+    """Where the weights of a model would come from right now (:func:`weights_status`).
+
+    A ``StrEnum``: a member equals its value (``WeightsStatus.FILE == "file"``) and prints and serialises to JSON
+    as it, so the command line's ``models`` listing is unchanged; :attr:`label` is the wording for people.
+    """
+
+    FILE = "file"  # a file here: $SENET_VIZ_WEIGHTS_DIR, assets/, the download folder or a known file
+    HUB_CACHE = "hub cache"  # the timm / torchvision hub cache: loads offline
+    HUB_ONLINE = "hub (online only)"  # to be downloaded from the hub: needs the internet (or a file)
+    MISSING = "missing"  # the project's own model without its file: restore assets/ or retrain it
+
+    @property
+    def label(self) -> str:
+        return {"file": "weights file on disk", "hub cache": "in the hub cache (loads offline)",
+                "hub (online only)": "to download from the hub (online only)",
+                "missing": "file missing: restore assets/ or retrain it"}[self.value]
+
+    @property
+    def ready(self) -> bool:
+        """The model loads without the internet and without a file from the user."""
+        return self in (WeightsStatus.FILE, WeightsStatus.HUB_CACHE)
 
 
-def register_labels(key: str, provider: Callable[[], list[str]]) -> None:
-    _LABEL_PROVIDERS[key] = provider
+_STATUS_CACHE: dict[str, tuple[tuple, WeightsStatus]] = {}
 
 
-def _labels_for(spec: ModelSpec) -> list[str]:
-    if spec.labels not in _LABEL_PROVIDERS:
-        raise KeyError(f"no class names registered for label set '{spec.labels}'")
-    return _LABEL_PROVIDERS[spec.labels]()
+def _mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
-def weights_status(name: str) -> str:
-    """Where the weights of ``name`` would come from right now: 'file', 'hub cache' or 'hub (online only)'."""
+def _watched_dirs(spec: ModelSpec) -> list[Path]:
+    """The folders whose listing decides the status of ``spec``: adding or removing a file in one changes the
+    folder's modification time."""
+    dirs = _weights_dirs() + [(PROJECT_ROOT / known).resolve().parent for known in spec.known_files]
+    if spec.source == "torchvision":
+        dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
+    elif spec.source == "timm":
+        from huggingface_hub import constants
+
+        dirs.append(Path(constants.HF_HUB_CACHE))
+        snapshots = _hf_snapshots_dir(spec.arch, constants.HF_HUB_CACHE)
+        if snapshots is not None:
+            dirs.append(snapshots)
+            try:
+                dirs += sorted(Path(e.path) for e in os.scandir(snapshots) if e.is_dir())
+            except OSError:
+                pass
+    return dirs
+
+
+@functools.lru_cache(maxsize=256)
+def _hf_snapshots_dir(arch: str, hub_cache: str) -> Path | None:
+    import timm.models
+
+    hub_id = getattr(timm.models.get_pretrained_cfg(arch), "hf_hub_id", None)
+    return Path(hub_cache) / f"models--{hub_id.replace('/', '--')}" / "snapshots" if hub_id else None
+
+
+def weights_status(name: str) -> WeightsStatus:
+    """Where the weights of ``name`` would come from right now (see :class:`WeightsStatus`).
+
+    Computed once per model and process, and again only when a folder it depends on (the weights folders, the
+    hub caches) gained or lost a file, which a few ``stat`` calls tell: the dashboard asks on every rerun.
+    :func:`forget_weights_status` drops what is known (downloads through this module call it).
+    """
+    spec = get_spec(name)
+    signature = tuple((str(d), _mtime_ns(d)) for d in _watched_dirs(spec))
+    known = _STATUS_CACHE.get(name)
+    if known is not None and known[0] == signature:
+        return known[1]
     if local_weights_file(name):
-        return "file"
-    if get_spec(name).source == "senet_viz":
-        return "missing"
-    return "hub cache" if _hub_cached_file(get_spec(name)) else "hub (online only)"
+        status = WeightsStatus.FILE
+    elif spec.source == "senet_viz":
+        status = WeightsStatus.MISSING
+    else:
+        status = WeightsStatus.HUB_CACHE if _hub_cached_file(spec) else WeightsStatus.HUB_ONLINE
+    _STATUS_CACHE[name] = (signature, status)
+    return status
 
 
-# The project's own Fashion-MNIST SE-ResNets (imported last: fmnist uses this module's classes lazily).
-from .fmnist import register_zoo_models as _register_fmnist  # noqa: E402
-
-_register_fmnist()
+def forget_weights_status() -> None:
+    """Drop the statuses :func:`weights_status` remembers (after this process fetched weights)."""
+    _STATUS_CACHE.clear()

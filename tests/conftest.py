@@ -9,11 +9,38 @@ Tiny nets (random weights, CPU, milliseconds per forward):
   multiply the input), unknown to timm/torchvision, so discovery must find it structurally.
 - ``tiny_decoy``: one real SE block plus a spatial sigmoid attention (gate N x 1 x H x W) that looks like an SE
   module by its layers; discovery must reject it with a reason.
+
+Prerequisites (the shared folder ../shared, tracked assets, Chromium, Playwright) go through :func:`require` (or
+its mark form :func:`requires`): a missing one skips the test on a developer's machine and fails it under CI
+(``CI`` set to true), where everything must be there.
+
+Isolation: the test session runs with a fresh temporary HOME, so a developer's caches cannot change outcomes: the
+weights download cache (``$SENET_VIZ_CACHE``, else ``~/.cache/senet_viz/weights``, see
+:func:`senet_viz.zoo.download_dir`), the Fashion-MNIST download cache, the Hugging Face and torch hub caches, and
+``$SENET_VIZ_WEIGHTS_DIR`` / ``$SENET_VIZ_FMNIST_DIR`` (unset). The embedded model is still found: it ships in
+assets/, which :func:`senet_viz.zoo.local_weights_file` reads whatever the cache. The variables are set here, at
+import, before torch, timm (huggingface_hub) and senet_viz read them into module constants, and subprocesses
+(the CLI, streamlit servers) inherit them; the ``isolated_home`` fixture checks them, and the folder is removed
+when the session ends.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+os.environ["HOME"] = tempfile.mkdtemp(prefix="senet-viz-tests-home-")
+os.environ["XDG_CACHE_HOME"] = os.path.join(os.environ["HOME"], ".cache")
+os.environ["SENET_VIZ_CACHE"] = os.path.join(os.environ["XDG_CACHE_HOME"], "senet_viz")
+os.environ.pop("SENET_VIZ_WEIGHTS_DIR", None)
+os.environ.pop("SENET_VIZ_FMNIST_DIR", None)
+os.environ.pop("HF_HOME", None)
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ.pop("HUGGINGFACE_HUB_CACHE", None)
+os.environ.pop("TORCH_HOME", None)
+
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,6 +48,7 @@ import torch
 from timm.layers import SEModule
 from torch import nn
 
+from senet_viz.embedded.model import SEBasicBlock as LibrarySEBasicBlock
 from senet_viz.zoo import LoadedModel
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -28,31 +56,68 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TFLITE_FILE = SHARED / "models" / "mobilenet_v3_small_224_1.0_uint8.tflite"
 IMAGENET_SAMPLES = SHARED / "data" / "imagenet-samples"
 TINY_CLASSES = [f"class_{i}" for i in range(10)]
+TEST_HOME = Path(os.environ["HOME"])
+CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+# ------------------------------------------------------------------------------------------ prerequisites
+
+
+def require(ok: object, what: str) -> None:
+    """A test's prerequisite ``what`` (a file, folder or tool, and how to get it) must hold: skip the test when it
+    does not, but fail it under CI, where a missing prerequisite is a broken checkout or machine, not an option."""
+    if ok:
+        return
+    if CI:
+        pytest.fail(f"missing prerequisite under CI (CI={os.environ.get('CI')!r}): {what}", pytrace=False)
+    pytest.skip(f"missing prerequisite: {what}")
+
+
+def requires(ok: object, what: str) -> pytest.MarkDecorator:
+    """:func:`require` as a mark (``pytestmark = requires(...)`` or a decorator), checked as each test is set up."""
+    return pytest.mark.requires(ok=bool(ok), what=what)
+
+
+@pytest.hookimpl(tryfirst=True)  # before any fixture of the test is set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires"):
+        require(mark.kwargs["ok"], mark.kwargs["what"])
+
+
+def embedded_model_ready(name: str = "se_resnet_fmnist") -> bool:
+    """The embedded model's weights (assets/<name>.safetensors) and its samples (assets/fmnist_samples/)."""
+    from senet_viz import zoo
+
+    return zoo.weights_status(name) == "file" and (REPO_ROOT / "assets" / "fmnist_samples").is_dir()
+
+
+EMBEDDED_MISSING = ("the embedded model and samples, tracked in assets/ (se_resnet_fmnist.safetensors, "
+                    "fmnist_samples/): restore them with `git checkout assets/` or `python -m senet_viz train`")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_home() -> Path:
+    """The temporary HOME of the session (see the module doc), checked before any test runs."""
+    from senet_viz import zoo
+
+    assert Path(os.environ["HOME"]) == TEST_HOME and zoo.download_dir().is_relative_to(TEST_HOME)
+    return TEST_HOME
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(TEST_HOME, ignore_errors=True)  # the session's temporary HOME, whatever ran or failed
 
 
 # ------------------------------------------------------------------------------------------- tiny SE-ResNet
 
 
-class SEBasicBlock(nn.Module):
-    """ResNet basic block with SE on the residual branch, before the addition (the paper's SE-ResNet module)."""
+class SEBasicBlock(LibrarySEBasicBlock):
+    """The library's SE basic block (SE on the residual branch, before the addition: the paper's SE-ResNet
+    module; :class:`senet_viz.embedded.model.SEBasicBlock`) with r = 4 and timm's default rounding of the SE
+    bottleneck to a multiple of 8."""
 
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.relu = nn.ReLU()
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.se = SEModule(c_out, rd_ratio=1 / 4)
-        self.downsample = None
-        if stride != 1 or c_in != c_out:
-            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.se(self.bn2(self.conv2(out)))
-        return self.relu(out + shortcut)
+        super().__init__(c_in, c_out, stride, reduction=4, rd_divisor=8)
 
 
 class TinySEResNet(nn.Module):
@@ -217,22 +282,20 @@ def clone_model(model: nn.Module) -> nn.Module:
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"needs the shared folder at {SHARED} (see ../shared/README.md)")
+    require(SHARED.is_dir(), f"the shared folder at {SHARED} (see ../shared/README.md)")
     return SHARED
 
 
 @pytest.fixture(scope="session")
 def tflite_file(shared_dir: Path) -> Path:
-    if not TFLITE_FILE.is_file():
-        pytest.skip(f"needs the shared MobileNetV3-Small .tflite at {TFLITE_FILE}")
+    require(TFLITE_FILE.is_file(), f"the shared MobileNetV3-Small .tflite at {TFLITE_FILE}")
     return TFLITE_FILE
 
 
 @pytest.fixture(scope="session")
 def imagenet_samples(shared_dir: Path) -> Path:
-    if not IMAGENET_SAMPLES.is_dir() or not any(IMAGENET_SAMPLES.glob("*.JPEG")):
-        pytest.skip(f"needs the shared ImageNet samples at {IMAGENET_SAMPLES}")
+    require(IMAGENET_SAMPLES.is_dir() and any(IMAGENET_SAMPLES.glob("*.JPEG")),
+            f"the shared ImageNet samples at {IMAGENET_SAMPLES}")
     return IMAGENET_SAMPLES
 
 

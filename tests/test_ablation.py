@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 
 from senet_viz import ablation, paper, plots, zoo
 from senet_viz.blocks import select_blocks
@@ -11,7 +15,7 @@ from senet_viz.data import folder_source
 
 MODEL = "se_resnet_fmnist"
 
-pytestmark = pytest.mark.skipif(zoo.weights_status(MODEL) != "file", reason="assets/se_resnet_fmnist.* missing")
+pytestmark = requires(embedded_model_ready(MODEL), EMBEDDED_MISSING)
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +91,101 @@ def test_pareto_front_and_sweep_figure(loaded, images):
 def test_unknown_mode_is_refused(loaded, images):
     with pytest.raises(ValueError, match="unknown ablation mode"):
         ablation.sweep(loaded, images, ("zero",))
+
+
+# ------------------------------------------------------------------------------------------- AblationResult
+
+
+def test_evaluate_and_sweep_give_the_same_ablation_result(loaded, images):
+    """One AblationResult type: a sweep's result for a configuration is evaluate()'s for the same blocks."""
+    stage5 = select_blocks(loaded.blocks, "stage:5")
+    results, fallback = ablation.sweep_results(loaded, images, ("identity", "mean"),
+                                               [("stage", "stage 5", stage5)], batch_size=32)
+    assert fallback == 0 and [(r.kind, r.config, r.mode) for r in results] == [
+        ("stage", "stage 5", "identity"), ("stage", "stage 5", "mean")]
+    for swept in results:
+        calib, rest = ablation.split_calibration(images)
+        if swept.mode == "identity":
+            # identity alone needs no calibration split: score on the same (evaluation) images as the sweep, whose
+            # rows all name the split's calibration images
+            single = ablation.evaluate(loaded, rest, stage5, mode="identity")
+            assert single.n_calibration == 0 and swept.n_calibration == len(calib.items)
+        else:
+            single = ablation.evaluate(loaded, images, stage5, mode="mean")
+            assert swept.n_calibration == single.n_calibration == len(calib.items)
+        assert isinstance(single, ablation.AblationResult)
+        for name in ("model", "weights", "mode", "ablated", "params", "params_removed", "macs", "macs_removed",
+                     "n_images", "n_scored", "skipped", "precision"):
+            assert getattr(swept, name) == getattr(single, name), name
+        for name in ("top1", "top5", "full_top1", "full_top5", "agreement", "kl"):
+            assert getattr(swept, name) == pytest.approx(getattr(single, name), abs=1e-9), name
+        assert swept.per_class_top1_change.keys() == single.per_class_top1_change.keys()
+        assert swept.per_class_top1_change == pytest.approx(single.per_class_top1_change, abs=1e-9)
+        # the sweep frame's row is derived from the same result
+        row = swept.row()
+        assert row["d_top1"] == pytest.approx((single.top1 - single.full_top1) * 100)
+        assert row["params_saved_pct"] == pytest.approx(100 * single.params_removed / single.params)
+        assert row["gmacs_removed"] == single.macs_removed / 1e9 and row["blocks"] == "SE_5_1,SE_5_2"
+
+
+def test_ablation_result_is_the_clis_json_document(loaded, images):
+    out = ablation.evaluate(loaded, images, select_blocks(loaded.blocks, "last:1"))
+    doc = out.to_dict()
+    assert list(doc) == ["model", "weights", "mode", "ablated", "top1", "top5", "full_top1", "full_top5",
+                         "agreement", "kl", "params", "params_removed", "params_after", "gmacs", "gmacs_removed",
+                         "n_images", "n_scored", "n_calibration", "n_skipped", "skipped", "per_class_top1_change"]
+    assert doc["ablated"] == ["SE_5_2"] and doc["mode"] == "identity"
+    assert doc["params_after"] == out.params - out.params_removed == out.params_after
+    assert doc["gmacs"] == round(out.macs / 1e9, 4) and doc["gmacs_removed"] == round(out.macs_removed / 1e9, 6)
+    assert out["top1"] == out.top1 and out["n_skipped"] == out.n_skipped == 0  # dict-style reads still work
+    json.dumps(doc)  # JSON-ready
+    full = ablation.evaluate(loaded, images)
+    assert full.mode is None and full.ablated == () and full.kl == 0.0 and full.agreement == 1.0
+    assert full.top1 == full.full_top1 and full.per_class_top1_change == {}
+
+
+def test_sweep_progress_follows_its_one_pass_and_counts_every_forward(loaded, images):
+    from senet_viz.run import forward_count
+
+    configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[1] in ("SE_5_2", "stage 5")]
+    seen = []
+    before = forward_count()
+    frame = ablation.sweep(loaded, images, ("identity",), configs, progress=lambda d, t: seen.append((d, t)))
+    n = len(images.items)
+    assert seen and seen[-1] == (n, n) and all(t == n for _, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    # the images are forwarded once by the full network and once per configuration, decoded once
+    assert forward_count() - before == n * (1 + len(configs))
+    assert len(frame) == len(configs)
+
+
+# ------------------------------------------------------------------------------------------- Pareto front
+
+
+def test_pareto_front_on_a_small_frame():
+    frame = pd.DataFrame({
+        "config": ["a", "b", "c", "d", "e", "f", "g"],
+        "params_saved_pct": [1.0, 2.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        "d_top1": [-0.1, -0.5, -0.2, -0.2, -1.0, np.nan, -0.05],
+        "kl": [0.01, 0.2, 0.05, 0.03, 0.5, 0.1, 0.2],
+    })
+    front = ablation.pareto_front(frame)
+    # g saves the most and loses the least: it dominates every other row; f has no top-1 and is left out
+    assert list(front["config"]) == ["g"]
+    front = ablation.pareto_front(frame[frame["config"] != "g"])
+    assert list(front["config"]) == ["a", "d", "e"]  # b and c lose to d (more saved, no larger loss); tie c/d: d
+    assert list(front.index) == [0, 3, 4] and front["params_saved_pct"].is_monotonic_increasing
+    # lower is better for KL
+    front = ablation.pareto_front(frame, y="kl", higher_is_better=False)
+    assert list(front["config"]) == ["a", "d", "f", "g"]
+    assert ablation.pareto_front(frame.iloc[:0]).empty
+
+
+def test_the_sweep_figure_draws_the_librarys_pareto_front(loaded, images):
+    configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[0] == "block"]
+    frame = ablation.sweep(loaded, images, ("identity",), configs)
+    fig = plots.sweep_figure(frame)
+    line = next(t for t in fig.data if (t.meta or {}).get("kind") == "pareto")
+    front = ablation.pareto_front(frame)
+    np.testing.assert_allclose(line.x, front["params_saved_pct"])
+    np.testing.assert_allclose(line.y, front["d_top1"])

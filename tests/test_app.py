@@ -2,8 +2,8 @@
 its Fashion-MNIST samples), widgets change what the charts show, and bad uploads are listed with their reason
 while the good ones are analysed.
 
-Charts are read from their plotly spec (``json.loads(chart.proto.spec)``). Every AppTest run starts in Streamlit's legacy
-"pages folder" mode (AppTest resets it); ``ui.routing.through_app`` hands each run to app.py's navigation.
+Charts are read from their plotly spec (``json.loads(chart.proto.spec)``). Every AppTest run starts in Streamlit's
+legacy "pages folder" mode (AppTest resets it); ``ui.routing.through_app`` hands each run to app.py's navigation.
 """
 
 from __future__ import annotations
@@ -16,23 +16,21 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 from apptest_helpers import assert_ok, open_page, uploader
+from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from senet_viz import zoo
+from senet_viz.ablation import split_calibration
+from senet_viz.data import uploads_source
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "se_resnet_fmnist"
 SAMPLES = ROOT / "assets" / "fmnist_samples"
 TIMEOUT = 180
 
-pytestmark = pytest.mark.skipif(
-    zoo.weights_status(MODEL) != "file" or not SAMPLES.is_dir(),
-    reason=f"the embedded model is missing: assets/{MODEL}.safetensors and assets/fmnist_samples/ ship with the "
-           "project (restore them with `git checkout assets/` or `python -m senet_viz train`)",
-)
+pytestmark = requires(embedded_model_ready(MODEL), EMBEDDED_MISSING)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -288,11 +286,25 @@ def test_bad_uploads_are_listed_and_the_rest_is_analysed():
     open_page(at, "remove", "Remove SE blocks")  # the labels are model classes: top-1 is scored
     assert metrics(at)["Top-1 (full network)"].endswith("%")
     at.toggle(key="remove_on").set_value(True)
-    at.radio(key="remove_mode").set_value("mean")  # 6 images: the calibration split may hold no readable one
+    at.run()
+    assert_ok(at)
+    # identity: scored on all six readable images
+    assert metrics(at)["Top-1"].endswith("%")
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("6 images evaluated (all scored).") for c in captions), captions
+    # mean: the calibration split (sha1(key) mod 1000 < 200) of these uploads is empty, so no gate can be fitted:
+    # the page says so, and shows no ablated metric (and no exception)
+    uploads = uploads_source([(n, b, "Bag") for n, b, _ in bag_files]
+                             + [(n, b, "Sneaker") for n, b, _ in sneaker_files])
+    calibration, evaluation = split_calibration(uploads)
+    assert calibration.items == [] and len(evaluation.items) == 9  # 6 readable + 3 undecodable, none calibrates
+    at.radio(key="remove_mode").set_value("mean")
     at.run()
     assert not at.exception, [e.message for e in at.exception]
-    # either scored on the images outside the calibration split, or told why not (never an exception)
-    assert "Top-1" in metrics(at) or any("calibration" in w.value for w in at.warning)
+    assert "Top-1" not in metrics(at) and "Top-1 (full network)" in metrics(at)
+    assert [w.value for w in at.warning if w.value.startswith("Cannot evaluate this removal")] == [
+        "Cannot evaluate this removal: no image could be used to compute mean gates; add calibration images "
+        "(mode 'mean' fits the gates on 20% of the images)."]
 
     for page, header in [("depth", "Depth profile"), ("compare", "Compare classes")]:  # the app keeps serving
         open_page(at, page, header)

@@ -5,21 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from apptest_helpers import assert_ok, open_page, uploader
+from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from streamlit.testing.v1 import AppTest
-
-from senet_viz import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "se_resnet_fmnist"
 SAMPLES = ROOT / "assets" / "fmnist_samples"
 TIMEOUT = 180
 
-pytestmark = pytest.mark.skipif(
-    zoo.weights_status(MODEL) != "file" or not SAMPLES.is_dir(),
-    reason=f"the embedded model is missing: assets/{MODEL}.safetensors and assets/fmnist_samples/",
-)
+pytestmark = requires(embedded_model_ready(MODEL), EMBEDDED_MISSING)
 
 
 def sample(cls: str) -> Path:

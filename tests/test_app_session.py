@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from apptest_helpers import assert_ok, open_page, uploader
+from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from streamlit.testing.v1 import AppTest
 
 from senet_viz import ablation, zoo
@@ -24,8 +25,7 @@ IMAGENET = SHARED / "data" / "imagenet-samples"
 TFLITE = SHARED / "models" / "mobilenet_v3_small_224_1.0_uint8.tflite"
 TIMEOUT = 240
 
-pytestmark = pytest.mark.skipif(zoo.weights_status(MODEL) != "file" or not SAMPLES.is_dir(),
-                                reason="the embedded model and samples ship with the project (assets/)")
+pytestmark = requires(embedded_model_ready(MODEL), EMBEDDED_MISSING)
 
 
 def files(cls: str, n: int) -> list[tuple[str, bytes, str]]:
@@ -170,7 +170,7 @@ def test_exported_tables_carry_model_weights_and_images():
     assert back.loc[0, "weights"] == prov.weights and back.loc[0, "images"].endswith("(set d1)")
 
 
-@pytest.mark.skipif(not (TFLITE.is_file() and IMAGENET.is_dir()), reason="../shared is missing")
+@requires(TFLITE.is_file() and IMAGENET.is_dir(), f"the shared model and ImageNet samples ({TFLITE}, {IMAGENET})")
 def test_uploads_named_like_imagenet_files_are_scored():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     at.run()

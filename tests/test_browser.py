@@ -13,26 +13,43 @@ The classes are "sharks" (the great white shark and tiger shark samples) and "Fr
 and pug samples): removing the last SE block of MobileNetV3-Small changes the top-1 class of the great white
 shark and the French bulldog images, so top-1 accuracy moves; the goldfish and pug images keep theirs, and a
 goldfish/pug pair would leave top-1 unchanged.
+
+A fresh server per page URL: Streamlit 1.67 runs a fresh server's first request to a page URL (``/remove``) in its
+legacy pages-folder mode (see ui/routing.py); each page URL, asked first of its own new server, must show the
+sidebar, the whole titled navigation and the page's header, and no "Page not found".
+
+Waits are on real state, never fixed sleeps: :class:`Watch` reads the session's websocket (Streamlit's
+``ForwardMsg`` protobufs) and counts the script runs the server reports finished; an action that reruns the script
+is wrapped in :func:`script_run`, which returns once a run after the action has finished and the app shows no run
+in progress. JavaScript errors of the page (``pageerror``) are collected and asserted empty.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require, requires
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 SAMPLES = SHARED / "data" / "imagenet-samples"
 TFLITE = SHARED / "models" / "mobilenet_v3_small_224_1.0_uint8.tflite"
-CHROMIUM = Path("/usr/bin/chromium")
+# The Chromium on PATH, as `make test` looks for it (and installs it when missing).
+CHROMIUM = shutil.which("chromium")
 OUT = ROOT / "test-output" / "browser"
 MODEL = "tf_mobilenetv3_small_100"
 CLASSES = {  # class name -> two sample images uploaded into it
@@ -40,21 +57,33 @@ CLASSES = {  # class name -> two sample images uploaded into it
     "sharks": ["n01484850_great_white_shark.JPEG", "n01491361_tiger_shark.JPEG"],
     "French bulldog": ["n02108915_French_bulldog.JPEG", "n02110958_pug.JPEG"],  # a model class
 }
-PAGES = ["Compare classes", "Explore", "Depth", "Remove SE blocks", "Attribution", "Cost", "Export"]
+PAGES = ["Compare classes", "Explore", "Channels", "Depth", "Remove SE blocks", "Attribution", "Cost", "Export"]
+# Each page (pages/<name>.py) -> its URL path, its title in the navigation and its own header (st.header). Compare
+# classes is the default page: app.py's navigation serves it at the root URL (Streamlit serves a default page only
+# there; /compare is not one of the app's URLs and gets Streamlit's "Page not found" on any server).
+PAGE_URLS = {
+    "compare": ("", "Compare classes", "Compare classes"),
+    "explore": ("explore", "Explore", "Explore one image"),
+    "channels": ("channels", "Channels", "Channels"),
+    "depth": ("depth", "Depth", "Depth profile"),
+    "remove": ("remove", "Remove SE blocks", "Remove SE blocks"),
+    "attribution": ("attribution", "Attribution", "Attribution"),
+    "cost": ("cost", "Cost", "Cost"),
+    "export": ("export", "Export", "Export"),
+}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
-RUNNING = "[data-testid='stApp'][data-test-script-state='running']"
 STARTUP_TIMEOUT_S = 120
 RUN_TIMEOUT_MS = 240_000
+VIEWPORT = {"width": 1600, "height": 1100}
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is missing: `apt-get install chromium` "
-                                                      "(`make test` does it) to run the browser test"),
-    pytest.mark.skipif(not (TFLITE.is_file() and SAMPLES.is_dir()),
-                       reason=f"the shared model and samples are missing ({TFLITE}, {SAMPLES})"),
+    requires(CHROMIUM, "chromium on PATH: `apt-get install chromium` (`make test` does it) to run the browser tests"),
 ]
+needs_shared = requires(TFLITE.is_file() and SAMPLES.is_dir(),
+                        f"the shared model and samples ({TFLITE}, {SAMPLES}; see ../shared/README.md)")
 
 
 def _free_port() -> int:
@@ -71,12 +100,12 @@ def _health(url: str) -> str | None:
         return None
 
 
-@pytest.fixture(scope="module")
-def server():
-    """`streamlit run app.py` on a free port; yields its URL and always terminates it."""
-    OUT.mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def streamlit_server(log_path: Path) -> Iterator[str]:
+    """`streamlit run app.py` on a free port (the project's .streamlit/config.toml applies); yields its URL once
+    /_stcore/health answers "ok", and always terminates it."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    log_path = OUT / "server.log"
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
            "--server.fileWatcherType", "none", "--server.port", str(port), "--server.address", "127.0.0.1",
            "--browser.gatherUsageStats", "false"]
@@ -91,7 +120,7 @@ def server():
             if time.monotonic() > deadline:
                 pytest.fail(f"no 'ok' from {url}/_stcore/health in {STARTUP_TIMEOUT_S} s:\n"
                             f"{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+            time.sleep(0.5)  # polls the health endpoint
         yield url
     finally:
         proc.terminate()
@@ -103,33 +132,107 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1600, "height": 1100})
-        tab = context.new_page()
-        tab.set_default_timeout(RUN_TIMEOUT_MS)
+def server():
+    """The server the flow tests share."""
+    with streamlit_server(OUT / "server.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require(importlib.util.find_spec("playwright") is not None,
+            "playwright (`pip install -r requirements-dev.txt`, as `make test` does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            yield tab
+            yield chromium
         finally:
-            context.close()
-            browser.close()
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    context = browser.new_context(viewport=VIEWPORT)
+    tab = new_tab(context)
+    try:
+        yield tab
+    finally:
+        context.close()
 
 
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def wait_idle(page, started: bool = True) -> None:
-    """Wait until the script run that an action triggered has finished (first for it to start, briefly)."""
-    if started:
-        try:
-            page.wait_for_selector(RUNNING, timeout=3000, state="attached")
-        except Exception:  # noqa: BLE001 - a fast run may have started and ended already
-            pass
-    page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS, state="attached")
-    page.wait_for_timeout(300)  # let the last deltas paint
-    page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS, state="attached")
+class Watch:
+    """What a tab's session reports: the script runs the server finished (``ForwardMsg.script_finished`` on the
+    websocket, not counting a run cut short for a rerun), the pages it reported not found (``page_not_found``), and
+    the page's JavaScript errors (``pageerror``)."""
+
+    def __init__(self, tab) -> None:
+        self.finished = 0
+        self.not_found: list[str] = []
+        self.errors: list[str] = []
+        tab.on("websocket", self._websocket)
+        tab.on("pageerror", lambda exc: self.errors.append(f"{exc}\n{getattr(exc, 'stack', '') or ''}".strip()))
+
+    def _websocket(self, ws) -> None:
+        if ws.url.endswith("/_stcore/stream"):
+            ws.on("framereceived", self._frame)
+
+    def _frame(self, payload: bytes | str) -> None:
+        if isinstance(payload, str):
+            return
+        msg = ForwardMsg.FromString(bytes(payload))
+        kind = msg.WhichOneof("type")
+        if kind == "script_finished" and msg.script_finished != ForwardMsg.FINISHED_EARLY_FOR_RERUN:
+            self.finished += 1
+        elif kind == "page_not_found":
+            self.not_found.append(msg.page_not_found.page_name or "(main page)")
+
+
+WATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def new_tab(context):
+    """A new tab of ``context`` with its :class:`Watch` and the default timeout of a script run."""
+    tab = context.new_page()
+    tab.set_default_timeout(RUN_TIMEOUT_MS)
+    WATCHES[tab] = Watch(tab)
+    return tab
+
+
+def wait_runs(page, n: int) -> None:
+    """Wait until the session has finished ``n`` script runs in all and the app shows none in progress."""
+    watch = WATCHES[page]
+    deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
+    while watch.finished < n:
+        assert time.monotonic() < deadline, f"{watch.finished} script runs finished, waited for {n}"
+        page.wait_for_timeout(50)  # lets Playwright deliver the websocket frames
+    page.wait_for_selector(IDLE, state="attached")
+
+
+@contextlib.contextmanager
+def script_run(page) -> Iterator[None]:
+    """Around an action that reruns the script: returns once a run after it has finished (see :class:`Watch`)."""
+    before = WATCHES[page].finished
+    yield
+    wait_runs(page, before + 1)
+
+
+def open_app(page, url: str) -> None:
+    """Load ``url`` in ``page`` and wait for the session's first script run."""
+    before = WATCHES[page].finished
+    page.goto(url)
+    wait_runs(page, before + 1)
+
+
+def assert_clean(page, where: str) -> None:
+    """No JavaScript error and no "page not found" in the tab so far."""
+    watch = WATCHES[page]
+    assert watch.errors == [], f"{where}: JavaScript errors in the page: {watch.errors}"
+    assert watch.not_found == [], f"{where}: the server reported pages not found: {watch.not_found}"
 
 
 def shot(page, name: str, shots: list[Path]) -> Path:
@@ -172,14 +275,18 @@ def plotly_data(page) -> list:
 def pick_model(page, name: str) -> None:
     page.locator(".st-key-model_name [data-testid='stSelectbox']").click()
     page.keyboard.type(name)  # the selectbox filters its options as one types
-    page.get_by_role("option", name=name, exact=True).click()
-    wait_idle(page)
+    with script_run(page):
+        page.get_by_role("option", name=name, exact=True).click()
     assert name in page.locator(".st-key-model_name input").input_value()
 
 
+def nav_link(page, title: str):
+    return page.get_by_test_id("stSidebarNav").locator("a").filter(has_text=re.compile(rf"{re.escape(title)}\s*$"))
+
+
 def open_page(page, title: str) -> None:
-    page.get_by_test_id("stSidebarNav").locator("a").filter(has_text=re.compile(rf"{re.escape(title)}\s*$")).click()
-    wait_idle(page)
+    with script_run(page):
+        nav_link(page, title).click()
     page.get_by_test_id("stHeading").filter(has_text=title).first.wait_for()  # the page's own header
 
 
@@ -201,12 +308,10 @@ def check_png_export(path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ the flow
 
 
+@needs_shared
 def test_upload_compare_remove_and_every_page(page, server, tmp_path):
     shots: list[Path] = []
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(server)
-    wait_idle(page, started=False)
+    open_app(page, server)
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_text("senet-viz").first.wait_for()
     shot(page, "start", shots)
@@ -216,15 +321,15 @@ def test_upload_compare_remove_and_every_page(page, server, tmp_path):
     assert_no_exception(page, "model")
 
     # two classes named after ImageNet classes, two images each
-    sidebar.get_by_test_id("stRadio").get_by_text("Upload by class", exact=True).click()
-    wait_idle(page)
+    with script_run(page):
+        sidebar.get_by_test_id("stRadio").get_by_text("Upload by class", exact=True).click()
     for i, (name, files) in enumerate(CLASSES.items()):
         field = page.locator(f".st-key-class_name_{i} input")
         field.fill(name)
-        field.press("Enter")
-        wait_idle(page)
-        upload_input(page, i).set_input_files([SAMPLES / f for f in files])
-        wait_idle(page)
+        with script_run(page):
+            field.press("Enter")
+        with script_run(page):
+            upload_input(page, i).set_input_files([SAMPLES / f for f in files])
     chart = page.get_by_test_id("stPlotlyChart").first
     chart.locator(".js-plotly-plot").wait_for()
     main_text = page.get_by_test_id("stMain").inner_text()
@@ -240,11 +345,11 @@ def test_upload_compare_remove_and_every_page(page, server, tmp_path):
 
     # switch the image source away and back: the uploads are kept, the figure is the same
     before = plotly_data(page)
-    sidebar.get_by_test_id("stRadio").get_by_text("Folder on the server", exact=True).click()
-    wait_idle(page)
+    with script_run(page):
+        sidebar.get_by_test_id("stRadio").get_by_text("Folder on the server", exact=True).click()
     assert "sharks (n=2)" not in page.get_by_test_id("stMain").inner_text()  # the folder's images are shown
-    sidebar.get_by_test_id("stRadio").get_by_text("Upload by class", exact=True).click()
-    wait_idle(page)
+    with script_run(page):
+        sidebar.get_by_test_id("stRadio").get_by_text("Upload by class", exact=True).click()
     page.get_by_test_id("stPlotlyChart").first.locator(".js-plotly-plot").wait_for()
     assert "4 images, grouped by labels" in page.get_by_test_id("stMain").inner_text()
     assert "2 file(s) in sharks" in sidebar.inner_text()
@@ -254,8 +359,8 @@ def test_upload_compare_remove_and_every_page(page, server, tmp_path):
     # a bad upload is listed with its reason, and the rest is still analysed
     bad = tmp_path / "notes.jpg"
     bad.write_text("a text file renamed .jpg\n" * 50)
-    upload_input(page, 0).set_input_files([bad])
-    wait_idle(page)
+    with script_run(page):
+        upload_input(page, 0).set_input_files([bad])
     page.get_by_text("1 image(s) could not be read and were left out").first.wait_for()
     listed = page.get_by_test_id("stExpander").filter(has_text="could not be read").first.inner_text()
     assert "notes.jpg" in listed and "not an image (cannot identify format)" in listed, listed
@@ -271,8 +376,8 @@ def test_upload_compare_remove_and_every_page(page, server, tmp_path):
     assert {"Top-1 (full network)", "Parameters"} <= set(full), full
     assert full["Top-1 (full network)"].endswith("%"), full  # class names are model classes: scored
     shot(page, "remove-full-network", shots)
-    page.locator(".st-key-remove_on").get_by_text(re.compile(r"^Remove")).click()
-    wait_idle(page)
+    with script_run(page):
+        page.locator(".st-key-remove_on").get_by_text(re.compile(r"^Remove")).click()
     page.get_by_test_id("stMetricLabel").filter(has_text=re.compile(r"^Top-1$")).first.wait_for()
     removed = read_metrics(page)
     assert removed["Top-1"] != full["Top-1 (full network)"], (full, removed)
@@ -291,9 +396,9 @@ def test_upload_compare_remove_and_every_page(page, server, tmp_path):
     # a PNG export: large, with the title inside the image and the provenance line under the plot
     main = page.get_by_test_id("stMain")
     row = main.get_by_test_id("stHorizontalBlock").filter(has_text="Compare classes").first
-    row.get_by_role("button", name="PNG").click()
-    wait_idle(page)
-    with page.expect_download() as download:
+    with script_run(page):
+        row.get_by_role("button", name="PNG").click()
+    with script_run(page), page.expect_download() as download:  # the download button reruns the script too
         row.get_by_role("button", name="Download PNG").click()
     png_path = OUT / "export-compare-classes.png"
     download.value.save_as(png_path)
@@ -314,7 +419,7 @@ def test_upload_compare_remove_and_every_page(page, server, tmp_path):
     shot(page, "export-after-model-switch", shots)
     assert _health(server) == "ok"  # the server keeps serving
     assert all(p.is_file() and p.stat().st_size > 0 for p in shots)
-    print("browser errors:", errors or "none")
+    assert_clean(page, "the flow")
 
 
 @pytest.fixture(scope="module")
@@ -330,20 +435,20 @@ def paper_bundle(tmp_path_factory) -> Path:
     return bundle
 
 
-def test_an_analysis_bundle_opens_with_no_model_and_draws_fig6(page, server, paper_bundle):
+@needs_shared
+def test_an_analysis_bundle_opens_with_no_model_and_draws_fig6(browser, server, paper_bundle):
     shots: list[Path] = []
-    tab = page.context.browser.new_context(viewport={"width": 1600, "height": 1100}).new_page()  # a fresh session
-    tab.set_default_timeout(RUN_TIMEOUT_MS)
+    context = browser.new_context(viewport=VIEWPORT)  # a fresh session
+    tab = new_tab(context)
     try:
-        tab.goto(server)
-        wait_idle(tab, started=False)
+        open_app(tab, server)
         sidebar = tab.get_by_test_id("stSidebar")
-        sidebar.get_by_test_id("stRadio").get_by_text("An analysis file", exact=True).click()
-        wait_idle(tab)
+        with script_run(tab):
+            sidebar.get_by_test_id("stRadio").get_by_text("An analysis file", exact=True).click()
         field = tab.locator(".st-key-bundle_path input")
         field.fill(str(paper_bundle))
-        field.press("Enter")
-        wait_idle(tab)
+        with script_run(tab):
+            field.press("Enter")
         chart = tab.get_by_test_id("stPlotlyChart").first
         chart.locator(".js-plotly-plot").wait_for()
         assert tab.locator(".st-key-model_name").count() == 0  # no model picker: nothing to load
@@ -359,5 +464,122 @@ def test_an_analysis_bundle_opens_with_no_model_and_draws_fig6(page, server, pap
         tab.get_by_text("Verdict:").first.wait_for()
         assert_no_exception(tab, "analysis bundle depth")
         shot(tab, "bundle-depth", shots)
+        assert_clean(tab, "analysis bundle")
     finally:
-        tab.context.close()
+        context.close()
+
+
+# ------------------------------------------------------------------------------------------ a fresh server per page URL
+
+
+@pytest.mark.parametrize("name", list(PAGE_URLS))
+def test_a_fresh_servers_first_request_to_a_page_url_gets_the_whole_app(browser, name):
+    """The bug this guards against only shows on a fresh server's first request, so each URL gets its own server."""
+    path, title, header = PAGE_URLS[name]
+    with streamlit_server(OUT / f"server-fresh-{name}.log") as url:
+        context = browser.new_context(viewport=VIEWPORT)
+        try:
+            tab = new_tab(context)
+            open_app(tab, f"{url}/{path}")
+            tab.get_by_test_id("stHeading").filter(has_text=header).first.wait_for()  # the page's own header
+            tab.screenshot(path=str(OUT / f"fresh-{name}.png"))
+            sidebar = tab.get_by_test_id("stSidebar")
+            nav = tab.get_by_test_id("stSidebarNav")
+            # One comparison of everything the page shows, so a failure lists every difference at once.
+            shown = {
+                "url": tab.url.rstrip("/"),
+                "shared sidebar (app.py: title, model picker)": sidebar.get_by_text("senet-viz").count() > 0
+                and sidebar.locator(".st-key-model_name").count() == 1,
+                # app.py's titled navigation, not the legacy one named after the files (last line: the icon's
+                # name comes first)
+                "navigation": [text.strip().splitlines()[-1] for text in nav.locator("a").all_inner_texts()],
+                "current page": [text.strip().splitlines()[-1]
+                                 for text in nav.locator("a[aria-current='page']").all_inner_texts()],
+                "page not found (server)": WATCHES[tab].not_found,
+                "page not found (dialog)": tab.get_by_role("dialog").filter(has_text="Page not found").count(),
+                "dialogs": tab.get_by_role("dialog").count(),
+                "deploy button": tab.get_by_test_id("stAppDeployButton").count(),  # .streamlit/config.toml
+                "main menu": tab.get_by_test_id("stMainMenu").count(),
+            }
+            assert shown == {
+                "url": f"{url}/{path}".rstrip("/"),
+                "shared sidebar (app.py: title, model picker)": True,
+                "navigation": PAGES,
+                "current page": [title],
+                "page not found (server)": [],
+                "page not found (dialog)": 0,
+                "dialogs": 0,
+                "deploy button": 0,
+                "main menu": 1,
+            }
+            assert_no_exception(tab, f"/{path}")
+            assert_clean(tab, f"/{path}")
+        finally:
+            context.close()
+
+
+# ----------------------------------------------------------------------------------- the Channels page (issue 14)
+
+
+def exemplar_images(tab) -> list[int]:
+    """Natural widths of the images in the Channels page's exemplar area (0: not loaded)."""
+    area = tab.locator(".st-key-channel_exemplars")
+    area.locator("img").first.wait_for()
+    return area.locator("img").evaluate_all("(imgs) => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+
+
+def click_fig6_point(tab) -> None:
+    """Click the first point of Fig. 6's first trace (plotly's own axis mapping gives its pixel position)."""
+    chart = tab.get_by_test_id("stPlotlyChart").first.locator(".js-plotly-plot")
+    chart.wait_for()
+    x, y = chart.evaluate("""(gd) => {
+        const box = gd.getBoundingClientRect(), trace = gd._fullData[0], L = gd._fullLayout;
+        const xa = L[trace.xaxis.replace('x', 'xaxis')], ya = L[trace.yaxis.replace('y', 'yaxis')];
+        return [box.left + xa._offset + xa.l2p(trace.x[0]), box.top + ya._offset + ya.l2p(trace.y[0])];
+    }""")
+    tab.mouse.move(x, y)
+    with script_run(tab):
+        tab.mouse.click(x, y)
+
+
+def test_channels_page_shows_exemplars_picked_by_block_and_channel_and_from_a_fig6_click(browser, server):
+    shots: list[Path] = []
+    context = browser.new_context(viewport=VIEWPORT)  # a fresh session
+    tab = new_tab(context)
+    try:
+        open_app(tab, server)
+        pick_model(tab, "se_resnet_fmnist")  # the embedded model and its 300 samples: no ../shared needed
+        # from Fig. 6: a click on a point offers the channel; the link opens it on the Channels page
+        tab.get_by_test_id("stPlotlyChart").first.locator(".js-plotly-plot").wait_for()
+        click_fig6_point(tab)
+        link = tab.get_by_role("link", name=re.compile(r"^Open channel \d+ of SE_\d+_\d+ in the Channels view"))
+        link.wait_for()
+        block, channel = re.search(r"channel (\d+) of (SE_\d+_\d+)", link.inner_text()).group(2, 1)
+        with script_run(tab):
+            link.click()
+        tab.get_by_test_id("stHeading").filter(has_text="Channels").first.wait_for()
+        tab.get_by_text(f"{block} · channel {channel}").first.wait_for()
+        widths = exemplar_images(tab)
+        assert len(widths) == 16 and all(w > 0 for w in widths), widths
+        assert_no_exception(tab, "Channels from Fig. 6")
+        shot(tab, "channels-from-fig6", shots)
+
+        # pick a block and a channel by hand
+        tab.locator("[class*='st-key-channels_block'] [data-testid='stSelectbox']").first.click()
+        with script_run(tab):
+            tab.get_by_role("option", name="SE_4_1", exact=True).click()
+        field = tab.locator("[class*='st-key-channels_channel'] input")
+        field.fill("7")
+        with script_run(tab):
+            field.press("Enter")
+        tab.get_by_text("SE_4_1 · channel 7").first.wait_for()
+        widths = exemplar_images(tab)
+        assert len(widths) == 16 and all(w > 0 for w in widths), widths
+        captions = tab.locator(".st-key-channel_exemplars").inner_text()
+        assert captions.count("s=") == 16, captions
+        tab.get_by_test_id("stPlotlyChart").nth(2).locator(".js-plotly-plot").wait_for()  # the SE-input maps
+        assert_no_exception(tab, "Channels by hand")
+        shot(tab, "channels-by-hand", shots)
+        assert_clean(tab, "Channels page")
+    finally:
+        context.close()

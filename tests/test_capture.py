@@ -259,16 +259,46 @@ def test_no_hook_left_after_an_exception_in_the_with_block(tiny_seresnet, tiny_i
 def test_the_model_is_never_mutated(tiny_seresnet, tiny_input, training):
     model, blocks = tiny_seresnet.model, tiny_seresnet.blocks
     before = _state(model)
+    requires_grad = [p.requires_grad for p in model.parameters()]
     baseline = _plain(model, tiny_input)
-    model.train(training)
     means = {b.name: np.full(b.channels, 0.5, np.float32) for b in blocks}
-    with capture(model, blocks), ablate(model, blocks[:3]), ablate(model, blocks[3:], mode="mean", means=means):
-        if not training:  # a forward in training mode updates batch-norm statistics by design, so skip it
-            model(tiny_input)
+    # the same ablations built into a copy: no SE module (identity) for the first three, a constant gate for the rest
+    reference = clone_model(model)
+    for b in blocks:
+        new = nn.Identity() if b in blocks[:3] else ConstantGate(torch.from_numpy(means[b.name]))
+        reference = _swap(reference, b.path, new)
+    model.train(training)
+    reference.train(training)
+    with capture(model, blocks) as rec, ablate(model, blocks[:3]), ablate(model, blocks[3:], mode="mean", means=means):
+        out = model(tiny_input)
+    expected = _plain(reference, tiny_input)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)  # the forward ran in the mode asked for
+    for b in blocks:  # the recorder saw the gates the network used
+        np.testing.assert_array_equal(rec.gates[b.name], np.full((4, b.channels), 1.0 if b in blocks[:3] else 0.5,
+                                                                 np.float16))
     assert all(m.training is training for m in model.modules())
+    assert hook_count(model) == 0
+    assert [p.requires_grad for p in model.parameters()] == requires_grad
+    assert all(p.grad is None for p in model.parameters())
+    after = _state(model)
+    bn_stats = {k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert bn_stats  # the tiny net has batch norm
+    # the weights never change; batch-norm statistics only in training mode, and then exactly as in the reference
+    # copy, which ran the same batch through the same (ablated) network
+    assert _same_state({k: before[k] for k in before if k not in bn_stats}, {k: after[k] for k in after
+                                                                             if k not in bn_stats})
+    if training:
+        ref_state = reference.state_dict()
+        changed = {k for k in bn_stats if not torch.equal(before[k], after[k])}
+        assert changed == bn_stats
+        for k in bn_stats:
+            torch.testing.assert_close(after[k], ref_state[k], rtol=1e-5, atol=1e-6)
+        assert all(after[k].item() == before[k].item() + 1 for k in bn_stats if k.endswith("num_batches_tracked"))
+        model.load_state_dict(before)  # put the statistics back to compare the plain forward below
+    else:
+        assert _same_state(before, after)
     model.eval()
     assert _same_state(before, _state(model))
-    assert hook_count(model) == 0
     assert torch.equal(_plain(model, tiny_input), baseline)
 
 

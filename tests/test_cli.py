@@ -202,3 +202,34 @@ def test_mobilenetv3_on_all_900_shared_images(imagenet_samples, mnv3_tflite):
     assert out["top1"] >= 0.74
     assert out["top5"] >= 0.90
     assert out["agreement"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def test_shared_options_keep_their_names_and_defaults_on_every_command():
+    from senet_viz.cli import build_parser
+
+    parser = build_parser()
+    need = {"blocks": ["--model", "m"], "cost": ["--model", "m"], "extract": ["--model", "m", "--images", "i",
+                                                                              "--out", "o"],
+            "evaluate": ["--model", "m", "--images", "i"], "sweep": ["--model", "m", "--images", "i", "--out", "o"],
+            "stats": ["--excitations", "e"], "figure": ["--stats", "s", "--kind", "fig6", "--out", "o"],
+            "paper": ["--model", "m", "--images", "i", "--out", "o"], "models": [], "train": []}
+    for command, required in need.items():
+        args = parser.parse_args([command, *required])
+        assert (args.device, args.json) == ("auto", False), command
+    batch = {"extract": 32, "evaluate": 32, "sweep": 64, "paper": 32}
+    for command, default in batch.items():
+        args = parser.parse_args([command, *need[command]])
+        assert args.batch_size == default, command
+        assert args.labels is None and args.devkit_meta is None and args.weights is None
+    assert parser.parse_args(["evaluate", *need["evaluate"]]).per_class is None
+    assert parser.parse_args(["paper", *need["paper"]]).per_class == 50  # the protocol's own default
+    args = parser.parse_args(["evaluate", *need["evaluate"], "--shard", "1/2", "--limit", "5", "--per-class", "3",
+                              "--mode", "mean", "--calibrate-on-eval", "--ablate", "last:1", "--json"])
+    assert (args.shard, args.limit, args.per_class, args.mode, args.calibrate_on_eval, args.ablate, args.json) == (
+        "1/2", 5, 3, "mean", True, "last:1", True)
+    for command in ("figure", "paper"):
+        args = parser.parse_args([command, *need[command]])
+        assert (args.seed, args.channels) == (0, 50)

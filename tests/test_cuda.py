@@ -49,7 +49,7 @@ def test_fp32_on_the_gpu_equals_the_cpu_with_the_cpu_decoder(gpu_model, images, 
     np.testing.assert_allclose(gpu.logits, cpu_fp32.logits, rtol=1e-3, atol=1e-3)
     assert (gpu.pred == cpu_fp32.pred).mean() >= 0.99
     for name, gates in cpu_fp32.gates.items():
-        np.testing.assert_allclose(gpu.gates[name], gates, atol=1e-4)
+        np.testing.assert_allclose(gpu.gates[name], gates, atol=5e-4)  # gates are kept in fp16: one ulp below 1
 
 
 def test_nvjpeg_batch_decode_matches_the_cpu_pipeline(gpu_model, images, cpu_fp32):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
@@ -379,8 +380,7 @@ def test_imagenet_labels_are_the_standard_1000_in_order():
 
 @pytest.fixture(scope="module")
 def samples() -> ImageSet:
-    if not SAMPLES.is_dir():
-        pytest.skip(f"shared ImageNet samples not found at {SAMPLES}")
+    require(SAMPLES.is_dir(), f"the shared ImageNet samples at {SAMPLES}")
     return folder_source(SAMPLES)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, require
 
 from senet_viz import cli
 from senet_viz.data import ImageItem, ImageSet
@@ -27,19 +27,12 @@ from senet_viz.stats import GateStats
 from senet_viz.store import read_excitations
 from senet_viz.zoo import WEIGHTS_DIR_ENV
 
-CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 SAMPLES = REPO_ROOT / "assets" / "fmnist_samples"
 RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
              "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", "SLURM_NTASKS")
 # 4 images of each of the 10 classes: small enough for 2 CPU cores, large enough for several batches per rank.
 COMMON = ("--model", "se_resnet_fmnist", "--images", str(SAMPLES), "--device", "cpu", "--per-class", "4", "--json")
 N = 40
-
-
-def require(ok: bool, why: str) -> None:
-    """Skip locally when a prerequisite is missing, but fail under CI, where it must be there."""
-    if not ok:
-        (pytest.fail if CI else pytest.skip)(why)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -43,7 +43,7 @@ def test_download_reports_progress_and_is_found_next_time(served, tmp_path, monk
     assert calls[-1] == (source.stat().st_size, source.stat().st_size)
     assert not list(path.parent.glob("*.part"))
     assert zoo.local_weights_file("mobilenet_v3_small") == path
-    assert zoo.weights_status("mobilenet_v3_small") == "file"
+    assert zoo.weights_status("mobilenet_v3_small") is zoo.WeightsStatus.FILE  # known at once, same process
     loaded = zoo.load_model("mobilenet_v3_small", device="cpu")
     assert loaded.weights_source == str(path)
     for key, value in model.state_dict().items():

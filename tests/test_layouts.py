@@ -4,14 +4,13 @@ table), ``--per-class K``, and the errors for images without a label or with a w
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import IMAGENET_SAMPLES, TFLITE_FILE
+from conftest import IMAGENET_SAMPLES, TFLITE_FILE, require
 
 from senet_viz import cli
 from senet_viz.data import ImageItem, ImageSet, folder_source, imagenet_wnids
@@ -19,14 +18,7 @@ from senet_viz.imagenet_layouts import labels_file_source, read_labels_file, tak
 from senet_viz.store import read_excitations
 from senet_viz.zoo import WEIGHTS_DIR_ENV
 
-CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 PER_WNID = 3  # copies of each sample image, under different validation ids
-
-
-def require(ok: bool, why: str) -> None:
-    """Skip locally when a prerequisite is missing, but fail under CI, where it must be there."""
-    if not ok:
-        (pytest.fail if CI else pytest.skip)(why)
 
 
 @pytest.fixture(scope="module")

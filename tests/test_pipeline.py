@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.io
-from conftest import IMAGENET_SAMPLES, TINY_CLASSES, make_tiny_seresnet
+from conftest import IMAGENET_SAMPLES, TINY_CLASSES, make_tiny_seresnet, requires
 from PIL import Image, ImageFile
 from torchvision.transforms.v2 import functional as TF
 
@@ -35,7 +35,7 @@ from senet_viz.run import _Pipeline, default_workers, run_model
 from senet_viz.zoo import LoadedModel, Preprocess, PreprocessTransform
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
-needs_samples = pytest.mark.skipif(not IMAGENET_SAMPLES.is_dir(), reason="../shared/data/imagenet-samples missing")
+needs_samples = requires(IMAGENET_SAMPLES.is_dir(), f"the shared ImageNet samples at {IMAGENET_SAMPLES}")
 
 # ----------------------------------------------------------------------------------------------- helpers
 

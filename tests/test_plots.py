@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+from conftest import requires
 
 from senet_viz import plots
 
@@ -494,14 +495,14 @@ def test_save_figure_rejects_unknown_suffix(channels, tmp_path):
 
 
 def test_save_figure_without_chromium_says_how(tmp_path, monkeypatch):
-    monkeypatch.setattr(plots, "find_chromium", lambda: None)
+    monkeypatch.setattr(plots.export, "find_chromium", lambda: None)
     with pytest.raises(RuntimeError, match="apt-get install chromium") as info:
         plots.save_figure(go.Figure(), tmp_path / "x.png")
     assert "HTML" in str(info.value)
     assert not (tmp_path / "x.png").exists()
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="PNG export needs /usr/bin/chromium")
+@requires(os.path.exists("/usr/bin/chromium"), "/usr/bin/chromium for PNG export (apt-get install chromium)")
 def test_save_figure_png(channels, tmp_path):
     out = plots.save_figure(plots.fig7(channels, "SE_2_1", "goldfish"), tmp_path / "fig7.png", width=600, height=400)
     data = out.read_bytes()
@@ -655,3 +656,38 @@ def test_bounded_frames_of_small_statistics_draw_what_the_full_frame_draws():
                                  all_classes=names)
     np.testing.assert_array_equal(p1.data[0].y, p2.data[0].y)
     assert "not kept" not in p2.layout.title.subtitle.text
+
+
+def test_save_figure_hands_the_browser_to_kaleido_without_touching_the_environment(tmp_path, monkeypatch):
+    import kaleido
+
+    calls = []
+
+    def fake_calc_fig_sync(fig_dict, opts=None, *, topojson=None, kopts=None):
+        calls.append({"fig": fig_dict, "opts": opts, "kopts": dict(kopts or {})})
+        return b"\x89PNG\r\n\x1a\n fake"
+
+    monkeypatch.setattr(kaleido, "calc_fig_sync", fake_calc_fig_sync)
+    monkeypatch.setattr(plots.export, "find_chromium", lambda: "/opt/some/chromium")
+    monkeypatch.setenv("BROWSER_PATH", "/somewhere/else")
+    before = dict(os.environ)
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
+    out = plots.save_figure(fig, tmp_path / "a.png")
+    plots.save_figure(fig, tmp_path / "b.svg", width=500)
+    assert dict(os.environ) == before  # BROWSER_PATH and every other variable as they were
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert [c["kopts"]["path"] for c in calls] == ["/opt/some/chromium"] * 2
+    assert calls[0]["opts"] == {"format": "png", "width": plots.EXPORT_WIDTH, "height": plots.EXPORT_HEIGHT,
+                                "scale": plots.EXPORT_SCALE}
+    assert calls[1]["opts"] == {"format": "svg", "width": 500, "height": plots.EXPORT_HEIGHT, "scale": 1}
+    with pytest.raises(TypeError, match="engine"):
+        plots.save_figure(fig, tmp_path / "c.png", engine="orca")
+
+
+@requires(os.path.exists("/usr/bin/chromium"), "/usr/bin/chromium for PNG export (apt-get install chromium)")
+def test_save_figure_png_leaves_the_environment_unchanged(channels, tmp_path, monkeypatch):
+    monkeypatch.delenv("BROWSER_PATH", raising=False)
+    before = dict(os.environ)
+    out = plots.save_figure(plots.fig6(channels), tmp_path / "fig6.png", width=500, height=300, scale=1)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert dict(os.environ) == before and "BROWSER_PATH" not in os.environ

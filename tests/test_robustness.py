@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from PIL import Image
 from torch import nn
 
@@ -43,7 +44,7 @@ from senet_viz.blocks import BlockSelectionError, discover_se_blocks, select_blo
 from senet_viz.capture import hook_count
 from senet_viz.cost import model_cost
 from senet_viz.data import MAX_PIXELS, ImageSet, folder_source
-from senet_viz.fmnist import CLASS_NAMES
+from senet_viz.embedded import CLASS_NAMES
 from senet_viz.run import run_model
 from senet_viz.zoo import LimitAspect, LoadedModel, load_model
 
@@ -52,11 +53,7 @@ MODEL = "se_resnet_fmnist"
 SAMPLES = ROOT / "assets" / "fmnist_samples"
 NOSE5_WEIGHTS = ROOT / "assets" / "se_resnet_fmnist_nose5.safetensors"
 
-pytestmark = pytest.mark.skipif(
-    zoo.weights_status(MODEL) != "file" or not SAMPLES.is_dir(),
-    reason=f"the embedded model is missing: assets/{MODEL}.safetensors and assets/fmnist_samples/ ship with the "
-           "project (restore them with `git checkout assets/` or `python -m senet_viz train`)",
-)
+pytestmark = requires(embedded_model_ready(MODEL), EMBEDDED_MISSING)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

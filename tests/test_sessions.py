@@ -21,14 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 from apptest_helpers import assert_ok, open_page
-from conftest import TINY_CLASSES, make_tiny_seresnet
+from conftest import EMBEDDED_MISSING, TINY_CLASSES, embedded_model_ready, make_tiny_seresnet, requires
 from streamlit.testing.v1 import AppTest
 
 from senet_viz import zoo
 from senet_viz.capture import capture, hook_count
 from senet_viz.data import folder_source
 from senet_viz.run import forward_count
-from ui.state import Engine, Flight, ResultCache, ThreadPolicy, images_key, thread_policy, weights_digest
+from ui.state import LRU, Engine, Flight, ResultCache, ThreadPolicy, images_key, thread_policy, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "se_resnet_fmnist"
@@ -36,8 +36,7 @@ SAMPLES = ROOT / "assets" / "fmnist_samples"
 TIMEOUT = 240
 CLASSES = ["Bag", "Sneaker"]
 
-needs_model = pytest.mark.skipif(zoo.weights_status(MODEL) != "file" or not SAMPLES.is_dir(),
-                                 reason="the embedded model and samples ship with the project (assets/)")
+needs_model = requires(embedded_model_ready(MODEL), EMBEDDED_MISSING)
 
 
 def small_folder(dest: Path, per_class: int = 4) -> Path:
@@ -132,6 +131,24 @@ def test_the_cache_is_bounded_per_kind_and_evicts_the_least_recently_used():
     cache.fetch("sweep", "a", make("S"))  # kinds have their own bounds and keys
     assert cache.keys("run") == ["c", "b"] and cache.keys("sweep") == ["a"] and len(cache) == 3
     assert calls == ["A", "B", "C", "B again", "S"]
+
+
+def test_the_memo_helper_is_a_bounded_lru_with_move_to_end_on_a_hit():
+    memo = LRU(3)
+    for key in "abc":
+        memo.put(key, key.upper())
+    assert memo.get("a") == "A"  # a hit: "a" becomes the most recently used
+    assert "b" in memo and memo.keys() == ["b", "c", "a"]  # a membership test is not a use
+    memo.put("d", "D")  # evicts "b", the least recently used
+    assert memo.keys() == ["c", "a", "d"] and memo.get("b", "missing") == "missing"
+    memo.put("c", "C2")  # storing again is a use too
+    memo.put("e", "E")
+    assert memo.items() == [("d", "D"), ("c", "C2"), ("e", "E")] and len(memo) == 3
+    assert memo.pop("d") == "D" and memo.keys() == ["c", "e"]
+    memo.clear()
+    assert len(memo) == 0
+    with pytest.raises(ValueError):
+        LRU(0)
 
 
 @pytest.mark.parametrize("workers", [0, 2], ids=["inline", "worker pool"])

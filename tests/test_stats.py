@@ -41,12 +41,15 @@ def test_separated_classes_have_high_specificity():
     rng = np.random.default_rng(1)
     stats = make()
     centres = [0.1, 0.5, 0.9]
-    for k, c in enumerate(centres):
-        gates = np.clip(c + rng.normal(0, 0.01, size=(40, 8)), 0, 1)
-        stats.update("SE_2_1", gates, np.full(40, k))
+    gates = np.vstack([np.clip(c + rng.normal(0, 0.01, size=(40, 8)), 0, 1) for c in centres])
+    labels = np.repeat(np.arange(3), 40)
+    for k in range(3):
+        stats.update("SE_2_1", gates[labels == k], labels[labels == k])
     r = row(stats, "SE_2_1")
     assert r["specificity"] > 0.95
-    assert r["n_classes"] == 3 and r["n_images"] == 120
+    # every index equals the module doc's formula computed straight from the 120 gate vectors
+    for key, value in brute_indices(gates, labels).items():
+        assert r[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
 
 
 def test_single_image_per_class_uses_spread_fallback():
@@ -133,12 +136,23 @@ def test_memory_is_independent_of_image_count():
     stats = make()
     rng = np.random.default_rng(5)
     sizes = []
+    total, squares, counts = np.zeros(8), np.zeros(8), np.zeros(3, int)
     for n in (1_000, 10_000):
         for _ in range(n // 100):
-            stats.update("SE_2_1", rng.uniform(size=(100, 8)), rng.integers(0, 3, 100))
+            gates, labels = rng.uniform(size=(100, 8)), rng.integers(0, 3, 100)
+            stats.update("SE_2_1", gates, labels)
+            total += gates.sum(axis=0)
+            squares += (gates ** 2).sum(axis=0)
+            counts += np.bincount(labels, minlength=3)
         sizes.append(stats.nbytes())
-    assert stats.n_images() == 11_000
     assert sizes[0] == sizes[1]
+    # fixed memory, yet exact moments over all 11,000 images (against sums kept beside it)
+    frame = stats.frame(blocks=["SE_2_1"]).set_index(["class", "channel"])
+    mean = total / 11_000
+    np.testing.assert_allclose(frame.loc["all", "mean"], mean, rtol=1e-10)
+    np.testing.assert_allclose(frame.loc["all", "std"], np.sqrt((squares - 11_000 * mean ** 2) / (11_000 - 1)),
+                               rtol=1e-8)
+    assert [frame.loc[c, "count"].iloc[0] for c in CLASSES] == counts.tolist() and counts.sum() == 11_000
     # the layout of the module doc: "all" (C (8 bins + 32)), 3 classes with means/M2 (16 C) and sketches
     # (8 bins + 40: counts, index, min, max, sum), per-channel histograms of the 3 detailed classes (C (8 bins + 16))
     block = 8 * (8 * 50 + 32) + 3 * (16 * 8 + 8 * 50 + 40) + 3 * 8 * (8 * 50 + 16)
@@ -239,6 +253,12 @@ def test_many_classes_keep_means_for_all_and_histograms_for_none():
     # a bounded frame: the chosen blocks and classes only, with "all"; no histogram where none is kept
     frame = stats.frame(blocks=["SE_3_1"], classes=["c1", "c2"])
     assert len(frame) == 3 * 40 and set(frame["class"]) == {"all", "c1", "c2"}
+    g3 = gates["SE_3_1"].astype(np.float64)
+    for cls, rows in (("all", labels >= -1), ("c1", labels == 1), ("c2", labels == 2)):
+        part = frame[frame["class"] == cls].sort_values("channel")
+        np.testing.assert_allclose(part["mean"], g3[rows].mean(axis=0), rtol=1e-10)
+        np.testing.assert_allclose(part["std"], g3[rows].std(axis=0, ddof=1), rtol=1e-8)
+        assert (part["count"] == rows.sum()).all()
     some = frame[frame["class"] == "c1"]
     assert some["hist"].isna().all() and some["min"].isna().all()
     assert frame[frame["class"] == "all"]["hist"].map(len).eq(50).all()

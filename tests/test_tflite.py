@@ -11,6 +11,7 @@ import pytest
 import tflite
 import timm
 import torch
+from conftest import requires
 from PIL import Image
 from torch import nn
 
@@ -22,10 +23,8 @@ IMAGES = SHARED / "data" / "imagenet-samples"
 GATE_SUFFIX = "squeeze_excite/Conv_1/mul"  # the SE hard-sigmoid output in the TFLite graph
 N_IMAGES = 48
 
-needs_shared = pytest.mark.skipif(
-    not (MODEL_FILE.is_file() and IMAGES.is_dir()),
-    reason=f"needs the shared model and ImageNet samples at {SHARED} (see ../shared/README.md)",
-)
+needs_shared = requires(MODEL_FILE.is_file() and IMAGES.is_dir(),
+                        f"the shared model and ImageNet samples at {SHARED} (see ../shared/README.md)")
 
 
 # ---------------------------------------------------------------------------------------------------------

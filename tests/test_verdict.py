@@ -11,7 +11,7 @@ import pytest
 from senet_viz.data import ImageItem, ImageSet
 from senet_viz.paper import pick_classes
 from senet_viz.stats import GateStats
-from senet_viz.verdict import AGNOSTIC_SPREAD, paper_verdict
+from senet_viz.verdict import AGNOSTIC_SPREAD, GLOSSARY, INERT_STD, paper_verdict
 
 NAMES = ["SE_2_1", "SE_3_1", "SE_4_1", "SE_5_1", "SE_5_2", "SE_5_3"]
 BLOCKS = [{"name": n, "stage": int(n.split("_")[1]), "channels": 16} for n in NAMES]
@@ -219,3 +219,14 @@ def test_several_models_need_a_name():
     with pytest.raises(ValueError, match="model="):
         paper_verdict(pd.concat([a, b]))
     assert paper_verdict(pd.concat([a, b]), model="other").model == "other"
+
+
+def test_the_verdict_carries_its_threshold_and_the_texts_the_depth_page_shows():
+    ones = lambda s, b: s.update(b, np.ones((3 * N, 16)), np.repeat(np.arange(3), N))  # noqa: E731
+    stats = filled(SE_2_1=ones)
+    judged = paper_verdict(stats.indices(threshold=0.8))
+    assert judged.threshold == 0.8
+    assert "mean gate ≥ 0.8" in judged.how_to_read and judged.how_to_read.startswith(GLOSSARY)
+    assert "SE_2_1: every gate = 1" in judged.inert_markdown and f"std < {INERT_STD:g}" in judged.inert_markdown
+    assert paper_verdict(filled()).inert_markdown == ""
+    assert paper_verdict(stats).threshold == 0.9  # the indices' default

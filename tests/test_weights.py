@@ -114,3 +114,24 @@ def test_a_checkpoint_without_tensors_is_refused(tmp_path: Path):
     torch.save({"epoch": 3, "state_dict": {}}, path)
     with pytest.raises(WeightsError, match="state dict"):
         read_state_dict(path)
+
+
+def test_the_file_hash_is_memoised_until_the_file_changes(tmp_path: Path, monkeypatch):
+    import hashlib
+
+    import senet_viz.weights as weights
+
+    hashed = []
+    real = weights._hash_file
+    monkeypatch.setattr(weights, "_hash_file", lambda path: hashed.append(path) or real(path))
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"first")
+    full = weights.file_sha256(path)
+    assert full == hashlib.sha256(b"first").hexdigest() and weights.file_digest(path) == full[:16]
+    assert weights.file_digest(str(path), length=8) == full[:8] and len(hashed) == 1  # one read for all three
+    path.write_bytes(b"second, longer")
+    assert weights.file_sha256(path) == hashlib.sha256(b"second, longer").hexdigest() and len(hashed) == 2
+    stat = path.stat()
+    path.write_bytes(b"second, LONGER")  # same size, then a new modification time: read again
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert weights.file_sha256(path) == hashlib.sha256(b"second, LONGER").hexdigest() and len(hashed) == 3

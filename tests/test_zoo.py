@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -116,3 +117,105 @@ def test_mobilenetv3_small_loads_the_shared_tflite_by_default(mnv3_tflite, tflit
     assert loaded.model.classifier.out_features == 1000
     assert not loaded.model.training and hook_count(loaded.model) == 0
     assert loaded.spec.preprocess.mean == (0.5, 0.5, 0.5) and loaded.spec.preprocess.crop == 224
+
+
+# ------------------------------------------------------------------------------------------ registry and facts
+
+
+def test_specs_are_built_with_keywords_and_carry_their_facts():
+    with pytest.raises(TypeError):
+        zoo.ModelSpec("x", "timm", "SE-ResNet", "X", "x", "paper")  # positional fields are refused
+    assert get_spec("legacy_seresnet50").paper_reference
+    assert [n for n, s in zoo.REGISTRY.items() if s.paper_reference] == ["legacy_seresnet50"]
+    assert [n for n, s in zoo.REGISTRY.items() if s.default] == [zoo.DEFAULT_MODEL]
+    assert [n for n, s in zoo.REGISTRY.items() if s.fallback] == ["tf_mobilenetv3_small_100"]
+    twins = {n: s.retrained_twin.name for n, s in zoo.REGISTRY.items() if s.retrained_twin}
+    assert twins == {"se_resnet_fmnist": "se_resnet_fmnist_nose5"}
+    assert all(t in zoo.REGISTRY for t in twins.values())
+    spec = get_spec("mobilenet_v3_small")
+    assert spec.class_names[:2] == ["tench", "goldfish"] and spec.class_wnids[1] == "n01443537"
+    assert len(spec.class_names) == len(spec.class_wnids) == 1000 and spec.test_set is None
+
+
+def test_categories_are_loaded_lazily_once():
+    calls = []
+
+    def names():
+        calls.append(1)
+        return ["cat", "dog"]
+
+    spec = zoo.ModelSpec(name="pets", source="senet_viz", family="x", paper_name="x", arch="x", paper="x",
+                         categories=names, wnids=None)
+    assert calls == []
+    assert spec.class_names == ["cat", "dog"] and spec.class_names == ["cat", "dog"] and calls == [1]
+    spec.class_names.append("mutated")  # a copy: the spec's names stay as they are
+    assert spec.class_names == ["cat", "dog"] and spec.class_wnids is None
+    bad = zoo.ModelSpec(name="bad", source="senet_viz", family="x", paper_name="x", arch="x", paper="x",
+                        categories=("a", "b"), wnids=("n1",))
+    with pytest.raises(ValueError, match="1 wnids for 2 categories"):
+        _ = bad.class_names
+
+
+def test_register_model_decorator_registers_a_builder(monkeypatch):
+    from senet_viz import registry
+
+    monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))
+
+    @registry.register_model(family="SE-ResNet", paper_name="Mine", arch="Tiny", paper="mine",
+                             categories=tuple(TINY_CLASSES), wnids=None)
+    def my_tiny_net(reduction: int = 16):
+        return make_tiny_custom()
+
+    spec = registry.get_spec("my_tiny_net")
+    assert spec.source == "senet_viz" and spec.builder is my_tiny_net and spec.class_names == TINY_CLASSES
+
+
+def test_default_model_falls_back_when_the_default_weights_are_missing(monkeypatch):
+    assert zoo.default_model() == zoo.DEFAULT_MODEL  # the embedded weights ship in assets/
+    real = zoo.weights_status
+    monkeypatch.setattr(zoo, "weights_status", lambda name: zoo.WeightsStatus.MISSING
+                        if name == zoo.DEFAULT_MODEL else real(name))
+    assert zoo.default_model() == "tf_mobilenetv3_small_100"
+
+
+# ------------------------------------------------------------------------------------------ weights status
+
+
+def test_weights_status_is_an_enum_with_labels():
+    status = zoo.weights_status(zoo.DEFAULT_MODEL)
+    assert status is zoo.WeightsStatus.FILE and status == "file" and status.ready
+    assert {s.value for s in zoo.WeightsStatus} == {"file", "hub cache", "hub (online only)", "missing"}
+    assert all(s.label and s.label != s.value for s in zoo.WeightsStatus)
+    assert [s for s in zoo.WeightsStatus if s.ready] == [zoo.WeightsStatus.FILE, zoo.WeightsStatus.HUB_CACHE]
+    # the CLI's listing (text and JSON) is unchanged
+    assert f"{zoo.WeightsStatus.HUB_ONLINE:18s}|" == f"{'hub (online only)':18s}|"
+    assert json.dumps([zoo.WeightsStatus.HUB_CACHE]) == '["hub cache"]'
+
+
+def test_weights_status_is_computed_once_and_again_when_a_folder_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(zoo, "_hub_cached_file", lambda spec: None)
+    name = "mobilenet_v3_small"
+    zoo.forget_weights_status()
+    calls = []
+    real = zoo.local_weights_file
+    monkeypatch.setattr(zoo, "local_weights_file", lambda n: calls.append(n) or real(n))
+    assert zoo.weights_status(name) is zoo.WeightsStatus.HUB_ONLINE
+    for _ in range(5):  # every rerun of the dashboard asks again: a few stat calls, no search
+        assert zoo.weights_status(name) is zoo.WeightsStatus.HUB_ONLINE
+    assert calls == [name]
+    (tmp_path / f"{name}.safetensors").write_bytes(b"weights")  # the folder's listing changes: looked at again
+    assert zoo.weights_status(name) is zoo.WeightsStatus.FILE and calls == [name, name]
+    (tmp_path / f"{name}.safetensors").unlink()
+    assert zoo.weights_status(name) is zoo.WeightsStatus.HUB_ONLINE
+    zoo.forget_weights_status()
+
+
+def test_a_missing_embedded_model_is_missing(monkeypatch):
+    zoo.forget_weights_status()
+    monkeypatch.setattr(zoo, "local_weights_file", lambda name: None)
+    try:
+        assert zoo.weights_status("se_resnet_fmnist_nose5") is zoo.WeightsStatus.MISSING
+        assert not zoo.WeightsStatus.MISSING.ready
+    finally:
+        zoo.forget_weights_status()

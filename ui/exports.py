@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 import plotly.graph_objects as go
-import streamlit as st
 
 from ui import sidebar, state
 
-MAX_EARLIER_SELECTIONS = 4  # older selections kept for Export, least recent dropped first
+MAX_EARLIER_SELECTIONS = 4  # older selections kept for Export, the least recently used dropped first
 
 
 @dataclass(frozen=True)
@@ -64,16 +63,17 @@ def provenance(selection: sidebar.Selection | None = None) -> Provenance | None:
     return Provenance(model.name, weights, images, digest)
 
 
-def _store() -> dict[tuple, dict]:
-    return st.session_state.setdefault("exports", {})
+def _store() -> state.LRU:
+    """This session's results by selection (provenance key), least recently used first."""
+    return state.session_memo("exports", 1 + MAX_EARLIER_SELECTIONS)
 
 
 def _bucket(prov: Provenance) -> dict:
     store = _store()
-    bucket = store.pop(prov.key, None) or {"provenance": prov, "figures": {}, "tables": {}}
-    store[prov.key] = bucket  # most recent last
-    for old in list(store)[:-1 - MAX_EARLIER_SELECTIONS]:
-        store.pop(old)
+    bucket = store.get(prov.key)  # a use: the selection becomes the most recent
+    if bucket is None:
+        bucket = {"provenance": prov, "figures": {}, "tables": {}}
+        store.put(prov.key, bucket)
     return bucket
 
 
@@ -96,7 +96,8 @@ def current() -> dict | None:
     prov = provenance()
     if prov is None:
         return None
-    return _store().get(prov.key) or {"provenance": prov, "figures": {}, "tables": {}}
+    store = _store()
+    return store.get(prov.key) if prov.key in store else {"provenance": prov, "figures": {}, "tables": {}}
 
 
 def earlier() -> list[dict]:

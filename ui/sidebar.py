@@ -21,10 +21,11 @@ from senet_viz.data import (
     model_space_labels,
     uploads_source,
 )
+from senet_viz.paths import SHARED_DIR
 from senet_viz.weights import WeightsError
 from ui import state
 
-IMAGENET_SAMPLES = zoo.PROJECT_ROOT.parent / "shared" / "data" / "imagenet-samples"
+IMAGENET_SAMPLES = SHARED_DIR / "data" / "imagenet-samples"
 READING_GUIDE = """\
 **Gate s.** Each SE block squeezes a feature map to one number per channel (global average pooling), passes it
 through a small bottleneck and a sigmoid (or hard-sigmoid), and multiplies every channel by the result, the gate
@@ -39,7 +40,7 @@ so SE_5_2 is the second SE block of the last stage. The module path is listed be
 absolute distance between the class-mean curves (std across classes / the largest possible): the paper's
 "class-agnostic" means the class curves coincide, so read spread for that. eta² needs several images per class.
 """
-SOURCES = ("Embedded samples", "Upload by class", "Folder on the server", "Fashion-MNIST test set")
+SOURCES = ("Embedded samples", "Upload by class", "Folder on the server")  # + the model's test set, if installed
 
 
 @dataclass
@@ -92,7 +93,7 @@ def current() -> Selection:
 
 
 def _weights_mark(name: str) -> str:
-    return "weights ready" if zoo.weights_status(name) in ("file", "hub cache") else "needs weights"
+    return "weights ready" if zoo.weights_status(name).ready else "needs weights"
 
 
 def _device_options() -> list[str]:
@@ -101,8 +102,7 @@ def _device_options() -> list[str]:
 
 def _model_section(selection: Selection) -> None:
     names = list(zoo.REGISTRY)
-    default = zoo.DEFAULT_MODEL if zoo.DEFAULT_MODEL in names and zoo.weights_status(zoo.DEFAULT_MODEL) == "file" \
-        else "tf_mobilenetv3_small_100"
+    default = zoo.default_model()  # the spec marked default when its weights are here, else the fallback
     # Options are bare names: the sidebar is narrow and a longer option is cut off; the paper name and whether the
     # weights are here are said under the picker.
     name = st.selectbox("Model", names, index=names.index(default), key="model_name",
@@ -114,10 +114,10 @@ def _model_section(selection: Selection) -> None:
         st.caption(f"GPU: {torch.cuda.get_device_name(0)}")
     weights: str | None = None
     status = zoo.weights_status(name)
-    with st.expander("Weights" + ("" if status != "hub (online only)" else " — needed"),
-                     expanded=status == "hub (online only)"):
+    online_only = status is zoo.WeightsStatus.HUB_ONLINE
+    with st.expander("Weights" + (" — needed" if online_only else ""), expanded=online_only):
         local = zoo.local_weights_file(name)
-        st.caption(f"Found: `{local}`" if local else f"Weights for {name}: {status}.")
+        st.caption(f"Found: `{local}`" if local else f"Weights for {name}: {status.label}.")
         path_text = st.text_input("Path to a weights file on the server", key="weights_path",
                                   placeholder="/path/to/model.safetensors")
         upload = st.file_uploader("…or upload one", type=["safetensors", "pth", "pt", "tflite"], key="weights_upload",
@@ -126,7 +126,7 @@ def _model_section(selection: Selection) -> None:
             weights = str(state.save_upload(upload.name, upload.getvalue()))
         elif path_text.strip():
             weights = path_text.strip()
-        if status == "hub (online only)" and not weights:
+        if online_only and not weights:
             if st.button("Download from the hub", key="download_weights",
                          help=f"saved under {zoo.download_dir()} and found there next time"):
                 bar = st.progress(0.0, text=f"Downloading {name} ...")
@@ -267,11 +267,8 @@ def _one_image_classes(images: ImageSet) -> tuple[int, int]:
 def _images_section(selection: Selection) -> None:
     model = selection.model
     spec = model.spec if model else None
-    sources = list(SOURCES)
-    from senet_viz import fmnist
-
-    if not (spec and spec.labels == fmnist.LABEL_SET and fmnist.fashion_mnist_available()):
-        sources.remove("Fashion-MNIST test set")
+    test_set = spec.test_set if spec and spec.test_set and spec.test_set.available() else None
+    sources = [*SOURCES, test_set.name] if test_set else list(SOURCES)
     source = st.radio("Images", sources, key="image_source")
     selection.source = source
     images: ImageSet | None = None
@@ -300,9 +297,10 @@ def _images_section(selection: Selection) -> None:
                 wnids = model.wnids if model.wnids is not None else []
                 images = _class_picker(folder_source(Path(path.strip()).expanduser(), model.class_names, wnids),
                                        model, f"classes_{path}")
-        else:
-            limit = st.slider("Test images", 100, 10_000, 1000, step=100, key="fmnist_limit")
-            images = fmnist.fashion_mnist_test_source(limit=limit)
+        elif test_set is not None:
+            limit = st.slider("Test images", 100, test_set.size, min(1000, test_set.size), step=100,
+                              key="fmnist_limit")
+            images = test_set.load(limit=limit)
     except (FileNotFoundError, ValueError) as exc:
         st.error(f"{exc}")
     selection.group_by_prediction = st.checkbox("Group by predicted class", key="group_by_prediction",

@@ -30,11 +30,14 @@ threads, each capped once when it starts, while the session shows a progress bar
 - ``SENET_VIZ_MAX_CONCURRENT``: requests computing at once, i.e. worker threads (default
   ``max(1, cores // threads)``); more requests queue. On the CPU each worker may use its own copy of a model
   (made on first need, at most this many per model, so two sessions on the same model do not queue on its lock);
-  on CUDA there is one copy.
+  on CUDA too while the copies fit in a quarter of the free GPU memory, each worker on its own CUDA stream.
 
 Both are read once per process, when the first model is requested. ``SENET_VIZ_TORCH_THREADS=<cores>`` with
 ``SENET_VIZ_MAX_CONCURRENT=1`` gives every core to one request at a time, as the CLI does (the fastest single
 session on an otherwise idle machine).
+
+Size: the engine every session shares (result cache, memo helper, worker threads, model copies) and the
+page-facing functions that go through it; one locking design, kept in one place.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -64,7 +68,7 @@ import torch
 from senet_viz import ablation, zoo
 from senet_viz.bundle import Bundle, BundleError, read_bundle
 from senet_viz.data import ImageItem, ImageSet
-from senet_viz.run import ProgressFn, Result, run_model
+from senet_viz.run import PixelCache, ProgressFn, Result, reuse_pixels, run_model
 from senet_viz.stats import GateStats
 
 T = TypeVar("T")
@@ -76,7 +80,7 @@ CONCURRENT_ENV = "SENET_VIZ_MAX_CONCURRENT"
 # and stream the gates into statistics, so memory does not grow with the folder (SE-ResNet-50: 30 kB per image).
 KEEP_GATES_LIMIT = 2_000
 RESULT_LIMITS: dict[str, int] = {"run": 16, "analysis": 16, "evaluate": 64, "sweep": 8, "gradcam": 64,
-                                 "channel_attr": 128}
+                                 "channel_attr": 128, "channel_maps": 64}
 _log = logging.getLogger(__name__)
 _HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
                "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
@@ -106,8 +110,57 @@ def _inline(job: Callable[[], None]) -> None:
     job()
 
 
+_MISSING = object()
+
+
+class LRU:
+    """A small bounded memo keyed by content keys: a hit (:meth:`get`) moves the key to the end, :meth:`put`
+    beyond ``limit`` entries drops the least recently used first. Not locked: :class:`ResultCache` holds its own
+    lock around its memos, and a session's memo (:func:`session_memo`) is used by that session's script only."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"an LRU memo holds at least one entry, not {limit}")
+        self.limit = limit
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:  # not a use
+        return key in self._entries
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        """The value of ``key`` (a use: it becomes the most recently used), or ``default``."""
+        if key not in self._entries:
+            return default
+        self._entries.move_to_end(key)
+        return self._entries[key]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        """Store ``value`` as the most recently used; evict the least recently used past the limit."""
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.limit:
+            self._entries.popitem(last=False)
+
+    def pop(self, key: Hashable, default: Any = None) -> Any:
+        return self._entries.pop(key, default)
+
+    def keys(self) -> list[Hashable]:
+        """Keys, least recently used first."""
+        return list(self._entries)
+
+    def items(self) -> list[tuple[Hashable, Any]]:
+        """(key, value) pairs, least recently used first."""
+        return list(self._entries.items())
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
 class ResultCache:
-    """Process-wide, thread-safe LRU of computed results, one bounded ``OrderedDict`` per kind.
+    """Process-wide, thread-safe LRU of computed results, one bounded :class:`LRU` per kind.
 
     A hit moves the entry to the end (most recently used); inserting beyond the kind's limit evicts from the front
     (least recently used). A miss starts one :class:`Flight` per key: whoever asks for a key while it is being
@@ -117,7 +170,7 @@ class ResultCache:
 
     def __init__(self, limits: Mapping[str, int]) -> None:
         self.limits = dict(limits)
-        self._entries: dict[str, OrderedDict[Hashable, Any]] = {kind: OrderedDict() for kind in self.limits}
+        self._entries: dict[str, LRU] = {kind: LRU(limit) for kind, limit in self.limits.items()}
         self._flights: dict[tuple[str, Hashable], Flight] = {}
         self._lock = threading.Lock()
 
@@ -134,16 +187,13 @@ class ResultCache:
     def keys(self, kind: str) -> list[Hashable]:
         """Keys of ``kind``, least recently used first."""
         with self._lock:
-            return list(self._entries[kind])
+            return self._entries[kind].keys()
 
     def peek(self, kind: str, key: Hashable) -> tuple[bool, Any]:
         """(found, value) without computing; a hit counts as a use."""
         with self._lock:
-            store = self._entries[kind]
-            if key in store:
-                store.move_to_end(key)
-                return True, store[key]
-            return False, None
+            value = self._entries[kind].get(key, _MISSING)
+        return (False, None) if value is _MISSING else (True, value)
 
     def fetch(self, kind: str, key: Hashable, compute: Callable[[ProgressFn], T], *, submit: Submit = _inline,
               wait: Callable[[Flight], None] | None = None) -> T:
@@ -153,10 +203,9 @@ class ResultCache:
         it under way, to show ``flight.progress`` until ``flight.done`` is set (the value is awaited either way).
         """
         with self._lock:
-            store = self._entries[kind]
-            if key in store:
-                store.move_to_end(key)
-                return store[key]
+            value = self._entries[kind].get(key, _MISSING)
+            if value is not _MISSING:
+                return value
             flight = self._flights.get((kind, key))
             start = flight is None
             if start:
@@ -185,14 +234,19 @@ class ResultCache:
     def _finish(self, kind: str, key: Hashable, flight: Flight, value: Any, error: BaseException | None) -> None:
         with self._lock:  # stored and the flight retired together: a new request sees one or the other
             if error is None:
-                store = self._entries[kind]
-                store[key] = value
-                store.move_to_end(key)
-                while len(store) > self.limits[kind]:
-                    store.popitem(last=False)
+                self._entries[kind].put(key, value)
             del self._flights[(kind, key)]
         flight.value, flight.error = value, error
         flight.done.set()
+
+
+def session_memo(name: str, limit: int) -> LRU:
+    """This browser session's :class:`LRU` memo ``name`` (made on first use with ``limit`` entries): for what one
+    session keeps for itself (rendered PNGs, figures offered for export), never shared with other sessions."""
+    memo = st.session_state.get(name)
+    if not isinstance(memo, LRU):
+        memo = st.session_state[name] = LRU(limit)
+    return memo
 
 
 # ------------------------------------------------------------------------------------------ threads per request
@@ -296,6 +350,27 @@ class _Replicas:
         return replace(loaded, model=copy.deepcopy(loaded.model, memo), lock=None)  # lock=None: a lock of its own
 
 
+_worker_streams = threading.local()
+# Model-ready pixels shared by every request: the Remove page's three passes (full, ablated, retrained twin) and
+# other pages over the same images decode each image once (256 MB: ~1,700 ImageNet crops, every upload-sized set).
+PIXELS = PixelCache(256 << 20)
+
+
+def _in_worker(job: Callable[[], None]) -> None:
+    """Run ``job`` reusing decoded pixels, on this worker thread's own CUDA stream where there is a GPU:
+    PyTorch's default stream is one per GPU for every thread, so two requests' kernels would otherwise queue
+    behind each other."""
+    with reuse_pixels(PIXELS):
+        if not torch.cuda.is_available():
+            job()
+            return
+        stream = getattr(_worker_streams, "stream", None)
+        if stream is None:
+            stream = _worker_streams.stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            job()
+
+
 class Engine:
     """What every session shares: the result cache, the worker threads and the model copies."""
 
@@ -311,7 +386,7 @@ class Engine:
         self._replicas_guard = threading.Lock()
 
     def submit(self, job: Callable[[], None]) -> None:
-        self.pool.submit(job)
+        self.pool.submit(_in_worker, job)
 
     @contextmanager
     def model(self, loaded: zoo.LoadedModel) -> Iterator[zoo.LoadedModel]:
@@ -320,11 +395,20 @@ class Engine:
         with self._replicas_guard:
             pool = self._replicas.get(key)
             if pool is None:
-                limit = self.policy.concurrent if loaded.device.type == "cpu" else 1  # one model per GPU
-                pool = self._replicas[key] = _Replicas(limit)
+                pool = self._replicas[key] = _Replicas(self._replica_limit(loaded))
                 weakref.finalize(loaded.model, self._forget, key)
         with pool.take(loaded) as model:
             yield model
+
+    def _replica_limit(self, loaded: zoo.LoadedModel) -> int:
+        """How many models (the cached one included) requests on ``loaded`` may use at once: one per worker, on a
+        GPU as long as the copies take under a quarter of its free memory (else they take turns on one model)."""
+        if loaded.device.type != "cuda" or self.policy.concurrent <= 1:
+            return self.policy.concurrent
+        size = sum(t.numel() * t.element_size() for t in itertools.chain(loaded.model.parameters(),
+                                                                          loaded.model.buffers()))
+        free, _ = torch.cuda.mem_get_info(loaded.device)
+        return self.policy.concurrent if size * (self.policy.concurrent - 1) < free / 4 else 1
 
     def _forget(self, key: int) -> None:
         with self._replicas_guard:
@@ -340,9 +424,34 @@ def engine() -> Engine:
     return Engine(policy)
 
 
-def _fetch(eng: Engine, kind: str, key: Hashable, compute: Callable[[ProgressFn], T],
-           wait: Callable[[Flight], None], on_worker: bool = True) -> T:
-    return eng.results.fetch(kind, key, compute, submit=eng.submit if on_worker else _inline, wait=wait)
+def _shared(kind: str, key: Hashable, compute: Callable[..., T], wait: Callable[[Flight], None] | None = None, *,
+            model: zoo.LoadedModel | None = None, needs: Callable[[], Any] | None = None,
+            on_worker: bool = True) -> T:
+    """The one memo of the pages' results: shared by every session in the engine's :class:`ResultCache` under
+    ``(kind, key)`` (content keys: :func:`model_key`, :func:`images_key`, ...), computed once on a miss on a worker
+    thread (``on_worker=False``: on this session's thread, for work without a network) while this session waits
+    behind ``wait(flight)`` (a progress bar, a spinner).
+
+    The computation is called ``compute(progress)``, with ``model`` given ``compute(progress, replica)`` (a copy of
+    the model no other request is using, see :meth:`Engine.model`), and with ``needs`` one more argument: what
+    ``needs()`` returns, asked for on this session's thread only on a miss (after a first look, so a hit never asks
+    for it and a result whose inputs were evicted is still served), e.g. the shared full pass an ablation reuses.
+    """
+    eng = engine()  # here, on the session's thread: the computation runs on a worker, outside any script run
+    needed: tuple = ()
+    if needs is not None:
+        found, value = eng.results.peek(kind, key)
+        if found:
+            return value
+        needed = (needs(),)
+
+    def work(progress: ProgressFn) -> T:
+        if model is None:
+            return compute(progress, *needed)
+        with eng.model(model) as replica:
+            return compute(progress, replica, *needed)
+
+    return eng.results.fetch(kind, key, work, submit=eng.submit if on_worker else _inline, wait=wait)
 
 
 def _progress_wait(text: str, unit: str) -> Callable[[Flight], None]:
@@ -484,19 +593,16 @@ class Analysis:
 def _streamed_run(loaded: zoo.LoadedModel, images: ImageSet) -> tuple[Result, GateStats]:
     """One pass: predictions and logits of every image, gate statistics by label streamed batch by batch, and the
     per-image gates only when the set has at most :data:`KEEP_GATES_LIMIT` images (shared by every session)."""
-    eng = engine()  # here, on the session's thread: compute() runs on a worker, outside any script run
     names = list(images.class_names or loaded.class_names)
+    keep = len(images.items) <= KEEP_GATES_LIMIT
 
-    def compute(progress: ProgressFn) -> tuple[Result, GateStats]:
+    def compute(progress: ProgressFn, model: zoo.LoadedModel) -> tuple[Result, GateStats]:
         stats = GateStats.for_blocks(loaded.name, loaded.blocks, names)
-        keep = len(images.items) <= KEEP_GATES_LIMIT
-        with eng.model(loaded) as model:
-            result = run_model(model, images, progress=progress, batch_size=32, keep_gates=keep,
-                               on_gates=stats.update)
+        result = run_model(model, images, progress=progress, batch_size=32, keep_gates=keep, on_gates=stats.update)
         return _read_only(result), stats
 
-    return _fetch(eng, "run", (*model_key(loaded), images_key(images)), compute,
-                  _progress_wait(f"Running {loaded.name} on", "images"))
+    return _shared("run", (*model_key(loaded), images_key(images)), compute,
+                   _progress_wait(f"Running {loaded.name} on", "images"), model=loaded)
 
 
 def run(loaded: zoo.LoadedModel, images: ImageSet) -> Result:
@@ -505,75 +611,57 @@ def run(loaded: zoo.LoadedModel, images: ImageSet) -> Result:
 
 
 def analyse(loaded: zoo.LoadedModel, images: ImageSet, group_by_prediction: bool = False) -> Analysis:
-    """Run (shared) and compute per-class statistics, grouping by labels or by predicted class.
+    """Run (shared) and compute per-class statistics, grouping by labels or by predicted class (also when no
+    image has a label).
 
     Statistics by label are streamed during the run. Grouping by predicted class needs the predictions first: from
     the kept per-image gates when the set is small, else from a second pass with the predictions as labels."""
-    eng = engine()
-    key = (*model_key(loaded), images_key(images), group_by_prediction)
-    found, analysis = eng.results.peek("analysis", key)
-    if found:  # without asking for the run: it may have been evicted while its statistics were not
-        return analysis
-    result, by_label = _streamed_run(loaded, images)
-    by_prediction = group_by_prediction or (result.labels < 0).all()
-    if by_prediction and not result.gates and result.n:
-        predicted = replace(images, items=[replace(it, label=int(p), label_name=loaded.class_names[int(p)])
-                                           for it, p in zip(_kept_items(images, result), result.pred, strict=True)],
-                            skipped=[], class_names=list(loaded.class_names))
-        _, by_pred = _streamed_run(loaded, predicted)
-    else:
-        by_pred = None
 
-    def compute(_progress: ProgressFn) -> Analysis:
+    def passes() -> tuple[Result, GateStats, GateStats | None, bool]:
+        result, by_label = _streamed_run(loaded, images)
+        by_prediction = bool(group_by_prediction or (result.labels < 0).all())
+        by_pred = None
+        if by_prediction and not result.gates and result.n:
+            _, by_pred = _streamed_run(loaded, result.labelled_by_prediction(images, loaded.class_names))
+        return result, by_label, by_pred, by_prediction
+
+    def compute(_progress: ProgressFn, needed: tuple[Result, GateStats, GateStats | None, bool]) -> Analysis:
+        result, by_label, by_pred, by_prediction = needed
         if not by_prediction:
-            stats, names, grouping = by_label, by_label.class_names, "labels"
-        elif by_pred is not None:
-            stats, names, grouping = by_pred, list(loaded.class_names), "predicted class"
+            stats, grouping = by_label, "labels"
         else:
-            names, grouping = list(loaded.class_names), "predicted class"
-            stats = GateStats.for_blocks(loaded.name, loaded.blocks, names)
-            for name, gates in result.gates.items():
-                stats.update(name, gates, result.pred)
-        return Analysis(result=result, stats=stats, indices=stats.indices(), class_names=list(names),
+            grouping = "predicted class"
+            stats = by_pred if by_pred is not None else \
+                GateStats.from_result(result, loaded.blocks, loaded.class_names, by="prediction")
+        return Analysis(result=result, stats=stats, indices=stats.indices(), class_names=list(stats.class_names),
                         grouping=grouping)
 
     # Statistics need no network: computed on this thread (still once for sessions asking together).
-    return _fetch(eng, "analysis", key, compute, _no_wait, on_worker=False)
+    return _shared("analysis", (*model_key(loaded), images_key(images), group_by_prediction), compute,
+                   needs=passes, on_worker=False)
 
 
-def _kept_items(images: ImageSet, result: Result) -> list[ImageItem]:
-    by_key = {it.key: it for it in images.items}
-    return [by_key[k] for k in result.keys]
-
-
-def evaluate(loaded: zoo.LoadedModel, images: ImageSet, blocks: list, mode: str) -> dict:
+def evaluate(loaded: zoo.LoadedModel, images: ImageSet, blocks: list, mode: str) -> ablation.AblationResult:
     """The ablation metrics of ``blocks`` in ``mode`` (shared); reuses the full pass when it can."""
-    eng = engine()
-    key = (*model_key(loaded), images_key(images), tuple(b.name for b in blocks), mode)
-    found, out = eng.results.peek("evaluate", key)
-    if found:
-        return out
-    full = run(loaded, images) if mode == "identity" else None
 
-    def compute(_progress: ProgressFn) -> dict:
-        with eng.model(loaded) as model:
-            return ablation.evaluate(model, images, blocks, mode=mode, full=full)
+    def compute(_progress: ProgressFn, model: zoo.LoadedModel, full: Result | None) -> ablation.AblationResult:
+        return ablation.evaluate(model, images, blocks, mode=mode, full=full)
 
     verb = "removed" if mode == "identity" else "frozen"
-    return _fetch(eng, "evaluate", key, compute, _spinner_wait(f"Evaluating with {len(blocks)} SE block(s) {verb} ..."))
+    return _shared("evaluate", (*model_key(loaded), images_key(images), tuple(b.name for b in blocks), mode),
+                   compute, _spinner_wait(f"Evaluating with {len(blocks)} SE block(s) {verb} ..."), model=loaded,
+                   needs=lambda: run(loaded, images) if mode == "identity" else None)
 
 
 def sweep(loaded: zoo.LoadedModel, images: ImageSet, modes: tuple[str, ...], kinds: tuple[str, ...]) -> pd.DataFrame:
-    """Every single-block, stage and last-k ablation in each mode (shared), with a progress bar per run."""
-    eng = engine()
+    """Every single-block, stage and last-k ablation in each mode (shared), with a progress bar over the images."""
 
-    def compute(progress: ProgressFn) -> pd.DataFrame:
+    def compute(progress: ProgressFn, model: zoo.LoadedModel) -> pd.DataFrame:
         configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[0] in kinds]
-        with eng.model(loaded) as model:
-            return ablation.sweep(model, images, modes, configs, progress=progress)
+        return ablation.sweep(model, images, modes, configs, progress=progress)
 
-    return _fetch(eng, "sweep", (*model_key(loaded), images_key(images), modes, kinds), compute,
-                  _progress_wait("Sweeping SE ablations:", "runs"))
+    return _shared("sweep", (*model_key(loaded), images_key(images), modes, kinds), compute,
+                   _progress_wait("Sweeping SE ablations:", "images"), model=loaded)
 
 
 @st.cache_resource(max_entries=8, show_spinner="Opening the analysis ...")
@@ -644,28 +732,23 @@ def gradcams(loaded: zoo.LoadedModel, image_key: str, pixels, stage: int, remove
     ``image_key`` only names the image)."""
     from senet_viz.attribution import gradcam
 
-    eng = engine()
-
-    def compute(_progress: ProgressFn) -> tuple[dict, int]:
-        with eng.model(loaded) as model:
-            full, target = gradcam(model, pixels, stage)
-            ablated, _ = gradcam(model, pixels, stage, target=target, ablate_blocks=removed)
+    def compute(_progress: ProgressFn, model: zoo.LoadedModel) -> tuple[dict, int]:
+        full, target = gradcam(model, pixels, stage)
+        ablated, _ = gradcam(model, pixels, stage, target=target, ablate_blocks=removed)
         names = ", ".join(b.name for b in removed)
         return {"full network": full, f"without {names}": ablated}, target
 
     key = (*model_key(loaded), _pixels_key(pixels), stage, tuple(b.name for b in removed))
-    return _fetch(eng, "gradcam", key, compute, _spinner_wait("Computing Grad-CAM ..."))
+    return _shared("gradcam", key, compute, _spinner_wait("Computing Grad-CAM ..."), model=loaded)
 
 
 def channel_attribution(loaded: zoo.LoadedModel, image_key: str, pixels, block) -> tuple:
     """Gradient x gate of each channel of ``block`` for one image (shared; keyed by the pixels)."""
     from senet_viz.attribution import se_channel_attribution
 
-    eng = engine()
-
-    def compute(_progress: ProgressFn) -> tuple:
-        with eng.model(loaded) as model:
-            return se_channel_attribution(model, pixels, block)
+    def compute(_progress: ProgressFn, model: zoo.LoadedModel) -> tuple:
+        return se_channel_attribution(model, pixels, block)
 
     key = (*model_key(loaded), _pixels_key(pixels), block.name)
-    return _fetch(eng, "channel_attr", key, compute, _spinner_wait("Attributing the class score to SE channels ..."))
+    return _shared("channel_attr", key, compute, _spinner_wait("Attributing the class score to SE channels ..."),
+                   model=loaded)

@@ -1,0 +1,12 @@
+"""Text templates of the embedded model (``string.Template`` markdown files shipped as package data): the model
+card (``card.md``, plus ``card_comparison.md`` once the post-hoc comparison was measured) and the sample
+folder's README (``samples_readme.md``)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+
+def read(name: str) -> str:
+    """The text of the template file ``name`` (e.g. ``"card.md"``)."""
+    return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
