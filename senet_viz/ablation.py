@@ -51,8 +51,9 @@ def mean_gates(result: Result, blocks: Sequence[SEBlock]) -> dict[str, np.ndarra
     return {b.name: result.gates[b.name].astype(np.float32).mean(axis=0) for b in blocks}
 
 
-def _kl_rows(full_logits: np.ndarray, ablated_logits: np.ndarray) -> np.ndarray:
-    """KL(full || ablated) of the softmax outputs per image, in nats (float64)."""
+def per_image_kl(full_logits: np.ndarray, ablated_logits: np.ndarray) -> np.ndarray:
+    """KL(full || ablated) of the softmax outputs per image, in nats (float64); the mean of these rows is the
+    ``kl`` of :class:`AblationResult` (senet_viz.distributed gathers them across ranks)."""
     def log_softmax(z: np.ndarray) -> np.ndarray:
         z = z - z.max(axis=1, keepdims=True)
         return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -232,7 +233,7 @@ def compare(loaded: LoadedModel, full: Result, ablated: Result | None, blocks: S
     if blocks and ablated.keys != full.keys:
         raise ValueError("the ablated pass read other images than the full pass")
     if blocks and kl_rows is None and full.n:
-        kl_rows = _kl_rows(full.logits, ablated.logits)
+        kl_rows = per_image_kl(full.logits, ablated.logits)
     full_preds = _Predictions.of(full.top5, full.labels)
     ablated_preds = _Predictions.of(ablated.top5, full.labels) if blocks else full_preds
     extra.setdefault("precision", full.precision)
@@ -314,7 +315,7 @@ class _Configuration:
         # As run_model ranks: top-k of the softmax probabilities.
         _, top = logits.softmax(dim=1).topk(min(5, logits.shape[1]), dim=1)
         self.top5.append(top.cpu().numpy())
-        self.kl.append(_kl_rows(full_logits, logits.cpu().numpy()))
+        self.kl.append(per_image_kl(full_logits, logits.cpu().numpy()))
 
     def outcome(self, labels: np.ndarray, k: int) -> tuple[_Predictions, np.ndarray]:
         top5 = np.concatenate(self.top5) if self.top5 else np.zeros((0, k), np.int64)

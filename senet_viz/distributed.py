@@ -24,6 +24,9 @@ Reductions, and why they are exact:
 Everything that crosses ranks is plain data (tensors, strings, numbers) sent with ``weights_only=True``, so no
 rank unpickles code. Only rank 0 prints or writes. A process group created here is always destroyed, also on
 errors; one that the caller created is left alone.
+
+Size: the process group, its exact reductions and the sharded forms of extract/evaluate/sweep/paper belong
+together: each sharded function is the single-process one plus the reduction that makes it equal bit for bit.
 """
 
 from __future__ import annotations
@@ -386,17 +389,6 @@ def process_group(device: str = "auto", environ: Mapping[str, str] | None = None
 # taking the chosen class indices, so that the copies of their bookkeeping below can go.
 
 
-def _kl_rows(full_logits: np.ndarray, ablated_logits: np.ndarray) -> np.ndarray:
-    """Per-image KL(full || ablated) in nats, computed row by row exactly as ablation's mean KL is, so the mean
-    of the gathered rows is that number bit for bit."""
-    def log_softmax(z: np.ndarray) -> np.ndarray:
-        z = z - z.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-    lp, lq = log_softmax(full_logits.astype(np.float64)), log_softmax(ablated_logits.astype(np.float64))
-    return (np.exp(lp) * (lp - lq)).sum(axis=1)
-
-
 def paper_preset_sharded(group: Group, loaded, images: ImageSet, classes=None, per_class: int | None = None,
                          batch_size: int = 32, progress=None):
     """:func:`senet_viz.paper.paper_preset` over all ranks: the same classes and images (chosen on the whole set
@@ -440,7 +432,7 @@ def evaluate_sharded(group: Group, loaded, images: ImageSet, ablate_blocks=(), m
     every rank and averaged in single-process order; each rank runs its share of the full and ablated passes;
     predictions, labels and per-image KL are gathered to rank 0, which computes the metrics as one process does.
     Returns the same :class:`~senet_viz.ablation.AblationResult` on rank 0, None elsewhere."""
-    from .ablation import CALIBRATION_FRACTION, compare, evaluate, mean_gates, split_calibration
+    from .ablation import CALIBRATION_FRACTION, compare, evaluate, mean_gates, per_image_kl, split_calibration
     from .run import run_model
 
     if not group.active:
@@ -468,7 +460,7 @@ def evaluate_sharded(group: Group, loaded, images: ImageSet, ablate_blocks=(), m
                             batch_size=batch_size, progress=progress)
         if ablated.keys != full.keys:
             raise RuntimeError("the ablated pass read other images than the full pass")
-        kl = _kl_rows(full.logits, ablated.logits) if full.n else np.zeros(0)
+        kl = per_image_kl(full.logits, ablated.logits) if full.n else np.zeros(0)
         kl_all = group.gather_rows(full.keys, kl, eval_images)
     full_all = group.gather_result(full, eval_images)
     ablated_all = group.gather_result(ablated, eval_images) if blocks else full_all
