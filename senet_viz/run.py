@@ -43,7 +43,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -526,35 +525,6 @@ def _batches(prepare: Callable[[list[int]], _Batch], batches: list[list[int]], w
             yield done
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-class _ImageDataset(Dataset):
-    """(index, normalised CPU tensor or None, reason or None) per image, through the same pipeline as run_model:
-    a torch ``DataLoader`` over it (with :func:`_collate`) gives run_model's CPU pixels and skips. The library's
-    own passes go through :func:`run_model` (the sweep's configurations reuse each batch with ``on_batch``)."""
-
-    def __init__(self, items: Sequence[ImageItem], transform: Callable) -> None:
-        self.items = items
-        self.pipeline = _Pipeline(items, transform, torch.device("cpu"), device_decode=False)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        try:
-            x = self.pipeline.prepare(self.items[i])
-            return i, self.pipeline.normalise(x[None])[0] if x.dtype == torch.uint8 else x, None
-        except ImageDecodeError as exc:
-            return i, None, str(exc)
-        except Exception as exc:  # a transform failing on a valid image must not kill the batch either
-            return i, None, f"could not be prepared for the model: {exc.__class__.__name__}: {exc}"
-
-
-def _collate(batch):
-    ok = [(i, x) for i, x, _ in batch if x is not None]
-    failed = [(i, why) for i, x, why in batch if x is None]
-    tensor = torch.stack([x for _, x in ok]) if ok else None
-    return [i for i, _ in ok], tensor, failed
 
 
 # ---------------------------------------------------------------------------------------------- the pass

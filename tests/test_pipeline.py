@@ -374,17 +374,3 @@ def test_items_with_in_memory_bytes_are_picklable():
 
     item = ImageItem("k/a.jpg", "a.jpg", 0, "cat", data=encode(photo()))
     assert pickle.loads(pickle.dumps(item)) == item
-
-
-def test_the_sweeps_decoder_gives_run_models_input(tmp_path):
-    """ablation.sweep decodes through run._ImageDataset: the same pixels as run_model, the same skips."""
-    from senet_viz.run import _collate, _ImageDataset
-
-    images = hostile_set(tmp_path)
-    loaded = tiny_model()
-    pipeline = _Pipeline(images.items, loaded.transform, torch.device("cpu"))
-    indices, x, failed = pipeline.device_batch(pipeline.host(list(range(len(images.items)))))
-    dataset = _ImageDataset(images.items, loaded.transform)
-    kept, pixels, refused = _collate([dataset[i] for i in range(len(dataset))])
-    assert kept == indices and refused == failed
-    assert torch.equal(pixels, x)
