@@ -362,3 +362,45 @@ def test_a_copy_is_made_while_the_model_is_busy_and_has_no_hooks_of_the_busy_req
     finally:
         engine.pool.shutdown()
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------ compute processes
+
+
+@needs_model
+def test_with_compute_processes_the_passes_run_in_a_worker_process_with_the_same_results(monkeypatch, tmp_path):
+    """SENET_VIZ_COMPUTE=processes: the Remove page shows the numbers the thread engine shows, and the server
+    process runs no forward pass for them (the worker process does)."""
+    from ui import state
+
+    folder = small_folder(tmp_path / "two classes")
+    threads = new_session()
+    use_folder(threads, folder)
+    open_page(threads, "remove", "Remove SE blocks")
+    expected = metrics(threads)
+
+    monkeypatch.setenv("SENET_VIZ_COMPUTE", "processes")
+    state.engine.clear()  # a new engine reads the policy
+    try:
+        moved = tmp_path / "same images elsewhere"  # new content keys: nothing cached from the thread run
+        shutil.copytree(folder, moved)
+        processes = new_session()
+        assert state.engine().policy.processes
+        use_folder(processes, moved)
+        before = forward_count()
+        open_page(processes, "remove", "Remove SE blocks")
+        assert metrics(processes) == expected
+        assert forward_count() == before, "the server process ran the network itself"
+        assert state.engine()._processes is not None, "no worker process was used"
+    finally:
+        engine = state.engine()
+        if engine._processes is not None:
+            engine._processes.shutdown(cancel_futures=True)
+        state.engine.clear()
+    monkeypatch.delenv("SENET_VIZ_COMPUTE")
+
+
+def test_the_compute_setting_is_read_and_a_bad_value_falls_back_to_threads():
+    assert not thread_policy({}, cores=8).processes
+    assert thread_policy({"SENET_VIZ_COMPUTE": "processes"}, cores=8).processes
+    assert not thread_policy({"SENET_VIZ_COMPUTE": "forks"}, cores=8).processes

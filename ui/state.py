@@ -32,7 +32,15 @@ threads, each capped once when it starts, while the session shows a progress bar
   (made on first need, at most this many per model, so two sessions on the same model do not queue on its lock);
   on CUDA too while the copies fit in a quarter of the free GPU memory, each worker on its own CUDA stream.
 
-Both are read once per process, when the first model is requested. ``SENET_VIZ_TORCH_THREADS=<cores>`` with
+- ``SENET_VIZ_COMPUTE``: ``threads`` (default) runs the network passes (the run, ablations, sweeps) on those worker
+  threads; ``processes`` runs them in as many worker processes (spawned on first need, each loading the models it
+  is asked for once and capped to the same torch threads), so that two sessions' per-image Python work (decoding,
+  hooks, bookkeeping) does not take turns on the server's one GIL: measured with
+  benchmarks/concurrent_sessions.py, two sessions at once took 2.1x one session's time on an H100 machine with
+  threads (the embedded model's work is almost all Python there). Costs: a first request waits for the process to
+  start (a few seconds: it imports torch), and each process holds its own copy of every model it runs.
+
+All three are read once per process, when the first model is requested. ``SENET_VIZ_TORCH_THREADS=<cores>`` with
 ``SENET_VIZ_MAX_CONCURRENT=1`` gives every core to one request at a time, as the CLI does (the fastest single
 session on an otherwise idle machine).
 
@@ -48,13 +56,15 @@ import hashlib
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import tempfile
 import threading
+import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -70,11 +80,13 @@ from senet_viz.bundle import Bundle, BundleError, read_bundle
 from senet_viz.data import ImageItem, ImageSet
 from senet_viz.run import PixelCache, ProgressFn, Result, reuse_pixels, run_model
 from senet_viz.stats import GateStats
+from ui import jobs
 
 T = TypeVar("T")
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "senet_viz_uploads"
 THREADS_ENV = "SENET_VIZ_TORCH_THREADS"
 CONCURRENT_ENV = "SENET_VIZ_MAX_CONCURRENT"
+COMPUTE_ENV = "SENET_VIZ_COMPUTE"
 # Entries kept per kind, for the whole process (all sessions together); see the module docstring for memory.
 # Per-image gates are kept (for Explore) only for runs of at most this many images; larger runs keep predictions
 # and stream the gates into statistics, so memory does not grow with the folder (SE-ResNet-50: 30 kB per image).
@@ -257,6 +269,7 @@ class ThreadPolicy:
     cores: int  # CPUs this process may use
     threads: int  # torch intra-op threads per request
     concurrent: int  # requests computing at once (worker threads)
+    processes: bool = False  # network passes in worker processes (SENET_VIZ_COMPUTE=processes)
 
 
 def _usable_cores() -> int:
@@ -285,7 +298,12 @@ def thread_policy(env: Mapping[str, str] | None = None, cores: int | None = None
     env = os.environ if env is None else env
     cores = cores or _usable_cores()
     threads = _env_int(THREADS_ENV, max(1, cores // 2), env)
-    return ThreadPolicy(cores, threads, _env_int(CONCURRENT_ENV, max(1, cores // threads), env))
+    compute = env.get(COMPUTE_ENV, "threads").strip().lower() or "threads"
+    if compute not in ("threads", "processes"):
+        _log.warning("%s=%r is neither 'threads' nor 'processes'; using threads", COMPUTE_ENV, compute)
+        compute = "threads"
+    return ThreadPolicy(cores, threads, _env_int(CONCURRENT_ENV, max(1, cores // threads), env),
+                        processes=compute == "processes")
 
 
 class _Replicas:
@@ -384,6 +402,33 @@ class Engine:
                                        initializer=torch.set_num_threads, initargs=(policy.threads,))
         self._replicas: dict[int, _Replicas] = {}  # by id() of the cached module, dropped when it is collected
         self._replicas_guard = threading.Lock()
+        self._processes: ProcessPoolExecutor | None = None
+        self._board: Any = None  # progress reported by the worker processes (a manager dict), made on first need
+        self._processes_guard = threading.Lock()
+
+    def in_process(self, job: Callable[..., T], *args: Any, progress: ProgressFn | None = None) -> T:
+        """``job(*args, board, token)`` in a worker process (see :mod:`ui.jobs`), its progress relayed to
+        ``progress``; called from a worker thread, which waits for it."""
+        with self._processes_guard:
+            if self._processes is None:
+                context = multiprocessing.get_context("spawn")  # fork is unsafe under the server's threads
+                self._board = context.Manager().dict()
+                self._processes = ProcessPoolExecutor(self.policy.concurrent, mp_context=context,
+                                                      initializer=jobs.init_worker, initargs=(self.policy.threads,))
+                for _ in range(self.policy.concurrent):  # start every worker now, not at the first concurrent use
+                    self._processes.submit(jobs.ready)
+        token = uuid.uuid4().hex
+        future = self._processes.submit(job, *args, self._board if progress else None, token)
+        try:
+            while True:
+                try:
+                    return future.result(timeout=0.2)
+                except TimeoutError:
+                    if progress is not None and (reported := self._board.get(token)) is not None:
+                        progress(*reported)
+        finally:
+            if progress is not None:
+                self._board.pop(token, None)
 
     def submit(self, job: Callable[[], None]) -> None:
         self.pool.submit(_in_worker, job)
@@ -515,7 +560,25 @@ def get_model(name: str, weights: str | None = None, device: str = "auto") -> zo
     """The shared, cached model; raises the library's errors (WeightsError, ...) for the caller to show."""
     engine()  # the thread policy is in place before the first forward (loading verifies the blocks with one)
     key = weights_digest(weights) if weights and Path(weights).is_file() else (weights or "default")
-    return _cached_model(name, weights, device, key)
+    loaded = _cached_model(name, weights, device, key)
+    with _refs_guard:
+        if id(loaded.model) not in _model_refs:
+            _model_refs[id(loaded.model)] = jobs.ModelRef(name, weights, str(loaded.device))
+            weakref.finalize(loaded.model, _model_refs.pop, id(loaded.model), None)
+    return loaded
+
+
+# How each cached model was loaded, so that a worker process can load the same (SENET_VIZ_COMPUTE=processes).
+_model_refs: dict[int, jobs.ModelRef] = {}
+_refs_guard = threading.Lock()
+
+
+def _process_ref(loaded: zoo.LoadedModel) -> jobs.ModelRef | None:
+    """Where ``loaded``'s passes run in a worker process: its load arguments, or None (threads: the policy, or a
+    model the server did not load through :func:`get_model`)."""
+    if not engine().policy.processes:
+        return None
+    return _model_refs.get(id(loaded.model))
 
 
 def save_upload(name: str, data: bytes) -> Path:
@@ -601,8 +664,13 @@ def _streamed_run(loaded: zoo.LoadedModel, images: ImageSet) -> tuple[Result, Ga
         result = run_model(model, images, progress=progress, batch_size=32, keep_gates=keep, on_gates=stats.update)
         return _read_only(result), stats
 
-    return _shared("run", (*model_key(loaded), images_key(images)), compute,
-                   _progress_wait(f"Running {loaded.name} on", "images"), model=loaded)
+    def in_process(progress: ProgressFn) -> tuple[Result, GateStats]:
+        result, stats = engine().in_process(jobs.streamed_run, ref, images, names, keep, progress=progress)
+        return _read_only(result), stats
+
+    ref = _process_ref(loaded)
+    return _shared("run", (*model_key(loaded), images_key(images)), compute if ref is None else in_process,
+                   _progress_wait(f"Running {loaded.name} on", "images"), model=loaded if ref is None else None)
 
 
 def run(loaded: zoo.LoadedModel, images: ImageSet) -> Result:
@@ -647,9 +715,15 @@ def evaluate(loaded: zoo.LoadedModel, images: ImageSet, blocks: list, mode: str)
     def compute(_progress: ProgressFn, model: zoo.LoadedModel, full: Result | None) -> ablation.AblationResult:
         return ablation.evaluate(model, images, blocks, mode=mode, full=full)
 
+    def in_process(_progress: ProgressFn, full: Result | None) -> ablation.AblationResult:
+        return engine().in_process(jobs.evaluate, ref, images, [b.name for b in blocks], mode, full)
+
     verb = "removed" if mode == "identity" else "frozen"
+    ref = _process_ref(loaded)
     return _shared("evaluate", (*model_key(loaded), images_key(images), tuple(b.name for b in blocks), mode),
-                   compute, _spinner_wait(f"Evaluating with {len(blocks)} SE block(s) {verb} ..."), model=loaded,
+                   compute if ref is None else in_process,
+                   _spinner_wait(f"Evaluating with {len(blocks)} SE block(s) {verb} ..."),
+                   model=loaded if ref is None else None,
                    needs=lambda: run(loaded, images) if mode == "identity" else None)
 
 
@@ -660,8 +734,13 @@ def sweep(loaded: zoo.LoadedModel, images: ImageSet, modes: tuple[str, ...], kin
         configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[0] in kinds]
         return ablation.sweep(model, images, modes, configs, progress=progress)
 
-    return _shared("sweep", (*model_key(loaded), images_key(images), modes, kinds), compute,
-                   _progress_wait("Sweeping SE ablations:", "images"), model=loaded)
+    def in_process(progress: ProgressFn) -> pd.DataFrame:
+        return engine().in_process(jobs.sweep, ref, images, modes, kinds, progress=progress)
+
+    ref = _process_ref(loaded)
+    return _shared("sweep", (*model_key(loaded), images_key(images), modes, kinds),
+                   compute if ref is None else in_process,
+                   _progress_wait("Sweeping SE ablations:", "images"), model=loaded if ref is None else None)
 
 
 @st.cache_resource(max_entries=8, show_spinner="Opening the analysis ...")

@@ -1,0 +1,105 @@
+"""The app's network passes as plain functions of plain arguments, for compute processes.
+
+With ``SENET_VIZ_COMPUTE=processes`` (see ui/state.py) the passes run in worker processes instead of threads of
+the server: every process has its own Python interpreter, so two sessions' per-image Python work (decoding small
+images, hooks, bookkeeping) runs in parallel instead of taking turns on the server's one GIL. Each function here
+takes a :class:`ModelRef` (how the server loaded the model), the images (an :class:`~senet_viz.data.ImageSet`,
+picklable, uploads included) and returns what the thread version returns; the process keeps its own bounded
+cache of loaded models and of decoded pixels. This module imports no streamlit: a worker process stays small.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, MutableMapping
+from typing import NamedTuple
+
+import pandas as pd
+import torch
+
+from senet_viz import ablation, zoo
+from senet_viz.data import ImageSet
+from senet_viz.run import PixelCache, Result, reuse_pixels, run_model
+from senet_viz.stats import GateStats
+
+MODELS_PER_PROCESS = 3  # as the server's model cache (st.cache_resource max_entries)
+
+
+class ModelRef(NamedTuple):
+    """The arguments the server loaded a model with (:func:`senet_viz.zoo.load_model`)."""
+
+    name: str
+    weights: str | None
+    device: str
+
+
+_models: OrderedDict[ModelRef, zoo.LoadedModel] = OrderedDict()
+_models_lock = threading.Lock()
+_pixels = PixelCache(256 << 20)
+
+
+def init_worker(threads: int) -> None:
+    """Process initializer: the per-request torch thread cap of the server's policy."""
+    torch.set_num_threads(threads)
+
+
+def ready() -> int:
+    """A no-op the server submits once per worker when it starts the pool, so every process is started (and has
+    imported torch) before the first request needs it."""
+    return torch.get_num_threads()
+
+
+def model(ref: ModelRef) -> zoo.LoadedModel:
+    """The model ``ref`` names, loaded once per process (least recently used out beyond MODELS_PER_PROCESS)."""
+    with _models_lock:
+        loaded = _models.get(ref)
+        if loaded is not None:
+            _models.move_to_end(ref)
+            return loaded
+    loaded = zoo.load_model(ref.name, weights=ref.weights, device=ref.device)
+    with _models_lock:
+        _models[ref] = loaded
+        while len(_models) > MODELS_PER_PROCESS:
+            _models.popitem(last=False)
+    return loaded
+
+
+def _reporter(board: MutableMapping | None, token: str) -> Callable[[int, int], None] | None:
+    """Progress written to the server's shared board (a multiprocessing manager dict) under ``token``."""
+    if board is None:
+        return None
+
+    def report(done: int, total: int) -> None:
+        board[token] = (done, total)
+
+    return report
+
+
+def streamed_run(ref: ModelRef, images: ImageSet, class_names: list[str], keep_gates: bool,
+                 board: MutableMapping | None = None, token: str = "") -> tuple[Result, GateStats]:
+    """The server's streamed pass: predictions, logits, gate statistics by label, per-image gates if kept."""
+    loaded = model(ref)
+    stats = GateStats.for_blocks(loaded.name, loaded.blocks, class_names)
+    with reuse_pixels(_pixels):
+        result = run_model(loaded, images, progress=_reporter(board, token), batch_size=32, keep_gates=keep_gates,
+                           on_gates=stats.update)
+    return result, stats
+
+
+def evaluate(ref: ModelRef, images: ImageSet, block_names: list[str], mode: str, full: Result | None,
+             board: MutableMapping | None = None, token: str = "") -> ablation.AblationResult:
+    """:func:`senet_viz.ablation.evaluate` of the blocks named ``block_names``."""
+    loaded = model(ref)
+    blocks = [b for b in loaded.blocks if b.name in set(block_names)]
+    with reuse_pixels(_pixels):
+        return ablation.evaluate(loaded, images, blocks, mode=mode, full=full)
+
+
+def sweep(ref: ModelRef, images: ImageSet, modes: tuple[str, ...], kinds: tuple[str, ...],
+          board: MutableMapping | None = None, token: str = "") -> pd.DataFrame:
+    """:func:`senet_viz.ablation.sweep` over the configurations of ``kinds``."""
+    loaded = model(ref)
+    configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[0] in kinds]
+    with reuse_pixels(_pixels):
+        return ablation.sweep(loaded, images, modes, configs, progress=_reporter(board, token))
