@@ -26,12 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from senet_viz import channels
+from senet_viz.stats import GateStats
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from senet_viz import channels  # noqa: E402
-from senet_viz.stats import GateStats  # noqa: E402
-
 MODEL = "tf_mobilenetv3_small_100"
 SAMPLES = ROOT.parent / "shared" / "data" / "imagenet-samples"
 

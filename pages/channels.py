@@ -51,7 +51,7 @@ event = st.dataframe(shown, hide_index=True, on_select="rerun", selection_mode="
                          "selectivity": st.column_config.ProgressColumn("selectivity", min_value=0.0, max_value=1.0,
                                                                         format="%.3f")})
 st.caption("Choose a row to open that channel below.")
-exports.keep_table(f"Most class-specific channels ({block})", top)
+exports.keep_table("Most class-specific channels", top)  # one name: the latest view replaces the last
 view.apply_table_selection(event, top, channel_key, block)
 
 if not 0 <= int(st.session_state.get(channel_key, -1)) < width:  # first visit: the most class-specific channel
@@ -63,9 +63,12 @@ row = table.iloc[channel]
 st.markdown(f"**{block} · channel {channel}** — selectivity {row['selectivity']:.3f}, preferred class "
             f"**{row['preferred_class']}** (mean gate {row['mu_max']:.3f} vs {row['mu_rest']:.3f} for the others)")
 
+if src.exemplars is None or src.values is None:
+    st.info(src.missing)
+    st.stop()
 found = src.exemplars(block, k, channel)
 frame = found.frame(channel, src.class_names)
-exports.keep_table(f"Exemplars of {block} channel {channel}", frame)
+exports.keep_table("Channel exemplars", frame)
 with st.container(key="channel_exemplars"):
     for end, title in (("highest", "Highest gate: the images that open it most"),
                        ("lowest", "Lowest gate: the images that close it most")):
@@ -81,7 +84,7 @@ values = values.assign(**{"class": src.classes_of(values)})
 fig_dist = channel_plots.channel_distribution(values, src.model, block, channel, grouping=src.grouping,
                                               all_classes=src.stats.class_names)
 st.plotly_chart(fig_dist, width="stretch", key="channels_distribution")
-exports.keep_figure(f"{block} channel {channel} per class", fig_dist)
+exports.keep_figure("Channel gate per class", fig_dist)
 
 st.subheader("Where the channel's input is strongest in the top images")
 if src.loaded is None:
@@ -99,4 +102,4 @@ else:
                 crops, maps, [f"#{r.rank} s={r.gate:.3f}" for r in top_rows.itertuples()],
                 f"{block} channel {channel}: its SE input over the top images — {src.model}")
             st.plotly_chart(fig_maps, width="stretch", key="channels_maps")
-            exports.keep_figure(f"{block} channel {channel} input maps", fig_maps)
+            exports.keep_figure("Channel input maps", fig_maps)

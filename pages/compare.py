@@ -4,6 +4,7 @@ import streamlit as st
 
 from senet_viz import plots, verdict
 from ui import exports
+from ui.channels import channel_link
 from ui.common import class_caption, need_analysis, per_model
 from ui.routing import through_app
 
@@ -66,7 +67,8 @@ else:
     labels, counts, means = stats.class_means(block, chosen)
     fig = plots.heatmap_matrix(means, labels, counts, model=stats.model, block=block, all_classes=classes)
 
-st.plotly_chart(fig, width="stretch", key="compare_chart")
+event = st.plotly_chart(fig, width="stretch", key="compare_chart", on_select="rerun", selection_mode="points")
+channel_link(fig, event, None if preset.startswith(("Paper Fig. 6", "Per-stage")) else block)  # -> Channels page
 exports.keep_figure("Compare classes", fig)
 
 with st.expander("Indices per block (class specificity, saturation)"):

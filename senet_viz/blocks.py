@@ -221,7 +221,8 @@ def _gate_child(module: nn.Module) -> _Candidate | str | None:
 
 def _default_input(model: nn.Module) -> tuple[int, int, int]:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    size = tuple(cfg.get("input_size", None) or getattr(model, "input_size", None) or (3, 224, 224))
+    size = cfg.get("input_size", None) if isinstance(cfg, dict) else None
+    size = tuple(size) if isinstance(size, list | tuple) else ()
     return size if len(size) == 3 else (3, 224, 224)  # type: ignore[return-value]
 
 
@@ -454,6 +455,11 @@ def _strip_shape_ops(node: fx.Node, gm: fx.GraphModule) -> fx.Node:
             return node
         if node.op == "call_module":
             if not any(k in class_name(gm.get_submodule(node.target)) for k in _SHAPE_MODULES):
+                return node
+        elif node.op == "call_function" and node.target is operator.getitem:
+            index = node.args[1] if len(node.args) > 1 else None
+            index = index if isinstance(index, tuple) else (index,)
+            if not all(i is None or i is Ellipsis or i == slice(None) for i in index):  # s[:, :, None, None]
                 return node
         elif node.op not in ("call_function", "call_method") or _fn_name(node, gm) not in _SHAPE_FNS:
             return node
@@ -810,13 +816,15 @@ def discover(model: nn.Module, input_size: tuple[int, int, int] | None = None, *
 # ------------------------------------------------------------------------------------------- census (no weights)
 
 
-def static_gates(model: nn.Module) -> tuple[dict[str, int], dict[str, int]]:
+def static_gates(model: nn.Module) -> tuple[dict[str, int], dict[str, int], int]:
     """Channel gates of ``model`` counted by module structure alone, without a forward pass (so a model built on
-    the ``meta`` device works): (gates per kind, look-alikes that are not SE per reason). Structural matches are
-    counted under their kind like known classes; a forward pass (:func:`discover_se_blocks`) may still reject
-    one. GlobalContext without ``fuse_scale`` and GatherExcite with a local extent have no per-channel gate."""
+    the ``meta`` device works): (gates per kind, look-alikes that are not SE per class, how many of the gates were
+    matched structurally rather than by a known class). Structural matches are counted under their kind like
+    known classes; a forward pass (:func:`discover_se_blocks`) may still reject one. GlobalContext without
+    ``fuse_scale`` and GatherExcite with a local extent have no per-channel gate."""
     kinds: dict[str, int] = {}
     not_se: dict[str, int] = {}
+    structural = 0
     for _, module in model.named_modules():
         found = _gate_child(module)
         cls = class_name(module)
@@ -831,7 +839,8 @@ def static_gates(model: nn.Module) -> tuple[dict[str, int], dict[str, int]]:
             not_se["GatherExcite(local extent)"] = not_se.get("GatherExcite(local extent)", 0) + 1
             continue
         kinds[found.gate_kind] = kinds.get(found.gate_kind, 0) + 1
-    return kinds, not_se
+        structural += found.source == "structural"
+    return kinds, not_se, structural
 
 
 def _census_file() -> Path:
@@ -851,13 +860,22 @@ def _census_one(name: str) -> dict:
     import torchvision
 
     source, _, arch = name.partition(":")
-    with torch.device("meta"):
+
+    def build() -> nn.Module:
         if source == "torchvision":
-            model = torchvision.models.get_model(arch, weights=None)
-        else:
-            model = timm.create_model(arch, pretrained=False)
-    kinds, not_se = static_gates(model)
-    return {"source": source, "gates": sum(kinds.values()), "kinds": kinds, "not_se": not_se}
+            return torchvision.models.get_model(arch, weights=None)
+        return timm.create_model(arch, pretrained=False)
+
+    device = "meta"
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (NotImplementedError, RuntimeError):  # an __init__ that reads tensor values: build it for real
+        device = "cpu"
+        model = build()
+    kinds, not_se, structural = static_gates(model)
+    return {"source": source, "gates": sum(kinds.values()), "kinds": kinds, "not_se": not_se,
+            "structural": structural, "device": device}
 
 
 def census_names() -> list[str]:
@@ -874,15 +892,19 @@ def gate_census(names: Iterable[str] | None = None, *, refresh: bool = False, ca
                 progress=None) -> dict:
     """Which timm and torchvision architectures have channel gates, of which kinds and how many, without weights.
 
-    Each model is built on the ``meta`` device (no memory, no initialisation) and counted by :func:`static_gates`.
+    Each model is built on the ``meta`` device (no memory, no initialisation; on the CPU when its constructor
+    needs tensor values) and counted by :func:`static_gates`.
     Results are cached per architecture in a JSON file under the cache dir (``$SENET_VIZ_CACHE``, else
     ``~/.cache/senet_viz``), keyed by the timm and torchvision versions; ``names`` (``timm:<name>``,
     ``torchvision:<name>`` or a bare timm name) restricts the census, ``refresh`` rebuilds. ``progress(i, n, name)``
     is called per model built.
 
-    Returns ``{"models": {name: {"source", "gates", "kinds", "not_se"}} (only architectures with a gate or a
-    look-alike), "errors": {name: message}, "per_kind": {kind: {"models", "gates"}}, "not_se": {reason: models},
-    "built": count built now, "seconds": time spent now, "cache": path}``.
+    Returns ``{"models": {name: {"source", "gates", "kinds", "not_se", "structural", "device"}} (only
+    architectures with a gate or a look-alike; ``structural``: gates matched by structure, not by a known class;
+    ``device``: "meta", or "cpu" for a constructor that reads tensor values), "errors": {name: message},
+    "per_kind": {kind: {"models", "gates"}}, "not_se": {class: models}, "covered": architectures asked for,
+    "built": built now (the others came from the cache), "seconds": time spent building now, "cache": path}``.
+    A full census (about 1,450 architectures) takes a few minutes on a CPU; later calls read the cache.
     """
     wanted = census_names() if names is None else [n if ":" in n else f"timm:{n}" for n in names]
     path = Path(cache) if cache is not None else _census_file()
@@ -892,7 +914,7 @@ def gate_census(names: Iterable[str] | None = None, *, refresh: bool = False, ca
             stored = json.loads(path.read_text()).get("entries", {})
         except (OSError, ValueError):
             stored = {}
-    todo = [n for n in wanted if n not in stored]
+    todo = [n for n in wanted if "structural" not in stored.get(n, {})]  # new, or failed before (retried)
     start = time.perf_counter()
     for i, name in enumerate(todo):
         try:

@@ -565,8 +565,13 @@ def _channels(p: argparse.ArgumentParser, help_text: str) -> None:
     p.add_argument("--channels", type=int, default=50, help=help_text)
 
 
+def _prog() -> str:
+    """How the user started us: the console script ``senet-viz`` or ``python -m senet_viz``."""
+    return "senet-viz" if Path(sys.argv[0]).name == "senet-viz" else "python -m senet_viz"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m senet_viz", description=__doc__.split("\n\nSize:")[0],
+    parser = argparse.ArgumentParser(prog=_prog(), description=__doc__.split("\n\nSize:")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 

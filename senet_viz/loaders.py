@@ -210,7 +210,9 @@ def _load_torchscript(path: Path, input_size: tuple[int, int, int], info: LoadIn
     scripted.eval()
     example = torch.zeros((2, *input_size))
     try:
-        with fx_config.patch(backed_size_oblivious=True):
+        with fx_config.patch(backed_size_oblivious=True), warnings.catch_warnings():
+            # "Manually populate <bn>.num_batches_tracked into state_dict": a statistic the graph never reads
+            warnings.filterwarnings("ignore", message="Manually populate", category=UserWarning)
             program = TS2EPConverter(scripted, (example,)).convert()
     except Exception as error:
         raise ModelLoadError(
@@ -240,12 +242,35 @@ def _load_export(path: Path, info: LoadInfo) -> nn.Module:
     return gm
 
 
+def _tuple_index_slice() -> None:
+    """onnx2torch 1.5.15 indexes with a *list* of slices (``x[[slice(0, 1)]]``), which torch deprecates (a list
+    index will mean a tensor index); index with the tuple it means instead. Same result today, no warning, and
+    no silent change when torch switches."""
+    from onnx2torch.node_converters import slice as onnx_slice
+
+    if getattr(onnx_slice._do_slice, "_senet_viz", False):
+        return
+
+    def _do_slice(x: torch.Tensor, flip_dims: list, pos_axes_slices: list, neg_axes_slices: list) -> torch.Tensor:
+        if flip_dims:
+            x = torch.flip(x, dims=flip_dims)
+        if pos_axes_slices:
+            x = x[tuple(pos_axes_slices)]
+        if neg_axes_slices:
+            x = x[tuple(neg_axes_slices)]
+        return x
+
+    _do_slice._senet_viz = True  # type: ignore[attr-defined]
+    onnx_slice._do_slice = _do_slice
+
+
 def _load_onnx(path: Path, info: LoadInfo) -> nn.Module:
     try:
         import onnx
         from onnx2torch import convert
     except ImportError as error:
         raise ModelLoadError("loading ONNX needs the onnx and onnx2torch packages (pip install onnx2torch)") from error
+    _tuple_index_slice()
     try:
         proto = onnx.load(str(path))
     except Exception as error:
@@ -312,8 +337,10 @@ def load_model_arg(arg: str, *, weights: str | Path | None = None, allow_code: b
             raise ModelLoadError(f"calling {where}:{attr}() failed: {type(error).__name__}: {error}") from error
         if not isinstance(model, nn.Module):
             raise ModelLoadError(f"{where}:{attr}() returned a {type(model).__name__}, not a torch.nn.Module")
-        info = LoadInfo(arg=text, format="entry-point", name=attr if attr != "build" else Path(target).stem,
-                        path=str(Path(target)) if target.endswith(".py") else None)
+        is_file = target.endswith(".py") or "/" in target or "\\" in target
+        stem = Path(target).stem if is_file else target.rpartition(".")[2]
+        info = LoadInfo(arg=text, format="entry-point", name=attr if attr != "build" else stem,
+                        path=str(Path(target)) if is_file else None)
         if weights is not None:
             load_weights(model, weights)
             info.weights = str(weights)

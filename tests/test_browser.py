@@ -75,6 +75,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 STARTUP_TIMEOUT_S = 120
+RUN_START_TIMEOUT_S = 60  # a rerun starts within milliseconds of the action; generous for a busy machine
 RUN_TIMEOUT_MS = 240_000
 VIEWPORT = {"width": 1600, "height": 1100}
 
@@ -166,11 +167,12 @@ def page(browser):
 
 
 class Watch:
-    """What a tab's session reports: the script runs the server finished (``ForwardMsg.script_finished`` on the
-    websocket, not counting a run cut short for a rerun), the pages it reported not found (``page_not_found``), and
-    the page's JavaScript errors (``pageerror``)."""
+    """What a tab's session reports: the script runs the server started (``ForwardMsg.new_session`` on the websocket)
+    and finished (``script_finished``, not counting a run cut short for a rerun), the pages it reported not found
+    (``page_not_found``), and the page's JavaScript errors (``pageerror``)."""
 
     def __init__(self, tab) -> None:
+        self.started = 0
         self.finished = 0
         self.not_found: list[str] = []
         self.errors: list[str] = []
@@ -186,7 +188,9 @@ class Watch:
             return
         msg = ForwardMsg.FromString(bytes(payload))
         kind = msg.WhichOneof("type")
-        if kind == "script_finished" and msg.script_finished != ForwardMsg.FINISHED_EARLY_FOR_RERUN:
+        if kind == "new_session":
+            self.started += 1
+        elif kind == "script_finished" and msg.script_finished != ForwardMsg.FINISHED_EARLY_FOR_RERUN:
             self.finished += 1
         elif kind == "page_not_found":
             self.not_found.append(msg.page_not_found.page_name or "(main page)")
@@ -203,22 +207,35 @@ def new_tab(context):
     return tab
 
 
+def _wait_count(page, what: str, n: int, timeout_s: float) -> None:
+    """Wait until the tab's :class:`Watch` has counted ``n`` script runs ``what`` ("started" or "finished")."""
+    watch = WATCHES[page]
+    deadline = time.monotonic() + timeout_s
+    while getattr(watch, what) < n:
+        assert time.monotonic() < deadline, f"{getattr(watch, what)} script runs {what} in {timeout_s:.0f} s, " \
+                                            f"waited for {n}"
+        page.wait_for_timeout(50)  # lets Playwright deliver the websocket frames
+
+
 def wait_runs(page, n: int) -> None:
     """Wait until the session has finished ``n`` script runs in all and the app shows none in progress."""
-    watch = WATCHES[page]
-    deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
-    while watch.finished < n:
-        assert time.monotonic() < deadline, f"{watch.finished} script runs finished, waited for {n}"
-        page.wait_for_timeout(50)  # lets Playwright deliver the websocket frames
+    _wait_count(page, "finished", n, RUN_TIMEOUT_MS / 1000)
     page.wait_for_selector(IDLE, state="attached")
 
 
 @contextlib.contextmanager
 def script_run(page) -> Iterator[None]:
-    """Around an action that reruns the script: returns once a run after it has finished (see :class:`Watch`)."""
-    before = WATCHES[page].finished
+    """Around an action that reruns the script: returns once a run after it has finished (see :class:`Watch`). An
+    action that starts no run (e.g. choosing the option already selected) fails fast instead of waiting out the
+    run timeout."""
+    watch = WATCHES[page]
+    started, finished = watch.started, watch.finished
     yield
-    wait_runs(page, before + 1)
+    try:
+        _wait_count(page, "started", started + 1, RUN_START_TIMEOUT_S)
+    except AssertionError as exc:
+        raise AssertionError(f"the action started no script run: {exc}") from None
+    wait_runs(page, finished + 1)
 
 
 def open_app(page, url: str) -> None:
@@ -273,6 +290,8 @@ def plotly_data(page) -> list:
 
 
 def pick_model(page, name: str) -> None:
+    if name in page.locator(".st-key-model_name input").input_value():
+        return  # already chosen: choosing it again would start no run
     page.locator(".st-key-model_name [data-testid='stSelectbox']").click()
     page.keyboard.type(name)  # the selectbox filters its options as one types
     with script_run(page):
@@ -521,11 +540,14 @@ def test_a_fresh_servers_first_request_to_a_page_url_gets_the_whole_app(browser,
 # ----------------------------------------------------------------------------------- the Channels page (issue 14)
 
 
-def exemplar_images(tab) -> list[int]:
-    """Natural widths of the images in the Channels page's exemplar area (0: not loaded)."""
-    area = tab.locator(".st-key-channel_exemplars")
-    area.locator("img").first.wait_for()
-    return area.locator("img").evaluate_all("(imgs) => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+def exemplar_images(tab, expected: int = 16) -> list[int]:
+    """Natural widths of the images in the Channels page's exemplar area (0: broken), once ``expected`` of them
+    have finished loading (or failed to)."""
+    tab.wait_for_function("""(n) => {
+        const imgs = [...document.querySelectorAll('.st-key-channel_exemplars img')];
+        return imgs.length === n && imgs.every(i => i.complete);
+    }""", arg=expected)
+    return tab.locator(".st-key-channel_exemplars img").evaluate_all("(imgs) => imgs.map(i => i.naturalWidth)")
 
 
 def click_fig6_point(tab) -> None:
@@ -548,7 +570,8 @@ def test_channels_page_shows_exemplars_picked_by_block_and_channel_and_from_a_fi
     tab = new_tab(context)
     try:
         open_app(tab, server)
-        pick_model(tab, "se_resnet_fmnist")  # the embedded model and its 300 samples: no ../shared needed
+        if "se_resnet_fmnist" not in tab.locator(".st-key-model_name input").input_value():
+            pick_model(tab, "se_resnet_fmnist")  # the embedded model and its 300 samples: no ../shared needed
         # from Fig. 6: a click on a point offers the channel; the link opens it on the Channels page
         tab.get_by_test_id("stPlotlyChart").first.locator(".js-plotly-plot").wait_for()
         click_fig6_point(tab)
@@ -580,6 +603,22 @@ def test_channels_page_shows_exemplars_picked_by_block_and_channel_and_from_a_fi
         tab.get_by_test_id("stPlotlyChart").nth(2).locator(".js-plotly-plot").wait_for()  # the SE-input maps
         assert_no_exception(tab, "Channels by hand")
         shot(tab, "channels-by-hand", shots)
+
+        # a row of the most class-specific channels opens that channel
+        grid = tab.locator("[class*='st-key-channels_top_table'] [data-testid='stDataFrameResizable']")
+        headers = [h.strip() for h in grid.locator("[role='columnheader']").all_inner_texts()]
+        first_row = grid.locator("[role='row']").nth(1).locator("[role='gridcell']").all_inner_texts()
+        top_channel = first_row[headers.index("channel")].strip()
+        assert top_channel != "7", first_row
+        box = grid.bounding_box()
+        with script_run(tab):
+            tab.mouse.click(box["x"] + 14, box["y"] + 35 + 17)  # the first row's selection box (rows are 35 px)
+        tab.get_by_text(f"SE_4_1 · channel {top_channel}").first.wait_for()
+        assert field.input_value() == top_channel
+        widths = exemplar_images(tab)
+        assert len(widths) == 16 and all(w > 0 for w in widths), widths
+        assert_no_exception(tab, "Channels from the table")
+        shot(tab, "channels-from-the-table", shots)
         assert_clean(tab, "Channels page")
     finally:
         context.close()

@@ -276,8 +276,8 @@ def test_the_channels_command_writes_tables_and_contact_sheets(tmp_path):
     assert ex[(ex["channel"] == 3) & (ex["end"] == "highest")]["row"].tolist() == top[:, 3].tolist()
     assert (out / "top_channels_SE_5_1.csv").is_file() and (out / "selectivity_by_block.csv").is_file()
     assert (out / "selectivity_depth.html").is_file()
-    bad = subprocess.run([*cmd[:6], "--block", "SE_9_9", "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True,
-                         timeout=300)
+    bad = subprocess.run([*cmd[:6], "--block", "SE_9_9", "--out", str(out)], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=300)
     assert bad.returncode == 2 and "unknown block" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -341,3 +341,60 @@ def test_the_channels_page_renders_exemplars_and_follows_query_params():
     at.number_input(key=channel_key).set_value(5).run()
     assert_ok(at)
     assert any("SE_4_1 · channel 5" in m.value for m in at.markdown)
+    open_page(at, "export", "Export")  # the tables and figures are offered for export
+    listed = " ".join(m.value for m in at.markdown)
+    for name in ("Most class-specific channels", "Channel exemplars", "Channel selectivity by depth",
+                 "Channel gate per class", "Channel input maps"):
+        assert f"**{name}**" in listed, name
+
+
+@requires(embedded_model_ready("se_resnet_fmnist"), EMBEDDED_MISSING)
+def test_the_channels_page_reads_an_extract_file(tmp_path):
+    from apptest_helpers import assert_ok, open_page
+    from streamlit.testing.v1 import AppTest
+
+    path = tmp_path / "gates.parquet"
+    _write_extract(path, np.random.default_rng(8), n=150, chunk=40)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(150):
+        Image.new("RGB", (32, 32), (i, 80, 160)).save(folder / f"img_{i:04d}.png")
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=240)
+    at.run()
+    open_page(at, "channels", "Channels")
+    at.radio(key="channels_source").set_value("An extract file (Parquet on the server)").run()
+    at.text_input(key="channels_extract").input(str(path)).run()
+    at.text_input(key="channels_images").input(str(folder)).run()
+    assert_ok(at)
+    assert at.selectbox(key="channels_block@toy").value == "SE_5_1"
+    at.number_input(key="channels_channel@toy").set_value(3).run()
+    assert_ok(at)
+    area = [b for b in at.main.children.values() if getattr(b, "key", None) == "channel_exemplars"]
+    shown = [img for element in area[0].children.values() if element.type == "image" for img in element.proto.imgs]
+    assert len(shown) == 16
+    expected = exemplars.exemplars_from_extract(path, "SE_5_1", 8, [3]).frame(3)
+    assert [img.caption.split(" · ")[0] for img in shown] == [f"s={g:.3f}" for g in expected["gate"]]
+    assert any("choose toy in the sidebar" in i.value for i in at.info)  # no network for the maps
+    at.radio(key="channels_extract_by").set_value("prediction").run()
+    assert_ok(at)
+    assert "grouped by predicted class" in " ".join(c.value for c in at.caption)
+
+
+@requires(embedded_model_ready("se_resnet_fmnist"), EMBEDDED_MISSING)
+def test_a_run_without_per_image_gates_still_ranks_its_channels(monkeypatch):
+    from apptest_helpers import open_page
+    from streamlit.testing.v1 import AppTest
+
+    from ui import state
+
+    monkeypatch.setattr(state, "KEEP_GATES_LIMIT", 10)  # the 300 embedded samples count as a large run
+    state.engine().results.clear()
+    try:
+        at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=240)
+        at.run()
+        open_page(at, "channels", "Channels")
+        assert any("per-image gates are kept for at most 10" in i.value for i in at.info)
+        assert len(at.dataframe) == 1 and len(at.get("plotly_chart")) == 1  # the table and the depth chart
+        assert not [b for b in at.main.children.values() if getattr(b, "key", None) == "channel_exemplars"]
+    finally:
+        state.engine().results.clear()  # no gate-less run left for the other tests

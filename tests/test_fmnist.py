@@ -10,6 +10,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import require
 from PIL import Image
 
 from senet_viz import zoo
@@ -36,8 +37,7 @@ def _card(name: str) -> dict:
 @pytest.fixture(scope="module")
 def loaded():
     missing = [str(p) for p in WEIGHTS.values() if not p.is_file()]
-    if missing:
-        pytest.skip(f"shipped weights missing: {missing}")
+    require(not missing, f"the shipped weights {missing}")
     return {name: zoo.load_model(name, device="cpu") for name in WEIGHTS}
 
 

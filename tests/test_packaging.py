@@ -21,8 +21,6 @@ PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf
 SOURCES = ["senet_viz", "ui", "pages", "benchmarks", "tests", "app.py"]
 # Imports that are the project's own modules, not packages to install.
 LOCAL = {"senet_viz", "ui", "pages", "app"} | {p.stem for p in (REPO_ROOT / "tests").glob("*.py")}
-# Import names of pinned packages that are not installed here (optional extras), by distribution.
-NOT_INSTALLED = {"scipy": "scipy"}
 
 
 def canonical(name: str) -> str:
@@ -79,7 +77,7 @@ def test_every_imported_package_is_pinned():
     for root, where in sorted(roots.items()):
         if root in sys.stdlib_module_names or root in LOCAL or root == "__future__":
             continue
-        dists = distributions.get(root) or [NOT_INSTALLED.get(root, f"? (import {root})")]
+        dists = distributions.get(root) or [root]  # not installed here (an optional extra): named as imported
         if not any(canonical(d) in pinned for d in dists):
             missing[root] = (dists, where[:3])
     assert missing == {}, f"imported but not pinned in requirements*.txt or an extra of pyproject.toml: {missing}"
@@ -130,3 +128,9 @@ def test_streamlit_config_hides_deploy_and_keeps_the_server_settings():
     assert config["client"]["toolbarMode"] == "viewer"  # no Deploy button; the menu keeps Settings and Print
     assert config["server"]["fileWatcherType"] == "none"
     assert config["server"]["headless"] is True
+
+
+def test_benchmarks_import_the_installed_project_without_patching_sys_path():
+    benchmarks = sorted((REPO_ROOT / "benchmarks").glob("*.py"))
+    assert benchmarks
+    assert [p.name for p in benchmarks if "sys.path" in p.read_text(encoding="utf-8")] == []

@@ -41,10 +41,12 @@ class Source:
     grouping: str  # "labels" or "predicted class"
     blocks: dict[str, int]  # name -> channels, in depth order
     class_names: list[str]  # names of the stored class / prediction indices
-    exemplars: Callable[[str, int, int], exemplars.Exemplars]  # (block, k, channel)
-    values: Callable[[str, int], pd.DataFrame]  # (block, channel) -> rows with label, pred, gate
+    # (block, k, channel) -> exemplars holding at least that channel; None: no per-image gates (``missing`` says why)
+    exemplars: Callable[[str, int, int], exemplars.Exemplars] | None
+    values: Callable[[str, int], pd.DataFrame] | None  # (block, channel) -> rows with label, pred, gate
     image: Callable[[str], Image.Image | None]  # image key -> the image, or None when it cannot be found
     loaded: LoadedModel | None  # the network for pre-gate maps (None: not available for this source)
+    missing: str = ""  # why there are no per-image gates
 
     def classes_of(self, values: pd.DataFrame) -> pd.Series:
         """The class each row is grouped under (as the statistics group it)."""
@@ -56,12 +58,10 @@ class Source:
 def _live() -> Source:
     selection, analysis = need_analysis()
     result, model = analysis.result, selection.model
-    if not result.gates:
-        st.info(f"This run has {result.n:,} images: per-image gates are kept for at most {state.KEEP_GATES_LIMIT:,} "
-                "(the statistics below still cover every image). For exemplars over a large set, extract the gates "
-                "(`python -m senet_viz extract ... --out gates.parquet`) and open the file here, or use "
-                "`python -m senet_viz channels`.")
-        st.stop()
+    missing = "" if result.gates else (
+        f"This run has {result.n:,} images: per-image gates are kept for at most {state.KEEP_GATES_LIMIT:,} (the "
+        "selectivity above covers every image). For exemplars over a large set, extract the gates (`python -m "
+        "senet_viz extract ... --out gates.parquet`) and open the file here, or use `python -m senet_viz channels`.")
     items = {it.key: it for it in selection.images.items}
 
     def image(key: str) -> Image.Image | None:
@@ -75,9 +75,10 @@ def _live() -> Source:
     return Source(key=(*state.model_key(model), state.images_key(selection.images), grouping), model=model.name,
                   stats=analysis.stats, grouping=grouping, blocks={b.name: b.channels for b in model.blocks},
                   class_names=names,
-                  exemplars=lambda block, k, channel: exemplars.exemplars_from_result(result, block, k, [channel]),
-                  values=lambda block, channel: exemplars.channel_values(result, block, channel),
-                  image=image, loaded=model)
+                  exemplars=None if missing else
+                  lambda block, k, channel: exemplars.exemplars_from_result(result, block, k, [channel]),
+                  values=None if missing else lambda block, channel: exemplars.channel_values(result, block, channel),
+                  image=image, loaded=model, missing=missing)
 
 
 @st.cache_resource(max_entries=4, show_spinner="Reading class statistics from the extract file ...")
@@ -85,9 +86,10 @@ def _extract_stats(path: str, stamp: tuple, by: str) -> GateStats:
     return channels.stats_for_extract(path, by=by)
 
 
-@st.cache_resource(max_entries=32, show_spinner="Searching the extract file for exemplars ...")
-def _extract_exemplars(path: str, stamp: tuple, block: str, k: int, channel: int) -> exemplars.Exemplars:
-    return exemplars.exemplars_from_extract(path, block, k, [channel])
+@st.cache_resource(max_entries=8, show_spinner="Searching the extract file for exemplars ...")
+def _extract_exemplars(path: str, stamp: tuple, block: str, k: int) -> exemplars.Exemplars:
+    # Every channel of the block in one streamed pass (2 k rows per channel kept): another channel is then free.
+    return exemplars.exemplars_from_extract(path, block, k)
 
 
 @st.cache_data(max_entries=32, show_spinner="Reading the channel's gates ...")
@@ -128,7 +130,7 @@ def _from_extract() -> Source:
                   stats=_extract_stats(where, stamp, by), grouping="labels" if by == "labels" else "predicted class",
                   blocks={b["name"]: int(b["channels"]) for b in meta["blocks"]},
                   class_names=list(meta.get("class_names") or []),
-                  exemplars=lambda block, k, channel: _extract_exemplars(where, stamp, block, k, channel),
+                  exemplars=lambda block, k, channel: _extract_exemplars(where, stamp, block, k),
                   values=lambda block, channel: _extract_values(where, stamp, block, channel),
                   image=image, loaded=loaded)
 

@@ -17,6 +17,9 @@ SUMMARY_COLUMNS = ("model", "block", "stage", "order", "selectivity_q25", "selec
 _COLORS = {"selectivity": "#1F77B4", "eta2": "#D62728"}
 _LABELS = {"selectivity": "selectivity (Morcos et al. 2018)", "eta2": "eta² (variance share of class)"}
 MAX_DISTRIBUTION_CLASSES = 24
+# Inferno-like, transparent at 0: where the channel's input is not positive the image shows as is.
+_MAP_SCALE = [[0.0, "rgba(0,0,4,0)"], [0.08, "rgba(87,16,110,0.45)"], [0.4, "rgba(188,55,84,0.6)"],
+              [0.7, "rgba(249,142,9,0.7)"], [1.0, "rgba(252,255,164,0.8)"]]
 
 
 def selectivity_depth(summary: pd.DataFrame, trend: dict | None = None, metrics: Sequence[str] = ("selectivity",)
@@ -117,8 +120,8 @@ def pregate_figure(images: Sequence[np.ndarray], maps: np.ndarray, captions: Seq
         r, c = i // cols + 1, i % cols + 1
         axis = i + 1
         fig.add_trace(go.Image(z=images[i], hoverinfo="skip"), row=r, col=c)
-        fig.add_trace(go.Heatmap(z=positive[i], colorscale="Inferno", zmin=0, zmax=peak if peak > 0 else 1,
-                                 opacity=0.5, showscale=i == 0, meta={"image": i},
+        fig.add_trace(go.Heatmap(z=positive[i], colorscale=_MAP_SCALE, zmin=0, zmax=peak if peak > 0 else 1,
+                                 showscale=i == 0, meta={"image": i},
                                  colorbar={"title": {"text": "input"}},
                                  hovertemplate="x %{x}, y %{y}: %{z:.3f}<extra></extra>"), row=r, col=c)
         fig.update_xaxes(showticklabels=False, row=r, col=c)
