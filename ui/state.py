@@ -669,7 +669,8 @@ def _streamed_run(loaded: zoo.LoadedModel, images: ImageSet) -> tuple[Result, Ga
         return _read_only(result), stats
 
     ref = _process_ref(loaded)
-    return _shared("run", (*model_key(loaded), images_key(images)), compute if ref is None else in_process,
+    # keep is in the key: a run without per-image gates must not answer one that needs them
+    return _shared("run", (*model_key(loaded), images_key(images), keep), compute if ref is None else in_process,
                    _progress_wait(f"Running {loaded.name} on", "images"), model=loaded if ref is None else None)
 
 
@@ -705,7 +706,8 @@ def analyse(loaded: zoo.LoadedModel, images: ImageSet, group_by_prediction: bool
                         grouping=grouping)
 
     # Statistics need no network: computed on this thread (still once for sessions asking together).
-    return _shared("analysis", (*model_key(loaded), images_key(images), group_by_prediction), compute,
+    return _shared("analysis", (*model_key(loaded), images_key(images), group_by_prediction,
+                               len(images.items) <= KEEP_GATES_LIMIT), compute,
                    needs=passes, on_worker=False)
 
 
