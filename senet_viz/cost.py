@@ -145,7 +145,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int,
 def count_node_macs(model: nn.Module, input_size: tuple[int, int, int], nodes: set[str]) -> dict[str, int]:
     """MACs of the named graph nodes (a traced graph's gate branches) in one forward pass of a single image,
     counted per node by running the graph node by node. ``model`` is a GraphModule, or a module holding one as
-    ``net`` (:class:`senet_viz.blocks.PerImage`)."""
+    ``net`` (:class:`senet_viz.fx_gates.PerImage`)."""
     gm = model if isinstance(model, torch.fx.GraphModule) else getattr(model, "net", None)
     if not isinstance(gm, torch.fx.GraphModule) or not nodes:
         return {}

@@ -12,7 +12,7 @@ One entry, :func:`load_model_arg`, takes what a user types after ``--model``:
   (the converter lifts them as buffers) and the scripted module is kept as ``info.source``: the class names it
   was compiled from (``original_name``) label the gates found in the graph;
 - a ``torch.export`` program (``.pt2``, ``torch.export.save``), run as ``program.module()``; one exported for a
-  fixed batch of one image is wrapped in :class:`~senet_viz.blocks.PerImage`;
+  fixed batch of one image is wrapped in :class:`~senet_viz.fx_gates.PerImage`;
 - an ONNX model (``.onnx``), converted by ``onnx2torch`` (initializers that feed the arithmetic become
   parameters; metadata such as ``character`` / ``labels`` lists is kept in ``info.labels``).
 
@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
-from .blocks import Discovery, PerImage, _copy_graph_module, discover
+from .blocks import Discovery, discover
+from .fx_gates import PerImage, _copy_graph_module
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".torchscript", ".zip")
 _ENTRY = re.compile(r"^(?P<target>.+?):(?P<attr>[A-Za-z_][\w.]*)$")

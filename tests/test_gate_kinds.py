@@ -23,16 +23,10 @@ from timm.models.nfnet import NfCfg, NormFreeNet
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from senet_viz.blocks import (
-    NOT_SE,
-    GateProbe,
-    discover,
-    discover_se_blocks,
-    find_se_blocks,
-    trace_gates,
-)
+from senet_viz.blocks import NOT_SE, discover, discover_se_blocks, find_se_blocks
 from senet_viz.capture import ablate, capture, hook_count
 from senet_viz.cost import model_cost
+from senet_viz.fx_gates import GateProbe, trace_gates
 
 SIZE = (3, 64, 64)
 
@@ -425,3 +419,29 @@ def test_discover_modes():
     assert never.blocks == []
     with pytest.raises(ValueError, match="trace"):
         discover(model, SIZE, trace="sometimes")
+
+
+def test_a_net_fx_cannot_trace_is_exported_instead():
+    class ShapeBranch(InlineNet):
+        def forward(self, x):
+            if x.shape[-1] > 16:  # control flow on a shape: symbolic_trace fails, torch.export specialises
+                x = self.stem(x)
+            else:
+                x = nn.functional.interpolate(self.stem(x), scale_factor=2.0)
+            x = self.block2(self.down(self.block1(x)))
+            return self.head(nn.functional.silu(x).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = _randomise_norms(ShapeBranch()).eval()
+    with pytest.raises(Exception):  # noqa: B017 - whatever symbolic_trace raises on a Proxy in an `if`
+        torch.fx.symbolic_trace(model)
+    traced, discovery = discover(model, (3, 32, 32))
+    assert [(b.name, b.path, b.channels) for b in discovery.blocks] == [
+        ("SE_1_1", "block1.inline_se1", 16), ("SE_2_1", "block2.inline_se1", 32)]
+    traced.eval()  # a plain GraphModule (an exported module would refuse eval())
+    for n in (1, 3):  # the batch size is free, 1 included
+        x = torch.randn(n, 3, 32, 32)
+        with capture(traced, discovery.blocks) as rec:
+            out = traced(x)
+        assert torch.allclose(out, model(x).detach(), atol=1e-5)
+        assert rec.gates["SE_2_1"].shape == (n, 32)

@@ -141,7 +141,7 @@ def test_every_gate_is_found_named_and_captured(name):
 
 
 def test_gate_census_counts_without_weights_and_caches(tmp_path):
-    from senet_viz.blocks import gate_census
+    from senet_viz.census import gate_census
 
     names = ["seresnet18", "hgnet_tiny", "ecaresnet26t", "resnest14d", "gcresnet33ts", "convnext_atto",
              "torchvision:mobilenet_v3_small", "torchvision:resnet18", "torchvision:regnet_y_400mf"]

@@ -1,0 +1,151 @@
+"""Which timm and torchvision architectures have channel gates, and how many of each kind, without weights.
+
+:func:`gate_census` builds every architecture on the ``meta`` device (no memory, no weights) and counts its gates
+by module structure (:func:`static_gates`); the result is cached as JSON under the cache folder
+(``python -m senet_viz models --all``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .blocks import NOT_SE, _Candidate, _gate_child, class_name
+
+
+def static_gates(model: nn.Module) -> tuple[dict[str, int], dict[str, int], int]:
+    """Channel gates of ``model`` counted by module structure alone, without a forward pass (so a model built on
+    the ``meta`` device works): (gates per kind, look-alikes that are not SE per class, how many of the gates were
+    matched structurally rather than by a known class). Structural matches are counted under their kind like
+    known classes; a forward pass (:func:`discover_se_blocks`) may still reject one. GlobalContext without
+    ``fuse_scale`` and GatherExcite with a local extent have no per-channel gate."""
+    kinds: dict[str, int] = {}
+    not_se: dict[str, int] = {}
+    structural = 0
+    for _, module in model.named_modules():
+        found = _gate_child(module)
+        cls = class_name(module)
+        if cls in NOT_SE:
+            not_se[cls] = not_se.get(cls, 0) + 1
+        if not isinstance(found, _Candidate):
+            continue
+        if found.gate_kind == "global_context" and getattr(module, "mlp_scale", True) is None:
+            not_se["GlobalContext(fuse_add only)"] = not_se.get("GlobalContext(fuse_add only)", 0) + 1
+            continue
+        if found.gate_kind == "gather_excite" and getattr(module, "extent", 0):
+            not_se["GatherExcite(local extent)"] = not_se.get("GatherExcite(local extent)", 0) + 1
+            continue
+        kinds[found.gate_kind] = kinds.get(found.gate_kind, 0) + 1
+        structural += found.source == "structural"
+    return kinds, not_se, structural
+
+
+def _census_file() -> Path:
+    import timm
+    import torchvision
+
+    try:
+        from .paths import cache_dir
+        root = cache_dir()
+    except ImportError:  # pragma: no cover - older trees without senet_viz.paths
+        root = Path(os.environ.get("SENET_VIZ_CACHE") or Path.home() / ".cache" / "senet_viz")
+    return root / f"gate_census_timm-{timm.__version__}_torchvision-{torchvision.__version__}.json"
+
+
+def _census_one(name: str) -> dict:
+    import timm
+    import torchvision
+
+    source, _, arch = name.partition(":")
+
+    def build() -> nn.Module:
+        if source == "torchvision":
+            return torchvision.models.get_model(arch, weights=None)
+        return timm.create_model(arch, pretrained=False)
+
+    device = "meta"
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (NotImplementedError, RuntimeError):  # an __init__ that reads tensor values: build it for real
+        device = "cpu"
+        model = build()
+    kinds, not_se, structural = static_gates(model)
+    return {"source": source, "gates": sum(kinds.values()), "kinds": kinds, "not_se": not_se,
+            "structural": structural, "device": device}
+
+
+def census_names() -> list[str]:
+    """Every architecture the census covers: ``timm:<name>`` for ``timm.list_models()`` and
+    ``torchvision:<name>`` for torchvision's classification models."""
+    import timm
+    import torchvision
+
+    return ([f"timm:{n}" for n in timm.list_models()]
+            + [f"torchvision:{n}" for n in torchvision.models.list_models(module=torchvision.models)])
+
+
+def gate_census(names: Iterable[str] | None = None, *, refresh: bool = False, cache: Path | str | None = None,
+                progress=None) -> dict:
+    """Which timm and torchvision architectures have channel gates, of which kinds and how many, without weights.
+
+    Each model is built on the ``meta`` device (no memory, no initialisation; on the CPU when its constructor
+    needs tensor values) and counted by :func:`static_gates`.
+    Results are cached per architecture in a JSON file under the cache dir (``$SENET_VIZ_CACHE``, else
+    ``~/.cache/senet_viz``), keyed by the timm and torchvision versions; ``names`` (``timm:<name>``,
+    ``torchvision:<name>`` or a bare timm name) restricts the census, ``refresh`` rebuilds. ``progress(i, n, name)``
+    is called per model built.
+
+    Returns ``{"models": {name: {"source", "gates", "kinds", "not_se", "structural", "device"}} (only
+    architectures with a gate or a look-alike; ``structural``: gates matched by structure, not by a known class;
+    ``device``: "meta", or "cpu" for a constructor that reads tensor values), "errors": {name: message},
+    "per_kind": {kind: {"models", "gates"}}, "not_se": {class: models}, "covered": architectures asked for,
+    "built": built now (the others came from the cache), "seconds": time spent building now, "cache": path}``.
+    A full census (about 1,450 architectures) takes a few minutes on a CPU; later calls read the cache.
+    """
+    wanted = census_names() if names is None else [n if ":" in n else f"timm:{n}" for n in names]
+    path = Path(cache) if cache is not None else _census_file()
+    stored: dict[str, dict] = {}
+    if path.exists() and not refresh:
+        try:
+            stored = json.loads(path.read_text()).get("entries", {})
+        except (OSError, ValueError):
+            stored = {}
+    todo = [n for n in wanted if "structural" not in stored.get(n, {})]  # new, or failed before (retried)
+    start = time.perf_counter()
+    for i, name in enumerate(todo):
+        try:
+            stored[name] = _census_one(name)
+        except Exception as error:  # noqa: BLE001 - one broken constructor must not stop the census
+            stored[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+        if progress is not None:
+            progress(i + 1, len(todo), name)
+    seconds = time.perf_counter() - start
+    if todo:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"entries": stored}, indent=0, sort_keys=True))
+        os.replace(tmp, path)
+
+    models, errors, per_kind, not_se = {}, {}, {}, {}
+    for name in wanted:
+        entry = stored[name]
+        if "error" in entry:
+            errors[name] = entry["error"]
+            continue
+        if entry["gates"] or entry["not_se"]:
+            models[name] = entry
+        for kind, count in entry["kinds"].items():
+            agg = per_kind.setdefault(kind, {"models": 0, "gates": 0})
+            agg["models"] += 1
+            agg["gates"] += count
+        for reason in entry["not_se"]:
+            not_se[reason] = not_se.get(reason, 0) + 1
+    return {"models": models, "errors": errors, "per_kind": per_kind, "not_se": not_se,
+            "covered": len(wanted), "built": len(todo), "seconds": round(seconds, 1), "cache": str(path)}
