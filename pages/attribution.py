@@ -5,6 +5,7 @@ import numpy as np
 import streamlit as st
 
 from senet_viz import plots
+from senet_viz.attribution import gradcam_unavailable
 from senet_viz.blocks import select_blocks
 from ui import exports, state
 from ui.common import need_analysis, per_model, pick_image
@@ -25,13 +26,17 @@ removed = select_blocks(model.blocks, f"last:{k}")
 
 image = items[key].load()
 pixels = model.transform(image)
-cams, target = state.gradcams(model, key, pixels, int(stage), removed)
-display = np.asarray(image.resize((pixels.shape[-1], pixels.shape[-2])))
-label = model.class_names[target]
-fig = plots.gradcam_figure(display, cams, f"Grad-CAM — {model.name}: stage {stage}, class '{label}' "
-                                          f"(image {items[key].name})")
-st.plotly_chart(fig, width="stretch", key="attr_gradcam")
-exports.keep_figure("Grad-CAM", fig)
+unavailable = gradcam_unavailable(model)
+if unavailable:
+    st.info(unavailable)
+else:
+    cams, target = state.gradcams(model, key, pixels, int(stage), removed)
+    display = np.asarray(image.resize((pixels.shape[-1], pixels.shape[-2])))
+    label = model.class_names[target]
+    fig = plots.gradcam_figure(display, cams, f"Grad-CAM — {model.name}: stage {stage}, class '{label}' "
+                                              f"(image {items[key].name})")
+    st.plotly_chart(fig, width="stretch", key="attr_gradcam")
+    exports.keep_figure("Grad-CAM", fig)
 
 st.subheader("Which SE channels carry the predicted class?")
 block_name = st.selectbox("SE block", [b.name for b in model.blocks], index=len(model.blocks) - 1,

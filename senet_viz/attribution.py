@@ -36,6 +36,17 @@ def stage_layer(loaded: LoadedModel, stage: int) -> str:
     return ".".join(parts)
 
 
+def gradcam_unavailable(loaded: LoadedModel) -> str | None:
+    """Why Grad-CAM cannot be drawn for ``loaded`` (None when it can). It is computed at the output of the block
+    module that holds a stage's last SE block; a network loaded as a graph (TorchScript, ``.pt2``, ONNX: gates found
+    by ``torch.fx``, :attr:`SEBlock.kind` ``"fx"``) keeps no such block module to hook."""
+    if any(b.kind == "fx" for b in loaded.blocks):
+        return (f"Grad-CAM is not available for {loaded.name}: it was loaded as a graph (TorchScript, torch.export "
+                "or ONNX), which keeps no block modules whose feature maps Grad-CAM could read; the per-channel "
+                "attribution below works on its gates.")
+    return None
+
+
 def _module(model: nn.Module, path: str) -> nn.Module:
     try:
         return model.get_submodule(path)

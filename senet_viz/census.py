@@ -46,7 +46,7 @@ def static_gates(model: nn.Module) -> tuple[dict[str, int], dict[str, int], int]
     return kinds, not_se, structural
 
 
-def _census_file() -> Path:
+def census_file() -> Path:
     import timm
     import torchvision
 
@@ -110,7 +110,7 @@ def gate_census(names: Iterable[str] | None = None, *, refresh: bool = False, ca
     A full census (about 1,450 architectures) takes a few minutes on a CPU; later calls read the cache.
     """
     wanted = census_names() if names is None else [n if ":" in n else f"timm:{n}" for n in names]
-    path = Path(cache) if cache is not None else _census_file()
+    path = Path(cache) if cache is not None else census_file()
     stored: dict[str, dict] = {}
     if path.exists() and not refresh:
         try:

@@ -46,17 +46,54 @@ def _progress(label: str, quiet: bool):
     return report
 
 
+def _numbers(text: str | None, flag: str, kind: type = float) -> tuple | None:
+    """``--mean 0.5,0.5,0.5`` / ``--input-size 3,224,224`` (or 3x224x224) as a tuple."""
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError as exc:
+        raise UserError(f"{flag} takes comma-separated numbers, got {text!r}") from exc
+    if not values:
+        raise UserError(f"{flag} takes comma-separated numbers, got {text!r}")
+    return values
+
+
+def _file_options(args):
+    """The model-file options (``--input-size``, ``--resize``, ``--classes``, ``--mean``, ``--std``,
+    ``--allow-code``), or None when none was given."""
+    from .zoo import ModelFileOptions
+
+    size = _numbers(getattr(args, "input_size", None), "--input-size", int)
+    if size is not None and len(size) != 3:
+        raise UserError(f"--input-size takes C,H,W (e.g. 3,224,224), got {args.input_size!r}")
+    names = None
+    classes_file = getattr(args, "class_file", None)
+    if classes_file is not None:
+        try:
+            names = tuple(line.strip() for line in Path(classes_file).read_text().splitlines() if line.strip())
+        except OSError as exc:
+            raise UserError(f"cannot read the class names {classes_file}: {exc}") from exc
+        if not names:
+            raise UserError(f"{classes_file} lists no class name (one per line)")
+    options = ModelFileOptions(input_size=size, resize=getattr(args, "resize", None), class_names=names,
+                               mean=_numbers(getattr(args, "mean", None), "--mean"),
+                               std=_numbers(getattr(args, "std", None), "--std"),
+                               allow_code=bool(getattr(args, "allow_code", False)))
+    return None if options == ModelFileOptions() else options
+
+
 def _load(args, weights_needed: bool = True):
-    from .zoo import load_model
+    from .zoo import is_model_file, load_model
 
     weights = getattr(args, "weights", None)
-    if not weights_needed and weights is None:
-        weights = "random"
+    if not weights_needed and weights is None and not is_model_file(args.model):
+        weights = "random"  # a zoo network's gates and cost need no weights (a model file carries its own)
     try:
         return load_model(args.model, weights=weights, device=args.device,
-                          reduction=getattr(args, "reduction", None))
+                          reduction=getattr(args, "reduction", None), options=_file_options(args))
     except KeyError as exc:
-        raise UserError(exc.args[0]) from exc
+        raise UserError(str(exc) if type(exc) is not KeyError else exc.args[0]) from exc
     except (WeightsError, ValueError) as exc:
         raise UserError(str(exc)) from exc
 
@@ -136,6 +173,9 @@ def _select(loaded, spec: str | None):
 
 
 def cmd_models(args) -> None:
+    if args.all or args.names:
+        _census(args)
+        return
     from .zoo import REGISTRY, weights_status
 
     rows = [{"name": s.name, "source": s.source, "family": s.family, "paper_name": s.paper_name,
@@ -154,16 +194,54 @@ def cmd_models(args) -> None:
         print(f"{r['name']:28s} {r['family']:12s} {r['weights']:18s}{extra}  {r['paper_name']}")
 
 
+def _census(args) -> None:
+    """``models --all``: every timm and torchvision architecture with channel gates (built without weights, on
+    the meta device, cached; see :func:`senet_viz.census.gate_census`)."""
+    from .census import gate_census
+
+    names = [n.strip() for n in args.names.split(",") if n.strip()] if args.names else None
+    if names is not None and not names:
+        raise UserError("--names takes comma-separated architectures, e.g. timm:seresnet50,torchvision:regnet_y_400mf")
+    progress = None
+    if not args.json and sys.stderr.isatty():
+        def progress(i: int, n: int, name: str) -> None:
+            sys.stderr.write(f"\rcensus: {i}/{n} built ({name[:40]:40s})")
+            if i >= n:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+    census = gate_census(names, refresh=args.refresh, progress=progress)
+    if args.json:
+        _print_json(census)
+        return
+    for name, entry in sorted(census["models"].items()):
+        if not entry["gates"]:
+            continue
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(entry["kinds"].items()))
+        print(f"{name:52s} {entry['gates']:4d} gates  {kinds}")
+    with_gates = sum(1 for e in census["models"].values() if e["gates"])
+    print(f"{with_gates} of {census['covered']} architectures have channel gates "
+          f"({census['built']} built now in {census['seconds']} s, {census['covered'] - census['built']} read from "
+          f"the cache {census['cache']})")
+    for kind, agg in sorted(census["per_kind"].items()):
+        print(f"  {kind:16s} {agg['models']:4d} architectures, {agg['gates']:6d} gates")
+    for cls, count in sorted(census["not_se"].items()):
+        print(f"  not SE: {cls} in {count} architectures")
+    for name, error in census["errors"].items():
+        print(f"  not built: {name}: {error}")
+
+
 def cmd_blocks(args) -> None:
     loaded = _load(args, weights_needed=False)
     rows = [{"name": b.name, "path": b.path, "gate": b.gate_path, "stage": b.stage, "index": b.index,
-             "channels": b.channels, "params": b.params, "gate_fn": b.gate_fn} for b in loaded.blocks]
+             "channels": b.channels, "params": b.params, "gate_fn": b.gate_fn, "kind": b.kind,
+             "gate_kind": b.gate_kind, "gain": b.gain} for b in loaded.blocks]
     if args.json:
         _print_json(rows)
         return
     print(f"{loaded.name}: {len(rows)} SE blocks")
     for r in rows:
-        print(f"{r['name']:8s} stage {r['stage']}  C={r['channels']:5d}  params={r['params']:9,d}  {r['path']}")
+        kind = "" if r["gate_kind"] == "se" else f"  [{r['gate_kind']}]"
+        print(f"{r['name']:8s} stage {r['stage']}  C={r['channels']:5d}  params={r['params']:9,d}  {r['path']}{kind}")
 
 
 def cmd_cost(args) -> None:
@@ -520,7 +598,8 @@ def cmd_train(args) -> None:
 
 IMAGES_HELP = ("folder: ImageNet-style names (n01443537_goldfish.JPEG), class sub-folders (wnid folders: "
                "val/n01440764/*.JPEG), or ImageNet's flat validation folder with --labels")
-WEIGHTS_HELP = "weights file: .safetensors, .pth/.pt (weights_only), .tflite"
+WEIGHTS_HELP = ("weights file: .safetensors, .pth/.pt (weights_only), .tflite; with --model file.py:build, the "
+                "state dict of the module it builds (model files carry their own weights)")
 
 
 def _parent(*arguments: tuple[tuple[str, ...], dict]) -> argparse.ArgumentParser:
@@ -534,7 +613,33 @@ def _parent(*arguments: tuple[tuple[str, ...], dict]) -> argparse.ArgumentParser
 # Options shared by several commands, each defined once.
 COMMON = _parent((("--device",), {"default": "auto", "help": "auto (CUDA if present), cpu or cuda"}),
                  (("--json",), {"action": "store_true", "help": "print one JSON document"}))
-MODEL = _parent((("--model",), {"required": True, "help": "zoo name, see `python -m senet_viz models`"}))
+MODEL_HELP = ("a zoo name (`python -m senet_viz models`), any timm or torchvision model (`timm:<name>` / "
+              "`torchvision:<name>`; a bare name when only one library has it; timm pretrained tags as in "
+              "seresnext101_32x8d.ah_in1k), or your own model: a TorchScript file (.pt/.ts), a torch.export "
+              "program (.pt2), an .onnx file, or Python code file.py:build / package.module:build (with --allow-code)")
+
+
+def _model_parent(classes_flags: tuple[str, ...]) -> argparse.ArgumentParser:
+    """--model and the options of a model file (``classes_flags``: the class-names file's flags)."""
+    return _parent(
+        (("--model",), {"required": True, "help": MODEL_HELP}),
+        (("--allow-code",), {"action": "store_true",
+                             "help": "allow --model file.py:build / package.module:build: it runs that Python code "
+                                     "with your permissions"}),
+        (("--input-size",), {"metavar": "C,H,W", "help": "model file: the input it takes (default: the file's own "
+                                                         "shape, else 3,224,224; 1 channel reads images as grey)"}),
+        (("--resize",), {"type": int, "help": "model file: short side before the center crop (default H / 0.875)"}),
+        (classes_flags, {"dest": "class_file", "type": Path, "metavar": "FILE",
+                         "help": "model file: its class names, one per line (default: the file's labels, else "
+                                 "class 0..N-1)"}),
+        (("--mean",), {"help": "model file: normalisation mean per channel, e.g. 0.485,0.456,0.406 (ImageNet's "
+                               "by default; 0.5 for one channel)"}),
+        (("--std",), {"help": "model file: normalisation std per channel (ImageNet's by default; 0.5 for one "
+                              "channel)"}))
+
+
+MODEL = _model_parent(("--classes", "--class-names"))
+MODEL_PAPER = _model_parent(("--class-names",))  # `paper --classes` picks the protocol's classes
 WEIGHTS = _parent((("--weights",), {"help": WEIGHTS_HELP}))
 IMAGES = _parent(
     (("--images",), {"required": True, "help": IMAGES_HELP}),
@@ -580,8 +685,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = command("models", "list models, where their weights come from", cmd_models)
+    p = command("models", "list models, where their weights come from; --all: every timm / torchvision "
+                          "architecture with channel gates", cmd_models)
     p.add_argument("--blocks", action="store_true", help="also count SE blocks (builds every model, slower)")
+    p.add_argument("--all", action="store_true",
+                   help="every timm and torchvision architecture with channel gates, their kinds and counts (built "
+                        "without weights; a few minutes the first time, then cached)")
+    p.add_argument("--names", help="with or instead of --all: only these architectures (timm:<name>, "
+                                   "torchvision:<name> or a bare timm name), comma-separated")
+    p.add_argument("--refresh", action="store_true", help="with --all / --names: build again, ignoring the cache")
 
     p = command("blocks", "list SE blocks: name, module path, stage, channels, parameters", cmd_blocks, MODEL)
     p.add_argument("--weights", help="weights file (not needed to list blocks)")
@@ -645,7 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help=".html, .png, .svg or .pdf")
 
     p = command("paper", "the paper's Fig. 6/7 protocol on a folder of labelled images, in one call", cmd_paper,
-                MODEL, WEIGHTS, IMAGES, FIGURE_SAMPLING)  # --per-class below is the protocol's own
+                MODEL_PAPER, WEIGHTS, IMAGES, FIGURE_SAMPLING)  # --per-class below is the protocol's own
     p.add_argument("--classes", help="class names or wnids (default: goldfish, pug, airliner, cliff if present)")
     p.add_argument("--per-class", type=int, default=50, help="images per class (the paper used 50)")
     _channels(p, "channels sampled per block (the paper shows 50)")

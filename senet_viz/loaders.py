@@ -295,7 +295,9 @@ def _load_onnx(path: Path, info: LoadInfo) -> nn.Module:
             warnings.simplefilter("ignore", UserWarning)
             gm = convert(proto)
     except Exception as error:
-        raise ModelLoadError(f"onnx2torch cannot convert {path}: {type(error).__name__}: {str(error)[:300]}") from error
+        raise ModelLoadError(f"onnx2torch cannot convert {path}: {type(error).__name__}: {str(error)[:300]}. "
+                             "Export it again for onnx2torch 1.5 with torch.onnx.export(..., dynamo=False, "
+                             "opset_version=17, do_constant_folding=False)") from error
     gm.eval()  # onnx2torch returns a module in training mode: batch norms would use batch statistics
     promoted = _promote_buffers(gm, only="initializers")
     info.notes.append(f"ONNX converted by onnx2torch; {promoted} float initializers made parameters")

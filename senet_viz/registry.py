@@ -11,6 +11,15 @@ or a function that loads them lazily, torchvision's ``weights.meta["categories"]
 ImageNet models, a ``retrained_twin`` (the same network retrained without some SE blocks), whether the paper's
 own reference numbers apply (``paper_reference``), a full ``test_set`` that can be offered as an image source,
 and whether it is the dashboard's ``default`` or ``fallback`` model.
+
+**Open names.** :func:`get_spec` also answers names that are not registered: any timm model (with or without its
+pretrained tag, ``seresnext101_32x8d.ah_in1k``) and any torchvision classification model (optionally with a
+weights member, ``regnet_y_16gf.IMAGENET1K_SWAG_E2E_V1``) becomes a spec built on the fly (:func:`open_spec`),
+its preprocessing and class names read offline from timm's pretrained config and ImageNet label info or from
+torchvision's weights enum. The rule: a registered name wins; ``timm:<name>`` and ``torchvision:<name>`` say which
+library; a bare name is taken from the one library that has it, and a name both have (``resnet50``,
+``efficientnet_b4``) is refused with the two prefixed spellings. Whether the network has channel gates is
+checked when it is loaded (:func:`senet_viz.zoo.load_model`).
 """
 
 from __future__ import annotations
@@ -77,6 +86,8 @@ class ModelSpec:
     test_set: HeldOutSet | None = None  # the full test set, when the dashboard can offer it
     default: bool = False  # the dashboard opens with this model when its weights are on disk ...
     fallback: bool = False  # ... and with this one otherwise
+    weights_tag: str | None = None  # torchvision: the weights enum member (None: DEFAULT); timm tags live in arch
+    curated: bool = True  # False for a spec made on the fly from an open timm / torchvision name
 
     @functools.cached_property
     def preprocess(self) -> Preprocess:
@@ -130,6 +141,8 @@ class ModelSpec:
             return timm.create_model(self.arch, pretrained=False, **kwargs)
         import torchvision.models as tvm
 
+        if not self.curated and len(self.class_names) != 1000:  # weights with another label set
+            kwargs["num_classes"] = len(self.class_names)
         return tvm.get_model(self.arch, weights=None, **kwargs)
 
 
@@ -158,11 +171,24 @@ def register_model(**fields) -> Callable[[Callable[..., nn.Module]], Callable[..
     return wrap
 
 
+class UnknownModelError(KeyError):
+    """A name that is neither registered nor a timm / torchvision model (or an ambiguous one)."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+TIMM_PREFIX = "timm:"
+TORCHVISION_PREFIX = "torchvision:"
+
+
 def get_spec(name: str) -> ModelSpec:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown model '{name}'; choose one of: {', '.join(REGISTRY)}") from None
+    """The registered spec of ``name``, else the open spec of a timm / torchvision name (see the module docstring).
+    Raises :class:`UnknownModelError` (a ``KeyError``) naming the choices."""
+    spec = REGISTRY.get(name)
+    if spec is not None:
+        return spec
+    return open_spec(str(name).strip())
 
 
 def list_models() -> list[str]:
@@ -184,10 +210,11 @@ def _reduction_kwargs(spec: ModelSpec, reduction: int) -> dict:
 
 
 def tv_weights(spec: ModelSpec):
-    """torchvision's default pretrained weights enum member of a torchvision spec."""
+    """torchvision's pretrained weights enum member of a torchvision spec (its ``weights_tag``, else DEFAULT)."""
     import torchvision.models as tvm
 
-    return tvm.get_model_weights(spec.arch).DEFAULT
+    weights = tvm.get_model_weights(spec.arch)
+    return getattr(weights, spec.weights_tag) if spec.weights_tag else weights.DEFAULT
 
 
 def _preprocess_for(spec: ModelSpec) -> Preprocess:
@@ -202,9 +229,133 @@ def _preprocess_for(spec: ModelSpec) -> Preprocess:
         crop_pct = float(cfg.get("crop_pct", 0.875))
         return Preprocess(crop=crop, resize=int(crop / crop_pct), interpolation=cfg.get("interpolation", "bicubic"),
                           mean=tuple(cfg.get("mean", Preprocess.mean)), std=tuple(cfg.get("std", Preprocess.std)))
-    from torchvision import transforms as T
+    # torchvision's own transform (ImageClassification): crop, resize, interpolation, mean and std of the weights
+    t = tv_weights(spec).transforms()
+    crop = _first(t.crop_size)
+    return Preprocess(crop=crop, resize=_first(getattr(t, "resize_size", None) or int(crop / 0.875)),
+                      interpolation=t.interpolation.value, mean=tuple(t.mean), std=tuple(t.std))
 
-    kw = tv_weights(spec).transforms.keywords
-    crop = kw["crop_size"]
-    return Preprocess(crop=crop, resize=kw.get("resize_size", int(crop / 0.875)),
-                      interpolation=kw.get("interpolation", T.InterpolationMode.BILINEAR).value)
+
+def _first(size: int | Sequence[int]) -> int:
+    return int(size if isinstance(size, int) else size[0])
+
+
+# ------------------------------------------------------------------------- open names: timm and torchvision
+
+
+def _unknown(name: str, why: str) -> UnknownModelError:
+    return UnknownModelError(
+        f"unknown model '{name}': {why}. Use a zoo name ({', '.join(REGISTRY)}), any timm model "
+        f"(`timm:<name>`, with its pretrained tag if you like: seresnext101_32x8d.ah_in1k), any torchvision "
+        f"classification model (`torchvision:<name>`), or a model file; `python -m senet_viz models --all` lists the "
+        f"architectures with channel gates")
+
+
+@functools.cache
+def _torchvision_names() -> frozenset[str]:
+    import torchvision.models as tvm
+
+    return frozenset(tvm.list_models(module=tvm))  # classification models only
+
+
+def _timm_has(name: str) -> bool:
+    import timm
+
+    return bool(name) and timm.is_model(name)
+
+
+@functools.lru_cache(maxsize=256)
+def open_spec(name: str) -> ModelSpec:
+    """A spec made on the fly for a timm or torchvision model name (the rule is in the module docstring)."""
+    if name.startswith(TIMM_PREFIX):
+        arch = name[len(TIMM_PREFIX):]
+        if not _timm_has(arch):
+            raise _unknown(name, f"timm has no model '{arch}'")
+        return _timm_spec(name, arch)
+    if name.startswith(TORCHVISION_PREFIX):
+        arch = name[len(TORCHVISION_PREFIX):]
+        if arch.partition(".")[0] not in _torchvision_names():
+            raise _unknown(name, f"torchvision has no classification model '{arch.partition('.')[0]}'")
+        return _torchvision_spec(name, arch)
+    in_timm, in_tv = _timm_has(name), name.partition(".")[0] in _torchvision_names()
+    base, dot, tag = name.partition(".")
+    if dot and in_timm and in_tv:  # a tag: the library whose tag (timm) or weights member (torchvision) it is
+        import timm
+        import torchvision.models as tvm
+
+        in_timm = name in timm.list_pretrained(f"{base}.*")
+        in_tv = tag in tvm.get_model_weights(base).__members__
+    if in_timm and in_tv:
+        raise _unknown(name, f"both timm and torchvision have it: write timm:{name} or torchvision:{name}")
+    if in_timm:
+        return _timm_spec(name, name)
+    if in_tv:
+        return _torchvision_spec(name, name)
+    raise _unknown(name, "not a zoo name, nor a timm or torchvision model")
+
+
+def _timm_spec(name: str, arch: str) -> ModelSpec:
+    import timm
+    import timm.models
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(arch)
+    except RuntimeError:  # "Invalid pretrained tag (x) for <arch>"
+        base = arch.partition(".")[0]
+        tags = timm.list_pretrained(f"{base}.*")
+        raise _unknown(name, f"timm's {base} has no pretrained tag '{arch.partition('.')[2]}' (its tags: "
+                             f"{', '.join(t.partition('.')[2] for t in tags) or 'none'})") from None
+    info = cfg.to_dict() if cfg is not None else {}
+    labels, categories, wnids = _timm_labels(info)
+    papers = info.get("paper_ids") or info.get("paper_name") or info.get("origin_url")
+    tag = f" ({info['tag']})" if info.get("tag") else ""
+    return ModelSpec(name=name, source="timm", family=str(info.get("architecture") or arch.partition(".")[0]),
+                     paper_name=f"{arch}{tag if '.' not in arch else ''} (timm)", arch=arch,
+                     paper=str(papers or "timm model (see its pretrained config)"), labels=labels,
+                     categories=categories, wnids=wnids, curated=False)
+
+
+def _generic_names(n: int) -> tuple[str, ...]:
+    return tuple(f"class {i}" for i in range(n))
+
+
+def _timm_labels(cfg: dict) -> tuple[str, Names, Names | None]:
+    """(label set, class names, wnids) of a timm pretrained config, offline: ImageNet-1k from the project's table
+    (short names, as the curated models); other ImageNet subsets from timm's ImageNetInfo; else the config's own
+    label names, else ``class 0 .. N-1``."""
+    n = int(cfg.get("num_classes") or 1000)
+    if cfg.get("label_names"):
+        names = tuple(cfg.get("label_descriptions") or cfg["label_names"])
+        return "timm", names, None
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(cfg) if cfg else ("imagenet-1k" if n == 1000 else None)
+    offset = int(cfg.get("label_offset") or 0)
+    if subset == "imagenet-1k" and n == 1000 and not offset:
+        return "imagenet", imagenet_class_names, imagenet_wnids
+    if subset:
+        info = ImageNetInfo(subset)
+        descriptions = [d.split(",")[0].strip() for d in info.label_descriptions()]
+        wnids = list(info.label_names())
+        if len(wnids) + offset == n:
+            return subset, tuple(["background"] * offset + descriptions), tuple(["background"] * offset + wnids)
+    return "timm", _generic_names(n), None
+
+
+def _torchvision_spec(name: str, arch: str) -> ModelSpec:
+    import torchvision.models as tvm
+
+    base, _, tag = arch.partition(".")
+    enum = tvm.get_model_weights(base)
+    if tag and tag not in enum.__members__:
+        raise _unknown(name, f"torchvision's {base} has no weights '{tag}' (its weights: "
+                             f"{', '.join(m for m in enum.__members__ if m != 'DEFAULT')})")
+    weights = getattr(enum, tag) if tag else enum.DEFAULT
+    categories = tuple(weights.meta.get("categories") or ())
+    imagenet = len(categories) == 1000
+    recipe = weights.meta.get("recipe") or "torchvision"
+    return ModelSpec(name=name, source="torchvision", family=base, arch=base, weights_tag=tag or None,
+                     paper_name=f"{base} ({weights.name}, torchvision)", paper=str(recipe),
+                     labels="imagenet" if imagenet else "torchvision",
+                     categories=categories or _generic_names(1000), wnids=imagenet_wnids if imagenet else None,
+                     curated=False)

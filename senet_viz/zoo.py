@@ -14,6 +14,21 @@ in this order:
 The models themselves are :class:`~senet_viz.registry.ModelSpec` entries of :mod:`senet_viz.registry`: this
 module registers the curated timm / torchvision list below, and importing it imports :mod:`senet_viz.embedded`,
 which registers the project's own Fashion-MNIST networks.
+
+**Open zoo.** Besides the curated names, ``name`` may be any timm or torchvision classification model
+(``seresnext101_32x8d.ah_in1k``, ``timm:ecaresnet50t``, ``torchvision:regnet_y_16gf``; the naming rule is in
+:mod:`senet_viz.registry`): its spec is made on the fly, with the preprocessing and class names of its pretrained
+config / weights enum, and its weights come from the same places. It loads only if the network has channel gates
+(:class:`NoGatesError` says what was found and rejected otherwise).
+
+**Model files.** ``name`` may also be a user's own network (see :func:`is_model_file`): a TorchScript archive,
+a ``torch.export`` ``.pt2`` program, an ``.onnx`` file, or Python code ``file.py:build`` /
+``package.module:build`` (only with ``ModelFileOptions(allow_code=True)``: it runs that code). They load through
+:mod:`senet_viz.loaders` (:mod:`senet_viz.model_files`); :class:`ModelFileOptions` gives the input size, class
+names and normalisation the file does not carry.
+
+Size: the curated list, the loaded-model type, and the weight sources (files, hub cache, hub download) with the
+status the dashboard asks on every rerun belong together; model files live in model_files.py.
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ from __future__ import annotations
 import enum
 import functools
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable
@@ -33,20 +49,31 @@ from PIL import Image
 from torch import nn
 
 from . import embedded  # noqa: F401  (registers the embedded models; it imports the registry, never this module)
-from .blocks import SEBlock, find_se_blocks
+from .blocks import SEBlock, discover, find_se_blocks
 from .capture import model_lock
+from .model_files import MODEL_FILE_SUFFIXES, ModelFileOptions, is_model_file
 from .paths import ASSETS_DIR, PROJECT_ROOT, cache_dir
 from .preprocess import MAX_ASPECT, LimitAspect, Preprocess, PreprocessTransform
-from .registry import REGISTRY, HeldOutSet, ModelSpec, RetrainedTwin, get_spec, list_models, register
+from .registry import (
+    REGISTRY,
+    HeldOutSet,
+    ModelSpec,
+    RetrainedTwin,
+    UnknownModelError,
+    get_spec,
+    list_models,
+    register,
+)
 from .registry import tv_weights as _tv_weights
 from .weights import WEIGHT_SUFFIXES, WeightsError, file_digest, load_weights_into
 
 __all__ = [
-    "ASSETS_DIR", "DEFAULT_MODEL", "MAX_ASPECT", "PROJECT_ROOT", "REGISTRY", "WEIGHTS_DIR_ENV", "HeldOutSet",
-    "LimitAspect", "LoadedModel", "ModelSpec", "Preprocess", "PreprocessTransform", "RetrainedTwin", "WeightsStatus",
+    "ASSETS_DIR", "DEFAULT_MODEL", "MAX_ASPECT", "MODEL_FILE_SUFFIXES", "PROJECT_ROOT", "REGISTRY",
+    "WEIGHTS_DIR_ENV", "HeldOutSet", "LimitAspect", "LoadedModel", "ModelFileOptions", "ModelSpec", "NoGatesError",
+    "Preprocess", "PreprocessTransform", "RetrainedTwin", "UnknownModelError", "WeightsStatus",
     "WeightsUnavailableError", "default_model", "download_dir", "download_weights", "forget_weights_status",
-    "get_spec", "list_models", "load_model", "local_weights_file", "register", "resolve_device", "weights_status",
-    "weights_url",
+    "get_spec", "is_model_file", "list_models", "load_model", "local_weights_file", "register", "resolve_device",
+    "weights_status", "weights_url",
 ]
 
 WEIGHTS_DIR_ENV = "SENET_VIZ_WEIGHTS_DIR"
@@ -55,6 +82,10 @@ HUB_TIMEOUT_S = 3.0
 
 class WeightsUnavailableError(WeightsError):
     """No local weights and the hub cannot be reached."""
+
+
+class NoGatesError(ValueError):
+    """The network loads but has no channel gate to look at (what was considered is in the message)."""
 
 
 # ------------------------------------------------------------------------------------- the curated models
@@ -147,6 +178,9 @@ class LoadedModel:
     weights_id: str  # cache key: content digest of the weights, or "random"
     spec: ModelSpec | None = None
     lock: threading.RLock = field(default=None)  # type: ignore[assignment]
+    size: tuple[int, int, int] | None = None  # C x H x W of one input when there is no spec (a model file)
+    rejected: dict[str, str] = field(default_factory=dict)  # modules considered as gates and why they are not
+    file_info: object | None = None  # a model file's senet_viz.loaders.LoadInfo (format, path, notes)
 
     def __post_init__(self) -> None:
         if self.lock is None:
@@ -158,6 +192,8 @@ class LoadedModel:
 
     @property
     def input_size(self) -> tuple[int, int, int]:
+        if self.size is not None:
+            return self.size
         return self.spec.input_size if self.spec else (3, 224, 224)
 
     @classmethod
@@ -172,7 +208,8 @@ class LoadedModel:
         default = Preprocess(crop=input_size[-1], resize=round(input_size[-1] / 0.875))
         return cls(name=name, model=model, transform=transform or default.transform(),
                    class_names=list(class_names), wnids=wnids, blocks=find_se_blocks(model, input_size),
-                   device=dev, weights_source="in memory", weights_id=f"module-{id(model):x}")
+                   device=dev, weights_source="in memory", weights_id=f"module-{id(model):x}",
+                   size=tuple(input_size))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -199,7 +236,7 @@ def local_weights_file(name: str) -> Path | None:
     the spec's known files (e.g. the shared .tflite of MobileNetV3-Small), if there is one."""
     for folder in _weights_dirs():
         for suffix in WEIGHT_SUFFIXES:
-            candidate = folder / f"{name}{suffix}"
+            candidate = folder / f"{file_stem(name)}{suffix}"
             if candidate.is_file():
                 return candidate
     spec = REGISTRY.get(name)
@@ -208,6 +245,12 @@ def local_weights_file(name: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def file_stem(name: str) -> str:
+    """The stem of a model's weights file: its name, with the ``:`` of ``timm:`` / ``torchvision:`` names (and
+    path separators) written ``_`` (``torchvision:regnet_y_16gf`` -> ``torchvision_regnet_y_16gf.safetensors``)."""
+    return re.sub(r"[:/\\]", "_", name)
 
 
 def download_dir() -> Path:
@@ -250,7 +293,7 @@ def download_weights(name: str, progress: Callable[[int, int], None] | None = No
         raise WeightsUnavailableError(f"cannot download the weights of {name}: {why}. Pass a local file instead "
                                       f"(--weights FILE or ${WEIGHTS_DIR_ENV}/{name}.safetensors).")
     suffix = Path(urlparse(url).path).suffix or ".safetensors"
-    dest = download_dir() / f"{name}{suffix}"
+    dest = download_dir() / f"{file_stem(name)}{suffix}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_suffix(dest.suffix + ".part")
     try:
@@ -346,14 +389,28 @@ def _from_hub(spec: ModelSpec, model: nn.Module) -> tuple[str, str]:
 
 
 def load_model(name: str, weights: str | Path | None = None, device: str = "auto",
-               reduction: int | None = None) -> LoadedModel:
-    """Build ``name`` from the zoo, load its weights and find its SE blocks (see the module docstring)."""
+               reduction: int | None = None, *, options: ModelFileOptions | None = None) -> LoadedModel:
+    """Build ``name`` (a zoo name, a timm / torchvision name or a model file, see the module docstring), load its
+    weights and find its channel gates.
+
+    Raises :class:`UnknownModelError` (a ``KeyError``) for a name nobody knows, :class:`NoGatesError` for a
+    network without channel gates, :class:`~senet_viz.weights.WeightsError` for weights, and
+    :class:`~senet_viz.loaders.ModelLoadError` (a ``ValueError``) for a model file that cannot be loaded."""
+    if is_model_file(name):
+        if reduction is not None:
+            raise ValueError("--reduction rebuilds a zoo network; a model file is loaded as it is")
+        from .model_files import load_model_file
+
+        return load_model_file(str(name), weights, device, options or ModelFileOptions())
+    if options is not None and options != ModelFileOptions(allow_code=options.allow_code):
+        raise ValueError(f"input size, class names, mean and std describe a model file; '{name}' takes them from "
+                         "its own configuration")
     spec = get_spec(name)
     model = spec.build(reduction=reduction)
     if weights == "random":
         source, weights_id = "random", "random"
     else:
-        path = Path(weights) if weights else local_weights_file(name)
+        path = Path(weights) if weights else local_weights_file(spec.name)
         if path is not None:
             load_weights_into(model, path)
             source, weights_id = str(path), file_digest(path)
@@ -363,10 +420,26 @@ def load_model(name: str, weights: str | Path | None = None, device: str = "auto
     model.eval().to(dev)
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    blocks = find_se_blocks(model, spec.input_size)
-    return LoadedModel(name=name, model=model, transform=spec.preprocess.transform(), class_names=spec.class_names,
-                       wnids=spec.class_wnids, blocks=blocks, device=dev, weights_source=source,
-                       weights_id=weights_id, spec=spec)
+    # SE modules by class and structure; a network without any is traced with torch.fx for inline gates
+    model, found = discover(model, spec.input_size)
+    if not found.blocks:
+        raise NoGatesError(no_gates_message(spec.name, found.rejected))
+    return LoadedModel(name=spec.name, model=model, transform=spec.preprocess.transform(),
+                       class_names=spec.class_names, wnids=spec.class_wnids, blocks=found.blocks, device=dev,
+                       weights_source=source, weights_id=weights_id, spec=spec, rejected=dict(found.rejected))
+
+
+def no_gates_message(name: str, rejected: dict[str, str], limit: int = 6) -> str:
+    """Why ``name`` is refused: no gate found, and what was considered and rejected (the first ``limit``)."""
+    text = (f"{name} has no channel gate to look at: no SE / ESE / ECA / GatherExcite / GlobalContext gate module "
+            "and no inline x * sigmoid(pool(x)) gate was found")
+    if rejected:
+        shown = "; ".join(f"{path or '<model>'}: {why}" for path, why in list(rejected.items())[:limit])
+        more = f" (and {len(rejected) - limit} more)" if len(rejected) > limit else ""
+        text += f". Considered and rejected: {shown}{more}"
+    else:
+        text += " (nothing gate-like was considered)"
+    return text + ". `python -m senet_viz models --all` lists the timm / torchvision architectures with gates."
 
 
 class WeightsStatus(enum.StrEnum):

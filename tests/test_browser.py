@@ -622,3 +622,73 @@ def test_channels_page_shows_exemplars_picked_by_block_and_channel_and_from_a_fi
         assert_clean(tab, "Channels page")
     finally:
         context.close()
+
+
+# ----------------------------------------------------------------------------------- your own model (issue 13)
+
+
+def test_an_uploaded_torchscript_model_draws_fig6(browser, server, tmp_path):
+    """"Your own model": the trained embedded SE-ResNet scripted here (a TorchScript file, as a user would save
+    theirs) is uploaded in the sidebar with its input size, normalisation and class names; the Fashion-MNIST
+    samples are read from the server's folder and Compare classes draws Fig. 6 for the file's gates."""
+    import warnings
+
+    import torch
+    from conftest import EMBEDDED_MISSING, embedded_model_ready
+
+    from senet_viz import zoo
+    from senet_viz.embedded import CLASS_NAMES
+    from senet_viz.embedded.data import MEAN, STD
+
+    require(embedded_model_ready(), EMBEDDED_MISSING)
+    model_file = tmp_path / "my_se_resnet.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
+        torch.jit.script(zoo.load_model("se_resnet_fmnist", device="cpu").model).save(str(model_file))
+    classes_file = tmp_path / "fashion_mnist_classes.txt"
+    classes_file.write_text("\n".join(CLASS_NAMES) + "\n")
+
+    shots: list[Path] = []
+    context = browser.new_context(viewport=VIEWPORT)  # a fresh session
+    tab = new_tab(context)
+    try:
+        open_app(tab, server)
+        sidebar = tab.get_by_test_id("stSidebar")
+        with script_run(tab):
+            sidebar.get_by_test_id("stRadio").get_by_text("Your own model", exact=True).click()
+        sidebar.get_by_text("Upload a model file").first.wait_for()
+        sidebar.get_by_test_id("stExpander").filter(has_text="Input and classes").first.locator("summary").click()
+        for key, value in (("own_input_size", "1,28,28"), ("own_resize", "28"), ("own_mean", str(MEAN)),
+                           ("own_std", str(STD))):
+            field = tab.locator(f".st-key-{key} input")
+            field.fill(value)
+            with script_run(tab):
+                field.press("Enter")
+        with script_run(tab):
+            tab.locator(".st-key-own_classes_upload input[type='file']").set_input_files(classes_file)
+        sidebar.get_by_text(f"10 class names from {classes_file.name}").first.wait_for()
+        with script_run(tab):
+            tab.locator(".st-key-own_model_upload input[type='file']").set_input_files(model_file)
+        sidebar.get_by_text("my_se_resnet.pt · torchscript · 5 gates").first.wait_for()
+        assert "10 classes · input 1x28x28" in sidebar.inner_text()
+        assert_no_exception(tab, "own model loaded")
+        shot(tab, "own-model-loaded", shots)
+
+        with script_run(tab):
+            sidebar.get_by_test_id("stRadio").get_by_text("Folder on the server", exact=True).click()
+        field = tab.locator(".st-key-server_folder input")
+        field.fill(str(ROOT / "assets" / "fmnist_samples"))
+        with script_run(tab):
+            field.press("Enter")
+        chart = tab.get_by_test_id("stPlotlyChart").first
+        chart.locator(".js-plotly-plot").wait_for()
+        title = chart.locator(".gtitle").first.text_content()
+        assert title.startswith("Mean excitation per channel — my_se_resnet"), title
+        legend = chart.locator(".legend").first.text_content()
+        assert "all (n=300)" in legend, legend
+        assert sum(f"{name} (n=30)" in legend for name in CLASS_NAMES) >= 2, legend  # labelled by the file's classes
+        assert_no_exception(tab, "own model Fig. 6")
+        shot(tab, "own-model-fig6", shots)
+        assert_clean(tab, "own model")
+    finally:
+        context.close()

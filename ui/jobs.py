@@ -32,6 +32,7 @@ class ModelRef(NamedTuple):
     name: str
     weights: str | None
     device: str
+    options: zoo.ModelFileOptions | None = None  # a model file's input size, class names, normalisation
 
 
 _models: OrderedDict[ModelRef, zoo.LoadedModel] = OrderedDict()
@@ -57,7 +58,7 @@ def model(ref: ModelRef) -> zoo.LoadedModel:
         if loaded is not None:
             _models.move_to_end(ref)
             return loaded
-    loaded = zoo.load_model(ref.name, weights=ref.weights, device=ref.device)
+    loaded = zoo.load_model(ref.name, weights=ref.weights, device=ref.device, options=ref.options)
     with _models_lock:
         _models[ref] = loaded
         while len(_models) > MODELS_PER_PROCESS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from senet_viz.data import (
 )
 from senet_viz.paths import SHARED_DIR
 from senet_viz.weights import WeightsError
-from ui import state
+from ui import own_model, state
 
 IMAGENET_SAMPLES = SHARED_DIR / "data" / "imagenet-samples"
 READING_GUIDE = """\
@@ -100,18 +101,60 @@ def _device_options() -> list[str]:
     return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def _model_section(selection: Selection) -> None:
+MODEL_FROM = ("Zoo", "Your own model")
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def _gated_architectures(census_path: str, mtime_ns: int) -> list[str]:
+    """timm / torchvision architectures with channel gates, from the census cache of `python -m senet_viz models
+    --all` (never computed here: building ~1,450 networks takes minutes); curated ones left out."""
+    try:
+        entries = json.loads(Path(census_path).read_text()).get("entries", {})
+    except (OSError, ValueError):
+        return []
+    curated = {f"{s.source}:{s.arch}" for s in zoo.REGISTRY.values()}
+    return sorted(n for n, e in entries.items() if e.get("gates") and n not in curated)
+
+
+def _picker_names() -> list[str]:
+    """The curated models first, then the gated architectures the census cache knows (if it was computed)."""
     names = list(zoo.REGISTRY)
+    try:
+        from senet_viz import census
+
+        path = census.census_file()
+        if path.is_file():
+            names += _gated_architectures(str(path), path.stat().st_mtime_ns)
+    except Exception:  # noqa: BLE001 - the list is a convenience: typing any name still works
+        pass
+    return names
+
+
+def _model_section(selection: Selection) -> None:
+    origin = st.radio("Model from", MODEL_FROM, horizontal=True, key="model_from",
+                      help="the zoo: the curated list, or type any timm / torchvision name; your own: a TorchScript, "
+                           "torch.export or ONNX file" + (" or Python code" if own_model.allow_code() else ""))
+    if origin == MODEL_FROM[1]:
+        own_model.render(selection, _device_radio())
+        return
+    names = _picker_names()
     default = zoo.default_model()  # the spec marked default when its weights are here, else the fallback
     # Options are bare names: the sidebar is narrow and a longer option is cut off; the paper name and whether the
-    # weights are here are said under the picker.
-    name = st.selectbox("Model", names, index=names.index(default), key="model_name",
-                        help="Models whose weights are not here need a file (Weights below) or the internet")
-    st.caption(f"{zoo.get_spec(name).paper_name} · {_weights_mark(name)}")
-    device = st.radio("Device", _device_options(), horizontal=True, key="device",
-                      help="auto = CUDA when a GPU is visible, else the CPU")
-    if torch.cuda.is_available():
-        st.caption(f"GPU: {torch.cuda.get_device_name(0)}")
+    # weights are here are said under the picker. Any other timm / torchvision name can be typed in.
+    name = st.selectbox("Model", names, index=names.index(default), key="model_name", accept_new_options=True,
+                        help="The curated SE networks first, then (once `python -m senet_viz models --all` has run) "
+                             "every timm / torchvision architecture with channel gates. Type any other timm or "
+                             "torchvision name, e.g. seresnext101_32x8d.ah_in1k or torchvision:regnet_y_16gf "
+                             "(timm:/torchvision: when both libraries have the name). Models whose weights are not "
+                             "here need a file (Weights below) or the internet")
+    try:
+        spec = zoo.get_spec(name)
+    except KeyError as exc:
+        selection.model_error = str(exc)
+        st.error(f"{exc}")
+        return
+    st.caption(f"{spec.paper_name} · {_weights_mark(name)}")
+    device = _device_radio()
     weights: str | None = None
     status = zoo.weights_status(name)
     online_only = status is zoo.WeightsStatus.HUB_ONLINE
@@ -147,6 +190,14 @@ def _model_section(selection: Selection) -> None:
     except (WeightsError, KeyError, ValueError, OSError) as exc:
         selection.model_error = str(exc)
         st.error(f"Could not load {name}: {exc}")
+
+
+def _device_radio() -> str:
+    device = st.radio("Device", _device_options(), horizontal=True, key="device",
+                      help="auto = CUDA when a GPU is visible, else the CPU")
+    if torch.cuda.is_available():
+        st.caption(f"GPU: {torch.cuda.get_device_name(0)}")
+    return device
 
 
 def _upload_store() -> dict[str, dict[str, tuple[str, bytes]]]:
@@ -275,7 +326,7 @@ def _images_section(selection: Selection) -> None:
     try:
         if source == "Embedded samples":
             folder = spec.samples_dir if spec and spec.samples_dir else IMAGENET_SAMPLES
-            if spec and spec.labels != "imagenet" and not spec.samples_dir:
+            if (spec and spec.labels != "imagenet" and not spec.samples_dir) or (spec is None and not model.wnids):
                 st.warning("This model has no embedded samples; upload images or pick a folder.")
             elif not folder.is_dir():
                 st.warning(f"Sample folder {folder} not found; upload images or pick a folder.")

@@ -58,6 +58,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import tempfile
 import threading
 import uuid
@@ -538,9 +539,11 @@ def _no_wait(flight: Flight) -> None:
 
 
 @st.cache_resource(max_entries=3, show_spinner="Loading the model ...")
-def _cached_model(name: str, weights: str | None, device: str, weights_key: str) -> zoo.LoadedModel:
-    # weights_key (the file's digest) makes a changed file a new cache entry.
-    return zoo.load_model(name, weights=weights, device=device)
+def _cached_model(name: str, weights: str | None, device: str, weights_key: str, options_key: str = "",
+                  _options: zoo.ModelFileOptions | None = None) -> zoo.LoadedModel:
+    # weights_key (the file's digest) makes a changed file a new cache entry; options_key stands for _options
+    # (a model file's input size, class names, normalisation), which is not hashed itself.
+    return zoo.load_model(name, weights=weights, device=device, options=_options)
 
 
 @functools.lru_cache(maxsize=64)
@@ -556,14 +559,31 @@ def weights_digest(path: str | Path) -> str:
     return _digest_of(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
 
 
-def get_model(name: str, weights: str | None = None, device: str = "auto") -> zoo.LoadedModel:
-    """The shared, cached model; raises the library's errors (WeightsError, ...) for the caller to show."""
+def _source_file(name: str) -> Path | None:
+    """The file a model-file name reads: the file itself, or the .py of a ``file.py:build`` entry point."""
+    if not zoo.is_model_file(name):
+        return None
+    path = Path(name)
+    if not path.is_file() and ":" in name:
+        path = Path(name.rpartition(":")[0])
+    return path if path.is_file() else None
+
+
+def get_model(name: str, weights: str | None = None, device: str = "auto",
+              options: zoo.ModelFileOptions | None = None) -> zoo.LoadedModel:
+    """The shared, cached model; raises the library's errors (WeightsError, ...) for the caller to show.
+
+    ``name`` is a zoo / timm / torchvision name or a model file (``options``: what the file does not say, see
+    :class:`senet_viz.zoo.ModelFileOptions`); a changed model or weights file is loaded again."""
     engine()  # the thread policy is in place before the first forward (loading verifies the blocks with one)
     key = weights_digest(weights) if weights and Path(weights).is_file() else (weights or "default")
-    loaded = _cached_model(name, weights, device, key)
+    source = _source_file(name)
+    if source is not None:
+        key += "|" + weights_digest(source)
+    loaded = _cached_model(name, weights, device, key, repr(options) if options else "", options)
     with _refs_guard:
         if id(loaded.model) not in _model_refs:
-            _model_refs[id(loaded.model)] = jobs.ModelRef(name, weights, str(loaded.device))
+            _model_refs[id(loaded.model)] = jobs.ModelRef(name, weights, str(loaded.device), options)
             weakref.finalize(loaded.model, _model_refs.pop, id(loaded.model), None)
     return loaded
 
@@ -581,13 +601,22 @@ def _process_ref(loaded: zoo.LoadedModel) -> jobs.ModelRef | None:
     return _model_refs.get(id(loaded.model))
 
 
-def save_upload(name: str, data: bytes) -> Path:
-    """Keep an uploaded weights file on disk under its content hash (the loaders read files)."""
+def save_upload(name: str, data: bytes, keep_name: bool = False) -> Path:
+    """Keep an uploaded file (weights, a model file) on disk under its content hash (the loaders read files);
+    ``keep_name``: in a folder named by the hash, under the upload's own (sanitised) name, which a model file's
+    display name comes from."""
     UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    suffix = Path(name).suffix.lower()
-    path = UPLOAD_DIR / f"{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    if keep_name:
+        stem = re.sub(r"[^\w.-]", "_", Path(name).name).lstrip(".") or "model"
+        path = UPLOAD_DIR / digest / stem
+        path.parent.mkdir(exist_ok=True)
+    else:
+        path = UPLOAD_DIR / f"{digest}{Path(name).suffix.lower()}"
     if not path.exists():
-        path.write_bytes(data)
+        tmp = path.with_name(path.name + f".{os.getpid()}.part")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
     return path
 
 
