@@ -155,6 +155,7 @@ class AblationResult:
             "n_images": self.n_images, "n_scored": self.n_scored, "n_calibration": self.n_calibration,
             "n_skipped": self.n_skipped, "skipped": [{"file": s.file, "reason": s.reason} for s in self.skipped],
             "per_class_top1_change": dict(self.per_class_top1_change),
+            "precision": self.precision, "fp32_fallback_batches": self.fp32_fallback_batches,
         }
 
     def __getitem__(self, key: str):

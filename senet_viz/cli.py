@@ -307,7 +307,7 @@ def cmd_extract(args) -> None:
                     chunk = type(images)(images.items[starts[mine]:starts[mine] + args.chunk], [],
                                          images.class_names)
                     result = run_model(loaded, chunk, blocks=blocks, batch_size=args.batch_size,
-                                       keep_logits=False, num_workers=args.workers)
+                                       keep_logits=False, num_workers=args.workers, precision=args.precision)
                 if not group.main:
                     if result is not None:
                         group.send_result(result)
@@ -350,7 +350,8 @@ def cmd_evaluate(args) -> None:
         try:
             out = evaluate_sharded(group, loaded, images, blocks, mode=args.mode,
                                    calibrate_on_eval=args.calibrate_on_eval, batch_size=args.batch_size,
-                                   progress=_progress("evaluate", args.json or not group.main))
+                                   progress=_progress("evaluate", args.json or not group.main),
+                                   precision=args.precision)
         except ValueError as exc:  # e.g. no calibration image could be read
             raise UserError(str(exc)) from exc
     if out is None:  # not rank 0
@@ -500,7 +501,7 @@ def cmd_paper(args) -> None:
         loaded, images = _agreed(group, setup)
         try:
             result = paper_preset_sharded(group, loaded, images, classes=classes, per_class=args.per_class,
-                                          batch_size=args.batch_size,
+                                          batch_size=args.batch_size, precision=args.precision,
                                           progress=_progress("paper preset", args.json or not group.main))
         except ValueError as exc:
             raise UserError(str(exc)) from exc
@@ -560,7 +561,7 @@ def cmd_sweep(args) -> None:
         loaded, images, configs = _agreed(group, setup)
         try:
             frame = sweep_sharded(group, loaded, images, modes, configs, batch_size=args.batch_size,
-                                  progress=_progress("sweep", args.json or not group.main))
+                                  progress=_progress("sweep", args.json or not group.main), precision=args.precision)
         except ValueError as exc:
             raise UserError(str(exc)) from exc
     if frame is None:  # not rank 0
@@ -660,6 +661,11 @@ ABLATE_MODE = _parent(
     (("--calibrate-on-eval",), {"action": "store_true",
                                 "help": "with --mode mean: fit the mean gates on all images and score on them too"}))
 FIGURE_SAMPLING = _parent((("--seed",), {"type": int, "default": 0}))
+PRECISION = _parent((("--precision",), {
+    "choices": ("auto", "fp32", "bf16", "fp16"), "default": "auto",
+    "help": "what the forwards run in: auto (bf16 on GPUs with native bf16, fp16 on older GPUs, fp32 on the CPU), "
+            "or one of fp32 (exact gates: also without TF32 on a GPU), bf16, fp16; a batch that overflows is redone "
+            "in fp32"}))
 
 
 def _batch_size(p: argparse.ArgumentParser, default: int) -> None:
@@ -704,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-block", action="store_true", help="with --json: include per-block and per-stage rows")
 
     p = command("extract", "capture every SE gate over a folder of images into Parquet", cmd_extract,
-                MODEL, WEIGHTS, IMAGES, PER_CLASS, PART)
+                MODEL, WEIGHTS, IMAGES, PER_CLASS, PART, PRECISION)
     _batch_size(p, 32)
     p.add_argument("--out", required=True, type=Path, help="output .parquet file")
     p.add_argument("--blocks", help="only these SE blocks (same syntax as --ablate); default all")
@@ -715,12 +721,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "0 decodes on the main thread)")
 
     p = command("evaluate", "top-1/top-5 of the network, optionally with SE blocks removed or frozen", cmd_evaluate,
-                MODEL, WEIGHTS, IMAGES, PER_CLASS, PART, ABLATE_MODE)
+                MODEL, WEIGHTS, IMAGES, PER_CLASS, PART, ABLATE_MODE, PRECISION)
     _batch_size(p, 32)
     p.add_argument("--ablate", help="SE blocks: SE_5_1,SE_5_2 | stage:5 | last:3")
 
     p = command("sweep", "ablate every SE block, stage and last-k set in each mode; accuracy vs parameters saved",
-                cmd_sweep, MODEL, WEIGHTS, IMAGES, PER_CLASS)
+                cmd_sweep, MODEL, WEIGHTS, IMAGES, PER_CLASS, PRECISION)
     p.add_argument("--modes", default="identity,mean", help="identity, mean or both (comma-separated)")
     p.add_argument("--kinds", help="restrict to block, stage and/or last (comma-separated)")
     _batch_size(p, 64)
@@ -757,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help=".html, .png, .svg or .pdf")
 
     p = command("paper", "the paper's Fig. 6/7 protocol on a folder of labelled images, in one call", cmd_paper,
-                MODEL_PAPER, WEIGHTS, IMAGES, FIGURE_SAMPLING)  # --per-class below is the protocol's own
+                MODEL_PAPER, WEIGHTS, IMAGES, FIGURE_SAMPLING, PRECISION)  # --per-class: the protocol's own
     p.add_argument("--classes", help="class names or wnids (default: goldfish, pug, airliner, cliff if present)")
     p.add_argument("--per-class", type=int, default=50, help="images per class (the paper used 50)")
     _channels(p, "channels sampled per block (the paper shows 50)")

@@ -390,7 +390,7 @@ def process_group(device: str = "auto", environ: Mapping[str, str] | None = None
 
 
 def paper_preset_sharded(group: Group, loaded, images: ImageSet, classes=None, per_class: int | None = None,
-                         batch_size: int = 32, progress=None):
+                         batch_size: int = 32, progress=None, precision: str = "auto"):
     """:func:`senet_viz.paper.paper_preset` over all ranks: the same classes and images (chosen on the whole set
     by every rank), each rank's share of the batches, statistics reduced on rank 0. Returns the
     :class:`~senet_viz.paper.PresetResult` on rank 0, None elsewhere."""
@@ -400,7 +400,7 @@ def paper_preset_sharded(group: Group, loaded, images: ImageSet, classes=None, p
     per_class = PAPER_IMAGES_PER_CLASS if per_class is None else per_class
     if not group.active:
         return paper_preset(loaded, images, classes=classes, per_class=per_class, batch_size=batch_size,
-                            progress=progress)
+                            progress=progress, precision=precision)
     chosen = pick_classes(images, classes, loaded.wnids)
     taken: dict[int, int] = {}
     items = []
@@ -416,7 +416,7 @@ def paper_preset_sharded(group: Group, loaded, images: ImageSet, classes=None, p
         stats.update(block, gates, np.where(np.isin(labels, chosen_set), labels, -1))
 
     result = run_model(loaded, group.shard(subset, batch_size), keep_gates=False, keep_logits=False,
-                       on_gates=on_gates, batch_size=batch_size, progress=progress)
+                       on_gates=on_gates, batch_size=batch_size, progress=progress, precision=precision)
     total = group.reduce_stats(stats)
     whole = group.gather_result(result, subset)
     if total is None or whole is None:
@@ -427,7 +427,7 @@ def paper_preset_sharded(group: Group, loaded, images: ImageSet, classes=None, p
 
 
 def evaluate_sharded(group: Group, loaded, images: ImageSet, ablate_blocks=(), mode: str = "identity", *,
-                     calibrate_on_eval: bool = False, batch_size: int = 32, progress=None):
+                     calibrate_on_eval: bool = False, batch_size: int = 32, progress=None, precision: str = "auto"):
     """:func:`senet_viz.ablation.evaluate` over all ranks, bit for bit: the calibration gates are gathered to
     every rank and averaged in single-process order; each rank runs its share of the full and ablated passes;
     predictions, labels and per-image KL are gathered to rank 0, which computes the metrics as one process does.
@@ -437,7 +437,7 @@ def evaluate_sharded(group: Group, loaded, images: ImageSet, ablate_blocks=(), m
 
     if not group.active:
         return evaluate(loaded, images, ablate_blocks, mode=mode, calibrate_on_eval=calibrate_on_eval,
-                        batch_size=batch_size, progress=progress)
+                        batch_size=batch_size, progress=progress, precision=precision)
     blocks = list(ablate_blocks)
     calib_n, means, eval_images = 0, None, images
     if blocks and mode == "mean":
@@ -446,18 +446,18 @@ def evaluate_sharded(group: Group, loaded, images: ImageSet, ablate_blocks=(), m
         else:
             calib, eval_images = split_calibration(images, CALIBRATION_FRACTION)
         part = run_model(loaded, group.shard(calib, batch_size), blocks=blocks, batch_size=batch_size,
-                         keep_logits=False)
+                         keep_logits=False, precision=precision)
         calib_result = group.gather_result(part, calib, gates=True, to_all=True)
         assert calib_result is not None  # to_all: every rank has it
         means = mean_gates(calib_result, blocks)
         calib_n = calib_result.n
     mine = group.shard(eval_images, batch_size)
-    full = run_model(loaded, mine, blocks=[], batch_size=batch_size, progress=progress)
+    full = run_model(loaded, mine, blocks=[], batch_size=batch_size, progress=progress, precision=precision)
     if blocks:
         keep = set(full.keys)
         ablated_images = replace(mine, items=[it for it in mine.items if it.key in keep], skipped=[])
         ablated = run_model(loaded, ablated_images, blocks=[], ablate_blocks=blocks, mode=mode, means=means,
-                            batch_size=batch_size, progress=progress)
+                            batch_size=batch_size, progress=progress, precision=precision)
         if ablated.keys != full.keys:
             raise RuntimeError("the ablated pass read other images than the full pass")
         kl = per_image_kl(full.logits, ablated.logits) if full.n else np.zeros(0)
@@ -504,7 +504,7 @@ def _combine_sweep_rows(rows: Sequence[dict]) -> dict:
 
 
 def sweep_sharded(group: Group, loaded, images: ImageSet, modes: Sequence[str] = ("identity", "mean"),
-                  configs=None, *, batch_size: int = 64, progress=None):
+                  configs=None, *, batch_size: int = 64, progress=None, precision: str = "auto"):
     """:func:`senet_viz.ablation.sweep` over all ranks. Every rank runs ``sweep`` on the whole calibration split
     (so the mean gates are the single-process ones, bit for bit; it is one pass over 20 % of the images against
     a pass per configuration over the rest) plus its share of the evaluation images; rank 0 adds up the counts.
@@ -515,7 +515,7 @@ def sweep_sharded(group: Group, loaded, images: ImageSet, modes: Sequence[str] =
     from .ablation import CALIBRATION_FRACTION, split_calibration, sweep
 
     if not group.active:
-        return sweep(loaded, images, modes, configs, batch_size=batch_size, progress=progress)
+        return sweep(loaded, images, modes, configs, batch_size=batch_size, progress=progress, precision=precision)
     if "mean" in modes:
         calib, eval_images = split_calibration(images, CALIBRATION_FRACTION)
         mine = group.shard(eval_images, batch_size)
@@ -523,7 +523,7 @@ def sweep_sharded(group: Group, loaded, images: ImageSet, modes: Sequence[str] =
         share = replace(images, items=calib.items + mine.items, skipped=mine.skipped)
     else:
         share = group.shard(images, batch_size)
-    frame = sweep(loaded, share, modes, configs, batch_size=batch_size, progress=progress)
+    frame = sweep(loaded, share, modes, configs, batch_size=batch_size, progress=progress, precision=precision)
     parts = group.gather({"columns": list(frame.columns), "rows": frame.to_dict(orient="records")})
     if parts is None:
         return None

@@ -91,12 +91,12 @@ def pick_classes(images: ImageSet, classes: Sequence[str | int] | None, wnids: S
 
 def paper_preset(loaded: LoadedModel, images: ImageSet, classes: Sequence[str | int] | None = None,
                  per_class: int = PAPER_IMAGES_PER_CLASS, bins: int = DEFAULT_BINS, batch_size: int = 32,
-                 progress: Callable[[int, int], None] | None = None) -> PresetResult:
+                 progress: Callable[[int, int], None] | None = None, precision: str = "auto") -> PresetResult:
     """Run the paper's Fig. 6/7 protocol on any labelled image set and any model.
 
     Up to ``per_class`` images of each chosen class (default: the paper's goldfish, pug, plane, cliff when the
     set has them) give one curve per class; the "all" curve is the mean over up to ``per_class`` images of every
-    class in the set, as the paper's all-class curve is.
+    class in the set, as the paper's all-class curve is. ``precision``: see :class:`senet_viz.run.PrecisionPolicy`.
     """
     chosen = pick_classes(images, classes, loaded.wnids)
     taken: dict[int, int] = {}
@@ -116,7 +116,7 @@ def paper_preset(loaded: LoadedModel, images: ImageSet, classes: Sequence[str | 
         stats.update(block, gates, np.where(np.isin(labels, list(chosen_set)), labels, -1))
 
     result = run_model(loaded, subset, keep_gates=False, keep_logits=False, on_gates=on_gates,
-                       batch_size=batch_size, progress=progress)
+                       batch_size=batch_size, progress=progress, precision=precision)
     names = [images.class_names[k] for k in chosen]
     return PresetResult(stats=stats, classes=names, images_per_class={images.class_names[k]: taken[k] for k in chosen},
                         n_images=result.n, skipped=result.skipped)

@@ -133,7 +133,8 @@ def test_ablation_result_is_the_clis_json_document(loaded, images):
     doc = out.to_dict()
     assert list(doc) == ["model", "weights", "mode", "ablated", "top1", "top5", "full_top1", "full_top5",
                          "agreement", "kl", "params", "params_removed", "params_after", "gmacs", "gmacs_removed",
-                         "n_images", "n_scored", "n_calibration", "n_skipped", "skipped", "per_class_top1_change"]
+                         "n_images", "n_scored", "n_calibration", "n_skipped", "skipped", "per_class_top1_change",
+                         "precision", "fp32_fallback_batches"]
     assert doc["ablated"] == ["SE_5_2"] and doc["mode"] == "identity"
     assert doc["params_after"] == out.params - out.params_removed == out.params_after
     assert doc["gmacs"] == round(out.macs / 1e9, 4) and doc["gmacs_removed"] == round(out.macs_removed / 1e9, 6)

@@ -185,6 +185,21 @@ def test_evaluate_without_the_last_block_scores_the_20_images(capsys, loaded):
     assert out["params_removed"] == last.params and out["params_after"] == out["params"] - last.params
 
 
+def test_precision_is_chosen_on_the_command_line_and_reported(capsys):
+    """--precision reaches the passes (fp16 autocast runs on the CPU too) and the JSON says what ran."""
+    exact = run(capsys, "evaluate", *COMMON, *IMAGES, "--ablate", "last:1", "--precision", "fp32")
+    half = run(capsys, "evaluate", *COMMON, *IMAGES, "--ablate", "last:1", "--precision", "fp16")
+    default = run(capsys, "evaluate", *COMMON, *IMAGES, "--ablate", "last:1")
+    assert exact["precision"] == default["precision"] == "fp32"  # auto is fp32 on the CPU
+    assert half["precision"] == "fp16" and half["fp32_fallback_batches"] == 0
+    assert half["kl"] != exact["kl"], "fp16 ran in fp32"
+    assert abs(half["full_top1"] - exact["full_top1"]) <= 0.1
+    with pytest.raises(SystemExit) as exc:  # argparse refuses an unknown precision
+        cli.main(["evaluate", *COMMON, *IMAGES, "--precision", "fp8"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err
+
+
 def test_sweep_writes_one_row_per_stage_and_mode_and_the_figure(capsys, loaded, workdir):
     out, figure = workdir / "sweep.csv", workdir / "sweep.html"
     result = run(capsys, "sweep", *COMMON, *IMAGES, "--modes", "identity,mean", "--kinds", "stage", "--out", out,
