@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .blocks import NOT_SE, _Candidate, _gate_child, class_name
+from .paths import cache_dir
 
 
 def static_gates(model: nn.Module) -> tuple[dict[str, int], dict[str, int], int]:
@@ -47,15 +48,11 @@ def static_gates(model: nn.Module) -> tuple[dict[str, int], dict[str, int], int]
 
 
 def census_file() -> Path:
+    """The census cache, one per timm / torchvision version, under :func:`senet_viz.paths.cache_dir`."""
     import timm
     import torchvision
 
-    try:
-        from .paths import cache_dir
-        root = cache_dir()
-    except ImportError:  # pragma: no cover - older trees without senet_viz.paths
-        root = Path(os.environ.get("SENET_VIZ_CACHE") or Path.home() / ".cache" / "senet_viz")
-    return root / f"gate_census_timm-{timm.__version__}_torchvision-{torchvision.__version__}.json"
+    return cache_dir() / f"gate_census_timm-{timm.__version__}_torchvision-{torchvision.__version__}.json"
 
 
 def _census_one(name: str) -> dict:

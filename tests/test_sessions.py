@@ -267,8 +267,8 @@ def test_the_weights_digest_is_computed_again_only_when_the_file_changes(tmp_pat
     import senet_viz.weights
 
     hashed = []
-    real = senet_viz.weights.file_digest
-    monkeypatch.setattr(senet_viz.weights, "file_digest", lambda path: hashed.append(path) or real(path))
+    real = senet_viz.weights._hash_file  # the one place a file is read (file_sha256 memoises it)
+    monkeypatch.setattr(senet_viz.weights, "_hash_file", lambda path: hashed.append(path) or real(path))
     path = tmp_path / "w.safetensors"
     path.write_bytes(b"first")
     first = weights_digest(path)

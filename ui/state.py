@@ -51,7 +51,6 @@ page-facing functions that go through it; one locking design, kept in one place.
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import itertools
 import json
@@ -546,17 +545,12 @@ def _cached_model(name: str, weights: str | None, device: str, weights_key: str,
     return zoo.load_model(name, weights=weights, device=device, options=_options)
 
 
-@functools.lru_cache(maxsize=64)
-def _digest_of(path: str, size: int, mtime_ns: int) -> str:
+def weights_digest(path: str | Path) -> str:
+    """Content digest of a weights file, hashed again only when its size or modification time changes (the
+    library memoises it: :func:`senet_viz.weights.file_sha256`)."""
     from senet_viz.weights import file_digest
 
     return file_digest(path)
-
-
-def weights_digest(path: str | Path) -> str:
-    """Content digest of a weights file, hashed again only when its size or modification time changes."""
-    stat = os.stat(path)
-    return _digest_of(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
 
 
 def _source_file(name: str) -> Path | None:
