@@ -7,6 +7,7 @@ from senet_viz.weights import WeightsError
 from ui import exports, sidebar, state
 from ui.common import class_caption, need_analysis
 from ui.routing import through_app
+from ui.text import plain
 
 through_app()  # before anything is drawn: a fresh server's first request may run this file alone
 
@@ -47,12 +48,12 @@ else:
     st.warning("Choose at least one index.")
 
 st.subheader("Against the paper")
-st.markdown(f"**Verdict:** {judged.summary}")
+st.markdown(f"**Verdict:** {plain(judged.summary, None)}")
 st.dataframe(judged.table(), hide_index=True, key="depth_verdict")
 if judged.inert:
     st.info(judged.inert_markdown)
 if second is not None:
-    st.markdown(f"**Second model:** {verdict.paper_verdict(second).summary}")
+    st.markdown(f"**Second model:** {plain(verdict.paper_verdict(second).summary, None)}")
 with st.expander("How to read this"):
     st.markdown(judged.how_to_read)
 st.markdown("**Indices per block**")

@@ -7,6 +7,7 @@ from senet_viz.stats import MAX_DETAIL_CLASSES
 from ui import exports, state
 from ui.common import need_analysis, per_model, pick_image
 from ui.routing import through_app
+from ui.text import plain
 
 through_app()  # before anything is drawn: a fresh server's first request may run this file alone
 
@@ -39,18 +40,19 @@ block = st.selectbox("Block", blocks, index=len(blocks) - 1, key=per_model("expl
 group, reference, within = place.group, place.reference, place.within
 if place.single:
     # A one-image class has no distribution to rank the image in: rank it among all images instead.
-    st.info(f"Class '{group}' holds only this image, so percentiles within the class cannot be computed. The chart "
-            f"places the image among all {place.counts['all']} images instead; add images of '{group}' to rank it "
+    shown = plain(group)
+    st.info(f"Class '{shown}' holds only this image, so percentiles within the class cannot be computed. The chart "
+            f"places the image among all {place.counts['all']} images instead; add images of '{shown}' to rank it "
             f"within its class.")
 if within != reference:
     # Large runs keep per-channel histograms for a bounded set of classes only (means and std for all).
-    st.info(f"Per-channel histograms are not kept for class '{reference}' ({len(place.counts) - 1} classes: they are "
-            f"kept for at most {MAX_DETAIL_CLASSES}), so the chart ranks the image among all {place.counts['all']} "
-            "images.")
+    st.info(f"Per-channel histograms are not kept for class '{plain(reference)}' ({len(place.counts) - 1} classes: "
+            f"they are kept for at most {MAX_DETAIL_CLASSES}), so the chart ranks the image among all "
+            f"{place.counts['all']} images.")
 classes = list(place.counts)
 fig = plots.image_percentiles(stats.frame([block], [reference]), block, reference, gates[block], items[key].name,
                               all_classes=classes)
 st.plotly_chart(fig, width="stretch", key="explore_chart")
 st.caption(f"Percentile of each channel's gate within the gates of "
-           f"{'class ' if within != 'all' else ''}'{within}' ({place.counts[within]} images).")
+           f"{'class ' if within != 'all' else ''}'{plain(within)}' ({place.counts[within]} images).")
 exports.keep_figure("Explore", fig)

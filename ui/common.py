@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui import sidebar, state
+from ui.text import plain
 
 # Value widgets whose state must outlive the page (or source) that draws them. Streamlit deletes a widget's
 # value when a run does not draw the widget; writing the value back at the top of every run keeps it as plain
@@ -61,7 +62,7 @@ def need_analysis(bundle_ok: bool = False) -> tuple[sidebar.Selection, state.Ana
         with st.expander(f"{len(skipped)} image(s) could not be read and were left out", expanded=True,
                          icon=":material/warning:"):
             for s in skipped:
-                st.markdown(f"- `{s.file}`: {s.reason}")
+                st.markdown(f"- {plain(s.file)}: {plain(s.reason, None)}")
     if analysis.result.n == 0:
         st.error("None of the images could be read; see the reasons above and add other images.")
         st.stop()
@@ -71,7 +72,7 @@ def need_analysis(bundle_ok: bool = False) -> tuple[sidebar.Selection, state.Ana
 def class_caption(analysis: state.Analysis) -> str:
     table = analysis.stats.class_table()
     counts = table[table["class_index"] >= 0][["class", "count"]]
-    parts = [f"{c} (n={n})" for c, n in counts.itertuples(index=False)]
+    parts = [f"{plain(c, 80)} (n={n})" for c, n in counts.itertuples(index=False)]
     n = analysis.result.n if analysis.result is not None else int(table["count"].iloc[0])
     return f"{n} images, grouped by {analysis.grouping}: " + ", ".join(parts[:12]) + (
         f" … +{len(parts) - 12} more" if len(parts) > 12 else "")
