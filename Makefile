@@ -2,6 +2,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
+# The address the server listens on: this machine only by default. `make run ADDRESS=0.0.0.0` serves every network
+# interface (anyone who can reach the port can use the app: see the README's "Serving it to others").
+ADDRESS ?= localhost
 
 .PHONY: run test lint venv clean
 
@@ -18,7 +21,7 @@ venv: $(STAMP)
 
 # `make run PORT=8502` serves on another port; .streamlit/config.toml holds the other server settings.
 run: $(STAMP)
-	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --server.address $(ADDRESS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -110,15 +110,18 @@ def test_the_installed_senet_viz_script_runs():
     assert Path(where.stdout.strip()) == REPO_ROOT / "senet_viz" / "__init__.py", where.stderr
 
 
-def test_make_run_serves_on_port_8501_or_the_port_given():
+def test_make_run_serves_this_machine_on_port_8501_or_the_port_and_address_given():
     make = shutil.which("make")
     require(make, "make (apt-get install make)")
     env = {**os.environ, "VENV": "/nonexistent-venv"}  # -n: print the commands only, nothing runs
-    for args, port in (([], "8501"), (["PORT=8502"], "8502")):
+    cases = (([], "8501", "localhost"), (["PORT=8502"], "8502", "localhost"),
+             (["ADDRESS=0.0.0.0"], "8501", "0.0.0.0"))
+    for args, port, address in cases:
         done = subprocess.run([make, "-n", "run", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 0, done.stderr
-        assert f"/nonexistent-venv/bin/streamlit run app.py --server.port {port}" in done.stdout
+        assert (f"/nonexistent-venv/bin/streamlit run app.py --server.port {port} --server.address {address}"
+                in done.stdout)
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert any("http://localhost:8501" in line for line in readme[:12])
 
@@ -128,6 +131,8 @@ def test_streamlit_config_hides_deploy_and_keeps_the_server_settings():
     assert config["client"]["toolbarMode"] == "viewer"  # no Deploy button; the menu keeps Settings and Print
     assert config["server"]["fileWatcherType"] == "none"
     assert config["server"]["headless"] is True
+    # remote users see a generic message for an uncaught exception; the traceback (server paths) goes to the log
+    assert config["client"]["showErrorDetails"] == "none"
 
 
 def test_benchmarks_import_the_installed_project_without_patching_sys_path():
