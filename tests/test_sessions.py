@@ -371,7 +371,7 @@ def test_a_copy_is_made_while_the_model_is_busy_and_has_no_hooks_of_the_busy_req
 def test_with_compute_processes_the_passes_run_in_a_worker_process_with_the_same_results(monkeypatch, tmp_path):
     """SENET_VIZ_COMPUTE=processes: the Remove page shows the numbers the thread engine shows, and the server
     process runs no forward pass for them (the worker process does)."""
-    from ui import state
+    from ui import jobs, state
 
     folder = small_folder(tmp_path / "two classes")
     threads = new_session()
@@ -392,6 +392,8 @@ def test_with_compute_processes_the_passes_run_in_a_worker_process_with_the_same
         assert metrics(processes) == expected
         assert forward_count() == before, "the server process ran the network itself"
         assert state.engine()._processes is not None, "no worker process was used"
+        # the workers did not run app.py again when they started (Streamlit installs it as __main__)
+        assert state.engine()._processes.submit(jobs.main_script).result(timeout=60) is None
     finally:
         engine = state.engine()
         if engine._processes is not None:

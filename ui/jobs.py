@@ -10,9 +10,12 @@ cache of loaded models and of decoded pixels. This module imports no streamlit: 
 
 from __future__ import annotations
 
+import sys
 import threading
+import types
 from collections import OrderedDict
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import pandas as pd
@@ -38,6 +41,33 @@ class ModelRef(NamedTuple):
 _models: OrderedDict[ModelRef, zoo.LoadedModel] = OrderedDict()
 _models_lock = threading.Lock()
 _pixels = PixelCache(256 << 20)
+
+
+_main_guard = threading.Lock()
+
+
+@contextmanager
+def bare_main() -> Iterator[None]:
+    """Start worker processes inside this block: they do not run the app's script again.
+
+    A spawned process re-runs the parent's ``__main__`` from its file (multiprocessing's spawn preparation reads
+    ``sys.modules["__main__"].__file__``), and Streamlit installs app.py as ``__main__`` while it runs a page: each
+    worker would run the whole app in "bare mode" (hundreds of warnings, the sidebar's work, a model load). While
+    the pool starts its processes, ``__main__`` is an empty module, so they start from this module's imports
+    only."""
+    with _main_guard:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
+
+
+def main_script() -> str | None:
+    """The parent script this worker process ran at start (``__mp_main__``'s file), None when it ran none."""
+    return getattr(sys.modules.get("__mp_main__"), "__file__", None)
 
 
 def init_worker(threads: int) -> None:

@@ -412,13 +412,16 @@ class Engine:
         with self._processes_guard:
             if self._processes is None:
                 context = multiprocessing.get_context("spawn")  # fork is unsafe under the server's threads
-                self._board = context.Manager().dict()
-                self._processes = ProcessPoolExecutor(self.policy.concurrent, mp_context=context,
-                                                      initializer=jobs.init_worker, initargs=(self.policy.threads,))
-                for _ in range(self.policy.concurrent):  # start every worker now, not at the first concurrent use
-                    self._processes.submit(jobs.ready)
+                with jobs.bare_main():  # the manager and the workers do not run app.py again (ui/jobs.py)
+                    self._board = context.Manager().dict()
+                    self._processes = ProcessPoolExecutor(self.policy.concurrent, mp_context=context,
+                                                          initializer=jobs.init_worker,
+                                                          initargs=(self.policy.threads,))
+                    for _ in range(self.policy.concurrent):  # every worker starts now, not at the first concurrent use
+                        self._processes.submit(jobs.ready)
         token = uuid.uuid4().hex
-        future = self._processes.submit(job, *args, self._board if progress else None, token)
+        with jobs.bare_main():  # a submit may start a worker (one that ended is replaced)
+            future = self._processes.submit(job, *args, self._board if progress else None, token)
         try:
             while True:
                 try:
