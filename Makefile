@@ -6,7 +6,7 @@ PORT ?= 8501
 # interface (anyone who can reach the port can use the app: see the README's "Serving it to others").
 ADDRESS ?= localhost
 
-.PHONY: run test lint venv clean
+.PHONY: run test test-fast lint venv clean
 
 # The pinned requirements first, then the project itself, editable and without dependencies or build isolation
 # (setuptools comes pinned in requirements-dev.txt), so the install needs nothing beyond the pinned list.
@@ -39,6 +39,11 @@ test: $(STAMP)
 	  esac; \
 	}
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The inner loop: lint and every test but the real-browser and slow (many real images) ones.
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider -m "not browser and not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
