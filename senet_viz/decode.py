@@ -28,6 +28,11 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 #: Default limit on the declared pixel count (width x height) of one image; $SENET_VIZ_MAX_PIXELS overrides.
 MAX_PIXELS = 40_000_000
 MAX_PIXELS_ENV = "SENET_VIZ_MAX_PIXELS"
+#: Default limit on the memory one decode may take at its peak (:func:`decode_bytes`), in MiB;
+#: $SENET_VIZ_MAX_DECODE_MB overrides. A 40-Mpx 8-bit RGB photo is counted at 320 MB and decodes; a 40-Mpx 16-bit
+#: image (680 MB: its 16-bit planes, then the float64 scaling to 8 bits) or a 40-Mpx RGBA one (960 MB) is refused.
+MAX_DECODE_MB = 512
+MAX_DECODE_ENV = "SENET_VIZ_MAX_DECODE_MB"
 
 # Decoders we allow. Pillow also knows formats such as EPS (which shells out to Ghostscript) and a long tail
 # of rarely used, weakly identified formats; a dashboard fed by uploads has no use for them.
@@ -64,16 +69,86 @@ def _mpx(pixels: int) -> str:
     return f"{text} Mpx"
 
 
+def max_decode_bytes_limit(max_bytes: int | None = None) -> int:
+    """Return the per-image decode memory limit in bytes: ``max_bytes`` if given, else ``$SENET_VIZ_MAX_DECODE_MB``
+    (MiB), else :data:`MAX_DECODE_MB`. Raises ``ValueError`` for a limit that is not a positive number (a
+    configuration error, not a data error)."""
+    if max_bytes is None:
+        raw = os.environ.get(MAX_DECODE_ENV, "").strip()
+        if not raw:
+            return MAX_DECODE_MB << 20
+        try:
+            max_bytes = int(float(raw) * (1 << 20))
+        except ValueError:
+            raise ValueError(f"{MAX_DECODE_ENV}={raw!r} is not a number of MiB (e.g. {MAX_DECODE_MB})") from None
+    if max_bytes <= 0:
+        raise ValueError(f"the decode memory limit must be positive, got {max_bytes}")
+    return int(max_bytes)
+
+
+# Bytes per pixel Pillow stores for a mode (its image memory: 3-band modes take 4 bytes, "1" one byte);
+# modes not listed are counted at 4.
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_HIGH_DEPTH_ITEMSIZE = {"I": 4, "F": 4}  # and 2 for every I;16 variant
+_MODE_WORDS = {"I;16": "16-bit grey", "I;16L": "16-bit grey", "I;16B": "16-bit grey", "I;16N": "16-bit grey",
+               "I": "32-bit grey", "F": "32-bit float grey", "RGBA": "RGBA", "LA": "grey + alpha", "P": "palette",
+               "CMYK": "CMYK", "L": "grey", "RGB": "8-bit RGB", "1": "1-bit"}
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def decode_bytes(mode: str, width: int, height: int, alpha: bool = False) -> int:
+    """The peak memory :func:`decode_image` takes for an image of ``mode`` and size, as its header declares them
+    (``alpha``: palette or colour-key transparency besides the alpha modes): the decoded frame and its upright
+    copy, then the conversion to RGB: for 16-bit / 32-bit / float grey a numpy copy, a float64 work array and
+    the 8-bit result (measured: 17 bytes per pixel for 16-bit grey, 21 for float); for transparency the RGBA copy, a white background, the composite and the RGB result; for
+    other modes one RGB image (4 bytes per pixel in Pillow). Checked before any pixel is decoded."""
+    pixels = width * height
+    peak = 2 * pixels * _STORED_BYTES.get(mode, 4)
+    if mode.startswith("I;16") or mode in _HIGH_DEPTH_ITEMSIZE:
+        peak += pixels * (2 * _HIGH_DEPTH_ITEMSIZE.get(mode, 2) + 8 + 1)  # numpy's copy goes through tobytes()
+    elif alpha or mode in _ALPHA_MODES:
+        peak += pixels * 4 * 4
+    elif mode != "RGB":
+        peak += pixels * 4
+    return peak
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    """What :func:`_to_rgb` composites on white (from the header: the mode and any transparency chunk)."""
+    return im.mode in _ALPHA_MODES or (im.mode in ("P", "L", "RGB", "1") and im.has_transparency_data)
+
+
+def _check_decode_bytes(im: Image.Image, limit: int) -> None:
+    width, height = im.size
+    need = decode_bytes(im.mode, width, height, _has_alpha(im))
+    if need > limit:
+        kind = _MODE_WORDS.get(im.mode, im.mode)
+        raise ImageDecodeError(
+            f"image is {width}x{height} {kind} ({im.mode}): decoding it would take about {need / 2**20:,.0f} MiB, "
+            f"over the {limit / 2**20:,.0f} MiB limit for one image; resize it or save it with 8 bits per "
+            f"channel, or raise {MAX_DECODE_ENV}"
+        )
+
+
 def _to_uint8(arr: np.ndarray, full_scale: float | None) -> np.ndarray:
     """Map a single-channel numeric array to uint8. ``full_scale`` is the value that maps to 255 (None:
     stretch min..max, for data whose range is unknown)."""
-    arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    # One float64 work array, changed in place (decode_bytes counts it once); the same operations in the same order
+    # as out-of-place arithmetic, so the same pixels.
+    arr = np.nan_to_num(arr.astype(np.float64), copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     if full_scale is None:
         lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        if hi > lo:
+            arr -= lo
+            arr /= hi - lo
+            arr *= 255.0
+        else:
+            arr[...] = 0.0
     else:
-        arr = arr * (255.0 / full_scale)
-    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        arr *= 255.0 / full_scale
+    np.rint(arr, out=arr)
+    np.clip(arr, 0, 255, out=arr)
+    return arr.astype(np.uint8)
 
 
 def _high_depth_to_l(im: Image.Image) -> Image.Image:
@@ -92,6 +167,7 @@ def _high_depth_to_l(im: Image.Image) -> Image.Image:
         finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
         lo = float(finite.min()) if finite.size else 0.0
         hi = float(finite.max()) if finite.size else 0.0
+        del finite  # a copy for float images: not kept alive beside _to_uint8's work array
         if im.mode == "F" and lo >= 0.0 and hi <= 1.0:
             scale = 1.0
         elif lo >= 0.0 and hi <= 255.0:
@@ -143,11 +219,15 @@ def _open_source(source: bytes | bytearray | memoryview | str | Path) -> IO[byte
     raise TypeError(f"decode_image expects bytes, str or Path, got {type(source).__name__}")
 
 
-def decode_image(source: bytes | str | Path, max_pixels: int | None = None) -> Image.Image:
+def decode_image(source: bytes | str | Path, max_pixels: int | None = None, *,
+                 max_bytes: int | None = None) -> Image.Image:
     """Decode ``source`` (image bytes or a file path) into a fully loaded RGB image.
 
     - the declared size is checked against ``max_pixels`` (see :func:`max_pixels_limit`) *before* any pixel is
       decoded, and Pillow's own decompression-bomb error/warning is reported the same way;
+    - so is the memory the decode and its conversions would take (:func:`decode_bytes`, from the header's mode and
+      size) against ``max_bytes`` (see :func:`max_decode_bytes_limit`): a small file of 16-bit or float pixels
+      is refused before it costs a gigabyte;
     - EXIF orientation is applied (a portrait photo stored sideways comes out upright);
     - animated or multi-page images give their first frame;
     - any mode becomes RGB: alpha and palette transparency are composited on white, 16-bit and float images
@@ -158,6 +238,7 @@ def decode_image(source: bytes | str | Path, max_pixels: int | None = None) -> I
     ``TypeError`` for an argument that is neither bytes nor a path.
     """
     limit = max_pixels_limit(max_pixels)
+    byte_limit = max_decode_bytes_limit(max_bytes)
     fp = _open_source(source)
     try:
         with fp:
@@ -174,6 +255,7 @@ def decode_image(source: bytes | str | Path, max_pixels: int | None = None) -> I
                         f"image is {width}x{height} = {_mpx(width * height)}, over the {_mpx(limit)} limit; "
                         f"resize it or raise {MAX_PIXELS_ENV}"
                     )
+                _check_decode_bytes(im, byte_limit)
                 # Image.open leaves an animated/multi-page file on its first frame; asking for n_frames
                 # would scan every frame, so don't.
                 im.load()
@@ -249,7 +331,7 @@ def read_jpeg(source: bytes | str | Path, max_pixels: int | None = None) -> Jpeg
             width, height = im.size
             if im.format != "JPEG" or im.mode not in ("L", "RGB") or width <= 0 or height <= 0:
                 return None
-            if width * height > limit:
+            if width * height > limit or decode_bytes(im.mode, width, height) > max_decode_bytes_limit():
                 return None
             try:  # as decode_image: a broken EXIF block leaves the image as stored
                 orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
