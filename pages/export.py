@@ -1,6 +1,7 @@
 """Export: every table as CSV and Parquet, every figure as HTML and PNG, for the current model and images; results
 of earlier selections are listed apart, under their model. Every file carries the model, weights and images."""
 
+import html
 import io
 import re
 import tempfile
@@ -12,6 +13,7 @@ from senet_viz import plots
 from ui import exports, state
 from ui.common import need_analysis
 from ui.routing import through_app
+from ui.text import plain
 
 through_app()  # before anything is drawn: a fresh server's first request may run this file alone
 
@@ -62,7 +64,7 @@ def figures_section(bucket: dict, tag: str) -> None:
         slug = slugify(name)
         cols = st.columns([3, 1, 1])
         cols[0].markdown(f"**{name}**  \n{plain_title(fig)}")
-        stamped = plots.stamp(fig, prov.text)
+        stamped = plots.stamp(fig, html.escape(prov.text))  # plotly renders tags in text: the names stay text
         cols[1].download_button("HTML", stamped.to_html(include_plotlyjs=True).encode(), f"{prefix}_{slug}.html",
                                 "text/html", key=f"html_{tag}_{slug}")
         png_key = ("png", prov.key, name)
@@ -82,8 +84,8 @@ def figures_section(bucket: dict, tag: str) -> None:
 
 
 now = exports.current()
-st.caption(f"Current selection: {now['provenance'].text}. Every file carries it (tables: the model, weights and "
-           "images columns; figures: a line under the plot).")
+st.caption(f"Current selection: {plain(now['provenance'].text, None)}. Every file carries it (tables: the model, "
+           "weights and images columns; figures: a line under the plot).")
 st.subheader("Tables")
 tables_section(now, "now")
 st.subheader("Figures")
@@ -99,6 +101,6 @@ if older:
                "the current ones.")
     for i, bucket in enumerate(older):
         prov = bucket["provenance"]
-        with st.expander(f"{prov.model} — {prov.images} (set {prov.image_set})"):
+        with st.expander(f"{plain(prov.model)} — {plain(prov.images)} (set {prov.image_set})"):
             tables_section(bucket, f"old{i}")
             figures_section(bucket, f"old{i}")

@@ -9,8 +9,10 @@ A bundle is a zip archive (``.senetviz.zip``) holding
 - ``indices.csv``: the per-block indices, for a reader without senet-viz;
 - optionally ``metrics.json``: accuracy or ablation results of the same run.
 
-Reading is safe on untrusted files: only these member names are read, each with a size limit, and the statistics
-load from Parquet (no pickle). Memory is that of the statistics, independent of the number of images.
+Reading is safe on untrusted files: only these member names are read, each streamed with a size limit (a member
+that expands past it is refused as soon as it does), and the statistics load from Parquet (no pickle) after their
+declared shapes were checked against the Parquet footer and the memory they would take against ``max_bytes``
+(:meth:`GateStats.load`). Memory is that of the statistics, independent of the number of images.
 """
 
 from __future__ import annotations
@@ -22,17 +24,25 @@ import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .stats import GateStats
+from .stats import GateStats, StatsTooLarge
 
 FORMAT = "senet-viz-bundle"
 VERSION = 1
 SUFFIX = ".senetviz.zip"
-MAX_MEMBER_BYTES = {"bundle.json": 1 << 20, "metrics.json": 64 << 20, "indices.csv": 16 << 20,
-                    "stats.parquet": 4 << 30}
+#: Size limits of the members read. stats.parquet: the largest real bundle, SE-ResNet-50's 16 blocks (15,104 gates)
+#: over 1,000 classes, weighs 225 MiB (245 MiB with 64 classes' per-channel histograms kept); 512 MiB is twice that.
+#: indices.csv is written for other readers and never read here.
+MAX_MEMBER_BYTES = {"bundle.json": 1 << 20, "metrics.json": 8 << 20, "indices.csv": 16 << 20,
+                    "stats.parquet": 512 << 20}
+#: Memory the statistics of one bundle may take once read (a reader may ask for less: the app uses its budget).
+MAX_STATS_BYTES = 2 << 30
+MAX_MEMBERS = 64  # a bundle has three or four
+_CHUNK = 1 << 20
 
 
 class BundleError(ValueError):
@@ -46,6 +56,9 @@ class Bundle:
     stats: GateStats
     provenance: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: sha256 of the file it was read from, when the reader knows it (the app's caches are keyed by it: never by
+    #: bundle.json, which a doctored file can copy from a genuine one); "" otherwise.
+    digest: str = field(default="", compare=False)
 
     @property
     def model(self) -> str:
@@ -113,7 +126,7 @@ def write_bundle(path: str | Path, stats: GateStats, prov: dict[str, Any], metri
     return out
 
 
-def _member(zf: zipfile.ZipFile, name: str, required: bool = True) -> bytes | None:
+def _info(zf: zipfile.ZipFile, name: str, required: bool) -> zipfile.ZipInfo | None:
     try:
         info = zf.getinfo(name)
     except KeyError:
@@ -124,41 +137,83 @@ def _member(zf: zipfile.ZipFile, name: str, required: bool = True) -> bytes | No
     if info.file_size > MAX_MEMBER_BYTES[name]:
         raise BundleError(f"{name} in the bundle is {info.file_size / 2**20:,.0f} MiB, over the "
                           f"{MAX_MEMBER_BYTES[name] / 2**20:,.0f} MiB limit")
-    with zf.open(info) as f:
-        data = f.read(MAX_MEMBER_BYTES[name] + 1)
-    if len(data) > MAX_MEMBER_BYTES[name]:  # the header lied about the size
-        raise BundleError(f"{name} in the bundle expands past its {MAX_MEMBER_BYTES[name] / 2**20:,.0f} MiB limit")
-    return data
+    return info
 
 
-def read_bundle(source: str | Path | bytes) -> Bundle:
-    """Open a bundle from a path or from the bytes of an upload; raises :class:`BundleError` with the reason."""
+def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: io.RawIOBase | io.BufferedIOBase) -> None:
+    """Stream a member to ``out`` in chunks, refusing it as soon as it expands past its limit (whatever its
+    header says): never more than the limit is held or written."""
+    limit, written = MAX_MEMBER_BYTES[info.filename], 0
+    try:
+        with zf.open(info) as f:
+            while chunk := f.read(min(_CHUNK, limit + 1 - written)):
+                written += len(chunk)
+                if written > limit:  # the header lied about the size
+                    raise BundleError(f"{info.filename} in the bundle expands past its {limit / 2**20:,.0f} MiB "
+                                      "limit")
+                out.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise BundleError(f"{info.filename} in the bundle cannot be read: {exc}") from None
+
+
+def _member(zf: zipfile.ZipFile, name: str, required: bool = True) -> bytes | None:
+    info = _info(zf, name, required)
+    if info is None:
+        return None
+    buffer = io.BytesIO()
+    _copy_member(zf, info, buffer)
+    return buffer.getvalue()
+
+
+def _json_member(zf: zipfile.ZipFile, name: str, required: bool = True) -> Any:
+    data = _member(zf, name, required)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BundleError(f"{name} is not valid JSON: {exc}") from None
+
+
+def read_bundle(source: str | Path | bytes, max_bytes: int | None = MAX_STATS_BYTES) -> Bundle:
+    """Open a bundle from a path or from the bytes of an upload; raises :class:`BundleError` with the reason.
+
+    ``max_bytes``: the memory its statistics may take once read, checked from the file's metadata before any is
+    allocated (``None``: no bound)."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes | bytearray) else Path(source))
     except FileNotFoundError:
         raise BundleError(f"bundle not found: {source}") from None
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise BundleError(f"not a senet-viz bundle (not a zip archive: {exc})") from None
-    with zf:
-        try:
-            prov = json.loads(_member(zf, "bundle.json"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(f"bundle.json is not valid JSON: {exc}") from None
+    with zf, tempfile.TemporaryDirectory() as tmp:  # a private (0700) folder, removed at once
+        if len(zf.infolist()) > MAX_MEMBERS:
+            raise BundleError(f"not a senet-viz bundle: {len(zf.infolist()):,} members (a bundle has 3 or 4)")
+        prov = _json_member(zf, "bundle.json")
         if not isinstance(prov, dict) or prov.get("format") != FORMAT:
             raise BundleError("bundle.json does not describe a senet-viz bundle (format field missing or wrong)")
-        if int(prov.get("version", 0)) > VERSION:
-            raise BundleError(f"bundle version {prov.get('version')} is newer than this senet-viz reads ({VERSION}); "
+        version = prov.get("version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise BundleError(f"bundle.json has version {version!r}, not a number")
+        if version > VERSION:
+            raise BundleError(f"bundle version {version} is newer than this senet-viz reads ({VERSION}); "
                               "update senet-viz")
-        stats_bytes = _member(zf, "stats.parquet")
-        metrics_bytes = _member(zf, "metrics.json", required=False)
-    with tempfile.TemporaryDirectory() as tmp:
+        info = _info(zf, "stats.parquet", required=True)
         stats_path = Path(tmp) / "stats.parquet"
-        stats_path.write_bytes(stats_bytes)
+        with stats_path.open("wb") as out:
+            _copy_member(zf, info, out)
+        metrics = _json_member(zf, "metrics.json", required=False)
         try:
-            stats = GateStats.load(stats_path)
+            stats = GateStats.load(stats_path, max_bytes=max_bytes)
+        except StatsTooLarge as exc:
+            raise BundleError(f"the statistics in the bundle are refused: {exc}") from None
         except Exception as exc:  # a damaged or foreign Parquet file: say so, never a traceback
             raise BundleError(f"the statistics in the bundle cannot be read: {exc.__class__.__name__}: {exc}") from None
-    metrics = json.loads(metrics_bytes) if metrics_bytes else {}
+    if stats.n_images() == 0:
+        raise BundleError("the statistics in the bundle hold no images (every block is empty): write the bundle "
+                          "again from a run over images")
+    if not isinstance(metrics, dict):
+        metrics = {}
     return Bundle(stats, prov, metrics)
 
 

@@ -752,16 +752,25 @@ class GateStats:
         return pa.Table.from_pydict(columns, schema=schema)
 
     @classmethod
-    def load(cls, path: str | Path) -> GateStats:
+    def load(cls, path: str | Path, max_bytes: int | None = None) -> GateStats:
         """Read a file written by :meth:`save` (this layout or the older per-channel one), one row group at a time;
-        Parquet only, nothing is unpickled or executed."""
+        Parquet only, nothing is unpickled or executed.
+
+        Safe on untrusted files: before anything is allocated, the declared shapes (blocks, channels, bins) are
+        checked against the values the Parquet footer says the file holds, and with ``max_bytes`` the memory the
+        statistics would take (declared arrays plus decoded columns) against that bound
+        (:class:`StatsTooLarge`, a ``ValueError``)."""
         import pyarrow.parquet as pq
 
         source = pq.ParquetFile(str(path))
         raw = (source.schema_arrow.metadata or {}).get(_META_KEY)
         if raw is None:
             raise ValueError(f"{path} holds no senet-viz statistics (metadata {_META_KEY.decode()!r} missing)")
-        meta = json.loads(raw)
+        try:
+            meta = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"the statistics' metadata is not valid JSON: {exc}") from None
+        _check_sizes(source.metadata, meta, max_bytes)
         if meta.get("format", 1) == 1:
             return _load_v1(source.read(), meta)
         if meta["format"] > FORMAT_VERSION:
@@ -772,6 +781,13 @@ class GateStats:
                     detail_classes=None if detail is None else tuple(int(k) for k in detail),
                     max_detail_classes=int(meta.get("max_detail_classes", MAX_DETAIL_CLASSES)))
         stats._seen = {int(k) for k in meta.get("seen", [])}
+        # Each block's class rows sized once, exactly (the two key columns are small): no capacity doubling, so
+        # the memory is what _check_sizes counted.
+        keys = source.read(columns=["block", "class_index"]).to_pandas()
+        for name, part in keys[keys["class_index"] >= 0].groupby("block", sort=False):
+            stats._block(name)  # an unknown block: refused here
+            stats.accumulators[name]._rows_for(part["class_index"].drop_duplicates().to_numpy())
+        del keys
         for i in range(source.num_row_groups):
             stats._read_rows(source.read_row_group(i))
         return stats
@@ -816,6 +832,72 @@ class GateStats:
             if hist is not None and lo is not None and hi is not None:
                 acc.detail[k] = _Detail(hist.reshape(C, bins).astype(np.int64), lo, hi)
             self._seen.add(k)
+
+
+class StatsTooLarge(ValueError):
+    """Saved statistics that would take more memory than allowed, or whose declared shapes the file cannot hold."""
+
+
+_MAX_BINS = 4096  # histogram bins a saved file may declare (the library writes 50)
+
+
+def _check_sizes(footer, meta: object, max_bytes: int | None) -> None:
+    """Refuse saved statistics whose metadata is malformed, declares arrays the file does not hold, or would take
+    more than ``max_bytes`` once read, from the Parquet footer alone (no column is read, nothing is allocated).
+
+    Every saved block has its all-image row with ``channels`` means and ``channels x bins`` histogram counts, so
+    the declared shapes are bounded by the values the footer counts; the decoded columns are bounded by the
+    footer's value counts and uncompressed sizes."""
+    if not isinstance(meta, dict):
+        raise ValueError("the statistics' metadata is not a JSON object")
+    fmt, bins, blocks, names = meta.get("format", 1), meta.get("bins"), meta.get("blocks"), meta.get("class_names")
+    if not isinstance(fmt, int) or isinstance(fmt, bool):
+        raise ValueError(f"the statistics' format {fmt!r} is not a number")
+    if not isinstance(meta.get("model"), str):
+        raise ValueError("the statistics do not name their model")
+    if not isinstance(bins, int) or isinstance(bins, bool) or not 1 <= bins <= _MAX_BINS:
+        raise ValueError(f"the statistics declare {bins!r} histogram bins (expected 1 to {_MAX_BINS})")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("the statistics' class names are not a list of strings")
+    fields = {"name": str, "stage": int, "order": int, "channels": int}
+    if not isinstance(blocks, list) or not blocks or not all(
+            isinstance(b, dict) and set(b) == set(fields) and all(isinstance(b[k], t) for k, t in fields.items())
+            for b in blocks):
+        raise ValueError("the statistics' block list is missing or malformed (each block: name, stage, order, "
+                         "channels)")
+    if len({b["name"] for b in blocks}) != len(blocks) or any(b["channels"] < 1 for b in blocks):
+        raise ValueError("the statistics' block list repeats a block or declares a block without channels")
+    # Leaf values per column (nulls count one each) summed over the row groups, and each group's decoded bytes.
+    values: dict[str, int] = {}
+    decoded, largest = 0, 0
+    for i in range(footer.num_row_groups):
+        group, size = footer.row_group(i), 0
+        for j in range(group.num_columns):
+            column = group.column(j)
+            top, count = column.path_in_schema.split(".")[0], max(int(column.num_values), 0)
+            values[top] = values.get(top, 0) + count
+            size += max(int(column.total_uncompressed_size), 8 * count)
+        decoded, largest = decoded + size, max(largest, size)
+    gates = sum(b["channels"] for b in blocks)
+    # What the empty statistics allocate before a row is read: per channel the all-image mean, m2, min, max and
+    # histogram of every declared block.
+    declared = 8 * gates * (bins + 4)
+    if fmt == 1:  # one row per (block, class or all, channel), each with its channel's histogram
+        held, need = int(footer.num_rows), gates
+    else:
+        held, need = min(values.get("mean", 0), values.get("hist", 0) // bins), gates
+    if need > held:
+        raise StatsTooLarge(f"the statistics declare {gates:,} gates in {len(blocks)} blocks with {bins} bins, but "
+                            f"the file holds the values of only {held:,}: it is damaged or was not written by "
+                            "senet-viz")
+    if fmt == 1:  # read whole through pandas: the table, about a kilobyte per row, and the arrays built from it
+        needed = declared + 2 * decoded + 1024 * int(footer.num_rows)
+    else:  # class rows and histograms are copied into arrays sized exactly; one row group is decoded (pages,
+        # arrays, copies: about four times its size)
+        needed = declared + decoded + 4 * largest
+    if max_bytes is not None and needed > max_bytes:
+        raise StatsTooLarge(f"the statistics would take about {needed / 2**20:,.0f} MiB of memory once read, over "
+                            f"the {max_bytes / 2**20:,.0f} MiB this reader allows")
 
 
 def _schema():
