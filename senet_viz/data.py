@@ -24,14 +24,21 @@ import hashlib
 import io
 import os
 import re
+import stat
+import struct
+import threading
+import time
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from PIL import Image
+
+from .paths import OutsideRootsError, resolve_inside
 
 if TYPE_CHECKING:
     pass
@@ -52,10 +59,15 @@ from .decode import (  # re-exported (see __all__): the decoding API has always 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS",
+    "MAX_WALK_DEPTH",
+    "MAX_WALK_ENTRIES",
+    "MAX_WALK_SECONDS",
     "MAX_ZIP_BYTES",
     "MAX_ZIP_MEMBERS",
+    "FolderWalkLimit",
     "ImageDecodeError",
     "ImageItem",
+    "ExpandedZip",
     "ImageSet",
     "JpegData",
     "Skipped",
@@ -68,6 +80,10 @@ __all__ = [
     "max_pixels_limit",
     "orient_tensor",
     "read_jpeg",
+    "ZipMember",
+    "ZipRefused",
+    "expand_zip",
+    "is_zip_upload",
     "uploads_source",
     "validate",
 ]
@@ -76,6 +92,9 @@ __all__ = [
 #: Limits for one uploaded zip archive (zip-bomb guard): members, and total declared uncompressed bytes.
 MAX_ZIP_MEMBERS = 20_000
 MAX_ZIP_BYTES = 1 << 30
+# Central directory bytes allowed per permitted entry (46 fixed + name + extras; real entries take ~100-200): a
+# directory past max_members x this is refused before zipfile builds one object per entry.
+_MAX_DIRECTORY_ENTRY = 512
 
 #: File extensions listed as images (lower case, with the dot).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -263,6 +282,40 @@ def validate(
 
 # --------------------------------------------------------------------------------------------- folders
 
+#: Bounds of one folder walk (folder_source's defaults, for the served app; the CLI passes None to walk a whole
+#: data set). Entries are files and folders seen: ImageNet's validation set (50,000 images, flat or in 1,000
+#: class folders) fits four times over.
+MAX_WALK_ENTRIES = 200_000
+#: Folder levels entered below the chosen folder: class folders (1) and two more.
+MAX_WALK_DEPTH = 3
+MAX_WALK_SECONDS = 10.0
+#: Bounded walks kept (process-wide, shared by sessions), and how long a walk that hit a bound is remembered.
+WALK_CACHE_ENTRIES = 8
+FAILED_WALK_TTL_S = 60.0
+#: A folder modified this close to its walk is walked again next time: file-system clocks tick coarsely, so a
+#: change in the same tick would leave its mtime unchanged (git's "racy" index entries, the same remedy).
+RACY_S = 2.0
+#: A non-image file's type is named in the count only when it looks like a type (``.heic``), never a name part.
+_SHOWN_SUFFIX_RE = re.compile(r"\.[a-z0-9]{1,5}")
+
+
+class FolderWalkLimit(ValueError):
+    """A folder walk stopped at one of its bounds (entries or seconds); the message says which."""
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """What one walk of a folder saw. ``folders`` (every folder entered, with its mtime) is also its stamp: a file
+    added, removed or renamed changes its folder's mtime, a new sub-folder its parent's."""
+
+    files: tuple[str, ...]  # relative posix paths, folders in walk order, names sorted within a folder
+    folders: tuple[tuple[str, int], ...]
+    too_deep: int = 0  # folders below max_depth that were not entered
+    links_out: int = 0  # symlinked files whose target lies outside ``within``
+    error: str | None = None  # the bound that stopped the walk
+    made: float = 0.0  # time.monotonic() of the walk
+    racy: bool = False  # a folder changed within RACY_S of the walk: its mtime may not show the next change
+
 
 def _is_hidden_or_junk(name: str) -> bool:
     return name.startswith(".") or name.startswith("~$") or name.casefold() in _IGNORED_NAMES
@@ -281,13 +334,115 @@ def _classify_file(name: str, extensions: frozenset[str]) -> str | None:
     return f"not a supported image file type ({shown}); expected one of {', '.join(sorted(extensions))}"
 
 
-def _walk_files(root: Path) -> list[Path]:
-    """All files under ``root``, sorted; hidden folders and __MACOSX pruned, folder symlinks not followed."""
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden_or_junk(d))
-        out.extend(Path(dirpath) / f for f in sorted(filenames))
-    return out
+def _walk_files(root: Path, max_entries: int | None = None, max_depth: int | None = None,
+                max_seconds: float | None = None, within: Sequence[Path] | None = None) -> _Walk:
+    """Files under ``root`` (hidden folders and __MACOSX pruned, folder symlinks not followed), within the bounds.
+
+    Entries are read one at a time (``os.scandir``), so a folder with millions of entries stops at the bound too.
+    With ``within``, a symlinked file is listed only when its target lies inside one of those folders."""
+    start = time.monotonic()
+    files: list[str] = []
+    folders: list[tuple[str, int]] = []
+    too_deep = links_out = seen = 0
+    stack: list[tuple[Path, str, int]] = [(root, "", 0)]
+
+    def walk(error: str | None = None) -> _Walk:
+        recent = time.time_ns() - int(RACY_S * 1e9)
+        return _Walk(tuple(files), tuple(folders), too_deep, links_out, error, time.monotonic(),
+                     racy=any(mtime >= recent for _, mtime in folders))
+
+    while stack:
+        folder, rel, depth = stack.pop()
+        names: list[str] = []
+        subdirs: list[str] = []
+        try:
+            folders.append((str(folder), folder.stat().st_mtime_ns))
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    seen += 1
+                    if max_entries is not None and seen > max_entries:
+                        return walk(f"stopped after {max_entries:,} files and folders: pick a narrower folder "
+                                    "(one class folder, or a folder of fewer images)")
+                    if max_seconds is not None and time.monotonic() - start >= max_seconds:
+                        return walk(f"stopped after {max_seconds:g} s of listing files: pick a narrower folder")
+                    try:
+                        is_dir = entry.is_dir()  # a symlinked folder counts as a folder (and is not entered)
+                    except OSError:
+                        continue
+                    if is_dir:
+                        if entry.is_symlink() or _is_hidden_or_junk(entry.name):
+                            continue
+                        if max_depth is not None and depth >= max_depth:
+                            too_deep += 1
+                        else:
+                            subdirs.append(entry.name)
+                    elif within is not None and entry.is_symlink() and not _links_inside(entry.path, within):
+                        links_out += 1
+                    else:
+                        names.append(entry.name)
+        except OSError:  # an unreadable folder is left out, as os.walk does
+            continue
+        files.extend(f"{rel}{n}" for n in sorted(names))
+        stack.extend((folder / d, f"{rel}{d}/", depth + 1) for d in sorted(subdirs, reverse=True))
+    return walk()
+
+
+def _links_inside(path: str, within: Sequence[Path]) -> bool:
+    try:
+        resolve_inside(path, within)
+        return True
+    except OutsideRootsError:
+        return False
+
+
+_walks: OrderedDict[tuple, _Walk] = OrderedDict()
+_walks_lock = threading.Lock()
+
+
+def _fresh(walk: _Walk) -> bool:
+    """Whether a remembered walk still describes its folder: every folder it entered has the mtime it had (one
+    ``stat`` per folder, not a new listing) and none had just changed when it was walked (``racy``); a walk that
+    hit a bound is retried after FAILED_WALK_TTL_S anyway."""
+    if walk.racy or (walk.error is not None and time.monotonic() - walk.made > FAILED_WALK_TTL_S):
+        return False
+    for folder, mtime in walk.folders:
+        try:
+            if os.stat(folder).st_mtime_ns != mtime:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _cached_walk(root: Path, max_entries: int, max_depth: int | None, max_seconds: float | None,
+                 within: Sequence[Path] | None) -> _Walk:
+    """:func:`_walk_files`, remembered per folder stamp (see :func:`_fresh`) and shared by every caller of the
+    process: a rerun or another session listing the same unchanged folder does not walk it again."""
+    roots = None if within is None else tuple(map(str, within))
+    key = (str(root.resolve()), max_entries, max_depth, max_seconds, roots)
+    with _walks_lock:
+        walk = _walks.get(key)
+    if walk is not None and _fresh(walk):
+        with _walks_lock:
+            if key in _walks:
+                _walks.move_to_end(key)
+        return walk
+    walk = _walk_files(root, max_entries, max_depth, max_seconds, within)
+    with _walks_lock:
+        _walks[key] = walk
+        _walks.move_to_end(key)
+        while len(_walks) > WALK_CACHE_ENTRIES:
+            _walks.popitem(last=False)
+    return walk
+
+
+def _non_image_note(counts: dict[str, int]) -> Skipped:
+    """One line for the files that are not images: how many, of which types; never their names (a served folder's
+    other files are nobody else's business)."""
+    n = sum(counts.values())
+    types = ", ".join(f"{t} x{k}" for t, k in sorted(counts.items()))
+    return Skipped(f"{n} non-image file(s)", f"ignored: not a supported image type ({types}); their names are not "
+                                              "listed")
 
 
 def folder_source(
@@ -295,6 +450,11 @@ def folder_source(
     class_names: list[str] | None = None,
     wnids: list[str] | None = None,
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    *,
+    max_entries: int | None = MAX_WALK_ENTRIES,
+    max_depth: int | None = MAX_WALK_DEPTH,
+    max_seconds: float | None = MAX_WALK_SECONDS,
+    within: Sequence[Path] | None = None,
 ) -> ImageSet:
     """List the images of a folder with their labels. Two layouts are detected:
 
@@ -309,10 +469,21 @@ def folder_source(
         are then reported as skipped.
 
     Files are not decoded here (see :func:`validate`). Obvious non-images (``.txt``, ``.json``, hidden
-    files) are ignored; other unknown file types are listed in ``skipped``. Raises ``FileNotFoundError`` for
-    a missing folder and ``ValueError`` for a path that is not a folder or a folder with no images.
+    files) are ignored; other files that are not images are counted in one ``skipped`` entry, by type, without
+    their names. Raises ``FileNotFoundError`` for a missing folder and ``ValueError`` for a path that is not a
+    folder or a folder with no images.
+
+    The walk is bounded (defaults: :data:`MAX_WALK_ENTRIES` files and folders, :data:`MAX_WALK_DEPTH` levels,
+    :data:`MAX_WALK_SECONDS`): more entries or seconds raise :class:`FolderWalkLimit`; folders below the depth
+    are not entered and counted in ``skipped``. ``None`` lifts a bound (the CLI walks whole data sets). A bounded
+    walk is remembered per folder stamp (:func:`_cached_walk`). With ``within`` (a served app's data roots) the
+    folder must resolve inside one of them (:class:`~senet_viz.paths.OutsideRootsError` otherwise, one message
+    whether it exists or not) and symlinked files pointing outside them are left out.
     """
-    root = Path(path).expanduser()
+    if within is not None:
+        root = resolve_inside(path, within, "image folder")
+    else:
+        root = Path(path).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"image folder not found: {root}")
     if not root.is_dir():
@@ -329,20 +500,39 @@ def folder_source(
                              f"{len(class_names)} class_names differ in length; pass wnids= in model order")
         return list(class_names)
 
+    if max_entries is None:  # an unbounded walk (a whole data set) is not kept in memory after this call
+        walk = _walk_files(root, None, max_depth, max_seconds, within)
+    else:
+        walk = _cached_walk(root, max_entries, max_depth, max_seconds, within)
+    if walk.error is not None:
+        raise FolderWalkLimit(f"listing {root}: {walk.error}")
+
     skipped: list[Skipped] = []
+    other_types: dict[str, int] = {}
     top_images: list[Path] = []
     by_class: dict[str, list[Path]] = {}
-    for f in _walk_files(root):
-        rel = f.relative_to(root)
-        kind = _classify_file(f.name, exts)
+    for rel in walk.files:
+        parts = rel.split("/")
+        kind = _classify_file(parts[-1], exts)
         if kind == "ignore":
             continue
         if kind != "image":
-            skipped.append(Skipped(rel.as_posix(), kind))
-        elif len(rel.parts) == 1:
-            top_images.append(f)
+            suffix = PurePosixPath(parts[-1]).suffix.lower()
+            shown = suffix if _SHOWN_SUFFIX_RE.fullmatch(suffix) else "other" if suffix else "no extension"
+            other_types[shown] = other_types.get(shown, 0) + 1
+        elif len(parts) == 1:
+            top_images.append(root / rel)
         else:
-            by_class.setdefault(rel.parts[0], []).append(f)
+            by_class.setdefault(parts[0], []).append(root / rel)
+    if other_types:
+        skipped.append(_non_image_note(other_types))
+    if walk.too_deep:
+        skipped.append(Skipped(f"{walk.too_deep} folder(s) deeper than {max_depth} levels",
+                               "not searched: pick a narrower folder, or move the images up to at most "
+                               f"{max_depth} levels below the chosen folder"))
+    if walk.links_out:
+        skipped.append(Skipped(f"{walk.links_out} linked file(s)",
+                               "ignored: they point outside the folders this server opens to the app"))
 
     def item(f: Path, label: int | None, label_name: str | None) -> ImageItem:
         return ImageItem(f.relative_to(root).as_posix(), f.name, label, label_name, path=f)
@@ -370,9 +560,7 @@ def folder_source(
                        for f in top_images)
 
     if not items:
-        found = ""
-        if skipped:
-            found = f"; {len(skipped)} file(s) skipped, e.g. {skipped[0].file}: {skipped[0].reason}"
+        found = "".join(f"; {s.file}: {s.reason}" for s in skipped[:2])
         raise ValueError(f"no images found in {root} (looked for {', '.join(sorted(exts))}){found}")
     items.sort(key=lambda it: it.key)
     return ImageSet(items, skipped, out_names)
@@ -396,30 +584,120 @@ def _unsafe_member(name: str) -> bool:
     return name.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:", name)) or ".." in parts
 
 
-def _zip_members(
-    zip_name: str, data: bytes, max_members: int, max_bytes: int
-) -> tuple[list[tuple[list[str], str, bytes]], list[Skipped]]:
-    """Safe image members of a zip: ([(label path parts, member name, bytes)], skipped).
+class ZipRefused(ValueError):
+    """A whole zip archive was refused before anything was expanded to memory or disk: not a zip, too many
+    entries, or more uncompressed bytes than allowed (``declared`` bytes of images against ``limit``).
+    ``over_budget``: the limit in force was the caller's byte budget (e.g. a session's), not the per-zip limit."""
 
-    The whole archive is refused (one Skipped) if it has too many members or declares too many uncompressed
-    bytes; member sizes cannot lie upward because ``zipfile`` stops reading at the declared size."""
-    skipped: list[Skipped] = []
+    def __init__(self, message: str, declared: int = 0, limit: int = 0, over_budget: bool = False) -> None:
+        super().__init__(message)
+        self.declared = declared
+        self.limit = limit
+        self.over_budget = over_budget
+
+
+class ZipMember(NamedTuple):
+    """One image expanded from a zip: its path parts (label folders first), member name, bytes and digest."""
+
+    parts: tuple[str, ...]
+    name: str
+    data: bytes
+    digest: str  # _digest(data), computed once at expansion
+
+
+@dataclass(frozen=True)
+class ExpandedZip:
+    """A zip archive expanded once (see :func:`expand_zip`): its image members in memory and what was left out.
+    :func:`uploads_source` takes one in place of the archive's bytes, so an app expands each archive once and not
+    on every rerun."""
+
+    name: str
+    members: tuple[ZipMember, ...]
+    skipped: tuple[Skipped, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the expanded members (the archive's own bytes are not kept)."""
+        return sum(len(m.data) for m in self.members)
+
+
+def is_zip_upload(name: str, data: bytes) -> bool:
+    """Whether an upload is read as a zip archive: a ``.zip`` name, or zip bytes under a name without extension."""
+    return name.lower().endswith(".zip") or (data[:4] == b"PK\x03\x04" and "." not in _base_name(name))
+
+
+_EOCD = struct.Struct("<4s4H2LH")  # end of central directory: signature, disk numbers, entries, size, offset, ...
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+
+
+def _directory_extent(data: bytes) -> tuple[int, int] | None:
+    """(entries, central directory bytes) as the end records of a zip declare them, read without parsing the
+    directory (None when no end record is found: ``zipfile`` then words the error). Lets a directory of millions
+    of entries be refused before ``zipfile`` builds an object per entry."""
+    start = data.rfind(b"PK\x05\x06", max(0, len(data) - (1 << 16) - _EOCD.size))
+    if start < 0 or start + _EOCD.size > len(data):
+        return None
+    _sig, _disk, _cd_disk, _n_here, entries, cd_size, _offset, _comment = _EOCD.unpack_from(data, start)
+    loc = start - _ZIP64_LOCATOR.size
+    if loc >= 0 and data[loc:loc + 4] == b"PK\x06\x07":
+        _sig, _disk, eocd64, _disks = _ZIP64_LOCATOR.unpack_from(data, loc)
+        if 0 <= eocd64 and eocd64 + _ZIP64_EOCD.size <= len(data) and data[eocd64:eocd64 + 4] == b"PK\x06\x06":
+            fields = _ZIP64_EOCD.unpack_from(data, eocd64)
+            entries, cd_size = fields[7], fields[8]
+    return entries, cd_size
+
+
+def _is_symlink(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def _read_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
+    """A member's bytes, streamed in chunks and never more than ``cap`` (its declared size, itself within the
+    budget): a member whose data runs past what the directory declares is refused, whatever ``zipfile`` does."""
+    chunks: list[bytes] = []
+    got = 0
+    with zf.open(info) as fh:
+        while chunk := fh.read(min(1 << 20, cap + 1 - got)):
+            got += len(chunk)
+            if got > cap:
+                raise ZipRefused(f"its data runs past the {cap:,} bytes the zip declares for it")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def expand_zip(
+    zip_name: str,
+    data: bytes,
+    *,
+    max_members: int = MAX_ZIP_MEMBERS,
+    max_bytes: int = MAX_ZIP_BYTES,
+    budget: int | None = None,
+) -> ExpandedZip:
+    """Expand the safe image members of a zip into memory, once; nothing touches disk.
+
+    Refused as a whole (:class:`ZipRefused`, before any member is expanded) when it is no zip, when its end record
+    or directory has more than ``max_members`` entries, or when the images its directory declares come to more than
+    ``max_bytes`` (the per-zip bomb guard) or than ``budget`` (what the caller has left, e.g. of a session's
+    budget; ``over_budget`` is then set). Members are streamed with a hard cap at their declared size, so a
+    directory that lies about sizes costs no more than it declares: such a member fails its CRC or runs past the
+    cap and is listed in ``skipped``, as are unsafe paths (absolute, ``..``), symbolic links, nested zips and
+    non-images. A single folder wrapping every class folder is dropped from the members' parts."""
+    extent = _directory_extent(data)
+    if extent is not None and (extent[0] > max_members or extent[1] > max_members * _MAX_DIRECTORY_ENTRY):
+        raise ZipRefused(f"zip has {extent[0]:,} entries, over the limit of {max_members:,}; "
+                         "upload fewer images per archive")
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-        return [], [Skipped(zip_name, f"not a valid zip archive ({exc}); re-create it")]
+        raise ZipRefused(f"not a valid zip archive ({exc}); re-create it") from None
+    skipped: list[Skipped] = []
     with zf:
         infos = zf.infolist()
         if len(infos) > max_members:
-            reason = (f"zip has {len(infos):,} entries, over the limit of {max_members:,}; "
-                      "upload fewer images per archive")
-            return [], [Skipped(zip_name, reason)]
-        total = sum(i.file_size for i in infos if not i.is_dir())
-        if total > max_bytes:
-            reason = (f"zip would expand to {total / 2**20:,.1f} MiB, over the limit of "
-                      f"{max_bytes / 2**20:,.1f} MiB (possible zip bomb); upload it in parts")
-            return [], [Skipped(zip_name, reason)]
-        members: list[tuple[list[str], str, bytes]] = []
+            raise ZipRefused(f"zip has {len(infos):,} entries, over the limit of {max_members:,}; "
+                             "upload fewer images per archive")
+        wanted: list[tuple[list[str], zipfile.ZipInfo]] = []
         for info in infos:
             name = info.filename
             parts = [p for p in re.split(r"[/\\]", name) if p not in ("", ".")]
@@ -431,6 +709,9 @@ def _zip_members(
                 continue
             if any(_is_hidden_or_junk(p) for p in parts):
                 continue  # __MACOSX resource forks, .DS_Store, hidden files and folders
+            if _is_symlink(info):
+                skipped.append(Skipped(where, "symbolic link inside the zip; ignored (zip the files themselves)"))
+                continue
             if PurePosixPath(parts[-1]).suffix.lower() == ".zip":
                 skipped.append(Skipped(where, "nested zip archives are not expanded; upload it separately"))
                 continue
@@ -440,22 +721,37 @@ def _zip_members(
             if kind != "image":
                 skipped.append(Skipped(where, kind))
                 continue
+            wanted.append((parts, info))
+        # The directory's word on sizes, checked before anything is expanded; _read_capped holds it to that word.
+        total = sum(info.file_size for _, info in wanted)
+        if total > max_bytes:
+            raise ZipRefused(f"zip would expand to {total / 2**20:,.1f} MiB, over the limit of "
+                             f"{max_bytes / 2**20:,.1f} MiB (possible zip bomb); upload it in parts",
+                             declared=total, limit=max_bytes)
+        if budget is not None and total > budget:
+            raise ZipRefused(f"zip would expand to {total / 2**20:,.1f} MiB of images, over the "
+                             f"{max(budget, 0) / 2**20:,.1f} MiB left of the budget",
+                             declared=total, limit=budget, over_budget=True)
+        members: list[ZipMember] = []
+        for parts, info in wanted:
             try:
-                with zf.open(info) as fh:
-                    blob = fh.read(info.file_size + 1)
-            except Exception as exc:  # encrypted member, bad CRC, unsupported compression, ...
-                skipped.append(Skipped(where, f"cannot extract from the zip: {exc}"))
+                blob = _read_capped(zf, info, info.file_size)
+            except ZipRefused as exc:
+                skipped.append(Skipped(f"{zip_name}/{info.filename}", f"refused: {exc}; re-create the zip"))
                 continue
-            members.append((parts, name, blob))
+            except Exception as exc:  # encrypted member, bad CRC (e.g. a size that lies), unsupported compression
+                skipped.append(Skipped(f"{zip_name}/{info.filename}", f"cannot extract from the zip: {exc}"))
+                continue
+            members.append(ZipMember(tuple(parts), info.filename, blob, _digest(blob)))
     # A zip of a folder wraps everything in that folder: drop leading folders that all members share,
     # as long as the members still sit in class folders below them.
-    while members and all(len(p) > 2 for p, _, _ in members) and len({p[0] for p, _, _ in members}) == 1:
-        members = [(p[1:], n, b) for p, n, b in members]
-    return members, skipped
+    while members and all(len(m.parts) > 2 for m in members) and len({m.parts[0] for m in members}) == 1:
+        members = [m._replace(parts=m.parts[1:]) for m in members]
+    return ExpandedZip(zip_name, tuple(members), tuple(skipped))
 
 
 def uploads_source(
-    files: list[tuple[str, bytes, str | None]],
+    files: Sequence[tuple[str, bytes | ExpandedZip, str | None]],
     class_names: list[str] | None = None,
     *,
     max_zip_members: int = MAX_ZIP_MEMBERS,
@@ -463,7 +759,8 @@ def uploads_source(
 ) -> ImageSet:
     """Build an :class:`ImageSet` from in-memory uploads ``(filename, bytes, class label or None)``.
 
-    A ``.zip`` upload is expanded: its first-level folders (below a single wrapping folder, if any) are
+    A ``.zip`` upload is expanded (:func:`expand_zip`; pass its :class:`ExpandedZip` instead of the bytes to expand
+    it only once): its first-level folders (below a single wrapping folder, if any) are
     class labels, files at its top take the zip's own label. Labels index ``class_names`` if it is given and
     *every* label matches one of them (case-insensitive, ``_`` = space); otherwise they index the user's
     label names in order of first appearance, which become the set's ``class_names``.
@@ -472,32 +769,38 @@ def uploads_source(
     duplicate. Empty files and broken or oversized zips are listed in ``skipped``; other files are decoded
     lazily (see :func:`validate`).
     """
-    raw: list[tuple[str, str, bytes, str | None]] = []  # (key name, display name, bytes, label name)
+    raw: list[tuple[str, str, bytes, str | None, str | None]] = []  # (key name, display, bytes, label, digest)
     skipped: list[Skipped] = []
-    for filename, data, label in files:
+    for filename, payload, label in files:
         name = _base_name(filename)
         label = label.strip() if isinstance(label, str) and label.strip() else None
-        data = bytes(data)
-        if not data:
+        expanded = payload if isinstance(payload, ExpandedZip) else None
+        data = b"" if expanded is not None else bytes(payload)
+        if expanded is None and not data:
             skipped.append(Skipped(name, "file is empty (0 bytes)"))
             continue
-        if name.lower().endswith(".zip") or (data[:4] == b"PK\x03\x04" and "." not in name):
-            members, bad = _zip_members(name, data, max_zip_members, max_zip_bytes)
-            skipped.extend(bad)
-            for parts, member, blob in members:
-                member_label = parts[0] if len(parts) > 1 else label
-                if not blob:
-                    skipped.append(Skipped(f"{name}/{member}", "file is empty (0 bytes)"))
+        if expanded is None and is_zip_upload(name, data):
+            try:
+                expanded = expand_zip(name, data, max_members=max_zip_members, max_bytes=max_zip_bytes)
+            except ZipRefused as exc:
+                skipped.append(Skipped(name, str(exc)))
+                continue
+        if expanded is not None:
+            skipped.extend(expanded.skipped)
+            for member in expanded.members:
+                member_label = member.parts[0] if len(member.parts) > 1 else label
+                if not member.data:
+                    skipped.append(Skipped(f"{name}/{member.name}", "file is empty (0 bytes)"))
                     continue
-                raw.append((f"{name}/{member}", parts[-1], blob, member_label))
+                raw.append((f"{name}/{member.name}", member.parts[-1], member.data, member_label, member.digest))
             continue
         suffix = PurePosixPath(name).suffix
         if suffix.lower() in _NOT_IMAGE_EXTENSIONS:
             skipped.append(Skipped(name, f"not an image file ({suffix}); {_FORMATS_HINT}"))
             continue
-        raw.append((name, name, data, label))
+        raw.append((name, name, data, label, None))
 
-    label_order = list(dict.fromkeys(lbl for *_, lbl in raw if lbl is not None))
+    label_order = list(dict.fromkeys(lbl for _, _, _, lbl, _ in raw if lbl is not None))
     mapping = _match_names(label_order, class_names) if class_names is not None else None
     if mapping is not None and class_names is not None:
         out_names = list(class_names)
@@ -507,8 +810,8 @@ def uploads_source(
 
     items: list[ImageItem] = []
     seen: set[str] = set()
-    for key_name, display, blob, lbl in raw:
-        key = f"{_digest(blob)}/{key_name}"
+    for key_name, display, blob, lbl, digest in raw:
+        key = f"{digest or _digest(blob)}/{key_name}"
         if key in seen:
             skipped.append(Skipped(key_name, "duplicate: same name and content as an earlier upload"))
             continue

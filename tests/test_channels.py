@@ -349,10 +349,11 @@ def test_the_channels_page_renders_exemplars_and_follows_query_params():
 
 
 @requires(embedded_model_ready("se_resnet_fmnist"), EMBEDDED_MISSING)
-def test_the_channels_page_reads_an_extract_file(tmp_path):
+def test_the_channels_page_reads_an_extract_file(tmp_path, monkeypatch):
     from apptest_helpers import assert_ok, open_page
     from streamlit.testing.v1 import AppTest
 
+    monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))  # the typed paths lie inside the server's roots
     path = tmp_path / "gates.parquet"
     _write_extract(path, np.random.default_rng(8), n=150, chunk=40)
     folder = tmp_path / "images"

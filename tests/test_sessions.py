@@ -79,7 +79,8 @@ def use_folder(at: AppTest, folder: Path) -> None:
 
 
 @needs_model
-def test_a_second_session_gets_the_first_sessions_results_without_a_forward_pass(tmp_path):
+def test_a_second_session_gets_the_first_sessions_results_without_a_forward_pass(tmp_path, monkeypatch):
+    monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))  # the typed folder lies inside the server's roots
     first = new_session()
     compare = charts(first)
     open_page(first, "remove", "Remove SE blocks")
@@ -373,6 +374,7 @@ def test_with_compute_processes_the_passes_run_in_a_worker_process_with_the_same
     process runs no forward pass for them (the worker process does)."""
     from ui import jobs, state
 
+    monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))  # the typed folders lie inside the server's roots
     folder = small_folder(tmp_path / "two classes")
     threads = new_session()
     use_folder(threads, folder)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,6 +24,7 @@ from senet_viz.store import read_meta
 from senet_viz.zoo import LoadedModel
 from ui import sidebar, state
 from ui.common import need_analysis, per_model
+from ui.serving import OutsideRootsError, server_path
 
 PAGE = "pages/channels.py"
 SOURCES = ("This run", "An extract file (Parquet on the server)")
@@ -106,23 +106,27 @@ def _from_extract() -> Source:
     if not path_text:
         st.info("Give the path of an extract file to search it.")
         st.stop()
-    path = Path(path_text).expanduser()
+    try:  # both typed paths lie inside the operator's roots (symlinks followed; one answer outside)
+        path = server_path(path_text, "extract file")
+        folder = server_path(folder_text, "image folder") if folder_text else None
+    except OutsideRootsError as exc:
+        st.error(str(exc))
+        st.stop()
     try:
         meta = read_meta(path)
         stamp = (os.stat(path).st_size, os.stat(path).st_mtime_ns)
     except (OSError, KeyError, ValueError) as exc:
         st.error(f"Cannot read {path} as an extract file: {exc}")
         st.stop()
-    folder = Path(folder_text).expanduser() if folder_text else None
     model = sidebar.current().model
     loaded = model if model is not None and model.name == meta["model"] else None
 
     def image(key: str) -> Image.Image | None:
         if folder is None:
             return None
-        try:
-            return decode_image(folder / key)
-        except (ImageDecodeError, OSError):
+        try:  # a key is the file's word ('../..' or a symlink must not lead out of the roots)
+            return decode_image(server_path(folder / key, "image"))
+        except (ImageDecodeError, OSError, OutsideRootsError):
             return None
 
     where = str(path.resolve())
