@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .blocks import NOT_SE, _Candidate, _gate_child, class_name
 from .paths import cache_dir
+
+#: Factory calls of fewer elements stay real in :func:`build_on_meta`'s fallback (index lists, drop-path rates).
+SMALL_TENSOR = 1 << 16
 
 
 def static_gates(model: nn.Module) -> tuple[dict[str, int], dict[str, int], int]:
@@ -45,6 +49,72 @@ def static_gates(model: nn.Module) -> tuple[dict[str, int], dict[str, int], int]
         kinds[found.gate_kind] = kinds.get(found.gate_kind, 0) + 1
         structural += found.source == "structural"
     return kinds, not_se, structural
+
+
+class _LargeOnMeta(TorchFunctionMode):
+    """Tensor factories without a device make small tensors on the CPU and the rest on ``meta``: for constructors
+    that read values (``torch.linspace(...).tolist()``), which a plain ``torch.device("meta")`` refuses. A torch
+    function mode is per thread: other threads (other sessions) build as usual meanwhile."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if kwargs.get("device") is None and func in _factories():
+            out = func(*args, **{**kwargs, "device": "meta"})  # the shape, for free
+            return out if out.numel() >= SMALL_TENSOR else func(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _factories() -> set:
+    from torch.utils._device import _device_constructors  # the functions torch.device(...) as a context redirects
+
+    return _device_constructors()
+
+
+def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` with its parameters and buffers on the ``meta`` device: shapes and dtypes without memory or
+    initialisation. A constructor that reads tensor values is built with only tensors under
+    :data:`SMALL_TENSOR` elements real (then moved to ``meta`` too); what still fails raises."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except (NotImplementedError, RuntimeError):
+        pass
+    with _LargeOnMeta():
+        model = build()
+    return model.to("meta")
+
+
+def tensor_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s parameters and buffers (a meta model: what it will take once real)."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def may_have_gates(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[bool, str]:
+    """Whether a (meta) model may have channel gates, without weights or real memory, and how that was told.
+
+    False only when it surely has none: no gate module by structure (:func:`static_gates`) and either no sigmoid
+    in its ``torch.fx`` graph or, after shape propagation on ``meta``, no sigmoid that gates channels. True when a
+    gate module is there (a forward pass with weights makes the final call) or when it cannot be told this way
+    (the graph cannot be traced, or does not run on ``meta``)."""
+    from torch import fx
+
+    from .fx_gates import _is_sigmoid, trace_gates
+
+    kinds, _, _ = static_gates(model)
+    if kinds:
+        return True, f"{sum(kinds.values())} gate module(s) by structure"
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - untraceable: the real load exports it and decides
+        return True, "no gate module; its graph cannot be traced without building it"
+    if not any(_is_sigmoid(node, gm) for node in gm.graph.nodes):
+        return False, "no gate module and no sigmoid in its graph"
+    _, found = trace_gates(gm, input_size, inplace=True)
+    if found.blocks:
+        return True, f"{len(found.blocks)} inline gate(s) in its graph"
+    if "<fx>" in found.rejected:
+        return True, "no gate module; its graph does not run without weights"
+    return False, "no gate module, and no sigmoid in its graph gates channels"
 
 
 def census_file() -> Path:

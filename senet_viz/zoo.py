@@ -8,8 +8,13 @@ in this order:
    ``"random"`` for an untrained network (block discovery and cost need no weights);
 2. a file named after the model in ``$SENET_VIZ_WEIGHTS_DIR`` (``legacy_seresnet50.safetensors``, ...), the
    project's ``assets/`` folder or the download folder;
-3. the timm / torchvision hub, from the local cache when it is there, else downloaded when online. Offline, this
-   fails within seconds with a message that names the file options.
+3. the timm / torchvision hub, from the local cache when it is there, else downloaded when online and
+   ``download=True`` (the default; the dashboard passes False and downloads only on a button press, see
+   :func:`download_weights`). Offline, this fails within seconds with a message that names the file options.
+
+A typed timm / torchvision name is first checked without weights or memory (:func:`check_architecture`: built on
+the ``meta`` device): a network without channel gates, or one over ``max_param_bytes``, is refused before it is
+built for real or any weights are read.
 
 The models themselves are :class:`~senet_viz.registry.ModelSpec` entries of :mod:`senet_viz.registry`: this
 module registers the curated timm / torchvision list below, and importing it imports :mod:`senet_viz.embedded`,
@@ -51,6 +56,7 @@ from torch import nn
 from . import embedded  # noqa: F401  (registers the embedded models; it imports the registry, never this module)
 from .blocks import SEBlock, discover, find_se_blocks
 from .capture import model_lock
+from .census import build_on_meta, may_have_gates, tensor_bytes
 from .model_files import MODEL_FILE_SUFFIXES, ModelFileOptions, is_model_file
 from .paths import ASSETS_DIR, PROJECT_ROOT, cache_dir
 from .preprocess import MAX_ASPECT, LimitAspect, Preprocess, PreprocessTransform
@@ -69,11 +75,12 @@ from .weights import WEIGHT_SUFFIXES, WeightsError, file_digest, load_weights_in
 
 __all__ = [
     "ASSETS_DIR", "DEFAULT_MODEL", "MAX_ASPECT", "MODEL_FILE_SUFFIXES", "PROJECT_ROOT", "REGISTRY",
-    "WEIGHTS_DIR_ENV", "HeldOutSet", "LimitAspect", "LoadedModel", "ModelFileOptions", "ModelSpec", "NoGatesError",
+    "WEIGHTS_DIR_ENV", "ArchitectureCheck", "DownloadBudgetError", "DownloadNeededError", "HeldOutSet",
+    "LimitAspect", "LoadedModel", "ModelFileOptions", "ModelSpec", "ModelTooLargeError", "NoGatesError",
     "Preprocess", "PreprocessTransform", "RetrainedTwin", "UnknownModelError", "WeightsStatus",
-    "WeightsUnavailableError", "default_model", "download_dir", "download_weights", "forget_weights_status",
-    "get_spec", "is_model_file", "list_models", "load_model", "local_weights_file", "register", "resolve_device",
-    "weights_status", "weights_url",
+    "WeightsUnavailableError", "check_architecture", "default_model", "download_dir", "download_dir_bytes",
+    "download_size", "download_weights", "forget_weights_status", "get_spec", "is_model_file", "list_models",
+    "load_model", "local_weights_file", "register", "resolve_device", "weights_status", "weights_url",
 ]
 
 WEIGHTS_DIR_ENV = "SENET_VIZ_WEIGHTS_DIR"
@@ -84,8 +91,20 @@ class WeightsUnavailableError(WeightsError):
     """No local weights and the hub cannot be reached."""
 
 
+class DownloadNeededError(WeightsUnavailableError):
+    """The weights are on the hub only and this load may not download them (``load_model(download=False)``)."""
+
+
+class DownloadBudgetError(WeightsUnavailableError):
+    """A download that would take the download folder over its disk budget (``download_weights(max_bytes=)``)."""
+
+
 class NoGatesError(ValueError):
     """The network loads but has no channel gate to look at (what was considered is in the message)."""
+
+
+class ModelTooLargeError(ValueError):
+    """A network whose parameters and buffers exceed the byte budget it is loaded under."""
 
 
 # ------------------------------------------------------------------------------------- the curated models
@@ -277,12 +296,70 @@ def weights_url(name: str) -> str:
     raise WeightsUnavailableError(f"timm has no hub weights for {spec.arch}")
 
 
+def download_dir_bytes() -> int:
+    """Bytes the files in :func:`download_dir` take (0 when it does not exist)."""
+    try:
+        return sum(e.stat().st_size for e in os.scandir(download_dir()) if e.is_file(follow_symlinks=False))
+    except OSError:
+        return 0
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 2**10:,.1f} KiB"
+
+
+def _budget_error(name: str, size: int, used: int, max_bytes: int) -> DownloadBudgetError:
+    return DownloadBudgetError(
+        f"not downloading the weights of {name} ({_mib(size)}): the download folder {download_dir()} holds "
+        f"{_mib(used)} and may hold {_mib(max_bytes)} (SENET_VIZ_DOWNLOAD_MB on a served app). Remove files from it, "
+        "raise the budget, or give a weights file instead.")
+
+
+_SIZES: dict[str, tuple[float, int | None]] = {}  # url -> (when asked, size): the app asks on every rerun
+_SIZE_TTL_S = 60.0
+
+
+def download_size(name: str, url: str | None = None, timeout: float = HUB_TIMEOUT_S) -> int | None:
+    """The size in bytes of ``name``'s weights file on the hub (a HEAD request, redirects followed; the hub's
+    ``X-Linked-Size`` when it says it), or None when the hub does not say or cannot be reached. Remembered for a
+    minute per address."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    url = url or weights_url(name)
+    known = _SIZES.get(url)
+    if known is not None and time.monotonic() - known[0] < _SIZE_TTL_S:
+        return known[1]
+
+    class KeepHead(urllib.request.HTTPRedirectHandler):  # urllib turns a redirected HEAD into a GET
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            new = super().redirect_request(req, fp, code, msg, headers, newurl)
+            return None if new is None else urllib.request.Request(new.full_url, headers=dict(new.header_items()),
+                                                                   method="HEAD")
+
+    size: int | None = None
+    if _hub_reachable(url, timeout) is None:
+        try:
+            opener = urllib.request.build_opener(KeepHead)
+            with opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout) as response:
+                raw = response.headers.get("X-Linked-Size") or response.headers.get("Content-Length")
+                size = int(raw) if raw and raw.isdigit() else None
+        except (urllib.error.URLError, OSError, ValueError):
+            size = None
+    _SIZES[url] = (time.monotonic(), size)
+    return size
+
+
 def download_weights(name: str, progress: Callable[[int, int], None] | None = None, url: str | None = None,
-                     chunk: int = 1 << 20) -> Path:
+                     chunk: int = 1 << 20, max_bytes: int | None = None) -> Path:
     """Download a model's weights into :func:`download_dir` with ``progress(bytes done, bytes total)``.
 
     The file is written under a temporary name and renamed when complete, so an interrupted download never
     leaves a file that looks usable. Offline this fails within seconds with :class:`WeightsUnavailableError`.
+    ``max_bytes``: the download folder's disk budget (the app's ``SENET_VIZ_DOWNLOAD_MB``; None for the CLI): a
+    file that would take the folder over it is refused (:class:`DownloadBudgetError`) before its first byte when
+    the server says its length, else as soon as it passes the budget (the partial file is removed).
     """
     import urllib.error
     import urllib.request
@@ -296,15 +373,24 @@ def download_weights(name: str, progress: Callable[[int, int], None] | None = No
     dest = download_dir() / f"{file_stem(name)}{suffix}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_suffix(dest.suffix + ".part")
+    used = download_dir_bytes() - (dest.stat().st_size if dest.is_file() else 0)  # dest is replaced
     try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
+        with urllib.request.urlopen(url, timeout=30) as response:
             total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while block := response.read(chunk):
-                out.write(block)
-                done += len(block)
-                if progress is not None:
-                    progress(done, total)
+            if max_bytes is not None and used + total > max_bytes:
+                raise _budget_error(name, total, used, max_bytes)
+            with open(partial, "wb") as out:
+                done = 0
+                while block := response.read(chunk):
+                    done += len(block)
+                    if max_bytes is not None and used + done > max_bytes:  # no length, or a wrong one
+                        raise _budget_error(name, done, used, max_bytes)
+                    out.write(block)
+                    if progress is not None:
+                        progress(done, total)
+    except DownloadBudgetError:
+        partial.unlink(missing_ok=True)
+        raise
     except (urllib.error.URLError, OSError) as exc:
         partial.unlink(missing_ok=True)
         raise WeightsUnavailableError(f"downloading the weights of {name} failed: {exc}") from exc
@@ -352,7 +438,7 @@ def _hub_reachable(url: str, timeout: float = HUB_TIMEOUT_S) -> str | None:
         return f"{parsed.hostname}:{port} unreachable ({exc.__class__.__name__}: {exc})"
 
 
-def _from_hub(spec: ModelSpec, model: nn.Module) -> tuple[str, str]:
+def _from_hub(spec: ModelSpec, model: nn.Module, download: bool = True) -> tuple[str, str]:
     if spec.source == "senet_viz":
         raise WeightsUnavailableError(
             f"no weights for '{spec.name}': the project's own model ships as assets/{spec.name}.safetensors, which "
@@ -369,6 +455,8 @@ def _from_hub(spec: ModelSpec, model: nn.Module) -> tuple[str, str]:
         else:
             load_weights_into(model, cached)
         return f"hub cache ({cached})", file_digest(cached)
+    if not download:  # load_model checks this before building; kept here so no path fetches by itself
+        raise DownloadNeededError(f"the weights of {spec.name} are on the hub only; this load may not download them")
     why = _hub_reachable(_hub_url(spec))
     if why is not None:
         raise WeightsUnavailableError(
@@ -388,10 +476,60 @@ def _from_hub(spec: ModelSpec, model: nn.Module) -> tuple[str, str]:
     return "hub download", file_digest(cached) if cached else "hub"
 
 
+@dataclass(frozen=True)
+class ArchitectureCheck:
+    """What :func:`check_architecture` found without weights or memory."""
+
+    name: str
+    param_bytes: int | None  # parameters and buffers once built; None: it could not be built on ``meta``
+    may_have_gates: bool
+    how: str  # how that was told, for people
+
+
+@functools.lru_cache(maxsize=256)
+def _weightless(name: str, reduction: int | None) -> ArchitectureCheck:
+    spec = get_spec(name)
+    try:
+        model = build_on_meta(lambda: spec.build(reduction=reduction))
+        gates, how = may_have_gates(model, spec.input_size)
+    except Exception as exc:  # noqa: BLE001 - not told this way: the real build decides (and reports)
+        return ArchitectureCheck(name, None, True, f"not checked without weights ({type(exc).__name__})")
+    return ArchitectureCheck(name, tensor_bytes(model), gates, how)
+
+
+def check_architecture(name: str, reduction: int | None = None, max_bytes: int | None = None) -> ArchitectureCheck:
+    """Check a zoo / timm / torchvision name without weights, network downloads or real memory: built on the
+    ``meta`` device (shapes only), its parameter bytes counted and its channel gates looked for by structure and
+    in its ``torch.fx`` graph (:func:`senet_viz.census.may_have_gates`). Remembered per name and process.
+
+    Raises :class:`UnknownModelError`, :class:`NoGatesError` for a network that surely has no gate, and
+    :class:`ModelTooLargeError` when its parameters and buffers exceed ``max_bytes``. A network that cannot be
+    built on ``meta`` passes unchecked (``param_bytes`` None): loading it finds out."""
+    spec = get_spec(name)
+    check = _weightless(spec.name, reduction)
+    if not check.may_have_gates:
+        raise NoGatesError(no_gates_message(spec.name, {"<model>": f"found without building it: {check.how}"}))
+    if max_bytes is not None and check.param_bytes is not None and check.param_bytes > max_bytes:
+        raise ModelTooLargeError(too_large_message(spec.name, check.param_bytes, max_bytes))
+    return check
+
+
+def too_large_message(name: str, size: int, max_bytes: int) -> str:
+    return (f"{name} has {_mib(size)} of parameters and buffers, more than the {_mib(max_bytes)} a model may take "
+            "here (SENET_VIZ_MODELS_MB on a served app): pick a smaller model, or raise the budget")
+
+
 def load_model(name: str, weights: str | Path | None = None, device: str = "auto",
-               reduction: int | None = None, *, options: ModelFileOptions | None = None) -> LoadedModel:
+               reduction: int | None = None, *, options: ModelFileOptions | None = None, download: bool = True,
+               max_param_bytes: int | None = None) -> LoadedModel:
     """Build ``name`` (a zoo name, a timm / torchvision name or a model file, see the module docstring), load its
     weights and find its channel gates.
+
+    ``download=False``: weights only on the hub are not fetched (:class:`DownloadNeededError`, raised before the
+    network is built). ``max_param_bytes``: a network whose parameters and buffers exceed it is refused
+    (:class:`ModelTooLargeError`; a zoo name before it is built, a model file after). A typed timm / torchvision
+    name (or any name under ``max_param_bytes``) is checked on the ``meta`` device first
+    (:func:`check_architecture`).
 
     Raises :class:`UnknownModelError` (a ``KeyError``) for a name nobody knows, :class:`NoGatesError` for a
     network without channel gates, :class:`~senet_viz.weights.WeightsError` for weights, and
@@ -401,21 +539,35 @@ def load_model(name: str, weights: str | Path | None = None, device: str = "auto
             raise ValueError("--reduction rebuilds a zoo network; a model file is loaded as it is")
         from .model_files import load_model_file
 
-        return load_model_file(str(name), weights, device, options or ModelFileOptions())
-    if options is not None and options != ModelFileOptions(allow_code=options.allow_code):
+        loaded = load_model_file(str(name), weights, device, options or ModelFileOptions())
+        size = tensor_bytes(loaded.model)
+        if max_param_bytes is not None and size > max_param_bytes:
+            raise ModelTooLargeError(too_large_message(loaded.name, size, max_param_bytes))
+        return loaded
+    if options is not None and options != ModelFileOptions(allow_code=options.allow_code,
+                                                           untrusted=options.untrusted):  # the policy only
         raise ValueError(f"input size, class names, mean and std describe a model file; '{name}' takes them from "
                          "its own configuration")
     spec = get_spec(name)
+    if not spec.curated or max_param_bytes is not None:
+        check_architecture(spec.name, reduction, max_param_bytes)  # before any real memory or weights
+    path = None
+    if weights != "random":
+        path = Path(weights) if weights else local_weights_file(spec.name)
+        if path is not None and not path.is_file():
+            raise WeightsError(f"weights file not found: {path}")
+        if path is None and not download and spec.source != "senet_viz" and _hub_cached_file(spec) is None:
+            raise DownloadNeededError(
+                f"the weights of {spec.name} are on the hub only and are downloaded only when asked: press "
+                "'Download from the hub' (its size is shown), or give a weights file.")
     model = spec.build(reduction=reduction)
     if weights == "random":
         source, weights_id = "random", "random"
+    elif path is not None:
+        load_weights_into(model, path)
+        source, weights_id = str(path), file_digest(path)
     else:
-        path = Path(weights) if weights else local_weights_file(spec.name)
-        if path is not None:
-            load_weights_into(model, path)
-            source, weights_id = str(path), file_digest(path)
-        else:
-            source, weights_id = _from_hub(spec, model)
+        source, weights_id = _from_hub(spec, model, download)
     dev = resolve_device(device)
     model.eval().to(dev)
     if dev.type == "cuda":

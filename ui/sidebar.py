@@ -15,6 +15,7 @@ from senet_viz.bundle import Bundle, BundleError
 from senet_viz.data import (
     MAX_ZIP_BYTES,
     MAX_ZIP_MEMBERS,
+    ExpandedZip,
     ImageSet,
     Skipped,
     folder_source,
@@ -24,7 +25,9 @@ from senet_viz.data import (
 )
 from senet_viz.paths import SHARED_DIR
 from senet_viz.weights import WeightsError
-from ui import own_model, state
+from ui import own_model, state, uploads
+from ui.serving import OutsideRootsError, budget_bytes, data_roots, server_path
+from ui.text import plain
 
 IMAGENET_SAMPLES = SHARED_DIR / "data" / "imagenet-samples"
 READING_GUIDE = """\
@@ -153,6 +156,13 @@ def _model_section(selection: Selection) -> None:
         selection.model_error = str(exc)
         st.error(f"{exc}")
         return
+    if not spec.curated:  # a typed name: built on the meta device (no memory, no weights) and refused at once
+        try:               # when it has no gates or exceeds the models budget, before any weights are offered
+            zoo.check_architecture(name, max_bytes=budget_bytes("SENET_VIZ_MODELS_MB"))
+        except (zoo.NoGatesError, zoo.ModelTooLargeError) as exc:
+            selection.model_error = str(exc)
+            st.error(str(exc))
+            return
     st.caption(f"{spec.paper_name} · {_weights_mark(name)}")
     device = _device_radio()
     weights: str | None = None
@@ -168,28 +178,57 @@ def _model_section(selection: Selection) -> None:
         if upload is not None:
             weights = str(state.save_upload(upload.name, upload.getvalue()))
         elif path_text.strip():
-            weights = path_text.strip()
+            try:  # inside the operator's roots, symlinks followed; one answer outside, present or missing
+                weights = str(server_path(path_text, "weights file"))
+            except OutsideRootsError as exc:
+                selection.model_error = str(exc)
+                st.sidebar.error(str(exc))  # beside the model, not inside the (maybe folded) Weights expander
+                return
         if online_only and not weights:
-            if st.button("Download from the hub", key="download_weights",
-                         help=f"saved under {zoo.download_dir()} and found there next time"):
-                bar = st.progress(0.0, text=f"Downloading {name} ...")
-
-                def report(done: int, total: int) -> None:
-                    frac = done / total if total else 0.0
-                    bar.progress(min(frac, 1.0), text=f"Downloading {name}: {done / 1e6:.1f} of "
-                                                      f"{total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB")
-
-                try:
-                    zoo.download_weights(name, progress=report)
-                    st.rerun()
-                except WeightsError as exc:
-                    bar.empty()
-                    st.error(str(exc))
+            _offer_download(name)
+    if online_only and not weights:  # nothing is fetched without the button: no load until there are weights
+        selection.model_error = (f"{name}: download needed. Its weights are on the hub only; press 'Download from "
+                                 "the hub' under Weights, or give a weights file.")
+        st.info(selection.model_error)
+        return
     try:
         selection.model = state.get_model(name, weights, device)
     except (WeightsError, KeyError, ValueError, OSError) as exc:
         selection.model_error = str(exc)
         st.error(f"Could not load {name}: {exc}")
+
+
+def _offer_download(name: str) -> None:
+    """The hub download of ``name``'s weights, only on a button press: its size first (a HEAD request), and refused
+    when the download folder would exceed ``SENET_VIZ_DOWNLOAD_MB``."""
+    budget = budget_bytes("SENET_VIZ_DOWNLOAD_MB")
+    used = zoo.download_dir_bytes()
+    try:
+        size = zoo.download_size(name)
+    except WeightsError:  # no hub file for this model
+        size = None
+    size_text = f"{size / 1e6:,.1f} MB" if size else "size unknown"
+    over = size is not None and used + size > budget
+    st.caption(f"On the hub: {size_text}. Download folder: {used / 1e6:,.0f} of {budget / 1e6:,.0f} MB "
+               "(SENET_VIZ_DOWNLOAD_MB).")
+    if over:
+        st.warning(f"Not enough room: {size_text} would take the download folder over its {budget / 1e6:,.0f} MB. "
+                   "Give a weights file instead, or ask the operator to raise SENET_VIZ_DOWNLOAD_MB.")
+    if st.button(f"Download from the hub ({size_text})", key="download_weights", disabled=over,
+                 help=f"saved under {zoo.download_dir()} and found there next time"):
+        bar = st.progress(0.0, text=f"Downloading {name} ...")
+
+        def report(done: int, total: int) -> None:
+            frac = done / total if total else 0.0
+            bar.progress(min(frac, 1.0), text=f"Downloading {name}: {done / 1e6:.1f} of "
+                                              f"{total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB")
+
+        try:
+            zoo.download_weights(name, progress=report, max_bytes=budget)
+            st.rerun()
+        except WeightsError as exc:
+            bar.empty()
+            st.error(str(exc))
 
 
 def _device_radio() -> str:
@@ -200,12 +239,13 @@ def _device_radio() -> str:
     return device
 
 
-def _upload_store() -> dict[str, dict[str, tuple[str, bytes]]]:
-    """Uploaded files by class id ("zip" for zip archives), each ``{content digest: (name, bytes)}``.
+def _upload_store() -> uploads.Store:
+    """Uploaded files by class id ("zip" for zip archives), each ``{content digest: (name, bytes or expanded zip)}``
+    (see :mod:`ui.uploads`: zips are expanded once, on arrival, and the whole store has a byte budget).
 
     Files live here, not in the uploader widgets: Streamlit drops a widget's files as soon as the widget is not
     drawn (another image source, page or model), so every upload is moved into this store and the uploader is
-    emptied. Files leave only when the user removes them (or their class).
+    emptied. Files leave only when the user removes them (or their class), or when the session ends.
     """
     return st.session_state.setdefault("uploaded_files", {})
 
@@ -214,19 +254,17 @@ def _uploader_key(slot: str) -> str:
     return f"class_files_{slot}_{st.session_state.get('upload_generation', 0)}"
 
 
-def _take_uploads(slot: str, uploads) -> bool:
-    """Move newly uploaded files of one uploader into the store; True when something new arrived."""
-    if not uploads:
+def _take_uploads(slot: str, files, notes: list[str]) -> bool:
+    """Move newly uploaded files of one uploader into the store, within the session's byte budget; the reasons
+    for refused ones go to ``notes``. True when something arrived (kept or refused: the uploader is emptied)."""
+    if not files:
         return False
-    store = _upload_store().setdefault(slot, {})
-    new = False
-    for up in uploads if isinstance(uploads, list) else [uploads]:
-        data = up.getvalue()
-        digest = hashlib.sha256(data).hexdigest()[:16]
-        if digest not in store:
-            store[digest] = (up.name, data)
-            new = True
-    return new
+    for up in files if isinstance(files, list) else [files]:
+        note = uploads.add(_upload_store(), slot, up.name, up.getvalue())
+        uploads.release_widget_file(up)  # the store holds it now (a zip: what it expanded to)
+        if note:
+            notes.append(note)
+    return True
 
 
 def _stored_files_widget(slot: str, label: str) -> None:
@@ -236,7 +274,8 @@ def _stored_files_widget(slot: str, label: str) -> None:
         return
     names = [name for name, _ in stored.values()]
     shown = ", ".join(names[:3]) + (f" … +{len(names) - 3} more" if len(names) > 3 else "")
-    st.caption(f"{len(names)} file(s) in {label}: {shown}")
+    size = sum(uploads.payload_bytes(p) for _, p in stored.values())
+    st.caption(f"{len(names)} file(s) in {plain(label)}, {size / 2**20:,.1f} MiB: {plain(shown)}")
     with st.popover("Manage files", icon=":material/folder_open:"):
         digests = list(stored)
         drop = st.multiselect("Files to remove", digests, format_func=lambda d: stored[d][0],
@@ -246,16 +285,19 @@ def _stored_files_widget(slot: str, label: str) -> None:
             for d in drop:
                 stored.pop(d, None)
             st.session_state.pop(f"drop_files_{slot}", None)
+            st.session_state.pop("upload_notes", None)
             st.rerun()
         if c2.button("Remove all", key=f"drop_all_{slot}"):
             stored.clear()
+            st.session_state.pop("upload_notes", None)
             st.rerun()
 
 
-def _class_uploads() -> list[tuple[str, bytes, str | None]]:
+def _class_uploads() -> list[tuple[str, bytes | ExpandedZip, str | None]]:
     classes = st.session_state.setdefault("upload_classes",
                                           [{"id": 0, "name": "class A"}, {"id": 1, "name": "class B"}])
-    files: list[tuple[str, bytes, str | None]] = []
+    files: list[tuple[str, bytes | ExpandedZip, str | None]] = []
+    notes: list[str] = []
     arrived = False
     for cls in list(classes):
         cid = cls["id"]
@@ -266,25 +308,31 @@ def _class_uploads() -> list[tuple[str, bytes, str | None]]:
                           help="remove this class and its files"):
             classes.remove(cls)
             _upload_store().pop(str(cid), None)
+            st.session_state.pop("upload_notes", None)
             st.rerun()
         label = cls["name"].strip() or f"class {cid}"
-        uploads = st.file_uploader(f"Images of {label}", accept_multiple_files=True, key=_uploader_key(str(cid)),
-                                   label_visibility="collapsed", help=upload_limits_help())
-        arrived |= _take_uploads(str(cid), uploads)
+        widget = st.file_uploader(f"Images of {plain(label)}", accept_multiple_files=True,
+                                  key=_uploader_key(str(cid)), label_visibility="collapsed",
+                                  help=upload_limits_help())
+        arrived |= _take_uploads(str(cid), widget, notes)
         _stored_files_widget(str(cid), label)
-        files += [(name, data, label) for name, data in _upload_store().get(str(cid), {}).values()]
+        files += uploads.files_of(_upload_store(), str(cid), label)
     if st.button("Add class", icon=":material/add:", key="add_class"):
         next_id = max((c["id"] for c in classes), default=-1) + 1
         classes.append({"id": next_id, "name": f"class {chr(65 + next_id % 26)}"})
         st.rerun()
     archive = st.file_uploader("…or a zip whose folders are classes", type=["zip"], key=_uploader_key("zip"),
                                help=upload_limits_help("zip"))
-    arrived |= _take_uploads("zip", archive)
+    arrived |= _take_uploads("zip", archive, notes)
     _stored_files_widget("zip", "zip archives")
-    files += [(name, data, None) for name, data in _upload_store().get("zip", {}).values()]
+    files += uploads.files_of(_upload_store(), "zip", None)
     if arrived:  # empty the uploaders: the files now live in the store, listed under each class
+        st.session_state["upload_notes"] = notes  # shown after the rerun, until the next upload or removal
         st.session_state["upload_generation"] = st.session_state.get("upload_generation", 0) + 1
         st.rerun()
+    for note in st.session_state.get("upload_notes", []):
+        st.error(plain(note, limit=None), icon=":material/block:")
+    st.caption(uploads.usage_caption(_upload_store()))
     return files
 
 
@@ -332,6 +380,7 @@ def _images_section(selection: Selection) -> None:
                 st.warning(f"Sample folder {folder} not found; upload images or pick a folder.")
             else:
                 st.caption(f"`{folder}`")
+                # the app's own folder (not typed): the bounded walk, remembered across reruns and sessions
                 images = _class_picker(folder_source(folder, model.class_names, model.wnids), model,
                                        f"classes_{folder}")
         elif source == "Upload by class":
@@ -346,7 +395,10 @@ def _images_section(selection: Selection) -> None:
             if path.strip():
                 # wnids label files only for ImageNet models; for others wnid-named files stay unlabelled
                 wnids = model.wnids if model.wnids is not None else []
-                images = _class_picker(folder_source(Path(path.strip()).expanduser(), model.class_names, wnids),
+                # a typed path: inside the operator's roots (symlinks followed, one answer outside), then a
+                # bounded walk (files, depth, seconds) remembered per folder stamp across reruns and sessions
+                folder = server_path(path, "image folder")
+                images = _class_picker(folder_source(folder, model.class_names, wnids, within=data_roots()),
                                        model, f"classes_{path}")
         elif test_set is not None:
             limit = st.slider("Test images", 100, test_set.size, min(1000, test_set.size), step=100,
@@ -383,7 +435,7 @@ def opened_bundles() -> dict[str, Bundle]:
     out = {}
     for key, source in st.session_state.get("opened_bundles", {}).items():
         try:
-            out[key] = state.open_bundle(key, source)
+            out[key] = state.open_bundle(source)
         except BundleError:
             continue
     return out
@@ -408,9 +460,12 @@ def _bundle_section(selection: Selection) -> None:
     bundles: dict[str, Bundle] = {}
     for key, source in list(opened.items()):
         try:
-            bundles[key] = state.open_bundle(key, source)
+            bundles[key] = state.open_bundle(source)
         except BundleError as exc:
-            st.error(f"Could not open {source if isinstance(source, str) else 'the uploaded file'}: {exc}")
+            # A path's message stands alone (the path is in its box): outside the data roots it is the same text
+            # whether the file exists or not.
+            st.error(plain(str(exc), None) if isinstance(source, str)
+                     else f"Could not open the uploaded file: {plain(str(exc), None)}")
             opened.pop(key)  # a path stays in its box (and its error on screen) until the user changes it
     if not bundles:
         st.info("Open an analysis file to see its statistics without a model or images.")
@@ -420,8 +475,10 @@ def _bundle_section(selection: Selection) -> None:
                           format_func=lambda k: bundles[k].label)
     selection.bundle = bundles[chosen]
     prov = selection.bundle.provenance
-    st.caption(f"{prov.get('images', '')} · weights {prov.get('weights', '?')} · made by `{prov.get('command', '?')}`"
-               f" on {prov.get('created', '?')}")
+    # Written by whoever made the file: shown as plain text, never as Markdown (no image or link it names is
+    # fetched by the viewer's browser).
+    st.text(f"{prov.get('images', '')} · weights {prov.get('weights', '?')} · made by {prov.get('command', '?')} on "
+            f"{prov.get('created', '?')}")
     if st.button("Close this analysis", icon=":material/close:", key="bundle_close"):
         opened.pop(chosen, None)
         st.rerun()

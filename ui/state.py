@@ -2,14 +2,20 @@
 
 Computation lives in ``senet_viz``; this module only decides *when* (and on which thread) to call it.
 
-Models are shared by every browser session through ``st.cache_resource`` (small ``max_entries``; never mutated,
-every hooked forward holds the model's lock).
+Models are shared by every browser session through one process-wide cache (:func:`model_cache`: never mutated,
+every hooked forward holds the model's lock, one load per key at a time), bounded by their parameters' and buffers'
+bytes (``SENET_VIZ_MODELS_MB``, see ui/serving.py) and :data:`MODEL_LIMIT` entries. A typed timm / torchvision name
+is checked on the ``meta`` device first (no gates, or over the budget: refused before it is built); a load that
+failed is remembered (:data:`FAILED_LOADS`, keyed like the cache, weights digest and weights status included), so
+a rerun does not try it again; the app never downloads weights by itself (the sidebar's button does).
 
 Results (network passes, statistics, ablations, sweeps, Grad-CAMs, channel attributions) are shared by every
 session of the process: one :class:`ResultCache`, keyed by the model, its weights digest, the device and the
 content of the images (:func:`images_key`), so a second tab or a second user asking for the same thing gets it
 without a forward pass, and two sessions asking at the same moment compute it once (the second waits for the
-first). The cache is a least-recently-*used* LRU bounded per kind by :data:`RESULT_LIMITS` (entries, not bytes).
+first). The cache is a least-recently-*used* LRU bounded per kind by :data:`RESULT_LIMITS` (entries) and in all by
+``SENET_VIZ_RESULTS_MB`` (bytes, estimated by :func:`value_bytes`; a value larger than the whole budget is served
+but not kept). Decoded pixels (:data:`PIXELS`) are bounded by ``SENET_VIZ_PIXELS_MB``.
 Memory is dominated by network passes: one keeps 2 bytes per SE gate and 4 per logit of every image (34 kB per
 image for SE-ResNet-50, 0.8 kB for the embedded Fashion-MNIST model), and at most ``run`` + ``analysis`` = 32 of
 them are held (an analysis holds its pass), e.g. 32 x 34 MB for 1,000 ImageNet images on SE-ResNet-50, or
@@ -50,6 +56,7 @@ page-facing functions that go through it; one locking design, kept in one place.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import hashlib
 import itertools
@@ -58,6 +65,8 @@ import logging
 import multiprocessing
 import os
 import re
+import shutil
+import sys
 import tempfile
 import threading
 import uuid
@@ -66,7 +75,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,10 +89,9 @@ from senet_viz.bundle import Bundle, BundleError, read_bundle
 from senet_viz.data import ImageItem, ImageSet
 from senet_viz.run import PixelCache, ProgressFn, Result, reuse_pixels, run_model
 from senet_viz.stats import GateStats
-from ui import jobs
+from ui import jobs, serving
 
 T = TypeVar("T")
-UPLOAD_DIR = Path(tempfile.gettempdir()) / "senet_viz_uploads"
 THREADS_ENV = "SENET_VIZ_TORCH_THREADS"
 CONCURRENT_ENV = "SENET_VIZ_MAX_CONCURRENT"
 COMPUTE_ENV = "SENET_VIZ_COMPUTE"
@@ -123,18 +131,59 @@ def _inline(job: Callable[[], None]) -> None:
 
 
 _MISSING = object()
+# Counted by their own size only: scalars, and classes, modules, functions and threads (held elsewhere anyway).
+_LEAVES = (str, bytes, bytearray, int, float, bool, type(None), type, type(sys), type(len), type(_inline),
+           threading.Thread)
+
+
+def value_bytes(value: Any, _seen: set[int] | None = None, _depth: int = 0) -> int:
+    """An estimate of the memory ``value`` holds, for byte budgets: arrays' ``nbytes``, tensors' elements, a
+    DataFrame's ``memory_usage(deep=True)``, a module's parameters and buffers, and containers, dataclasses and
+    plain objects (a :class:`Result`, :class:`GateStats`, an :class:`Analysis`) summed over what they hold, each
+    object counted once."""
+    seen = set() if _seen is None else _seen
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, torch.Tensor):
+        return 0 if value.is_meta else value.numel() * value.element_size()
+    if isinstance(value, pd.DataFrame | pd.Series):
+        return int(np.sum(value.memory_usage(deep=True)))
+    if isinstance(value, pd.Index):
+        return int(value.memory_usage(deep=True))
+    if isinstance(value, torch.nn.Module):
+        return sum(value_bytes(t, seen) for t in (*value.parameters(), *value.buffers()))
+    if isinstance(value, _LEAVES) or _depth > 12:
+        return sys.getsizeof(value)
+    size, depth = sys.getsizeof(value), _depth + 1
+    if isinstance(value, Mapping):
+        return size + sum(value_bytes(k, seen, depth) + value_bytes(v, seen, depth) for k, v in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return size + sum(value_bytes(v, seen, depth) for v in value)
+    if is_dataclass(value):
+        return size + sum(value_bytes(getattr(value, f.name, None), seen, depth) for f in fields(value))
+    if hasattr(value, "__dict__"):
+        return size + sum(value_bytes(v, seen, depth) for v in vars(value).values())
+    return size
 
 
 class LRU:
     """A small bounded memo keyed by content keys: a hit (:meth:`get`) moves the key to the end, :meth:`put`
-    beyond ``limit`` entries drops the least recently used first. Not locked: :class:`ResultCache` holds its own
-    lock around its memos, and a session's memo (:func:`session_memo`) is used by that session's script only."""
+    beyond ``limit`` entries (or ``max_bytes``, sizes by ``sizer``, :func:`value_bytes` by default) drops the least
+    recently used first. Not locked: :class:`ResultCache` holds its own lock, and a session's memo
+    (:func:`session_memo`) is used by that session's script only."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_bytes: int | None = None, sizer: Callable[[Any], int] | None = None) -> None:
         if limit < 1:
             raise ValueError(f"an LRU memo holds at least one entry, not {limit}")
         self.limit = limit
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the entries hold, when max_bytes is set
+        self._sizer = sizer or value_bytes
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self._sizes: dict[Hashable, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -149,15 +198,24 @@ class LRU:
         self._entries.move_to_end(key)
         return self._entries[key]
 
-    def put(self, key: Hashable, value: Any) -> None:
-        """Store ``value`` as the most recently used; evict the least recently used past the limit."""
-        self._entries[key] = value
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.limit:
-            self._entries.popitem(last=False)
+    def put(self, key: Hashable, value: Any) -> bool:
+        """Store ``value`` as the most recently used; evict the least recently used past the limits. Returns False
+        (and keeps nothing under ``key``) for a value larger than ``max_bytes`` by itself."""
+        size = self._sizer(value) if self.max_bytes is not None else 0
+        self.pop(key)
+        if self.max_bytes is not None and size > self.max_bytes:
+            return False
+        self._entries[key], self._sizes[key] = value, size
+        self.bytes += size
+        while len(self._entries) > self.limit or (self.max_bytes is not None and self.bytes > self.max_bytes):
+            self.pop(next(iter(self._entries)))
+        return True
 
     def pop(self, key: Hashable, default: Any = None) -> Any:
-        return self._entries.pop(key, default)
+        if key not in self._entries:
+            return default
+        self.bytes -= self._sizes.pop(key)
+        return self._entries.pop(key)
 
     def keys(self) -> list[Hashable]:
         """Keys, least recently used first."""
@@ -169,42 +227,80 @@ class LRU:
 
     def clear(self) -> None:
         self._entries.clear()
+        self._sizes.clear()
+        self.bytes = 0
 
 
 class ResultCache:
-    """Process-wide, thread-safe LRU of computed results, one bounded :class:`LRU` per kind.
+    """Process-wide, thread-safe LRU of computed results, bounded per kind (``limits``: entries) and in all
+    (``max_bytes``: bytes by ``sizer``, :func:`value_bytes` by default; None: no byte bound).
 
-    A hit moves the entry to the end (most recently used); inserting beyond the kind's limit evicts from the front
-    (least recently used). A miss starts one :class:`Flight` per key: whoever asks for a key while it is being
-    computed waits for that flight instead of computing it again. A computation that raises is not cached: every
-    waiter gets the error, and the next request computes again.
+    A hit moves the entry to the end (most recently used); inserting beyond the kind's limit evicts that kind's
+    least recently used entry, and beyond ``max_bytes`` the least recently used entries of any kind. A value larger
+    than ``max_bytes`` by itself is returned to its askers but not kept. A miss starts one :class:`Flight` per key:
+    whoever asks for a key while it is being computed waits for that flight instead of computing it again. A
+    computation that raises is not cached: every waiter gets the error, and the next request computes again.
     """
 
-    def __init__(self, limits: Mapping[str, int]) -> None:
+    def __init__(self, limits: Mapping[str, int], max_bytes: int | None = None,
+                 sizer: Callable[[Any], int] | None = None) -> None:
         self.limits = dict(limits)
-        self._entries: dict[str, LRU] = {kind: LRU(limit) for kind, limit in self.limits.items()}
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._sizer = sizer or value_bytes
+        self._entries: OrderedDict[tuple[str, Hashable], tuple[Any, int]] = OrderedDict()  # all kinds, LRU first
+        self._counts = dict.fromkeys(self.limits, 0)
         self._flights: dict[tuple[str, Hashable], Flight] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         with self._lock:
-            return sum(len(store) for store in self._entries.values())
+            return len(self._entries)
 
     def clear(self) -> None:
         """Forget every finished result (computations in flight finish and are stored as usual)."""
         with self._lock:
-            for store in self._entries.values():
-                store.clear()
+            self._entries.clear()
+            self._counts = dict.fromkeys(self.limits, 0)
+            self.bytes = 0
 
     def keys(self, kind: str) -> list[Hashable]:
         """Keys of ``kind``, least recently used first."""
+        self.limits[kind]  # noqa: B018 - an unknown kind is a KeyError, as in fetch
         with self._lock:
-            return self._entries[kind].keys()
+            return [key for k, key in self._entries if k == kind]
+
+    def _get(self, kind: str, key: Hashable) -> Any:
+        self.limits[kind]  # noqa: B018 - an unknown kind is a KeyError
+        entry = self._entries.get((kind, key))
+        if entry is None:
+            return _MISSING
+        self._entries.move_to_end((kind, key))
+        return entry[0]
+
+    def _drop(self, item: tuple[str, Hashable]) -> None:
+        _, size = self._entries.pop(item)
+        self._counts[item[0]] -= 1
+        self.bytes -= size
+
+    def _store(self, kind: str, key: Hashable, value: Any, size: int) -> None:
+        if (kind, key) in self._entries:
+            self._drop((kind, key))
+        if self.max_bytes is not None and size > self.max_bytes:
+            _log.info("a %s result of %d MiB is larger than the whole cache; served, not kept", kind, size >> 20)
+            return
+        self._entries[(kind, key)] = (value, size)
+        self._counts[kind] += 1
+        self.bytes += size
+        if self._counts[kind] > self.limits[kind]:
+            self._drop(next(item for item in self._entries if item[0] == kind))
+        while self.max_bytes is not None and self.bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
 
     def peek(self, kind: str, key: Hashable) -> tuple[bool, Any]:
         """(found, value) without computing; a hit counts as a use."""
         with self._lock:
-            value = self._entries[kind].get(key, _MISSING)
+            value = self._get(kind, key)
         return (False, None) if value is _MISSING else (True, value)
 
     def fetch(self, kind: str, key: Hashable, compute: Callable[[ProgressFn], T], *, submit: Submit = _inline,
@@ -215,7 +311,7 @@ class ResultCache:
         it under way, to show ``flight.progress`` until ``flight.done`` is set (the value is awaited either way).
         """
         with self._lock:
-            value = self._entries[kind].get(key, _MISSING)
+            value = self._get(kind, key)
             if value is not _MISSING:
                 return value
             flight = self._flights.get((kind, key))
@@ -244,9 +340,16 @@ class ResultCache:
         self._finish(kind, key, flight, value, error)
 
     def _finish(self, kind: str, key: Hashable, flight: Flight, value: Any, error: BaseException | None) -> None:
+        size = 0
+        if error is None and self.max_bytes is not None:
+            try:
+                size = self._sizer(value)  # outside the lock: walking a large result takes a moment
+            except Exception as exc:  # noqa: BLE001 - a value that cannot be measured is served, not kept
+                _log.warning("cannot size a %s result (%s); not kept", kind, exc)
+                size = self.max_bytes + 1
         with self._lock:  # stored and the flight retired together: a new request sees one or the other
             if error is None:
-                self._entries[kind].put(key, value)
+                self._store(kind, key, value, size)
             del self._flights[(kind, key)]
         flight.value, flight.error = value, error
         flight.done.set()
@@ -370,8 +473,9 @@ class _Replicas:
 
 _worker_streams = threading.local()
 # Model-ready pixels shared by every request: the Remove page's three passes (full, ablated, retrained twin) and
-# other pages over the same images decode each image once (256 MB: ~1,700 ImageNet crops, every upload-sized set).
-PIXELS = PixelCache(256 << 20)
+# other pages over the same images decode each image once (SENET_VIZ_PIXELS_MB, read at import; the default
+# 256 MB holds ~1,700 ImageNet crops, every upload-sized set).
+PIXELS = PixelCache(serving.budget_bytes("SENET_VIZ_PIXELS_MB"))
 
 
 def _in_worker(job: Callable[[], None]) -> None:
@@ -392,9 +496,12 @@ def _in_worker(job: Callable[[], None]) -> None:
 class Engine:
     """What every session shares: the result cache, the worker threads and the model copies."""
 
-    def __init__(self, policy: ThreadPolicy, limits: Mapping[str, int] = RESULT_LIMITS) -> None:
+    def __init__(self, policy: ThreadPolicy, limits: Mapping[str, int] = RESULT_LIMITS,
+                 max_bytes: int | None = None) -> None:
         self.policy = policy
-        self.results = ResultCache(limits)
+        # max_bytes: the results' byte budget (default SENET_VIZ_RESULTS_MB)
+        self.results = ResultCache(limits, max_bytes if max_bytes is not None
+                                   else serving.budget_bytes("SENET_VIZ_RESULTS_MB"))
         # The stored default is what threads that have not run torch yet (each Streamlit rerun is a new thread)
         # will use; each worker also sets its own team size once, in its initializer.
         torch.set_num_threads(policy.threads)
@@ -540,12 +647,49 @@ def _no_wait(flight: Flight) -> None:
 # ------------------------------------------------------------------------------------------ models and keys
 
 
-@st.cache_resource(max_entries=3, show_spinner="Loading the model ...")
+MODEL_LIMIT = 8  # models kept at most, however small (the byte budget is the real bound)
+#: Loads that failed (no gates, unknown name, over the budget, bad weights, download needed), by the same key as
+#: the model cache plus the weights status: a rerun raises the remembered error instead of loading again.
+FAILED_LOADS = LRU(64)
+_failed_guard = threading.Lock()
+_models: ResultCache | None = None
+_models_guard = threading.Lock()
+
+
+def _model_bytes(loaded: zoo.LoadedModel) -> int:
+    from senet_viz.census import tensor_bytes
+
+    return tensor_bytes(loaded.model)
+
+
+def model_cache() -> ResultCache:
+    """The process-wide model cache: kind ``"model"``, at most :data:`MODEL_LIMIT` models and
+    ``SENET_VIZ_MODELS_MB`` of parameters and buffers (read when the first model is asked for), least recently
+    used out first; one load per key at a time (a second session asking meanwhile waits for it)."""
+    global _models
+    with _models_guard:
+        if _models is None:
+            _models = ResultCache({"model": MODEL_LIMIT}, serving.budget_bytes("SENET_VIZ_MODELS_MB"), _model_bytes)
+        return _models
+
+
 def _cached_model(name: str, weights: str | None, device: str, weights_key: str, options_key: str = "",
                   _options: zoo.ModelFileOptions | None = None) -> zoo.LoadedModel:
     # weights_key (the file's digest) makes a changed file a new cache entry; options_key stands for _options
-    # (a model file's input size, class names, normalisation), which is not hashed itself.
-    return zoo.load_model(name, weights=weights, device=device, options=_options)
+    # (a model file's input size, class names, normalisation), which is not part of the key itself.
+    cache = model_cache()
+
+    def load(_progress: ProgressFn) -> zoo.LoadedModel:
+        # never downloads (the sidebar's button does); over the budget: refused (a typed name before it is built)
+        return zoo.load_model(name, weights=weights, device=device, options=_options, download=False,
+                              max_param_bytes=cache.max_bytes)
+
+    key = (name, weights, device, weights_key, options_key)
+    found, loaded = cache.peek("model", key)
+    if found:
+        return loaded
+    with st.spinner("Loading the model ..."):  # also while another session loads it
+        return cache.fetch("model", key, load)
 
 
 def weights_digest(path: str | Path) -> str:
@@ -554,6 +698,24 @@ def weights_digest(path: str | Path) -> str:
     from senet_viz.weights import file_digest
 
     return file_digest(path)
+
+
+def _bare(exc: Exception) -> Exception:
+    """``exc`` without its traceback and chained errors, to be kept: their frames would hold what the failed load
+    built (a 5 GB network refused after building, say) for as long as the error is remembered."""
+    try:
+        clean = copy.copy(exc)  # type and args, no traceback, no __cause__ / __context__
+    except Exception:  # noqa: BLE001 - an exception whose __init__ takes other arguments
+        clean = (KeyError if isinstance(exc, KeyError) else ValueError)(str(exc))
+    return clean
+
+
+def _weights_state(name: str) -> str:
+    """Where a zoo name's weights would come from now (a download or a new file there is a new failure key)."""
+    try:
+        return str(zoo.weights_status(name))
+    except (KeyError, ValueError):  # not a zoo name (a model file, an unknown name)
+        return ""
 
 
 def _source_file(name: str) -> Path | None:
@@ -577,7 +739,18 @@ def get_model(name: str, weights: str | None = None, device: str = "auto",
     source = _source_file(name)
     if source is not None:
         key += "|" + weights_digest(source)
-    loaded = _cached_model(name, weights, device, key, repr(options) if options else "", options)
+    options_key = repr(options) if options else ""
+    failed_key = (name, weights, device, key, options_key, _weights_state(name) if not weights else "")
+    with _failed_guard:
+        failed = FAILED_LOADS.get(failed_key)
+    if failed is not None:
+        raise failed.with_traceback(None)
+    try:
+        loaded = _cached_model(name, weights, device, key, options_key, options)
+    except (KeyError, ValueError) as exc:  # the library's refusals (WeightsError, NoGatesError, ... are ValueErrors)
+        with _failed_guard:
+            FAILED_LOADS.put(failed_key, _bare(exc))
+        raise
     with _refs_guard:
         if id(loaded.model) not in _model_refs:
             _model_refs[id(loaded.model)] = jobs.ModelRef(name, weights, str(loaded.device), options)
@@ -598,21 +771,46 @@ def _process_ref(loaded: zoo.LoadedModel) -> jobs.ModelRef | None:
     return _model_refs.get(id(loaded.model))
 
 
+# Uploaded files the loaders read from disk (weights, model files) go to one private folder per server process,
+# made on first need by tempfile.mkdtemp (mode 0700, an unpredictable name), files 0600, removed when the process
+# exits. Worker processes (SENET_VIZ_COMPUTE=processes) run as the same user and read the paths they are given.
+_upload_dir: Path | None = None
+_upload_dir_lock = threading.Lock()
+
+
+def _remove_upload_dir(path: Path, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:  # not from a forked child that inherited the atexit handler
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def upload_dir() -> Path:
+    """This process's private upload folder (0700), created on first use and removed at exit."""
+    global _upload_dir
+    with _upload_dir_lock:
+        if _upload_dir is None or not _upload_dir.is_dir():
+            _upload_dir = Path(tempfile.mkdtemp(prefix="senet_viz_uploads_"))
+            atexit.register(_remove_upload_dir, _upload_dir, os.getpid())
+        return _upload_dir
+
+
 def save_upload(name: str, data: bytes, keep_name: bool = False) -> Path:
-    """Keep an uploaded file (weights, a model file) on disk under its content hash (the loaders read files);
-    ``keep_name``: in a folder named by the hash, under the upload's own (sanitised) name, which a model file's
-    display name comes from."""
-    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    """Keep an uploaded file (weights, a model file) on disk under its content hash (the loaders read files), in
+    :func:`upload_dir` with mode 0600; ``keep_name``: in a folder (0700) named by the hash, under the upload's own
+    (sanitised) name, which a model file's display name comes from."""
+    root = upload_dir()
     digest = hashlib.sha256(data).hexdigest()[:16]
     if keep_name:
         stem = re.sub(r"[^\w.-]", "_", Path(name).name).lstrip(".") or "model"
-        path = UPLOAD_DIR / digest / stem
-        path.parent.mkdir(exist_ok=True)
+        path = root / digest / stem
+        path.parent.mkdir(mode=0o700, exist_ok=True)
     else:
-        path = UPLOAD_DIR / f"{digest}{Path(name).suffix.lower()}"
+        suffix = re.sub(r"[^\w.]", "_", Path(name).suffix.lower())
+        path = root / f"{digest}{suffix}"
     if not path.exists():
-        tmp = path.with_name(path.name + f".{os.getpid()}.part")
-        tmp.write_bytes(data)
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.part")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
     return path
 
@@ -771,33 +969,136 @@ def sweep(loaded: zoo.LoadedModel, images: ImageSet, modes: tuple[str, ...], kin
                    _progress_wait("Sweeping SE ablations:", "images"), model=loaded if ref is None else None)
 
 
-@st.cache_resource(max_entries=8, show_spinner="Opening the analysis ...")
-def _bundle(key: str, _source: bytes | str) -> Bundle:
-    return read_bundle(_source if isinstance(_source, bytes) else Path(_source).expanduser())
+class _Bundles:
+    """Opened analysis bundles and their analyses, shared by every session. Keyed by the sha256 of the file's bytes
+    (never by its bundle.json, which a doctored file can copy from a genuine one) and bounded by bytes
+    (``SENET_VIZ_BUNDLES_MB``, estimated from the statistics' arrays), the least recently used dropped first.
+    A file that cannot be opened is remembered by digest too, so a bomb is not parsed again on every rerun."""
+
+    FAILURES = 64  # refused files remembered (digest -> message)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, list] = OrderedDict()  # digest -> [bundle, bytes, analysis or None]
+        self._failed: OrderedDict[str, str] = OrderedDict()
+        self._reading: dict[str, threading.Lock] = {}  # one reader per digest: another session waits for it
+
+    def _get(self, digest: str) -> Bundle | None:
+        if digest in self._failed:
+            raise BundleError(self._failed[digest])
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        self._entries.move_to_end(digest)
+        return entry[0]
+
+    def _put(self, digest: str, bundle: Bundle) -> None:
+        budget = _bundles_budget()
+        self._entries[digest] = [bundle, _bundle_bytes(bundle), None]
+        while len(self._entries) > 1 and sum(e[1] for e in self._entries.values()) > budget:
+            self._entries.popitem(last=False)
+
+    def open(self, digest: str, read: Callable[[], Bundle]) -> Bundle:
+        with self._lock:
+            hit = self._get(digest)
+            if hit is not None:
+                return hit
+            gate = self._reading.setdefault(digest, threading.Lock())
+        with gate:
+            with self._lock:
+                hit = self._get(digest)
+                if hit is not None:
+                    return hit
+            try:
+                bundle = read()
+            except BundleError as exc:
+                with self._lock:
+                    self._failed[digest] = str(exc)
+                    while len(self._failed) > self.FAILURES:
+                        self._failed.popitem(last=False)
+                    self._reading.pop(digest, None)
+                raise
+            bundle.digest = digest
+            with self._lock:
+                self._put(digest, bundle)
+                self._reading.pop(digest, None)
+        return bundle
+
+    def analysis(self, bundle: Bundle) -> Analysis:
+        with self._lock:
+            entry = self._entries.get(bundle.digest) if bundle.digest else None
+            if entry is not None and entry[0] is bundle and entry[2] is not None:
+                self._entries.move_to_end(bundle.digest)
+                return entry[2]
+        analysis = Analysis(result=None, stats=bundle.stats, indices=bundle.stats.indices(),
+                            class_names=list(bundle.stats.class_names), grouping="labels")
+        with self._lock:  # kept only beside its own bundle (the statistics are shared, the indices are small)
+            entry = self._entries.get(bundle.digest) if bundle.digest else None
+            if entry is not None and entry[0] is bundle:
+                entry[1] += int(analysis.indices.memory_usage(deep=True).sum())
+                entry[2] = analysis
+        return analysis
+
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(e[1] for e in self._entries.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._failed.clear()
 
 
-def open_bundle(key: str, source: bytes | str) -> Bundle:
-    """An analysis bundle from an upload's bytes or a server path (shared, at most 8 open; raises BundleError).
-    ``key`` names the content: a digest of the upload, or the path with its size and modification time."""
-    if isinstance(source, str):
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise BundleError(f"no file at {path}")
-        st_ = path.stat()
-        key = f"{path.resolve()}|{st_.st_size}|{st_.st_mtime_ns}"
-    return _bundle(key, source)
+def _bundles_budget() -> int:
+    from ui.serving import budget_bytes
+
+    return budget_bytes("SENET_VIZ_BUNDLES_MB")
 
 
-@st.cache_resource(max_entries=8, show_spinner=False)
-def _bundle_analysis(key: str, _bundle: Bundle) -> Analysis:
-    return Analysis(result=None, stats=_bundle.stats, indices=_bundle.stats.indices(),
-                    class_names=list(_bundle.stats.class_names), grouping="labels")
+def _bundle_bytes(bundle: Bundle) -> int:
+    """Memory of an opened bundle: its statistics' arrays, plus its provenance and metrics as text."""
+    return bundle.stats.nbytes() + len(json.dumps([bundle.provenance, bundle.metrics], default=str))
+
+
+BUNDLES = _Bundles()
+
+
+def open_bundle(source: bytes | str) -> Bundle:
+    """An analysis bundle from an upload's bytes or a typed server path (shared by the sessions; raises
+    BundleError with a message to show). An upload is keyed by the sha256 of its bytes, a path by that of the
+    file's content (memoised by resolved path, size and modification time); a path outside the data roots gets
+    the one answer of :func:`ui.serving.server_path`, whether or not the file exists."""
+    from senet_viz.weights import file_sha256
+    from ui.serving import OutsideRootsError, server_path
+
+    budget = _bundles_budget()
+    if isinstance(source, bytes | bytearray):
+        data = bytes(source)
+        return BUNDLES.open(hashlib.sha256(data).hexdigest(), lambda: read_bundle(data, max_bytes=budget))
+    try:
+        path = server_path(source, "analysis file")
+    except OutsideRootsError as exc:
+        raise BundleError(str(exc)) from None
+    if not path.is_file():
+        raise BundleError(f"no file at {path}: check the path, or upload the file instead")
+    try:
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise BundleError(f"{path} cannot be read: {exc.strerror or exc}") from None
+
+    def read() -> Bundle:
+        bundle = read_bundle(path, max_bytes=budget)
+        if file_sha256(path) != digest:  # replaced while it was read: its statistics may not be these bytes'
+            raise BundleError(f"{path} changed while it was read; open it again")
+        return bundle
+
+    return BUNDLES.open(digest, read)
 
 
 def bundle_analysis(bundle: Bundle) -> Analysis:
-    """The pages' view of an opened bundle: its statistics, and no per-image result (computed once per bundle)."""
-    # Keyed by the bundle's provenance (made at write time, with its time stamp): stable across reruns.
-    return _bundle_analysis(json.dumps(bundle.provenance, sort_keys=True, default=str), bundle)
+    """The pages' view of an opened bundle: its statistics, and no per-image result (computed once per file
+    content, kept beside the bundle in the shared cache)."""
+    return BUNDLES.analysis(bundle)
 
 
 def single_image_gates(loaded: zoo.LoadedModel, images: ImageSet, analysis: Analysis, key: str
