@@ -110,9 +110,10 @@ def _images(args, loaded, per_class: bool = True):
         if labels:
             images = labels_file_source(args.images, labels, loaded.class_names, loaded.wnids, devkit=devkit)
         else:
-            # the local user's own data set: no bounds on the walk (the served app's are folder_source's defaults)
+            # the local user's own data set: no bounds on the walk (the served app's are folder_source's defaults),
+            # and files that are not images are named, so the user sees which ones were left out
             images = folder_source(args.images, class_names=loaded.class_names, wnids=loaded.wnids,
-                                   max_entries=None, max_depth=None, max_seconds=None)
+                                   max_entries=None, max_depth=None, max_seconds=None, name_non_images=True)
         if per_class and getattr(args, "per_class", None) is not None:
             images = take_per_class(images, args.per_class)
     except (FileNotFoundError, ValueError) as exc:

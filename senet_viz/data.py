@@ -455,6 +455,7 @@ def folder_source(
     max_depth: int | None = MAX_WALK_DEPTH,
     max_seconds: float | None = MAX_WALK_SECONDS,
     within: Sequence[Path] | None = None,
+    name_non_images: bool = False,
 ) -> ImageSet:
     """List the images of a folder with their labels. Two layouts are detected:
 
@@ -470,8 +471,9 @@ def folder_source(
 
     Files are not decoded here (see :func:`validate`). Obvious non-images (``.txt``, ``.json``, hidden
     files) are ignored; other files that are not images are counted in one ``skipped`` entry, by type, without
-    their names. Raises ``FileNotFoundError`` for a missing folder and ``ValueError`` for a path that is not a
-    folder or a folder with no images.
+    their names (a served folder's other files are nobody else's business), or listed one by one with
+    ``name_non_images`` (the CLI: the local user's own folder). Raises ``FileNotFoundError`` for a missing
+    folder and ``ValueError`` for a path that is not a folder or a folder with no images.
 
     The walk is bounded (defaults: :data:`MAX_WALK_ENTRIES` files and folders, :data:`MAX_WALK_DEPTH` levels,
     :data:`MAX_WALK_SECONDS`): more entries or seconds raise :class:`FolderWalkLimit`; folders below the depth
@@ -516,7 +518,9 @@ def folder_source(
         kind = _classify_file(parts[-1], exts)
         if kind == "ignore":
             continue
-        if kind != "image":
+        if kind != "image" and name_non_images:
+            skipped.append(Skipped(rel, kind))
+        elif kind != "image":
             suffix = PurePosixPath(parts[-1]).suffix.lower()
             shown = suffix if _SHOWN_SUFFIX_RE.fullmatch(suffix) else "other" if suffix else "no extension"
             other_types[shown] = other_types.get(shown, 0) + 1

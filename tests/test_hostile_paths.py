@@ -347,3 +347,9 @@ def test_the_cli_walks_a_whole_data_set_without_the_apps_bounds(tmp_path, monkey
     code = cli.main(["evaluate", "--model", MODEL, "--images", str(deep), "--device", "cpu", "--json"])
     assert code == 0
     assert json.loads(capsys.readouterr().out)["n_images"] == 2
+
+
+def test_the_cli_names_the_files_it_left_out_of_its_own_users_folder(tmp_path):
+    folder = image_folder(tmp_path / "f")
+    named = folder_source(folder, name_non_images=True, max_entries=None, max_depth=None, max_seconds=None)
+    assert {k.file for k in named.skipped} == {SECRETS[0], SECRETS[1], f"Bag/{SECRETS[2]}"}
