@@ -63,7 +63,7 @@ def figures_section(bucket: dict, tag: str) -> None:
     for name, fig in bucket["figures"].items():
         slug = slugify(name)
         cols = st.columns([3, 1, 1])
-        cols[0].markdown(f"**{name}**  \n{plain_title(fig)}")
+        cols[0].markdown(f"**{name}**  \n{plain(plain_title(fig), None)}")  # titles name the model
         stamped = plots.stamp(fig, html.escape(prov.text))  # plotly renders tags in text: the names stay text
         cols[1].download_button("HTML", stamped.to_html(include_plotlyjs=True).encode(), f"{prefix}_{slug}.html",
                                 "text/html", key=f"html_{tag}_{slug}")

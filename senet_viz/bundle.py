@@ -42,6 +42,9 @@ MAX_MEMBER_BYTES = {"bundle.json": 1 << 20, "metrics.json": 8 << 20, "indices.cs
 #: Memory the statistics of one bundle may take once read (a reader may ask for less: the app uses its budget).
 MAX_STATS_BYTES = 2 << 30
 MAX_MEMBERS = 64  # a bundle has three or four
+#: A member may expand to at most this many times its compressed size (plus 1 MiB): stats.parquet is compressed
+#: already (written stored; zipped again with deflate it gains little), so a bomb is refused after a few MiB.
+MAX_EXPANSION = 16
 _CHUNK = 1 << 20
 
 
@@ -141,9 +144,10 @@ def _info(zf: zipfile.ZipFile, name: str, required: bool) -> zipfile.ZipInfo | N
 
 
 def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: io.RawIOBase | io.BufferedIOBase) -> None:
-    """Stream a member to ``out`` in chunks, refusing it as soon as it expands past its limit (whatever its
-    header says): never more than the limit is held or written."""
+    """Stream a member to ``out`` in chunks, refusing it as soon as it expands past its limit or past
+    :data:`MAX_EXPANSION` times its compressed size (whatever its header says): never more is held or written."""
     limit, written = MAX_MEMBER_BYTES[info.filename], 0
+    ratio_limit = MAX_EXPANSION * info.compress_size + _CHUNK  # zipfile reads at most compress_size bytes of it
     try:
         with zf.open(info) as f:
             while chunk := f.read(min(_CHUNK, limit + 1 - written)):
@@ -151,6 +155,9 @@ def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: io.RawIOBase |
                 if written > limit:  # the header lied about the size
                     raise BundleError(f"{info.filename} in the bundle expands past its {limit / 2**20:,.0f} MiB "
                                       "limit")
+                if written > ratio_limit:
+                    raise BundleError(f"{info.filename} in the bundle expands to more than {MAX_EXPANSION} times "
+                                      "its compressed size: a compression bomb, not a bundle")
                 out.write(chunk)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
         raise BundleError(f"{info.filename} in the bundle cannot be read: {exc}") from None
