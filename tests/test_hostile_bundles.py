@@ -319,3 +319,25 @@ def test_a_bundle_path_outside_the_roots_gets_one_message_whether_it_exists_or_n
     inside = write_bundle(roots / "inside", stats_of(0), prov())
     at = app_with_bundle(inside)  # inside the roots it opens
     assert not at.error and any("/data/x" in t.value for t in at.text)
+
+
+def upload_bundle(data: bytes) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.radio(key="work_from").set_value("An analysis file")
+    at.run()
+    (widget,) = [u for u in at.get("file_uploader") if str(u.key).startswith("bundle_upload_")]
+    widget.set_value([("run.senetviz.zip", data, "application/zip")])
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def test_an_uploaded_bundle_counts_against_the_session_budget(tmp_path, monkeypatch):
+    data = write_bundle(tmp_path / "up", stats_of(0), prov()).read_bytes()
+    at = upload_bundle(data)
+    assert not at.error and any("/data/x" in t.value for t in at.text)  # opened
+    monkeypatch.setenv("SENET_VIZ_SESSION_MB", str(len(data) / 2 / 2**20))
+    at = upload_bundle(data)
+    assert any(e.value.startswith(r"run\.senetviz\.zip was not added: it needs") for e in at.error), at.error
+    assert not at.text  # nothing opened

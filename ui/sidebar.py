@@ -451,9 +451,20 @@ def _bundle_section(selection: Selection) -> None:
                                    + upload_limits_help("bundle"))
     if upload is not None:
         data = upload.getvalue()
-        opened.setdefault(hashlib.sha256(data).hexdigest()[:16], data)
+        uploads.release_widget_file(upload)  # kept once, here
+        # An uploaded bundle's bytes stay in the session (to reopen it after the shared cache dropped it): they
+        # count against the session's upload budget with its images.
+        key = hashlib.sha256(data).hexdigest()[:16]
+        used = uploads.used_bytes(_upload_store()) + sum(len(v) for v in opened.values() if isinstance(v, bytes))
+        budget = uploads.session_budget()
+        if key not in opened and len(data) > budget - used:
+            st.session_state["bundle_refused"] = uploads.budget_message(plain(upload.name), len(data), budget, used)
+        else:
+            opened.setdefault(key, data)
         st.session_state["bundle_generation"] = st.session_state.get("bundle_generation", 0) + 1
         st.rerun()
+    if "bundle_refused" in st.session_state:
+        st.error(st.session_state.pop("bundle_refused"))
     path = st.text_input("…or a path on the server", key="bundle_path", placeholder="/runs/imagenet.senetviz.zip")
     if path.strip():
         opened.setdefault(f"path:{path.strip()}", path.strip())
