@@ -315,6 +315,7 @@ class _Walk:
     error: str | None = None  # the bound that stopped the walk
     made: float = 0.0  # time.monotonic() of the walk
     racy: bool = False  # a folder changed within RACY_S of the walk: its mtime may not show the next change
+    listings: dict = field(default_factory=dict, compare=False, repr=False)  # labelled listings, by labelling
 
 
 def _is_hidden_or_junk(name: str) -> bool:
@@ -325,7 +326,7 @@ def _classify_file(name: str, extensions: frozenset[str]) -> str | None:
     """'image', 'ignore' (silently), or a reason to report the file as skipped."""
     if _is_hidden_or_junk(name):
         return "ignore"
-    suffix = PurePosixPath(name).suffix.lower()
+    suffix = _suffix(name)
     if suffix in extensions:
         return "image"
     if suffix in _NOT_IMAGE_EXTENSIONS:
@@ -509,10 +510,33 @@ def folder_source(
     if walk.error is not None:
         raise FolderWalkLimit(f"listing {root}: {walk.error}")
 
+    # The listing (labels from names) is remembered with the walk, per labelling: a rerun gets a copy at once.
+    how = (None if class_names is None else tuple(class_names), tuple(wn), exts, name_non_images, str(root))
+    listed = walk.listings.get(how)
+    if listed is None:
+        listed = _list_walk(walk, root, exts, wnid_index, wnid_class_names, class_names, name_non_images, max_depth)
+        if max_entries is not None:
+            with _walks_lock:
+                while len(walk.listings) >= 4:
+                    walk.listings.pop(next(iter(walk.listings)))
+                walk.listings[how] = listed
+    return ImageSet(list(listed.items), list(listed.skipped), list(listed.class_names))
+
+
+def _suffix(name: str) -> str:
+    """``PurePosixPath(name).suffix.lower()``, without building a path (50,000 of them per listing)."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
+
+
+def _list_walk(walk: _Walk, root: Path, exts: frozenset[str], wnid_index: dict[str, int],
+               wnid_class_names: Callable[[], list[str]], class_names: list[str] | None, name_non_images: bool,
+               max_depth: int | None) -> ImageSet:
+    """The labelled images of a walk (the layouts of :func:`folder_source`)."""
     skipped: list[Skipped] = []
     other_types: dict[str, int] = {}
-    top_images: list[Path] = []
-    by_class: dict[str, list[Path]] = {}
+    top_images: list[str] = []
+    by_class: dict[str, list[str]] = {}
     for rel in walk.files:
         parts = rel.split("/")
         kind = _classify_file(parts[-1], exts)
@@ -521,13 +545,13 @@ def folder_source(
         if kind != "image" and name_non_images:
             skipped.append(Skipped(rel, kind))
         elif kind != "image":
-            suffix = PurePosixPath(parts[-1]).suffix.lower()
+            suffix = _suffix(parts[-1])
             shown = suffix if _SHOWN_SUFFIX_RE.fullmatch(suffix) else "other" if suffix else "no extension"
             other_types[shown] = other_types.get(shown, 0) + 1
         elif len(parts) == 1:
-            top_images.append(root / rel)
+            top_images.append(rel)
         else:
-            by_class.setdefault(parts[0], []).append(root / rel)
+            by_class.setdefault(parts[0], []).append(rel)
     if other_types:
         skipped.append(_non_image_note(other_types))
     if walk.too_deep:
@@ -538,16 +562,16 @@ def folder_source(
         skipped.append(Skipped(f"{walk.links_out} linked file(s)",
                                "ignored: they point outside the folders this server opens to the app"))
 
-    def item(f: Path, label: int | None, label_name: str | None) -> ImageItem:
-        return ImageItem(f.relative_to(root).as_posix(), f.name, label, label_name, path=f)
+    def item(rel: str, label: int | None, label_name: str | None) -> ImageItem:
+        return ImageItem(rel, rel.rpartition("/")[2], label, label_name, path=root / rel)
 
     items: list[ImageItem] = []
     if not by_class:  # layout (a)
-        labels = [wnid_index.get(m.group(1)) if (m := _WNID_RE.match(f.name)) else None for f in top_images]
+        labels = [wnid_index.get(m.group(1)) if (m := _WNID_RE.match(rel)) else None for rel in top_images]
         has_labels = any(lbl is not None for lbl in labels)
         out_names = wnid_class_names() if has_labels else list(class_names or [])
-        for f, label in zip(top_images, labels, strict=True):
-            items.append(item(f, label, out_names[label] if label is not None else None))
+        for rel, label in zip(top_images, labels, strict=True):
+            items.append(item(rel, label, out_names[label] if label is not None else None))
     else:  # layout (b)
         folders = sorted(by_class)
         if all(d in wnid_index for d in folders):
@@ -558,10 +582,10 @@ def folder_source(
         else:
             out_names, mapping = folders, {d: i for i, d in enumerate(folders)}
         for d in folders:
-            for f in by_class[d]:
-                items.append(item(f, mapping[d], out_names[mapping[d]]))
-        skipped.extend(Skipped(f.name, "image outside the class folders (unlabelled); move it into one")
-                       for f in top_images)
+            for rel in by_class[d]:
+                items.append(item(rel, mapping[d], out_names[mapping[d]]))
+        skipped.extend(Skipped(rel, "image outside the class folders (unlabelled); move it into one")
+                       for rel in top_images)
 
     if not items:
         found = "".join(f"; {s.file}: {s.reason}" for s in skipped[:2])
