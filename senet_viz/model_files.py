@@ -1,7 +1,8 @@
 """A user's own network as a zoo model: TorchScript, ``torch.export`` ``.pt2``, ONNX or Python code.
 
 :func:`senet_viz.zoo.load_model` hands a name that :func:`is_model_file` recognises to :func:`load_model_file`:
-the file is loaded by :mod:`senet_viz.loaders` (which runs Python code only with ``allow_code``), its gates are
+the file is loaded by :mod:`senet_viz.loaders` (Python code only with ``allow_code``; a stranger's file,
+``untrusted``, only in formats that carry no code), its gates are
 found by :func:`senet_viz.blocks.discover`, and it becomes a :class:`~senet_viz.zoo.LoadedModel` without a spec:
 a transform from :class:`ModelFileOptions` (input size, resize, mean / std), class names (given, the file's own,
 ImageNet's for 1,000 outputs, else ``class 0 .. N-1``), and a ``weights_id`` that is the file's digest (plus a
@@ -39,7 +40,12 @@ class ModelFileOptions:
     ``--mean``, ``--std``, ``--allow-code``). None: the file's own (ONNX / .pt2 input shape, ONNX label metadata),
     else 3 x 224 x 224, a resize to crop / 0.875, ImageNet's class names for 1,000 outputs and ``class 0 .. N-1``
     otherwise, and ImageNet's mean and std (0.5 / 0.5 for a one-channel input). Frozen and hashable: a cache
-    key."""
+    key.
+
+    The loading policy is part of it: ``untrusted`` marks a stranger's file (the dashboard sets it for every
+    browser user), which then loads only in formats that carry no code (ONNX, a plain ``.pt2``) unless
+    ``allow_code`` (the server's ``SENET_VIZ_ALLOW_CODE=1``); the default is the local user (CLI, scripts), whose
+    TorchScript and ``.pt2`` files load and whose Python entry points need ``allow_code``."""
 
     input_size: tuple[int, int, int] | None = None  # C x H x W
     resize: int | None = None  # short side before the center crop
@@ -47,6 +53,7 @@ class ModelFileOptions:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     allow_code: bool = False  # run a Python entry point (file.py:build): it runs that code
+    untrusted: bool = False  # a stranger's file: without allow_code, no TorchScript and only a plain .pt2
 
 
 def is_model_file(name: str | Path) -> bool:
@@ -109,7 +116,7 @@ def load_model_file(arg: str, weights: str | Path | None, device: str, options: 
 
     try:
         model, found, info = load_and_discover(arg, weights=weights, allow_code=options.allow_code,
-                                               input_size=options.input_size)
+                                               untrusted=options.untrusted, input_size=options.input_size)
     except ModelLoadError:
         raise
     except Exception as error:  # noqa: BLE001 - e.g. the user's network fails on the probe image

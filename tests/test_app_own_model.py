@@ -1,12 +1,15 @@
 """AppTest: "Your own model" in the sidebar. A TorchScript file of the embedded SE-ResNet (its trained weights,
-scripted here) is uploaded with its class names, input size and normalisation; the Fashion-MNIST samples are
-read from the server's folder, and Compare classes draws Fig. 6 for the file's gates. A file that is not a model
-and a Python entry point on a server that does not allow code are refused with st.error and the app keeps going.
+scripted here) is uploaded with its class names, input size and normalisation on a server that allows code
+(TorchScript carries code: SENET_VIZ_ALLOW_CODE=1); the Fashion-MNIST samples are read from the server's folder,
+and Compare classes draws Fig. 6 for the file's gates. A file that is not a model and a Python entry point on a
+server that does not allow code are refused with st.error and the app keeps going. Hostile files:
+tests/test_hostile_models.py.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -41,6 +44,11 @@ def scripted_fmnist(tmp_path_factory) -> bytes:
     return path.read_bytes()
 
 
+def _text(value: str) -> str:
+    """What the viewer reads: the Markdown source without the escapes of user-written text (ui.text.plain)."""
+    return re.sub(r"\\(.)", r"\1", value)
+
+
 def own_model_app() -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     at.run()
@@ -49,7 +57,8 @@ def own_model_app() -> AppTest:
     return at
 
 
-def test_an_uploaded_torchscript_model_draws_fig6_on_compare_classes(scripted_fmnist):
+def test_an_uploaded_torchscript_model_draws_fig6_on_compare_classes(scripted_fmnist, monkeypatch):
+    monkeypatch.setenv("SENET_VIZ_ALLOW_CODE", "1")
     at = own_model_app()
     assert "Upload a model file" in " ".join(i.value for i in at.info)  # nothing loaded yet, no error
     at.get("file_uploader")[0].set_value(("se_resnet_fmnist_scripted.pt", scripted_fmnist,
@@ -62,7 +71,7 @@ def test_an_uploaded_torchscript_model_draws_fig6_on_compare_classes(scripted_fm
     classes.set_value(("fmnist.txt", "\n".join(CLASS_NAMES).encode(), "text/plain"))
     at.run()
     assert_ok(at)
-    caption = " ".join(c.value for c in at.sidebar.caption)
+    caption = _text(" ".join(c.value for c in at.sidebar.caption))
     assert "se_resnet_fmnist_scripted.pt · torchscript · 5 gates" in caption, caption
     assert "10 classes · input 1x28x28" in caption, caption
     at.radio(key="image_source").set_value("Folder on the server")
@@ -90,11 +99,12 @@ def test_a_file_that_is_no_model_and_code_without_permission_are_refused(monkeyp
     at.get("file_uploader")[0].set_value(("broken.onnx", b"not an onnx file", "application/octet-stream"))
     at.run()
     assert not at.exception
-    assert "Could not load broken.onnx" in at.error[0].value and "is not an ONNX model" in at.error[0].value
+    message = _text(at.error[0].value)
+    assert "Could not load broken.onnx" in message and "is not an ONNX model" in message, message
     at.text_input(key="own_model_path").set_value(f"{ROOT / 'examples' / 'se_vgg16.py'}:build")
     at.run()
     assert not at.exception
-    message = at.error[0].value
+    message = _text(at.error[0].value)
     assert "runs that code" in message and "SENET_VIZ_ALLOW_CODE=1" in message, message
     assert "Pick a model" not in message
     # back to the zoo: the curated picker works as before
@@ -127,10 +137,11 @@ def test_a_python_entry_point_loads_when_the_server_allows_code(monkeypatch, tmp
     code = tmp_path / "my_net.py"
     code.write_text(ENTRY_POINT)
     monkeypatch.setenv("SENET_VIZ_ALLOW_CODE", "1")
+    monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))  # a typed path: inside the operator's roots
     at = own_model_app()
     at.text_input(key="own_model_path").set_value(f"{code}:build")
     at.text_input(key="own_input_size").set_value("3,64,64")
     at.run()
     assert_ok(at)
-    caption = " ".join(c.value for c in at.sidebar.caption)
+    caption = _text(" ".join(c.value for c in at.sidebar.caption))
     assert f"{code}:build · entry-point · 1 gate (se) · 3 classes · input 3x64x64" in caption, caption

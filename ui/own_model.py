@@ -1,32 +1,39 @@
-"""The sidebar's "Your own model": a user's TorchScript, ``torch.export`` or ONNX file, uploaded or on the server,
-loaded without running the user's code (:mod:`senet_viz.model_files`), with the input size, normalisation and class
-names the file does not carry. A Python entry point (``file.py:build``) runs the user's code in the server, so it
-is offered only when the server was started with ``SENET_VIZ_ALLOW_CODE=1``. Errors are shown with what to do, and
-the app keeps serving.
+"""The sidebar's "Your own model": a user's model file, uploaded or on the server, with the input size,
+normalisation and class names the file does not carry.
+
+A browser user is a stranger (:mod:`ui.serving`), so the file is loaded with ``ModelFileOptions(untrusted=True)``:
+only the formats that carry no code are open, ONNX and a ``.pt2`` saved by ``torch.export.save`` without pickles
+(:func:`senet_viz.loaders.pt2_code_risks` checks the archive before torch reads it). TorchScript, a ``.pt2`` with
+pickled weights or objects, and Python entry points (``file.py:build``) run code in the server; they load only
+when the server was started with ``SENET_VIZ_ALLOW_CODE=1``. Typed paths (the model, an entry point's ``.py``,
+its weights) must lie inside the operator's data roots (:func:`ui.serving.server_path`). Errors are shown with
+what to do, anything the user wrote is shown as text, never as Markdown, and the app keeps serving.
 """
 
 from __future__ import annotations
 
-import os
+import re
 from typing import TYPE_CHECKING
 
 import streamlit as st
 
 from senet_viz import zoo
 from ui import state
+from ui.serving import ALLOW_CODE_ENV, OutsideRootsError, allow_code, server_path
+from ui.text import plain
 
 if TYPE_CHECKING:
     from ui.sidebar import Selection
 
-#: ``SENET_VIZ_ALLOW_CODE=1`` in the server's environment offers Python entry points (file.py:build) under "Your
-#: own model": loading one runs that code in the server with its permissions, so it is off unless asked for.
-ALLOW_CODE_ENV = "SENET_VIZ_ALLOW_CODE"
+__all__ = ["ALLOW_CODE_ENV", "MODEL_FILE_TYPES", "allow_code", "render"]
+
 MODEL_FILE_TYPES = ["pt", "pth", "ts", "jit", "torchscript", "pt2", "onnx"]
-
-
-def allow_code() -> bool:
-    """Whether this server offers Python entry points (``SENET_VIZ_ALLOW_CODE=1``)."""
-    return os.environ.get(ALLOW_CODE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+#: ``target:callable`` typed into the path box: a Python entry point (decided by the text, not by the disk).
+_ENTRY = re.compile(r"^(?P<target>.+?):(?P<attr>[A-Za-z_][\w.]*)$")
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+OPEN_FORMATS = ("ONNX (.onnx) and torch.export (.pt2) files saved without pickles load here; TorchScript "
+                "(.pt/.ts), a .pt2 with pickled weights or objects, and Python code run code in the server and "
+                f"load only when it was started with {ALLOW_CODE_ENV}=1.")
 
 
 def _numbers(text: str, label: str, kind: type = float) -> tuple | None:
@@ -40,7 +47,8 @@ def _numbers(text: str, label: str, kind: type = float) -> tuple | None:
 
 
 def _file_options(code: bool) -> zoo.ModelFileOptions:
-    """What the model file does not say: input size, resize, class names, normalisation (sidebar fields)."""
+    """What the model file does not say: input size, resize, class names, normalisation (sidebar fields); the
+    loading policy of a browser user (untrusted; code only when the server allows it)."""
     with st.expander("Input and classes", icon=":material/tune:"):
         size_text = st.text_input("Input size C,H,W", key="own_input_size",
                                   placeholder="the file's own, else 3,224,224",
@@ -57,7 +65,7 @@ def _file_options(code: bool) -> zoo.ModelFileOptions:
             st.session_state["own_classes"] = (classes.name, names)
         kept = st.session_state.get("own_classes")
         if kept:
-            st.caption(f"{len(kept[1])} class names from {kept[0]}")
+            st.caption(f"{len(kept[1])} class names from {plain(kept[0])}")
             if st.button("Forget the class names", key="own_classes_forget"):
                 st.session_state.pop("own_classes", None)
                 st.rerun()
@@ -67,69 +75,94 @@ def _file_options(code: bool) -> zoo.ModelFileOptions:
     resize = _numbers(resize_text, "Resize", int)
     return zoo.ModelFileOptions(input_size=size, resize=resize[0] if resize else None,
                                 class_names=kept[1] if kept else None, mean=_numbers(mean_text, "Mean"),
-                                std=_numbers(std_text, "Std"), allow_code=code)
+                                std=_numbers(std_text, "Std"), allow_code=code, untrusted=True)
+
+
+def _server_target(text: str) -> str:
+    """A typed model path or entry point with its file resolved inside the data roots (OutsideRootsError, one
+    message whether the file exists or not, otherwise). ``package.module:build`` names no file: it is kept (the
+    loader refuses it unless the server allows code)."""
+    match = _ENTRY.match(text)
+    if match and not _DRIVE.match(text) and not text.lower().endswith(tuple(f".{t}" for t in MODEL_FILE_TYPES)):
+        target, attr = match["target"], match["attr"]
+        if target.endswith(".py") or "/" in target or "\\" in target:
+            return f"{server_path(target, 'Python file')}:{attr}"
+        return text
+    return str(server_path(text, "model file"))
 
 
 def _load_hint(exc: Exception) -> str:
     from senet_viz.loaders import CodeNotAllowedError
 
     if isinstance(exc, CodeNotAllowedError):
-        return (f"Python entry points run code in the server: start it with {ALLOW_CODE_ENV}=1 to allow them, or "
-                "upload a TorchScript / torch.export / ONNX file instead.")
+        return (f"Formats that carry code load only on a server started with {ALLOW_CODE_ENV}=1. Safe here: ONNX "
+                "(torch.onnx.export) and a .pt2 saved by torch.export.save without pickles.")
     if isinstance(exc, zoo.NoGatesError):
         return "senet-viz looks at channel gates (SE, ESE, ECA, GatherExcite, GlobalContext, inline sigmoid gates)."
-    return ("Check the input size and class names under Input and classes; TorchScript: torch.jit.script(model)."
-            "save(path); ONNX: a float model with a free or 1 batch dimension.")
+    return ("Check the input size and class names under Input and classes; ONNX: a float model with a free or 1 "
+            "batch dimension; torch.export: torch.export.save(torch.export.export(model, (x,)), path).")
+
+
+def _refuse(selection: Selection, message: str, hint: str = "") -> None:
+    """Show a refusal: ``message`` may quote what the user wrote, so it is shown as text (escaped)."""
+    selection.model_error = plain(message, limit=800)  # ui.common shows it as Markdown
+    st.error(selection.model_error + (f"\n\n{hint}" if hint else ""))
 
 
 def render(selection: Selection, device: str) -> None:
-    """A user's own network: an uploaded (or server-side) TorchScript, torch.export or ONNX file, loaded without
-    running the user's code; a Python entry point only when the server allows code (SENET_VIZ_ALLOW_CODE=1)."""
+    """A user's own network: an uploaded (or server-side) model file, loaded as a stranger's (see the module
+    docstring); a Python entry point only when the server allows code (SENET_VIZ_ALLOW_CODE=1)."""
     code = allow_code()
-    st.caption("A TorchScript (.pt/.ts), torch.export (.pt2) or ONNX (.onnx) file: loaded without running any code "
-               "of yours; its gates are found in the graph."
-               + (" Python entry points (file.py:build) are allowed on this server." if code else ""))
+    st.caption(OPEN_FORMATS + (" This server allows code: TorchScript, any .pt2 and Python entry points "
+                               "(file.py:build) load." if code else "") + " Gates are found in the graph.")
     upload = st.file_uploader("Model file", type=MODEL_FILE_TYPES, key="own_model_upload",
                               help=f"Up to {st.get_option('server.maxUploadSize')} MB (server.maxUploadSize). "
-                                   "TorchScript, torch.export and ONNX files are loaded as graphs: no Python code "
-                                   "of yours runs.")
+                                   + OPEN_FORMATS)
     if upload is not None:
         path = state.save_upload(upload.name, upload.getvalue(), keep_name=True)
         st.session_state["own_model_file"] = (upload.name, str(path))
     label = "…or a path on the server" + (", or file.py:build / package.module:build" if code else "")
     path_text = st.text_input(label, key="own_model_path",
-                              placeholder="examples/se_vgg16.py:build" if code else "/path/to/model.onnx")
-    weights: str | None = None
+                              placeholder="examples/se_vgg16.py:build" if code else "models/my_model.onnx",
+                              help="inside the folders the server's operator opened to the app "
+                                   "(SENET_VIZ_DATA_ROOTS, the folder it was started in, the sample folders)")
+    weights_text = ""
     if code:
         weights_text = st.text_input("Weights for an entry point (state dict, optional)", key="own_weights_path",
-                                     placeholder="/path/to/weights.safetensors")
-        weights = weights_text.strip() or None
+                                     placeholder="weights/my_model.safetensors")
     kept = st.session_state.get("own_model_file")
-    target, shown = (path_text.strip(), path_text.strip()) if path_text.strip() else \
-        ((kept[1], kept[0]) if kept else (None, None))
     try:
         options = _file_options(code)
     except ValueError as exc:
-        selection.model_error = str(exc)
-        st.error(str(exc))
+        _refuse(selection, str(exc))
         return
-    if target is None:
-        selection.model_error = "Upload a model file (or give its path) in the sidebar."
-        st.info(selection.model_error)
+    typed = path_text.strip()
+    try:
+        weights = str(server_path(weights_text.strip(), "weights file")) if weights_text.strip() else None
+        if typed:
+            target, shown = _server_target(typed), typed
+        elif kept:
+            target, shown = kept[1], kept[0]
+        else:
+            selection.model_error = "Upload a model file (or give its path) in the sidebar."
+            st.info(selection.model_error)
+            return
+    except OutsideRootsError as exc:
+        _refuse(selection, str(exc))
         return
     try:
         loaded = state.get_model(target, weights, device, options)
     except Exception as exc:  # noqa: BLE001 - a user's file: show what went wrong and keep serving
-        selection.model_error = f"Could not load {shown}: {exc}"
-        st.error(f"Could not load {shown}: {exc}\n\n{_load_hint(exc)}")
+        _refuse(selection, f"Could not load {shown}: {exc}", _load_hint(exc))
         return
     selection.model = loaded
     info = loaded.file_info
     kinds = sorted({b.gate_kind for b in loaded.blocks})
     n = len(loaded.blocks)
-    st.caption(f"{shown} · {getattr(info, 'format', 'file')} · {n} gate{'s' * (n != 1)} ({', '.join(kinds)}) · "
-               f"{loaded.num_classes} classes · input {'x'.join(map(str, loaded.input_size))}")
+    st.caption(f"{plain(shown)} · {getattr(info, 'format', 'file')} · {n} gate{'s' * (n != 1)} "
+               f"({', '.join(kinds)}) · {loaded.num_classes} classes · input "
+               f"{'x'.join(map(str, loaded.input_size))}")
     if loaded.rejected:
         with st.expander(f"{len(loaded.rejected)} look-alike(s) not treated as gates"):
             for path, why in loaded.rejected.items():
-                st.markdown(f"- `{path or '<model>'}`: {why}")
+                st.text(f"- {path or '<model>'}: {why}")
