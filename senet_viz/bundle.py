@@ -69,11 +69,10 @@ class Bundle:
 
     @property
     def label(self) -> str:
-        """One line for menus and captions: model, images, classes."""
-        p = self.provenance
-        return (f"{self.model} · {p.get('n_images', '?'):,} images in {p.get('n_classes', '?'):,} classes"
-                if isinstance(p.get("n_images"), int) and isinstance(p.get("n_classes"), int)
-                else f"{self.model} · {p.get('images', 'images not recorded')}")
+        """One line for menus and captions: model, images, classes. The counts are the statistics' own, not what
+        bundle.json claims (a doctored bundle.json cannot make a menu say "50,000 images" over 60)."""
+        n, k = self.stats.n_images(), len(self.stats.classes())
+        return f"{self.model} · {n:,} images in {k:,} class{'es' if k != 1 else ''}"
 
 
 def _versions() -> dict[str, str]:

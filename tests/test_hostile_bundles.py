@@ -341,3 +341,8 @@ def test_an_uploaded_bundle_counts_against_the_session_budget(tmp_path, monkeypa
     at = upload_bundle(data)
     assert any(e.value.startswith(r"run\.senetviz\.zip was not added: it needs") for e in at.error), at.error
     assert not at.text  # nothing opened
+
+
+def test_the_menu_label_counts_from_the_statistics_not_from_bundle_json(tmp_path):
+    path = write_bundle(tmp_path / "claims", stats_of(0), prov(n_images=50_000, n_classes=1_000))
+    assert read_bundle(path).label == "toy · 60 images in 3 classes"
