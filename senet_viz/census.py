@@ -89,6 +89,13 @@ def tensor_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
+def looked_alike(model: nn.Module) -> dict[str, str]:
+    """Modules that look like gate modules but are not (split attention, ...), by path, with the reason: what a
+    refusal without a forward pass can name as considered."""
+    found = ((path, _gate_child(module)) for path, module in model.named_modules())
+    return {path: why for path, why in found if isinstance(why, str)}
+
+
 def may_have_gates(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[bool, str]:
     """Whether a (meta) model may have channel gates, without weights or real memory, and how that was told.
 

@@ -56,7 +56,7 @@ from torch import nn
 from . import embedded  # noqa: F401  (registers the embedded models; it imports the registry, never this module)
 from .blocks import SEBlock, discover, find_se_blocks
 from .capture import model_lock
-from .census import build_on_meta, may_have_gates, tensor_bytes
+from .census import build_on_meta, looked_alike, may_have_gates, tensor_bytes
 from .model_files import MODEL_FILE_SUFFIXES, ModelFileOptions, is_model_file
 from .paths import ASSETS_DIR, PROJECT_ROOT, cache_dir
 from .preprocess import MAX_ASPECT, LimitAspect, Preprocess, PreprocessTransform
@@ -484,6 +484,7 @@ class ArchitectureCheck:
     param_bytes: int | None  # parameters and buffers once built; None: it could not be built on ``meta``
     may_have_gates: bool
     how: str  # how that was told, for people
+    looked_alike: tuple[tuple[str, str], ...] = ()  # (path, why it is not a gate) of gate look-alikes
 
 
 @functools.lru_cache(maxsize=256)
@@ -492,9 +493,10 @@ def _weightless(name: str, reduction: int | None) -> ArchitectureCheck:
     try:
         model = build_on_meta(lambda: spec.build(reduction=reduction))
         gates, how = may_have_gates(model, spec.input_size)
+        alike = tuple(looked_alike(model).items())
     except Exception as exc:  # noqa: BLE001 - not told this way: the real build decides (and reports)
         return ArchitectureCheck(name, None, True, f"not checked without weights ({type(exc).__name__})")
-    return ArchitectureCheck(name, tensor_bytes(model), gates, how)
+    return ArchitectureCheck(name, tensor_bytes(model), gates, how, alike)
 
 
 def check_architecture(name: str, reduction: int | None = None, max_bytes: int | None = None) -> ArchitectureCheck:
@@ -508,7 +510,8 @@ def check_architecture(name: str, reduction: int | None = None, max_bytes: int |
     spec = get_spec(name)
     check = _weightless(spec.name, reduction)
     if not check.may_have_gates:
-        raise NoGatesError(no_gates_message(spec.name, {"<model>": f"found without building it: {check.how}"}))
+        rejected = {**dict(check.looked_alike), "<model>": f"found without building it: {check.how}"}
+        raise NoGatesError(no_gates_message(spec.name, rejected))
     if max_bytes is not None and check.param_bytes is not None and check.param_bytes > max_bytes:
         raise ModelTooLargeError(too_large_message(spec.name, check.param_bytes, max_bytes))
     return check
