@@ -1,0 +1,104 @@
+"""One session's uploaded images, kept in its ``st.session_state`` and bounded by a byte budget.
+
+The sidebar moves every upload into a store ``{slot: {content digest: (name, payload)}}`` (slot: a class id, or
+"zip"), so files survive the uploader widgets being redrawn. A payload is the file's bytes, or for a zip archive
+its :class:`~senet_viz.data.ExpandedZip`: the archive is expanded here, once, and its own bytes are not kept.
+
+The store counts against the session's budget, ``SENET_VIZ_SESSION_MB`` (:func:`ui.serving.budget_bytes`): the
+files kept plus what their zips expanded to. An upload that would go past it is refused with a message that says
+the budget, what is used and how to free space; nothing already kept is dropped. A zip is checked against what is
+left from its central directory, before anything is expanded (:func:`senet_viz.data.expand_zip`).
+
+The store lives only in the session's state: no module-level dict or cache here holds an upload, so its bytes go
+when Streamlit drops the session (at once, or after its reconnect window of a couple of minutes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import MutableMapping
+from typing import Any
+
+from senet_viz import data as imagedata
+from senet_viz.data import ExpandedZip, Skipped, ZipRefused
+from ui.serving import budget_bytes
+
+SESSION_BUDGET_ENV = "SENET_VIZ_SESSION_MB"
+
+Payload = bytes | ExpandedZip
+Store = MutableMapping[str, dict[str, tuple[str, Payload]]]
+
+
+def session_budget() -> int:
+    """This server's per-session upload budget in bytes (read from the environment at each call)."""
+    return budget_bytes(SESSION_BUDGET_ENV)
+
+
+def payload_bytes(payload: Payload) -> int:
+    """Bytes a kept upload holds: the file, or what its zip expanded to."""
+    return payload.nbytes if isinstance(payload, ExpandedZip) else len(payload)
+
+
+def used_bytes(store: Store) -> int:
+    """Bytes the session's kept uploads hold."""
+    return sum(payload_bytes(p) for files in store.values() for _, p in files.values())
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def budget_message(name: str, need: int, budget: int, used: int) -> str:
+    """Why ``name`` was not kept, and how to make room."""
+    return (f"{name} was not added: it needs {_mib(need)}, and this session's uploads may take {_mib(budget)} in "
+            f"all ({_mib(used)} used, {_mib(max(budget - used, 0))} free). Free space with \"Manage files\" under a "
+            f"class or by removing a class, or ask whoever runs the server to raise {SESSION_BUDGET_ENV}.")
+
+
+def usage_caption(store: Store, budget: int | None = None) -> str:
+    """One line for the sidebar: how much of the budget the uploads use."""
+    budget = session_budget() if budget is None else budget
+    return f"Uploads use {_mib(used_bytes(store))} of {_mib(budget)} ({SESSION_BUDGET_ENV})."
+
+
+def add(store: Store, slot: str, name: str, data: bytes, budget: int | None = None) -> str | None:
+    """Keep one upload in ``store[slot]``: a zip is expanded once (within what is left of the budget), any other
+    file is kept as is. Returns None when kept (or already there), else the message saying why it was refused;
+    a zip refused for what it is (not a zip, a bomb, too many entries) is kept empty, so that the reason is
+    listed with the files left out, as for a bad image."""
+    budget = session_budget() if budget is None else budget
+    files = store.setdefault(slot, {})
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    if digest in files:
+        return None
+    used = used_bytes(store)
+    left = budget - used
+    if imagedata.is_zip_upload(name, data):
+        try:
+            payload: Payload = imagedata.expand_zip(name, data, budget=max(left, 0))
+        except ZipRefused as exc:
+            if exc.over_budget:
+                return budget_message(name, exc.declared, budget, used)
+            payload = ExpandedZip(name, (), (Skipped(name, str(exc)),))
+    else:
+        if len(data) > left:
+            return budget_message(name, len(data), budget, used)
+        payload = data
+    files[digest] = (name, payload)
+    return None
+
+
+def files_of(store: Store, slot: str, label: str | None) -> list[tuple[str, Payload, str | None]]:
+    """A slot's kept uploads as :func:`senet_viz.data.uploads_source` takes them."""
+    return [(name, payload, label) for name, payload in store.get(slot, {}).values()]
+
+
+def release_widget_file(upload: Any) -> None:
+    """Drop an uploaded file from Streamlit's own upload manager once the store holds it: Streamlit keeps every
+    file a widget received until the session ends, which would hold each upload (and each zip) twice."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    file_id = getattr(upload, "file_id", None)
+    if ctx is not None and file_id:
+        ctx.uploaded_file_mgr.remove_file(ctx.session_id, file_id)
