@@ -259,8 +259,9 @@ def _take_uploads(slot: str, files, notes: list[str]) -> bool:
     for refused ones go to ``notes``. True when something arrived (kept or refused: the uploader is emptied)."""
     if not files:
         return False
+    bundles = uploads.bundle_bytes(st.session_state)  # uploaded analysis bundles share the budget
     for up in files if isinstance(files, list) else [files]:
-        note = uploads.add(_upload_store(), slot, up.name, up.getvalue())
+        note = uploads.add(_upload_store(), slot, up.name, up.getvalue(), used_elsewhere=bundles)
         uploads.release_widget_file(up)  # the store holds it now (a zip: what it expanded to)
         if note:
             notes.append(note)
@@ -332,7 +333,7 @@ def _class_uploads() -> list[tuple[str, bytes | ExpandedZip, str | None]]:
         st.rerun()
     for note in st.session_state.get("upload_notes", []):
         st.error(plain(note, limit=None), icon=":material/block:")
-    st.caption(uploads.usage_caption(_upload_store()))
+    st.caption(uploads.usage_caption(_upload_store(), used_elsewhere=uploads.bundle_bytes(st.session_state)))
     return files
 
 

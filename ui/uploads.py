@@ -16,7 +16,7 @@ when Streamlit drops the session (at once, or after its reconnect window of a co
 from __future__ import annotations
 
 import hashlib
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from senet_viz import data as imagedata
@@ -44,6 +44,12 @@ def used_bytes(store: Store) -> int:
     return sum(payload_bytes(p) for files in store.values() for _, p in files.values())
 
 
+def bundle_bytes(session_state: Mapping[str, Any]) -> int:
+    """Bytes of the analysis bundles a session uploaded (kept under "opened_bundles" by the sidebar, beside paths
+    of bundles on the server): they share the session's budget with its images."""
+    return sum(len(v) for v in session_state.get("opened_bundles", {}).values() if isinstance(v, bytes))
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
@@ -55,23 +61,25 @@ def budget_message(name: str, need: int, budget: int, used: int) -> str:
             f"class or by removing a class, or ask whoever runs the server to raise {SESSION_BUDGET_ENV}.")
 
 
-def usage_caption(store: Store, budget: int | None = None) -> str:
+def usage_caption(store: Store, budget: int | None = None, used_elsewhere: int = 0) -> str:
     """One line for the sidebar: how much of the budget the uploads use."""
     budget = session_budget() if budget is None else budget
-    return f"Uploads use {_mib(used_bytes(store))} of {_mib(budget)} ({SESSION_BUDGET_ENV})."
+    return f"Uploads use {_mib(used_bytes(store) + used_elsewhere)} of {_mib(budget)} ({SESSION_BUDGET_ENV})."
 
 
-def add(store: Store, slot: str, name: str, data: bytes, budget: int | None = None) -> str | None:
+def add(store: Store, slot: str, name: str, data: bytes, budget: int | None = None, used_elsewhere: int = 0
+        ) -> str | None:
     """Keep one upload in ``store[slot]``: a zip is expanded once (within what is left of the budget), any other
     file is kept as is. Returns None when kept (or already there), else the message saying why it was refused;
     a zip refused for what it is (not a zip, a bomb, too many entries) is kept empty, so that the reason is
-    listed with the files left out, as for a bad image."""
+    listed with the files left out, as for a bad image. ``used_elsewhere``: bytes the session keeps outside the
+    store (uploaded analysis bundles) that share the budget."""
     budget = session_budget() if budget is None else budget
     files = store.setdefault(slot, {})
     digest = hashlib.sha256(data).hexdigest()[:16]
     if digest in files:
         return None
-    used = used_bytes(store)
+    used = used_bytes(store) + used_elsewhere
     left = budget - used
     if imagedata.is_zip_upload(name, data):
         try:
