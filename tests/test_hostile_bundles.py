@@ -346,3 +346,34 @@ def test_an_uploaded_bundle_counts_against_the_session_budget(tmp_path, monkeypa
 def test_the_menu_label_counts_from_the_statistics_not_from_bundle_json(tmp_path):
     path = write_bundle(tmp_path / "claims", stats_of(0), prov(n_images=50_000, n_classes=1_000))
     assert read_bundle(path).label == "toy · 60 images in 3 classes"
+
+
+def test_page_headers_that_disagree_with_the_footer_are_refused_before_decoding(tmp_path):
+    """The footer-based bounds hold only if the pages declare what the footer says: a page header claiming more
+    bytes than its footer counts (same byte length, so every offset stays valid) is refused."""
+    from senet_viz.parquet_pages import PageMismatch, _varint, page_header
+
+    genuine = tmp_path / "stats.parquet"
+    stats_of(0).save(genuine)
+    column = pq.ParquetFile(genuine).metadata.row_group(0).column(6)  # mean: dictionary page, then data pages
+    data = bytearray(genuine.read_bytes())
+    with genuine.open("rb") as f:
+        header, _ = page_header(f, column.data_page_offset, len(data))
+    assert header[1] == 0 and header[5][1] > 0  # a data page with its value count
+    # Field 2 (uncompressed size) follows field 1 (page type): 0x15, zigzag varint, 0x15, zigzag varint.
+    pos = column.data_page_offset
+    assert data[pos] == 0x15
+    _, pos = _varint(bytes(data), pos + 1)
+    assert data[pos] == 0x15
+    size, end = _varint(bytes(data), pos + 1)
+    width = end - (pos + 1)
+    larger = bytes([0xFE] * (width - 1) + [0x7E if width == 1 else 0x7F])  # the largest size of the same width
+    assert width <= 2 and _varint(larger, 0)[0] > size
+    data[pos + 1:end] = larger
+    forged = tmp_path / "forged.parquet"
+    forged.write_bytes(bytes(data))
+    with pytest.raises(PageMismatch, match="pages of column mean.list.element .* declare"):
+        GateStats.load(forged)
+    bundle = zip_of({"bundle.json": json.dumps(prov()).encode(), "stats.parquet": bytes(data)})
+    with pytest.raises(BundleError, match="damaged or forged"):
+        read_bundle(bundle)
