@@ -1056,8 +1056,9 @@ def _bundles_budget() -> int:
 
 
 def _bundle_bytes(bundle: Bundle) -> int:
-    """Memory of an opened bundle: its statistics' arrays, plus its provenance and metrics as text."""
-    return bundle.stats.nbytes() + len(json.dumps([bundle.provenance, bundle.metrics], default=str))
+    """Memory of an opened bundle: its statistics' arrays, plus its provenance and metrics (parsed JSON: counted
+    as 16 times its text, about what small Python objects take)."""
+    return bundle.stats.nbytes() + 16 * len(json.dumps([bundle.provenance, bundle.metrics], default=str))
 
 
 BUNDLES = _Bundles()
