@@ -355,12 +355,13 @@ class ResultCache:
         flight.done.set()
 
 
-def session_memo(name: str, limit: int) -> LRU:
-    """This browser session's :class:`LRU` memo ``name`` (made on first use with ``limit`` entries): for what one
-    session keeps for itself (rendered PNGs, figures offered for export), never shared with other sessions."""
+def session_memo(name: str, limit: int, max_bytes: int | None = None) -> LRU:
+    """This browser session's :class:`LRU` memo ``name`` (made on first use with ``limit`` entries and, if given,
+    ``max_bytes``): for what one session keeps for itself (rendered PNGs, figures offered for export), never shared
+    with other sessions."""
     memo = st.session_state.get(name)
     if not isinstance(memo, LRU):
-        memo = st.session_state[name] = LRU(limit)
+        memo = st.session_state[name] = LRU(limit, max_bytes)
     return memo
 
 
@@ -1011,17 +1012,18 @@ class _Bundles:
                     return hit
             try:
                 bundle = read()
+                bundle.digest = digest
+                with self._lock:
+                    self._put(digest, bundle)
             except BundleError as exc:
                 with self._lock:
                     self._failed[digest] = str(exc)
                     while len(self._failed) > self.FAILURES:
                         self._failed.popitem(last=False)
-                    self._reading.pop(digest, None)
                 raise
-            bundle.digest = digest
-            with self._lock:
-                self._put(digest, bundle)
-                self._reading.pop(digest, None)
+            finally:
+                with self._lock:
+                    self._reading.pop(digest, None)
         return bundle
 
     def analysis(self, bundle: Bundle) -> Analysis:
