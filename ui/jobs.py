@@ -25,8 +25,9 @@ from senet_viz import ablation, zoo
 from senet_viz.data import ImageSet
 from senet_viz.run import PixelCache, Result, reuse_pixels, run_model
 from senet_viz.stats import GateStats
+from ui.serving import budget_bytes
 
-MODELS_PER_PROCESS = 3  # as the server's model cache (st.cache_resource max_entries)
+MODELS_PER_PROCESS = 3  # each worker keeps its last few models; the server's own cache is bounded by bytes
 
 
 class ModelRef(NamedTuple):
@@ -40,7 +41,7 @@ class ModelRef(NamedTuple):
 
 _models: OrderedDict[ModelRef, zoo.LoadedModel] = OrderedDict()
 _models_lock = threading.Lock()
-_pixels = PixelCache(256 << 20)
+_pixels = PixelCache(budget_bytes("SENET_VIZ_PIXELS_MB"))
 
 
 _main_guard = threading.Lock()
@@ -88,7 +89,9 @@ def model(ref: ModelRef) -> zoo.LoadedModel:
         if loaded is not None:
             _models.move_to_end(ref)
             return loaded
-    loaded = zoo.load_model(ref.name, weights=ref.weights, device=ref.device, options=ref.options)
+    # as the server loads (ui.state.get_model): never a download, never past the models budget
+    loaded = zoo.load_model(ref.name, weights=ref.weights, device=ref.device, options=ref.options, download=False,
+                            max_param_bytes=budget_bytes("SENET_VIZ_MODELS_MB"))
     with _models_lock:
         _models[ref] = loaded
         while len(_models) > MODELS_PER_PROCESS:
