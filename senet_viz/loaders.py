@@ -574,11 +574,10 @@ def load_model_arg(arg: str, *, weights: str | Path | None = None, allow_code: b
     if match and not path.exists() and not re.match(r"^[A-Za-z]:[\\/]", text):
         target, attr = match["target"], match["attr"]
         if not allow_code:
-            how = ("this server runs it only when started with SENET_VIZ_ALLOW_CODE=1" if untrusted else
-                   "pass allow_code=True (CLI: --allow-code) if you trust it")
+            how = ("the server's permissions: it runs it only when started with SENET_VIZ_ALLOW_CODE=1"
+                   if untrusted else "your permissions. Pass allow_code=True (CLI: --allow-code) if you trust it")
             raise CodeNotAllowedError(
-                f"'{text}' names Python code to run ({target}:{attr}); loading it runs that code with the "
-                f"server's permissions: {how}")
+                f"'{text}' names Python code to run ({target}:{attr}); loading it runs that code with {how}")
         builder, where = _resolve_entry(target, attr)
         try:
             model = builder()

