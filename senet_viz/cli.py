@@ -629,7 +629,8 @@ def _model_parent(classes_flags: tuple[str, ...]) -> argparse.ArgumentParser:
         (("--model",), {"required": True, "help": MODEL_HELP}),
         (("--allow-code",), {"action": "store_true",
                              "help": "allow --model file.py:build / package.module:build: it runs that Python code "
-                                     "with your permissions"}),
+                                     "with your permissions (your TorchScript and .pt2 files, which can carry code "
+                                     "too, load without it: the CLI trusts your files, the dashboard does not)"}),
         (("--input-size",), {"metavar": "C,H,W", "help": "model file: the input it takes (default: the file's own "
                                                          "shape, else 3,224,224; 1 channel reads images as grey)"}),
         (("--resize",), {"type": int, "help": "model file: short side before the center crop (default H / 0.875)"}),

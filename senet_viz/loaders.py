@@ -421,7 +421,7 @@ def pt2_code_risks(data: bytes) -> list[str]:
                 continue
             try:
                 parsed = json.loads(reader.read_string(config))
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 parsed = None
             risks += _payload_risks(parsed, kind, prefix, records, folder)
             if isinstance(parsed, dict) and isinstance(parsed.get("config"), dict):
@@ -435,10 +435,9 @@ def pt2_code_risks(data: bytes) -> list[str]:
                              "weights_only=False)")
         try:
             program = json.loads(reader.read_string(c.MODELS_FILENAME_FORMAT.format(model)))
-        except (ValueError, UnicodeDecodeError):
+            risks += _graph_risks(program) if isinstance(program, dict) else [f"an unreadable models/{model}.json"]
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested beyond any real program
             risks.append(f"an unreadable program models/{model}.json")
-            continue
-        risks += _graph_risks(program) if isinstance(program, dict) else [f"an unreadable models/{model}.json"]
     for name in sorted(records - expected):
         if name.startswith(c.EXTRA_DIR) and _NAME.match(name[len(c.EXTRA_DIR):].replace("/", "")):
             continue  # extra files are read as text
