@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from streamlit.testing.v1 import AppTest
 
 
@@ -27,3 +29,9 @@ def uploader(at: AppTest, slot: int | str):
     found = [u for u in at.get("file_uploader") if str(u.key).startswith(f"class_files_{slot}_")]
     assert len(found) == 1, [u.key for u in at.get("file_uploader")]
     return found[0]
+
+
+def shown(markdown: str) -> str:
+    """A Markdown element's text as the reader sees it: the backslash escapes that ``ui.text.plain`` puts before
+    punctuation of user-written names removed."""
+    return re.sub(r"\\(.)", r"\1", markdown)

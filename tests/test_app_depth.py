@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apptest_helpers import assert_ok, open_page, uploader
+from apptest_helpers import assert_ok, open_page, shown, uploader
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from streamlit.testing.v1 import AppTest
 
@@ -22,7 +22,7 @@ def sample(cls: str) -> Path:
 
 
 def page_text(at: AppTest) -> str:
-    return "\n".join(m.value for m in at.main.markdown)
+    return "\n".join(shown(m.value) for m in at.main.markdown)
 
 
 def test_depth_shows_the_verdict_line():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from apptest_helpers import assert_ok, open_page, uploader
+from apptest_helpers import assert_ok, open_page, shown, uploader
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from streamlit.testing.v1 import AppTest
 
@@ -148,16 +148,17 @@ def test_export_lists_only_the_current_selection_and_tags_every_file():
     at.selectbox(key="model_name").set_value(TWIN)
     at.run()
     open_page(at, "export")
-    earlier = [e for e in at.expander if e.label.startswith(f"{MODEL} — Upload by class: 5 files in 2 classes")]
+    earlier = [e for e in at.expander
+               if shown(e.label).startswith(f"{MODEL} — Upload by class: 5 files in 2 classes")]
     assert len(earlier) == 1, [e.label for e in at.expander]
-    in_earlier = [m.value for m in earlier[0].markdown]
-    everywhere = [m.value for m in at.markdown]
-    in_any_expander = [m.value for e in at.expander for m in e.markdown]
+    in_earlier = [shown(m.value) for m in earlier[0].markdown]
+    everywhere = [shown(m.value) for m in at.markdown]
+    in_any_expander = [shown(m.value) for e in at.expander for m in e.markdown]
     for name in ("**Compare classes**", "**Explore**"):
         # listed under the earlier selection, and not among the current selection's figures
         assert sum(v.startswith(name) for v in in_earlier) == 1, in_earlier
         assert sum(v.startswith(name) for v in everywhere) == sum(v.startswith(name) for v in in_any_expander)
-    assert any(f"model {TWIN}" in c.value for c in at.caption)
+    assert any(f"model {TWIN}" in shown(c.value) for c in at.caption)
 
 
 def test_exported_tables_carry_model_weights_and_images():
@@ -242,6 +243,8 @@ def test_an_analysis_file_opens_without_model_or_images(tmp_path, monkeypatch):
     lists the bundle's tables; no model is loaded and pages that need a network say so."""
     from senet_viz import cli
 
+    monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))  # typed server paths must lie inside the roots
+
     out = tmp_path / "paper"
     assert cli.main(["paper", "--model", MODEL, "--images", str(SAMPLES), "--per-class", "10", "--out", str(out),
                      "--json"]) == 0
@@ -271,7 +274,8 @@ def test_an_analysis_file_opens_without_model_or_images(tmp_path, monkeypatch):
     assert any("an analysis file holds statistics only" in i.value for i in at.info)
 
 
-def test_a_file_that_is_not_an_analysis_is_refused_and_the_app_keeps_serving(tmp_path):
+def test_a_file_that_is_not_an_analysis_is_refused_and_the_app_keeps_serving(tmp_path, monkeypatch):
+    monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))
     bad = tmp_path / "not.senetviz.zip"
     bad.write_bytes(b"no zip here")
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
