@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from apptest_helpers import assert_ok, open_page
+from apptest_helpers import assert_ok, open_page, shown
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -72,8 +72,9 @@ def roots_and_outside(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
     return roots, outside
 
 
-def shown(at: AppTest) -> str:
-    """Everything the page holds: every element's and block's protobuf (labels, values, help, captions, ...)."""
+def page_text(at: AppTest) -> str:
+    """Everything the page holds: every element's and block's protobuf (labels, values, help, captions, ...),
+    without backslashes."""
     parts: list[str] = []
 
     def visit(node) -> None:
@@ -84,11 +85,11 @@ def shown(at: AppTest) -> str:
             visit(child)
 
     visit(at._tree)
-    return "\n".join(parts)
+    return "\n".join(parts).replace("\\", "")  # Markdown escapes (payroll\_2025) and protobuf's own removed
 
 
 def assert_no_secret(at: AppTest) -> None:
-    text = shown(at)
+    text = page_text(at)
     for name in SECRETS:
         assert name not in text, f"{name} shown on the page"
 
@@ -113,7 +114,7 @@ def type_folder(at: AppTest, folder: str | Path) -> AppTest:
 
 
 def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
+    return [shown(e.value) for e in at.error]  # as the reader sees them (typed text is escaped Markdown)
 
 
 class WalkCounter:
@@ -138,20 +139,25 @@ class WalkCounter:
 
 @needs_model
 def test_a_folder_outside_the_roots_is_refused_without_a_word_about_its_files(tmp_path, monkeypatch):
-    _, outside = roots_and_outside(tmp_path, monkeypatch)
+    roots, outside = roots_and_outside(tmp_path, monkeypatch)
     image_folder(outside)
     walks = WalkCounter(monkeypatch)
     refused = [outside_roots_message("image folder")]
     at = type_folder(session(), outside)
     assert errors(at) == refused
     assert_no_secret(at)
-    text = shown(at)
+    text = page_text(at)
     assert not re.search(r"\d+ files in \d+ classes", text), "an image count of the refused folder"
     assert "Bag_0.png" not in text and walks.of(outside) == 0  # not walked at all
     # a missing path beside it, and / (the whole file system), get the very same answer
     assert errors(type_folder(at, outside / "no such folder")) == refused
     assert errors(type_folder(at, "/")) == refused
     assert errors(type_folder(at, "~/../../")) == refused
+    # inside the roots a missing folder says so, its typed name shown as text, not as Markdown (no image fetched)
+    typed = roots / "![x](http:" / "127.0.0.1:9" / "t.png)"
+    type_folder(at, typed)
+    assert errors(at) == [f"image folder not found: {typed}"]
+    assert "![x](" not in at.error[0].value
     # the app keeps serving: an allowed folder (the embedded samples) works again
     type_folder(at, SAMPLES)
     assert_ok(at)
@@ -173,7 +179,7 @@ def test_a_symlink_out_of_a_root_is_refused_like_any_outside_path(tmp_path, monk
     at = type_folder(at, mine)
     assert_ok(at)
     assert any("6 files in 2 classes" in c.value for c in at.sidebar.caption)  # the two links left out
-    text = shown(at)
+    text = page_text(at)
     assert "2 linked file(s)" in text and "stolen.png" not in text
     assert "key.png" not in text
 
@@ -186,7 +192,7 @@ def test_a_folder_inside_the_roots_works_hides_other_file_names_and_is_walked_on
     at = type_folder(session(), folder)
     assert_ok(at)
     assert any("6 files in 2 classes" in c.value for c in at.sidebar.caption)
-    text = shown(at)
+    text = page_text(at)
     assert "3 non-image file(s)" in text and ".xlsx x1" in text  # counted by type, never named
     assert_no_secret(at)
     assert walks.of(folder) == 1

@@ -25,6 +25,7 @@ from senet_viz.zoo import LoadedModel
 from ui import sidebar, state
 from ui.common import need_analysis, per_model
 from ui.serving import OutsideRootsError, server_path
+from ui.text import plain
 
 PAGE = "pages/channels.py"
 SOURCES = ("This run", "An extract file (Parquet on the server)")
@@ -116,7 +117,7 @@ def _from_extract() -> Source:
         meta = read_meta(path)
         stamp = (os.stat(path).st_size, os.stat(path).st_mtime_ns)
     except (OSError, KeyError, ValueError) as exc:
-        st.error(f"Cannot read {path} as an extract file: {exc}")
+        st.error(plain(f"Cannot read {path} as an extract file: {exc}", None))  # quotes the typed path
         st.stop()
     model = sidebar.current().model
     loaded = model if model is not None and model.name == meta["model"] else None

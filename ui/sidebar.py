@@ -247,7 +247,9 @@ def _upload_store() -> uploads.Store:
     drawn (another image source, page or model), so every upload is moved into this store and the uploader is
     emptied. Files leave only when the user removes them (or their class), or when the session ends.
     """
-    return st.session_state.setdefault("uploaded_files", {})
+    if "uploaded_files" not in st.session_state:
+        st.session_state["uploaded_files"] = uploads.new_store()  # counted in the server's upload budget
+    return st.session_state["uploaded_files"]
 
 
 def _uploader_key(slot: str) -> str:
@@ -405,8 +407,8 @@ def _images_section(selection: Selection) -> None:
             limit = st.slider("Test images", 100, test_set.size, min(1000, test_set.size), step=100,
                               key="fmnist_limit")
             images = test_set.load(limit=limit)
-    except (FileNotFoundError, ValueError) as exc:
-        st.error(f"{exc}")
+    except (FileNotFoundError, ValueError) as exc:  # messages quote the typed folder: shown as typed, not markup
+        st.error(plain(str(exc), None))
     selection.group_by_prediction = st.checkbox("Group by predicted class", key="group_by_prediction",
                                                 help="classes = the model's top-1 prediction instead of your labels")
     if images is not None:
