@@ -290,7 +290,10 @@ MAX_WALK_ENTRIES = 200_000
 MAX_WALK_DEPTH = 3
 MAX_WALK_SECONDS = 10.0
 #: Bounded walks kept (process-wide, shared by sessions), and how long a walk that hit a bound is remembered.
+#: Besides the count, the files they hold, listings included, are bounded: ~300 bytes a file, so ~150 MiB (one
+#: ImageNet validation set with two labellings is 150,000).
 WALK_CACHE_ENTRIES = 8
+WALK_CACHE_FILES = 500_000
 FAILED_WALK_TTL_S = 60.0
 #: A folder modified this close to its walk is walked again next time: file-system clocks tick coarsely, so a
 #: change in the same tick would leave its mtime unchanged (git's "racy" index entries, the same remedy).
@@ -432,9 +435,18 @@ def _cached_walk(root: Path, max_entries: int, max_depth: int | None, max_second
     with _walks_lock:
         _walks[key] = walk
         _walks.move_to_end(key)
-        while len(_walks) > WALK_CACHE_ENTRIES:
-            _walks.popitem(last=False)
+        _trim_walks()
     return walk
+
+
+def _trim_walks() -> None:
+    """Evict the least recently used walks beyond WALK_CACHE_ENTRIES or WALK_CACHE_FILES (the newest stays, it
+    is within the walk bound). Called with ``_walks_lock`` held."""
+    def held() -> int:
+        return sum(len(w.files) * (1 + len(w.listings)) for w in _walks.values())
+
+    while len(_walks) > 1 and (len(_walks) > WALK_CACHE_ENTRIES or held() > WALK_CACHE_FILES):
+        _walks.popitem(last=False)
 
 
 def _non_image_note(counts: dict[str, int]) -> Skipped:
@@ -517,9 +529,10 @@ def folder_source(
         listed = _list_walk(walk, root, exts, wnid_index, wnid_class_names, class_names, name_non_images, max_depth)
         if max_entries is not None:
             with _walks_lock:
-                while len(walk.listings) >= 4:
+                while len(walk.listings) >= 2:
                     walk.listings.pop(next(iter(walk.listings)))
                 walk.listings[how] = listed
+                _trim_walks()
     return ImageSet(list(listed.items), list(listed.skipped), list(listed.class_names))
 
 

@@ -359,3 +359,16 @@ def test_the_cli_names_the_files_it_left_out_of_its_own_users_folder(tmp_path):
     folder = image_folder(tmp_path / "f")
     named = folder_source(folder, name_non_images=True, max_entries=None, max_depth=None, max_seconds=None)
     assert {k.file for k in named.skipped} == {SECRETS[0], SECRETS[1], f"Bag/{SECRETS[2]}"}
+
+
+def test_the_remembered_walks_are_bounded_in_files(tmp_path, monkeypatch):
+    one, two = (age(image_folder(tmp_path / name, secrets=False)) for name in ("one", "two"))  # 6 files each
+    monkeypatch.setattr(data, "WALK_CACHE_FILES", 20)  # room for one walk with its listing (12), not two
+    walks = WalkCounter(monkeypatch)
+    folder_source(one)
+    folder_source(one)
+    assert walks.of(one) == 1
+    folder_source(two)  # evicts the least recently used walk
+    assert len(data._walks) == 1
+    folder_source(one)
+    assert walks.of(one) == 2 and walks.of(two) == 1
