@@ -357,3 +357,46 @@ def test_lying_zip_and_tiff_bomb_through_the_app(monkeypatch):
     assert "bomb.tif: image is 8000x5000 16-bit grey (I;16): decoding it would take about 648 MiB" in listed
     [(_, expanded)] = kept(at)["zip"].values()
     assert expanded.nbytes == 0  # the lie cost nothing against the budget
+
+
+# ------------------------------------------------------------------------------------------ the server budget
+
+
+def test_the_server_budget_counts_every_live_session_and_a_dropped_one_frees_its_share():
+    import gc
+
+    from ui import uploads
+
+    data = [inflating_zip(8, member_mib=4, seed=i) for i in range(3)]
+    gc.collect()
+    base = uploads.server_used()  # other tests' sessions not yet collected
+    budgets = {"budget": 64 * MIB, "server": base + 20 * MIB}
+    first, second = uploads.new_store(), uploads.new_store()
+    assert uploads.add(first, "zip", "a.zip", data[0], **budgets) is None
+    assert uploads.add(second, "zip", "b.zip", data[1], **budgets) is None
+    assert uploads.server_used() == base + 16 * MIB
+    refused = uploads.add(second, "zip", "c.zip", data[2], **budgets)
+    assert refused is not None and refused.startswith("c.zip was not added: it needs 8.0 MiB, and the uploads of "
+                                                      "everyone using this server are at ")
+    assert "SENET_VIZ_UPLOADS_MB" in refused
+    del first  # the session that held it is gone: nothing else keeps its store or its bytes
+    gc.collect()
+    assert uploads.add(second, "zip", "c.zip", data[2], **budgets) is None
+    assert uploads.used_bytes(second) == 16 * MIB
+
+
+@requires(embedded_model_ready(MODEL), EMBEDDED_MISSING)
+def test_a_sessions_uploads_are_freed_with_the_session(monkeypatch):
+    import gc
+    import weakref
+
+    at = upload_app(monkeypatch)
+    uploader(at, "zip").set_value(("small.zip", inflating_zip(4, member_mib=2), "application/zip"))
+    at.run()
+    assert_ok(at)
+    [(_, expanded)] = kept(at)["zip"].values()
+    gone = weakref.ref(expanded)
+    store = weakref.ref(kept(at))
+    del expanded, at
+    gc.collect()
+    assert gone() is None and store() is None  # no cache, registry or module kept the session's uploads

@@ -9,6 +9,7 @@ opt-in environment variable of the server, documented in the README's "Serving i
 - ``SENET_VIZ_DATA_ROOTS``: more folders (``os.pathsep``-separated) that typed server paths may name, besides the
   folder the server was started in and the sample folders the app itself offers (:func:`data_roots`).
 - Byte budgets (MiB): ``SENET_VIZ_SESSION_MB`` per session for uploads (expanded zips included),
+  ``SENET_VIZ_UPLOADS_MB`` for all sessions' uploads together,
   ``SENET_VIZ_RESULTS_MB``, ``SENET_VIZ_BUNDLES_MB``, ``SENET_VIZ_PIXELS_MB``, ``SENET_VIZ_MODELS_MB`` per server
   for its caches, ``SENET_VIZ_DOWNLOAD_MB`` of disk for weights downloaded from a hub (:func:`budget_bytes`).
 
@@ -39,6 +40,7 @@ APP_SAMPLE_DIRS = (ASSETS_DIR, SHARED_DIR / "data")
 #: Default byte budgets in MiB, by environment variable.
 BUDGETS_MB: dict[str, int] = {
     "SENET_VIZ_SESSION_MB": 512,  # one session's uploads: files kept plus what its zips expand to
+    "SENET_VIZ_UPLOADS_MB": 1536,  # all sessions' uploads together (a closed tab counts until Streamlit drops it)
     "SENET_VIZ_RESULTS_MB": 2048,  # the server's shared results (network passes, statistics, ablations, ...)
     "SENET_VIZ_BUNDLES_MB": 1024,  # opened analysis bundles and their analyses
     "SENET_VIZ_PIXELS_MB": 256,  # model-ready pixels shared by a request's passes

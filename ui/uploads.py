@@ -9,13 +9,19 @@ files kept plus what their zips expanded to. An upload that would go past it is 
 the budget, what is used and how to free space; nothing already kept is dropped. A zip is checked against what is
 left from its central directory, before anything is expanded (:func:`senet_viz.data.expand_zip`).
 
+All sessions' stores together have a server budget too, ``SENET_VIZ_UPLOADS_MB``: without it, N tabs could hold
+N session budgets. It is counted through a ``weakref.WeakSet`` of the live stores (sizes, never bytes).
+
 The store lives only in the session's state: no module-level dict or cache here holds an upload, so its bytes go
-when Streamlit drops the session (at once, or after its reconnect window of a couple of minutes).
+when Streamlit drops the session. Streamlit keeps a closed tab's session for a reconnect for 2 minutes and drops
+it at the next disconnect after that; until then its uploads still count against the server budget.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
+import weakref
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -24,14 +30,52 @@ from senet_viz.data import ExpandedZip, Skipped, ZipRefused
 from ui.serving import budget_bytes
 
 SESSION_BUDGET_ENV = "SENET_VIZ_SESSION_MB"
+SERVER_BUDGET_ENV = "SENET_VIZ_UPLOADS_MB"
 
 Payload = bytes | ExpandedZip
 Store = MutableMapping[str, dict[str, tuple[str, Payload]]]
 
 
+class UploadStore(dict):
+    """One session's store: a dict of slots, weakly referenced by :func:`new_store`'s registry and so hashed and
+    compared by identity (two sessions' stores with the same files are two stores)."""
+
+    __hash__ = object.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
+
+
+_live_stores: weakref.WeakSet[UploadStore] = weakref.WeakSet()  # weak: a store lives only in its session's state
+_live_lock = threading.Lock()
+
+
+def new_store() -> UploadStore:
+    """An empty store for a new session, counted in :func:`server_used` while the session keeps it."""
+    store = UploadStore()
+    with _live_lock:
+        _live_stores.add(store)
+    return store
+
+
+def server_used() -> int:
+    """Bytes the uploads of every live session's store hold together."""
+    with _live_lock:
+        stores = list(_live_stores)
+    return sum(used_bytes(store) for store in stores)
+
+
 def session_budget() -> int:
     """This server's per-session upload budget in bytes (read from the environment at each call)."""
     return budget_bytes(SESSION_BUDGET_ENV)
+
+
+def server_budget() -> int:
+    """This server's budget for all sessions' uploads together, in bytes."""
+    return budget_bytes(SERVER_BUDGET_ENV)
 
 
 def payload_bytes(payload: Payload) -> int:
@@ -61,36 +105,54 @@ def budget_message(name: str, need: int, budget: int, used: int) -> str:
             f"class or by removing a class, or ask whoever runs the server to raise {SESSION_BUDGET_ENV}.")
 
 
+def server_message(name: str, need: int, budget: int, used: int) -> str:
+    """Why ``name`` was not kept when the server's uploads, all sessions together, are full."""
+    return (f"{name} was not added: it needs {_mib(need)}, and the uploads of everyone using this server are at "
+            f"{_mib(used)} of the {_mib(budget)} they may take together ({SERVER_BUDGET_ENV}). Remove files you no "
+            "longer need, try again in a few minutes (closed tabs free their uploads), or ask whoever runs the "
+            "server to raise it.")
+
+
 def usage_caption(store: Store, budget: int | None = None, used_elsewhere: int = 0) -> str:
     """One line for the sidebar: how much of the budget the uploads use."""
     budget = session_budget() if budget is None else budget
     return f"Uploads use {_mib(used_bytes(store) + used_elsewhere)} of {_mib(budget)} ({SESSION_BUDGET_ENV})."
 
 
-def add(store: Store, slot: str, name: str, data: bytes, budget: int | None = None, used_elsewhere: int = 0
-        ) -> str | None:
-    """Keep one upload in ``store[slot]``: a zip is expanded once (within what is left of the budget), any other
+def add(store: Store, slot: str, name: str, data: bytes, budget: int | None = None, used_elsewhere: int = 0,
+        server: int | None = None) -> str | None:
+    """Keep one upload in ``store[slot]``: a zip is expanded once (within what is left of the budgets), any other
     file is kept as is. Returns None when kept (or already there), else the message saying why it was refused;
     a zip refused for what it is (not a zip, a bomb, too many entries) is kept empty, so that the reason is
-    listed with the files left out, as for a bad image. ``used_elsewhere``: bytes the session keeps outside the
-    store (uploaded analysis bundles) that share the budget."""
+    listed with the files left out, as for a bad image. ``budget`` (default :func:`session_budget`) bounds this
+    session, counting ``used_elsewhere`` (bytes it keeps outside the store: uploaded analysis bundles); ``server``
+    (default :func:`server_budget`) bounds every live store together."""
     budget = session_budget() if budget is None else budget
+    server = server_budget() if server is None else server
     files = store.setdefault(slot, {})
     digest = hashlib.sha256(data).hexdigest()[:16]
     if digest in files:
         return None
     used = used_bytes(store) + used_elsewhere
-    left = budget - used
+    everyone = server_used() + (0 if isinstance(store, UploadStore) and store in _live_stores
+                                else used_bytes(store))
+    left = max(min(budget - used, server - everyone), 0)
+
+    def refusal(need: int) -> str:
+        if server - everyone < budget - used:
+            return server_message(name, need, server, everyone)
+        return budget_message(name, need, budget, used)
+
     if imagedata.is_zip_upload(name, data):
         try:
-            payload: Payload = imagedata.expand_zip(name, data, budget=max(left, 0))
+            payload: Payload = imagedata.expand_zip(name, data, budget=left)
         except ZipRefused as exc:
             if exc.over_budget:
-                return budget_message(name, exc.declared, budget, used)
+                return refusal(exc.declared)
             payload = ExpandedZip(name, (), (Skipped(name, str(exc)),))
     else:
         if len(data) > left:
-            return budget_message(name, len(data), budget, used)
+            return refusal(len(data))
         payload = data
     files[digest] = (name, payload)
     return None
