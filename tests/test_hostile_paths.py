@@ -372,3 +372,16 @@ def test_the_remembered_walks_are_bounded_in_files(tmp_path, monkeypatch):
     assert len(data._walks) == 1
     folder_source(one)
     assert walks.of(one) == 2 and walks.of(two) == 1
+
+
+@pytest.mark.parametrize("start", ["/", "home"])
+def test_a_server_started_in_the_root_or_a_home_folder_does_not_open_it(monkeypatch, start):
+    folder = Path.home().resolve() if start == "home" else Path("/")
+    monkeypatch.setattr(serving, "START_DIR", folder)
+    monkeypatch.delenv(serving.DATA_ROOTS_ENV, raising=False)
+    assert folder not in serving.data_roots()
+    with pytest.raises(serving.OutsideRootsError):
+        serving.server_path(str(folder / ".ssh" / "id_ed25519"))
+    # the operator can still name it on purpose
+    monkeypatch.setenv(serving.DATA_ROOTS_ENV, str(folder))
+    assert serving.server_path(str(folder / "data")) == folder / "data"

@@ -34,6 +34,7 @@ ALLOW_CODE_ENV = "SENET_VIZ_ALLOW_CODE"
 DATA_ROOTS_ENV = "SENET_VIZ_DATA_ROOTS"
 #: The folder the server was started in (read once, at import: a later chdir does not widen the roots).
 START_DIR = Path.cwd().resolve()
+_TOO_WIDE = {Path("/"), Path.home().resolve()}
 #: Sample folders the app itself offers: the embedded model's samples (in assets/), the shared ImageNet samples.
 APP_SAMPLE_DIRS = (ASSETS_DIR, SHARED_DIR / "data")
 
@@ -58,7 +59,10 @@ def data_roots(env: Mapping[str, str] | None = None) -> list[Path]:
     """The folders typed server paths may lie in: the start folder, the app's sample folders, and
     ``$SENET_VIZ_DATA_ROOTS`` (``os.pathsep``-separated; empty entries ignored)."""
     env = os.environ if env is None else env
-    roots = [START_DIR, *APP_SAMPLE_DIRS]
+    # A server started in / or in a home folder (a container's WORKDIR /, a shell's ~) would open everything: the
+    # start folder counts only when it is neither; the operator can still name such a folder explicitly.
+    start = [] if START_DIR in _TOO_WIDE else [START_DIR]
+    roots = [*start, *APP_SAMPLE_DIRS]
     roots += [Path(p).expanduser() for p in env.get(DATA_ROOTS_ENV, "").split(os.pathsep) if p.strip()]
     return roots
 
