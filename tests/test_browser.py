@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import re
 import shutil
 import socket
@@ -102,16 +103,18 @@ def _health(url: str) -> str | None:
 
 
 @contextlib.contextmanager
-def streamlit_server(log_path: Path) -> Iterator[str]:
+def streamlit_server(log_path: Path, roots: Path | None = None) -> Iterator[str]:
     """`streamlit run app.py` on a free port (the project's .streamlit/config.toml applies); yields its URL once
-    /_stcore/health answers "ok", and always terminates it."""
+    /_stcore/health answers "ok", and always terminates it. ``roots``: a folder typed server paths may name
+    (SENET_VIZ_DATA_ROOTS), besides the project and its sample folders."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
            "--server.fileWatcherType", "none", "--server.port", str(port), "--server.address", "127.0.0.1",
            "--browser.gatherUsageStats", "false"]
+    env = {**os.environ, "SENET_VIZ_DATA_ROOTS": str(roots)} if roots is not None else None
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -133,9 +136,10 @@ def streamlit_server(log_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def server():
-    """The server the flow tests share."""
-    with streamlit_server(OUT / "server.log") as url:
+def server(tmp_path_factory):
+    """The server the flow tests share; the test session's temporary folders (where `paper` writes its bundle) are
+    among its data roots."""
+    with streamlit_server(OUT / "server.log", roots=tmp_path_factory.getbasetemp()) as url:
         yield url
 
 
@@ -627,8 +631,8 @@ def test_channels_page_shows_exemplars_picked_by_block_and_channel_and_from_a_fi
 # ----------------------------------------------------------------------------------- your own model (issue 13)
 
 
-def test_an_uploaded_torchscript_model_draws_fig6(browser, server, tmp_path):
-    """"Your own model": the trained embedded SE-ResNet scripted here (a TorchScript file, as a user would save
+def test_an_uploaded_exported_model_draws_fig6(browser, server, tmp_path):
+    """"Your own model": the trained embedded SE-ResNet exported here (a torch.export .pt2 file, as a user would save
     theirs) is uploaded in the sidebar with its input size, normalisation and class names; the Fashion-MNIST
     samples are read from the server's folder and Compare classes draws Fig. 6 for the file's gates."""
     import warnings
@@ -641,10 +645,15 @@ def test_an_uploaded_torchscript_model_draws_fig6(browser, server, tmp_path):
     from senet_viz.embedded.data import MEAN, STD
 
     require(embedded_model_ready(), EMBEDDED_MISSING)
-    model_file = tmp_path / "my_se_resnet.pt"
+    # a torch.export program without pickles: a browser user may upload it to a default server (TorchScript carries
+    # code and needs SENET_VIZ_ALLOW_CODE=1: tests/test_browser_hostile.py)
+    model_file = tmp_path / "my_se_resnet.pt2"
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
-        torch.jit.script(zoo.load_model("se_resnet_fmnist", device="cpu").model).save(str(model_file))
+        warnings.simplefilter("ignore")
+        network = zoo.load_model("se_resnet_fmnist", device="cpu").model
+        program = torch.export.export(network, (torch.zeros(2, 1, 28, 28),),
+                                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.export.save(program, str(model_file))
     classes_file = tmp_path / "fashion_mnist_classes.txt"
     classes_file.write_text("\n".join(CLASS_NAMES) + "\n")
 
@@ -669,7 +678,7 @@ def test_an_uploaded_torchscript_model_draws_fig6(browser, server, tmp_path):
         sidebar.get_by_text(f"10 class names from {classes_file.name}").first.wait_for()
         with script_run(tab):
             tab.locator(".st-key-own_model_upload input[type='file']").set_input_files(model_file)
-        sidebar.get_by_text("my_se_resnet.pt · torchscript · 5 gates").first.wait_for()
+        sidebar.get_by_text("my_se_resnet.pt2 · export · 5 gates").first.wait_for()
         assert "10 classes · input 1x28x28" in sidebar.inner_text()
         assert_no_exception(tab, "own model loaded")
         shot(tab, "own-model-loaded", shots)

@@ -381,3 +381,14 @@ def test_bytes_that_are_no_pt2_archive_are_a_load_error(tmp_path):
         load_model_arg(str(bad), untrusted=True)
     assert not isinstance(caught.value, CodeNotAllowedError)
     assert pt2_code_risks(io.BytesIO(clean_pt2(tmp_path / "c.pt2").read_bytes()).getvalue()) == []
+
+
+def test_the_server_loads_every_model_file_as_a_strangers_whatever_options_a_page_passes(clean_files, no_code):
+    from ui import state
+
+    for options in (None, zoo.ModelFileOptions(input_size=SIZE)):  # a page that forgot the browser's policy
+        with pytest.raises(CodeNotAllowedError, match="TorchScript archive"):
+            state.get_model(str(clean_files["ts"]), None, "cpu", options)
+    assert no_code == []  # torch.jit.load never ran
+    assert state.get_model(str(clean_files["pt2"]), None, "cpu",
+                           zoo.ModelFileOptions(input_size=SIZE)).file_info.format == "export"

@@ -736,6 +736,8 @@ def get_model(name: str, weights: str | None = None, device: str = "auto",
     ``name`` is a zoo / timm / torchvision name or a model file (``options``: what the file does not say, see
     :class:`senet_viz.zoo.ModelFileOptions`); a changed model or weights file is loaded again."""
     engine()  # the thread policy is in place before the first forward (loading verifies the blocks with one)
+    if zoo.is_model_file(name):  # whatever page asks, a model file the server loads is a stranger's
+        options = replace(options or zoo.ModelFileOptions(), untrusted=True)
     key = weights_digest(weights) if weights and Path(weights).is_file() else (weights or "default")
     source = _source_file(name)
     if source is not None:
