@@ -100,8 +100,9 @@ def decode_bytes(mode: str, width: int, height: int, alpha: bool = False) -> int
     """The peak memory :func:`decode_image` takes for an image of ``mode`` and size, as its header declares them
     (``alpha``: palette or colour-key transparency besides the alpha modes): the decoded frame and its upright
     copy, then the conversion to RGB: for 16-bit / 32-bit / float grey a numpy copy, a float64 work array and
-    the 8-bit result (measured: 17 bytes per pixel for 16-bit grey, 21 for float); for transparency the RGBA copy, a white background, the composite and the RGB result; for
-    other modes one RGB image (4 bytes per pixel in Pillow). Checked before any pixel is decoded."""
+    the 8-bit result (measured: 17 bytes per pixel for 16-bit grey, 21 for float); for transparency the RGBA
+    copy, a white background, the composite and the RGB result; for other modes one RGB image (4 bytes per
+    pixel in Pillow). Checked before any pixel is decoded."""
     pixels = width * height
     peak = 2 * pixels * _STORED_BYTES.get(mode, 4)
     if mode.startswith("I;16") or mode in _HIGH_DEPTH_ITEMSIZE:
