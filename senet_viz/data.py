@@ -696,15 +696,15 @@ def _is_symlink(info: zipfile.ZipInfo) -> bool:
 def _read_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
     """A member's bytes, streamed in chunks and never more than ``cap`` (its declared size, itself within the
     budget): a member whose data runs past what the directory declares is refused, whatever ``zipfile`` does."""
-    chunks: list[bytes] = []
+    out = io.BytesIO()  # grows in place and hands its buffer over: no second copy of a large member
     got = 0
     with zf.open(info) as fh:
         while chunk := fh.read(min(1 << 20, cap + 1 - got)):
             got += len(chunk)
             if got > cap:
                 raise ZipRefused(f"its data runs past the {cap:,} bytes the zip declares for it")
-            chunks.append(chunk)
-    return b"".join(chunks)
+            out.write(chunk)
+    return out.getvalue()
 
 
 def expand_zip(

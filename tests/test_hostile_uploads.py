@@ -400,3 +400,15 @@ def test_a_sessions_uploads_are_freed_with_the_session(monkeypatch):
     del expanded, at
     gc.collect()
     assert gone() is None and store() is None  # no cache, registry or module kept the session's uploads
+
+
+def test_expanding_a_member_holds_it_once():
+    data = inflating_zip(128, member_mib=128)
+    tracemalloc.start()
+    try:
+        expanded = expand_zip("one.zip", data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert expanded.nbytes == 128 * MIB
+    assert peak < 160 * MIB, peak  # not the member plus a joined copy of it (256 MiB)
