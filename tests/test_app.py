@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from apptest_helpers import assert_ok, open_page, uploader
+from apptest_helpers import assert_ok, open_page, shown, uploader
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -260,12 +260,12 @@ def test_bad_uploads_are_listed_and_the_rest_is_analysed():
     expanders = [e.label for e in at.expander]
     assert "2 file(s) left out" in expanders
     assert "3 image(s) could not be read and were left out" in expanders
-    listed = "\n".join(m.value for m in at.markdown)
+    listed = "\n".join(shown(m.value) for m in at.markdown)
     for name, reason in [("readme.txt", "not an image file (.txt)"), ("empty.png", "file is empty"),
                          ("notes.jpg", "not an image (cannot identify format)"),
                          (broken_name, "truncated or corrupt image data"),
                          ("bomb.png", "decompression bomb")]:
-        line = next((ln for ln in listed.splitlines() if f"`{name}`" in ln), None)
+        line = next((ln for ln in listed.splitlines() if ln.startswith(f"- {name}: ")), None)
         assert line is not None, f"{name} is not listed: {listed}"
         assert reason in line, line
 

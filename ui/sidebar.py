@@ -152,25 +152,25 @@ def _model_section(selection: Selection) -> None:
                              "here need a file (Weights below) or the internet")
     try:
         spec = zoo.get_spec(name)
-    except KeyError as exc:
-        selection.model_error = str(exc)
-        st.error(f"{exc}")
+    except KeyError as exc:  # the message quotes the typed name: shown as text, never as Markdown
+        selection.model_error = plain(str(exc).strip("'\""), None)
+        st.error(selection.model_error)
         return
     if not spec.curated:  # a typed name: built on the meta device (no memory, no weights) and refused at once
         try:               # when it has no gates or exceeds the models budget, before any weights are offered
             zoo.check_architecture(name, max_bytes=budget_bytes("SENET_VIZ_MODELS_MB"))
         except (zoo.NoGatesError, zoo.ModelTooLargeError) as exc:
-            selection.model_error = str(exc)
-            st.error(str(exc))
+            selection.model_error = plain(str(exc), None)
+            st.error(selection.model_error)
             return
-    st.caption(f"{spec.paper_name} · {_weights_mark(name)}")
+    st.caption(f"{plain(spec.paper_name)} · {_weights_mark(name)}")
     device = _device_radio()
     weights: str | None = None
     status = zoo.weights_status(name)
     online_only = status is zoo.WeightsStatus.HUB_ONLINE
     with st.expander("Weights" + (" — needed" if online_only else ""), expanded=online_only):
         local = zoo.local_weights_file(name)
-        st.caption(f"Found: `{local}`" if local else f"Weights for {name}: {status.label}.")
+        st.caption(f"Found: `{local}`" if local else f"Weights for {plain(name)}: {status.label}.")
         path_text = st.text_input("Path to a weights file on the server", key="weights_path",
                                   placeholder="/path/to/model.safetensors")
         upload = st.file_uploader("…or upload one", type=["safetensors", "pth", "pt", "tflite"], key="weights_upload",
@@ -187,15 +187,15 @@ def _model_section(selection: Selection) -> None:
         if online_only and not weights:
             _offer_download(name)
     if online_only and not weights:  # nothing is fetched without the button: no load until there are weights
-        selection.model_error = (f"{name}: download needed. Its weights are on the hub only; press 'Download from "
-                                 "the hub' under Weights, or give a weights file.")
+        selection.model_error = (f"{plain(name)}: download needed. Its weights are on the hub only; press "
+                                 "'Download from the hub' under Weights, or give a weights file.")
         st.info(selection.model_error)
         return
     try:
         selection.model = state.get_model(name, weights, device)
     except (WeightsError, KeyError, ValueError, OSError) as exc:
-        selection.model_error = str(exc)
-        st.error(f"Could not load {name}: {exc}")
+        selection.model_error = plain(str(exc), None)
+        st.error(f"Could not load {plain(name)}: {selection.model_error}")
 
 
 def _offer_download(name: str) -> None:
@@ -427,7 +427,7 @@ def _images_section(selection: Selection) -> None:
         if images.skipped:
             with st.expander(f"{len(images.skipped)} file(s) left out", expanded=True, icon=":material/warning:"):
                 for s in images.skipped:
-                    st.markdown(f"- `{s.file}`: {s.reason}")
+                    st.markdown(f"- {plain(s.file)}: {plain(s.reason, None)}")
 
 
 WORK_FROM = ("A model and images", "An analysis file")
