@@ -119,8 +119,13 @@ def render(selection: Selection, device: str) -> None:
                               help=f"Up to {st.get_option('server.maxUploadSize')} MB (server.maxUploadSize). "
                                    + OPEN_FORMATS)
     if upload is not None:
-        path = state.save_upload(upload.name, upload.getvalue(), keep_name=True)
-        st.session_state["own_model_file"] = (upload.name, str(path))
+        try:
+            path = state.save_upload(upload.name, upload.getvalue(), keep_name=True)
+            st.session_state["own_model_file"] = (upload.name, str(path))
+        except ValueError as exc:  # over the server's disk budget for uploaded files
+            selection.model_error = plain(f"{upload.name} was not kept: {exc}", None)
+            st.error(selection.model_error)
+            return
     label = "…or a path on the server" + (", or file.py:build / package.module:build" if code else "")
     path_text = st.text_input(label, key="own_model_path",
                               placeholder="examples/se_vgg16.py:build" if code else "models/my_model.onnx",

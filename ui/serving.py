@@ -11,7 +11,8 @@ opt-in environment variable of the server, documented in the README's "Serving i
 - Byte budgets (MiB): ``SENET_VIZ_SESSION_MB`` per session for uploads (expanded zips included),
   ``SENET_VIZ_UPLOADS_MB`` for all sessions' uploads together,
   ``SENET_VIZ_RESULTS_MB``, ``SENET_VIZ_BUNDLES_MB``, ``SENET_VIZ_PIXELS_MB``, ``SENET_VIZ_MODELS_MB`` per server
-  for its caches, ``SENET_VIZ_DOWNLOAD_MB`` of disk for weights downloaded from a hub (:func:`budget_bytes`).
+  for its caches, ``SENET_VIZ_DOWNLOAD_MB`` of disk for weights downloaded from a hub and
+  ``SENET_VIZ_UPLOAD_DISK_MB`` for uploaded weights and model files (:func:`budget_bytes`).
 
 This module only reads settings and resolves paths; it imports no torch and no model code.
 """
@@ -47,6 +48,7 @@ BUDGETS_MB: dict[str, int] = {
     "SENET_VIZ_PIXELS_MB": 256,  # model-ready pixels shared by a request's passes
     "SENET_VIZ_MODELS_MB": 4096,  # loaded models (parameters and buffers)
     "SENET_VIZ_DOWNLOAD_MB": 10240,  # disk for weights downloaded from a hub
+    "SENET_VIZ_UPLOAD_DISK_MB": 2048,  # disk for uploaded weights and model files (least recently used dropped)
 }
 
 

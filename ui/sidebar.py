@@ -176,7 +176,12 @@ def _model_section(selection: Selection) -> None:
         upload = st.file_uploader("…or upload one", type=["safetensors", "pth", "pt", "tflite"], key="weights_upload",
                                   help=upload_limits_help("weights"))
         if upload is not None:
-            weights = str(state.save_upload(upload.name, upload.getvalue()))
+            try:
+                weights = str(state.save_upload(upload.name, upload.getvalue()))
+            except ValueError as exc:  # over the server's disk budget for uploaded files
+                selection.model_error = plain(f"{upload.name} was not kept: {exc}", None)
+                st.sidebar.error(selection.model_error)
+                return
         elif path_text.strip():
             try:  # inside the operator's roots, symlinks followed; one answer outside, present or missing
                 weights = str(server_path(path_text, "weights file"))

@@ -57,6 +57,7 @@ page-facing functions that go through it; one locking design, kept in one place.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -805,17 +806,40 @@ def save_upload(name: str, data: bytes, keep_name: bool = False) -> Path:
     if keep_name:
         stem = re.sub(r"[^\w.-]", "_", Path(name).name).lstrip(".") or "model"
         path = root / digest / stem
-        path.parent.mkdir(mode=0o700, exist_ok=True)
     else:
         suffix = re.sub(r"[^\w.]", "_", Path(name).suffix.lower())
         path = root / f"{digest}{suffix}"
-    if not path.exists():
+    with _upload_dir_lock:
+        if path.exists():
+            os.utime(path)  # recently used: the last to be dropped for room
+            return path
+        _make_room(root, len(data), serving.budget_bytes("SENET_VIZ_UPLOAD_DISK_MB"))
+        path.parent.mkdir(mode=0o700, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.part")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
     return path
+
+
+def _make_room(root: Path, size: int, budget: int) -> None:
+    """Drop the least recently used uploaded files until ``size`` more bytes fit in ``budget`` (a file in use is
+    written again from its session's upload on the next run); ``ValueError`` when it cannot fit at all."""
+    if size > budget:
+        raise ValueError(f"the file takes {size / 2**20:,.1f} MiB, over the {budget / 2**20:,.0f} MiB this server "
+                         "keeps for uploaded weights and model files (SENET_VIZ_UPLOAD_DISK_MB); give a smaller file "
+                         "or ask the operator to raise the limit")
+    files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime_ns)
+    used = sum(p.stat().st_size for p in files)
+    for old in files:
+        if used + size <= budget:
+            break
+        used -= old.stat().st_size
+        old.unlink(missing_ok=True)
+        if old.parent != root:
+            with contextlib.suppress(OSError):
+                old.parent.rmdir()  # the folder of a named model file, now empty
 
 
 def _item_stamp(item: ImageItem) -> tuple:
