@@ -84,11 +84,13 @@ def upload_limits_help(kind: str = "images") -> str:
         pixels = f"{max_pixels_limit() / 1e6:,.0f} Mpx"
     except ValueError:  # a malformed $SENET_VIZ_MAX_PIXELS: the decoder reports it per image
         pixels = "the configured pixel limit"
+    session = budget_bytes("SENET_VIZ_SESSION_MB") / 2**20
     text = (f"{size}; images up to {pixels} each (width x height, SENET_VIZ_MAX_PIXELS); "
-            "unreadable files are listed with the reason and the rest is analysed.")
+            "unreadable files are listed with the reason and the rest is analysed. This session's uploads may take "
+            f"{session:,.0f} MiB in all (SENET_VIZ_SESSION_MB).")
     if kind == "zip":
-        text += (f" A zip may hold up to {MAX_ZIP_MEMBERS:,} entries and expand to {MAX_ZIP_BYTES / 2**30:.0f} GiB; "
-                 "its first-level folders are the classes.")
+        text += (f" A zip may hold up to {MAX_ZIP_MEMBERS:,} entries and expand to {MAX_ZIP_BYTES / 2**30:.0f} GiB "
+                 "within that budget; its first-level folders are the classes.")
     return text
 
 
