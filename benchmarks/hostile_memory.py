@@ -41,8 +41,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
 MIB = 1 << 20
 MODEL = "se_resnet_fmnist"
 TARGET_MB = 2000
@@ -213,6 +211,20 @@ def alerts(tab) -> list[str]:
     return out
 
 
+def _load_test_helpers() -> None:
+    """tests/test_browser.py's Playwright helpers and the conftest it imports, loaded by path under their own
+    names (the tests folder is no package; the project itself is installed)."""
+    import importlib.util
+
+    for name in ("conftest", "test_browser"):
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+
+
 def usage(tab) -> str:
     """The sidebar's "Uploads use ... of ..." line."""
     found = tab.get_by_text("Uploads use", exact=False)
@@ -262,6 +274,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
+
+    _load_test_helpers()
     from test_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, new_tab
 
     gib_zips = [(f"gib{i}.zip", image_zip(1024, seed=i)) for i in range(3)]

@@ -4,7 +4,7 @@ import streamlit as st
 
 from senet_viz import plots, verdict, zoo
 from senet_viz.weights import WeightsError
-from ui import exports, sidebar, state
+from ui import analysis_files, exports, state
 from ui.common import class_caption, need_analysis
 from ui.routing import through_app
 from ui.text import plain
@@ -33,7 +33,7 @@ if selection.bundle is None:
         except (WeightsError, ValueError, KeyError) as exc:
             st.error(f"Could not run {second_name}: {exc}")
 else:  # an analysis file: overlay another opened analysis file (e.g. another model over the same images)
-    opened = sidebar.opened_bundles()
+    opened = analysis_files.opened_bundles()
     others = {k: b for k, b in opened.items() if b is not selection.bundle}
     second_key = st.selectbox("Second analysis file on the same chart (optional)", ["—", *others],
                               format_func=lambda k: "—" if k == "—" else others[k].label, key="depth_second_bundle",

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
 def assert_ok(at: AppTest) -> None:
@@ -35,3 +38,12 @@ def shown(markdown: str) -> str:
     """A Markdown element's text as the reader sees it: the backslash escapes that ``ui.text.plain`` puts before
     punctuation of user-written names removed."""
     return re.sub(r"\\(.)", r"\1", markdown)
+
+
+def own_model_app(timeout: float = 240) -> AppTest:
+    """A fresh session of the app with "Model from: Your own model" chosen in the sidebar."""
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    at.run()
+    at.radio(key="model_from").set_value("Your own model")
+    at.run()
+    return at

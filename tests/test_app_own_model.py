@@ -9,15 +9,13 @@ tests/test_hostile_models.py.
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from apptest_helpers import assert_ok, open_page
+from apptest_helpers import assert_ok, open_page, own_model_app, shown
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
-from streamlit.testing.v1 import AppTest
 
 from senet_viz import zoo
 from senet_viz.embedded import CLASS_NAMES
@@ -44,17 +42,6 @@ def scripted_fmnist(tmp_path_factory) -> bytes:
     return path.read_bytes()
 
 
-def _text(value: str) -> str:
-    """What the viewer reads: the Markdown source without the escapes of user-written text (ui.text.plain)."""
-    return re.sub(r"\\(.)", r"\1", value)
-
-
-def own_model_app() -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
-    at.radio(key="model_from").set_value("Your own model")
-    at.run()
-    return at
 
 
 def test_an_uploaded_torchscript_model_draws_fig6_on_compare_classes(scripted_fmnist, monkeypatch):
@@ -71,7 +58,7 @@ def test_an_uploaded_torchscript_model_draws_fig6_on_compare_classes(scripted_fm
     classes.set_value(("fmnist.txt", "\n".join(CLASS_NAMES).encode(), "text/plain"))
     at.run()
     assert_ok(at)
-    caption = _text(" ".join(c.value for c in at.sidebar.caption))
+    caption = shown(" ".join(c.value for c in at.sidebar.caption))
     assert "se_resnet_fmnist_scripted.pt · torchscript · 5 gates" in caption, caption
     assert "10 classes · input 1x28x28" in caption, caption
     at.radio(key="image_source").set_value("Folder on the server")
@@ -85,8 +72,8 @@ def test_an_uploaded_torchscript_model_draws_fig6_on_compare_classes(scripted_fm
     assert fig6["layout"]["title"]["text"].startswith("Mean excitation per channel — se_resnet_fmnist_scripted")
     names = {t.get("name") for t in fig6["data"]} - {None}
     assert "all (n=300)" in names, names
-    shown = [n.rpartition(" (n=")[0] for n in names if n.endswith("(n=30)")]
-    assert len(shown) >= 2 and set(shown) <= set(CLASS_NAMES), names  # the samples labelled by the file's classes
+    labelled = [n.rpartition(" (n=")[0] for n in names if n.endswith("(n=30)")]
+    assert len(labelled) >= 2 and set(labelled) <= set(CLASS_NAMES), names  # the samples labelled by the file's classes
 
     # every other page works on the file's gates too
     for page, header in PAGES.items():
@@ -99,12 +86,12 @@ def test_a_file_that_is_no_model_and_code_without_permission_are_refused(monkeyp
     at.get("file_uploader")[0].set_value(("broken.onnx", b"not an onnx file", "application/octet-stream"))
     at.run()
     assert not at.exception
-    message = _text(at.error[0].value)
+    message = shown(at.error[0].value)
     assert "Could not load broken.onnx" in message and "is not an ONNX model" in message, message
     at.text_input(key="own_model_path").set_value(f"{ROOT / 'examples' / 'se_vgg16.py'}:build")
     at.run()
     assert not at.exception
-    message = _text(at.error[0].value)
+    message = shown(at.error[0].value)
     assert "runs that code" in message and "SENET_VIZ_ALLOW_CODE=1" in message, message
     assert "Pick a model" not in message
     # back to the zoo: the curated picker works as before
@@ -143,5 +130,5 @@ def test_a_python_entry_point_loads_when_the_server_allows_code(monkeypatch, tmp
     at.text_input(key="own_input_size").set_value("3,64,64")
     at.run()
     assert_ok(at)
-    caption = _text(" ".join(c.value for c in at.sidebar.caption))
+    caption = shown(" ".join(c.value for c in at.sidebar.caption))
     assert f"{code}:build · entry-point · 1 gate (se) · 3 classes · input 3x64x64" in caption, caption

@@ -109,3 +109,65 @@ def test_a_server_that_allows_code_loads_clean_torchscript_and_draws_fig6(browse
             tb.assert_clean(tab, "allow-code Fig. 6")
         finally:
             context.close()
+
+
+def test_markup_in_an_opened_bundle_makes_no_browser_fetch_anything(browser, tmp_path):
+    """The review's case: an analysis file whose provenance held a Markdown image made every viewer's browser fetch
+    it from another host. Here that host is a local HTTP server that counts requests; the bundle is opened by path
+    (its folder is a data root) and shown on Compare classes, Depth and Export: no request, no such image."""
+    import http.server
+    import threading
+
+    from test_hostile_bundles import prov, stats_of
+
+    from senet_viz.bundle import write_bundle
+
+    hits: list[str] = []
+
+    class Tracker(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server hook's name
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    tracker = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Tracker)
+    threading.Thread(target=tracker.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{tracker.server_address[1]}"
+    evil = f"![t]({host}/md.png) <img src={host}/html.png> [link]({host}/a)"
+    stats = stats_of(0)
+    stats.model = evil
+    bundle = write_bundle(tmp_path / "evil", stats, prov(model=evil, weights=evil, images=evil, command=evil,
+                                                         created=evil))
+    shots: list[Path] = []
+    try:
+        with tb.streamlit_server(tb.OUT / "server-markup.log", roots=tmp_path) as url:
+            context = browser.new_context(viewport=tb.VIEWPORT)
+            tab = tb.new_tab(context)
+            try:
+                tb.open_app(tab, url)
+                sidebar = tab.get_by_test_id("stSidebar")
+                with tb.script_run(tab):
+                    sidebar.get_by_test_id("stRadio").get_by_text("An analysis file", exact=True).click()
+                field = tab.locator(".st-key-bundle_path input")
+                field.fill(str(bundle))
+                with tb.script_run(tab):
+                    field.press("Enter")
+                tab.get_by_test_id("stPlotlyChart").first.locator(".js-plotly-plot").wait_for()
+                assert f"![t]({host}/md.png)" in sidebar.inner_text()  # the provenance, shown as typed
+                tb.shot(tab, "markup-bundle-compare", shots)
+                for page in ("Depth", "Export"):
+                    tb.open_page(tab, page)
+                    tb.assert_no_exception(tab, f"markup bundle {page}")
+                tb.shot(tab, "markup-bundle-export", shots)
+                assert tab.locator(f"img[src^='{host}']").count() == 0
+                assert tab.locator(f"a[href^='{host}']").count() == 0
+                tb.assert_clean(tab, "markup bundle")
+            finally:
+                context.close()
+    finally:
+        tracker.shutdown()
+    assert hits == [], hits

@@ -14,7 +14,7 @@ file not touched, ``torch.jit.load`` never called. Each payload is shown to be l
 the local user keeps does run it. A typed model path outside the data roots gets the one outside-the-roots
 answer, present or missing; a hostile ``.pt2`` typed inside the roots is refused like an upload.
 
-In the library: the ``.pt2`` check (:func:`senet_viz.loaders.pt2_code_risks`) finds each place where
+In the library: the ``.pt2`` check (:func:`senet_viz.pt2_check.pt2_code_risks`) finds each place where
 ``torch.export.load`` or ``program.module()`` runs code from a pickle-free archive (a sympy expression it evals,
 guard code it execs, file operators, call targets, pickled members, compiled code, a sample-inputs pickle that
 ``weights_only=True`` refuses); the two that ran code in a pickle-free file (sympy, guards) are shown to do so on
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from apptest_helpers import assert_ok
+from apptest_helpers import assert_ok, own_model_app, shown
 from streamlit.testing.v1 import AppTest
 from timm.layers import SEModule
 from torch import nn
@@ -174,17 +174,6 @@ def from_file_torchscript(path: Path, secret: Path) -> Path:
 # ----------------------------------------------------------------------------------------------- the app
 
 
-def _text(value: str) -> str:
-    """What the viewer reads: the Markdown source without the escapes (ui.text.plain) of user-written text."""
-    return re.sub(r"\\(.)", r"\1", value)
-
-
-def own_model_app() -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
-    at.radio(key="model_from").set_value("Your own model")
-    at.run()
-    return at
 
 
 def upload_model(at: AppTest, path: Path) -> str:
@@ -193,7 +182,7 @@ def upload_model(at: AppTest, path: Path) -> str:
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     assert len(at.error) == 1, [e.value for e in at.error]
-    return _text(at.error[0].value)
+    return shown(at.error[0].value)
 
 
 @pytest.fixture
@@ -259,14 +248,14 @@ def test_typed_model_paths_outside_the_roots_get_one_answer_and_inside_are_check
         at.text_input(key="own_model_path").set_value(str(typed))
         at.run()
         assert not at.exception
-        answers.append(_text(at.error[0].value))
+        answers.append(shown(at.error[0].value))
     want = " ".join(outside_roots_message("model file").split())
     assert answers[0] == answers[1] == answers[3] == want, answers
     assert answers[2] == " ".join(outside_roots_message("Python file").split()), answers[2]
     # inside the roots, a hostile file is refused like an upload
     at.text_input(key="own_model_path").set_value(str(pickled_pt2(inside / "typed.pt2", marker)))
     at.run()
-    assert "typed.pt2 can run code on this server" in _text(at.error[0].value)
+    assert "typed.pt2 can run code on this server" in shown(at.error[0].value)
     assert not marker.exists()
 
 
@@ -281,7 +270,7 @@ def test_a_clean_pt2_loads_from_the_browser_and_its_name_is_shown_as_text(tmp_pa
     assert_ok(at)
     caption = " ".join(c.value for c in at.sidebar.caption)
     assert "![t](" not in caption, caption  # escaped: shown as typed, never fetched
-    assert f"{named.name} · export · 1 gate (se) · 3 classes · input 3x32x32" in _text(caption), caption
+    assert f"{named.name} · export · 1 gate (se) · 3 classes · input 3x32x32" in shown(caption), caption
     assert "ONNX (.onnx) and torch.export (.pt2) files saved without pickles load here" in caption
     assert no_code == []
 

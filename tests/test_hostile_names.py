@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from apptest_helpers import shown
 from streamlit.testing.v1 import AppTest
 
 from senet_viz import registry, zoo
@@ -99,7 +100,7 @@ def test_the_app_refuses_a_typed_name_without_gates_at_once_and_offers_no_downlo
     at = session()
     type_model_name(at, NO_GATES)
     assert not at.exception, [e.message for e in at.exception]
-    errors = [e.value for e in at.error]
+    errors = [shown(e.value) for e in at.error]  # the typed name is shown as text (escaped Markdown)
     assert any(f"{NO_GATES} has no channel gate" in e for e in errors), errors
     assert not at.get("button") or "download_weights" not in [b.key for b in at.button]
     type_model_name(at, NO_GATES)  # a rerun: answered from memory
@@ -112,6 +113,6 @@ def test_the_app_refuses_a_typed_name_over_the_models_budget(builds, monkeypatch
     at = session()
     type_model_name(at, "torchvision:regnet_y_16gf")
     assert not at.exception, [e.message for e in at.exception]
-    errors = [e.value for e in at.error]
+    errors = [shown(e.value) for e in at.error]
     assert any("319 MiB" in e and "SENET_VIZ_MODELS_MB" in e for e in errors), errors
     assert all(real < 335e6 / 100 for name, _, real in builds if name == "torchvision:regnet_y_16gf")

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from apptest_helpers import shown
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from PIL import Image
 from torch import nn
@@ -453,6 +454,10 @@ def concurrent_check(loaded: LoadedModel, images: ImageSet, iterations: int = 5,
         return report.macs, report.macs_removed, tuple(report.blocks["macs"])
 
     jobs = {key: functools.partial(removal, key) for key in JOBS} | ({"cost": cost} if cost_user else {})
+    # One OpenMP team size for this thread and the threads started below: a thread that has not run torch takes the
+    # stored default, which the app's engine (an earlier test) may have set below this thread's own size, and a
+    # convolution summed by another number of threads differs in the last bits.
+    torch.set_num_threads(torch.get_num_threads())
     alone = {key: job() for key, job in jobs.items()}
     distinct = {alone[key][0].tobytes() for key in JOBS}
     assert len(distinct) == len(JOBS), "the removals must give different logits to tell them apart"
@@ -641,7 +646,7 @@ def test_app_states_the_limits_and_explains_bad_zip_and_weights_uploads(bad_weig
     at.run()
     caption, listed = state()
     assert caption.startswith("2 images, grouped by labels")
-    assert "`bomb.zip`: zip would expand to" in listed and "possible zip bomb" in listed
+    assert "bomb.zip: zip would expand to" in listed.replace("\\", "") and "possible zip bomb" in listed
     # the pixel cap, said (the page shows file names as plain text: ui.text.plain escapes their punctuation)
     assert "huge.png: image is 7000x7000 = 49 Mpx, over the 40 Mpx limit" in listed.replace("\\", "")
 
@@ -655,13 +660,13 @@ def test_app_states_the_limits_and_explains_bad_zip_and_weights_uploads(bad_weig
     at.run()
     caption, listed = state()
     assert caption.startswith("5 images, grouped by labels"), caption
-    assert "`nested folders.zip/photos/Bag/inner.zip`: nested zip archives are not expanded" in listed
+    assert "nested folders.zip/photos/Bag/inner.zip: nested zip archives are not expanded" in listed.replace("\\", "")
 
     for case, (path, fragment) in bad_weights.items():
         at.file_uploader(key="weights_upload").set_value((path.name, path.read_bytes(), "application/octet-stream"))
         at.run()
         assert not at.exception, (case, [e.message for e in at.exception])
-        errors = [e.value for e in at.error]
+        errors = [shown(e.value) for e in at.error]
         assert any(f"Could not load {MODEL}" in e and fragment in e for e in errors), (case, errors)
     assert not (bad_weights["pickle that runs code"][0].parent / "pwned.txt").exists()
 

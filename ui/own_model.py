@@ -3,7 +3,7 @@ normalisation and class names the file does not carry.
 
 A browser user is a stranger (:mod:`ui.serving`), so the file is loaded with ``ModelFileOptions(untrusted=True)``:
 only the formats that carry no code are open, ONNX and a ``.pt2`` saved by ``torch.export.save`` without pickles
-(:func:`senet_viz.loaders.pt2_code_risks` checks the archive before torch reads it). TorchScript, a ``.pt2`` with
+(:func:`senet_viz.pt2_check.pt2_code_risks` checks the archive before torch reads it). TorchScript, a ``.pt2`` with
 pickled weights or objects, and Python entry points (``file.py:build``) run code in the server; they load only
 when the server was started with ``SENET_VIZ_ALLOW_CODE=1``. Typed paths (the model, an entry point's ``.py``,
 its weights) must lie inside the operator's data roots (:func:`ui.serving.server_path`). Errors are shown with
