@@ -36,8 +36,8 @@ def uploader(at: AppTest, slot: int | str):
 
 def shown(markdown: str) -> str:
     """A Markdown element's text as the reader sees it: the backslash escapes that ``ui.text.plain`` puts before
-    punctuation of user-written names removed."""
-    return re.sub(r"\\(.)", r"\1", markdown)
+    punctuation of user-written names, and the zero-width spaces that keep URLs from becoming links, removed."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u200b", "")
 
 
 def own_model_app(timeout: float = 240) -> AppTest:

@@ -10,6 +10,9 @@ import re
 
 # CommonMark lets a backslash escape any ASCII punctuation; Streamlit adds $ (LaTeX) and :directives: to these.
 _MARKUP = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~$:&\"'=])")
+# GitHub-flavoured Markdown turns bare URLs and e-mail addresses into links after the escapes are read
+# (http\://host still becomes a link): a zero-width space after the scheme or before the @ keeps them text.
+_AUTOLINK = re.compile(r"(?i)(https?|ftp|www|mailto|xmpp)(?=[:.])|(?=@)")
 
 
 def plain(text: object, limit: int | None = 300) -> str:
@@ -18,4 +21,4 @@ def plain(text: object, limit: int | None = 300) -> str:
     value = " ".join(str(text).split())
     if limit is not None and len(value) > limit:
         value = value[: limit - 1] + "…"
-    return _MARKUP.sub(r"\\\1", value)
+    return _MARKUP.sub(r"\\\1", _AUTOLINK.sub(lambda m: (m.group(1) or "") + "\u200b", value))
