@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from senet_viz import registry, zoo
 from ui import state
-from ui.state import LRU
+from ui.caches import LRU
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_GATES = "vit_giant_patch14_224"

@@ -213,10 +213,10 @@ def test_upload_folder_is_private_readable_by_workers_and_removed_at_exit(tmp_pa
     script = (
         "import multiprocessing, os, stat, sys\n"
         "from pathlib import Path\n"
-        "from ui import state\n"
-        "plain = state.save_upload('w.safetensors', b'weights')\n"
-        "named = state.save_upload('../my model.pt2', b'model', keep_name=True)\n"
-        "root = state.upload_dir()\n"
+        "from ui import uploads\n"
+        "plain = uploads.save_upload('w.safetensors', b'weights')\n"
+        "named = uploads.save_upload('../my model.pt2', b'model', keep_name=True)\n"
+        "root = uploads.upload_dir()\n"
         "modes = [stat.S_IMODE(os.stat(p).st_mode) for p in (root, plain, named.parent, named)]\n"
         "print(root, ' '.join(oct(m) for m in modes), named.name)\n"
         "with multiprocessing.get_context('spawn').Pool(1) as pool:\n"
@@ -235,24 +235,24 @@ def test_upload_folder_is_private_readable_by_workers_and_removed_at_exit(tmp_pa
 
 
 def test_uploaded_files_on_disk_stay_within_their_budget_least_recently_used_dropped(monkeypatch, tmp_path):
-    from ui import state
+    from ui import uploads
 
-    monkeypatch.setattr(state, "_upload_dir", tmp_path / "uploads")
+    monkeypatch.setattr(uploads, "_upload_dir", tmp_path / "uploads")
     (tmp_path / "uploads").mkdir(mode=0o700)
     monkeypatch.setenv("SENET_VIZ_UPLOAD_DISK_MB", "3")
     mib = 1 << 20
-    first = state.save_upload("a.pth", b"a" * mib)
-    second = state.save_upload("b.onnx", b"b" * mib, keep_name=True)
+    first = uploads.save_upload("a.pth", b"a" * mib)
+    second = uploads.save_upload("b.onnx", b"b" * mib, keep_name=True)
     os.utime(first, ns=(1, 1))  # a is the least recently used
     os.utime(second, ns=(2, 2))
-    third = state.save_upload("c.safetensors", b"c" * (2 * mib))  # 4 MiB in all: a goes
+    third = uploads.save_upload("c.safetensors", b"c" * (2 * mib))  # 4 MiB in all: a goes
     assert not first.exists() and second.exists() and third.exists()
     used = sum(p.stat().st_size for p in (tmp_path / "uploads").rglob("*") if p.is_file())
     assert used <= 3 * mib
     with pytest.raises(ValueError, match="SENET_VIZ_UPLOAD_DISK_MB"):  # larger than the whole budget
-        state.save_upload("d.pt2", b"d" * (4 * mib))
+        uploads.save_upload("d.pt2", b"d" * (4 * mib))
     assert second.exists() and third.exists()  # nothing dropped for a file that cannot fit
-    assert state.save_upload("a.pth", b"a" * mib) == first and first.exists()  # written again when asked again
+    assert uploads.save_upload("a.pth", b"a" * mib) == first and first.exists()  # written again when asked again
 
 
 # ------------------------------------------------------------------------------------------ through the app

@@ -1,7 +1,7 @@
 """Per-server byte budgets of the shared caches, failed model loads remembered, and hub downloads only on a
 button press with their size shown and a disk budget (issue 18, items 3 and 5).
 
-Values of known sizes go through :class:`ui.state.ResultCache` and the model cache; loads are counted through a
+Values of known sizes go through :class:`ui.caches.ResultCache` and the model cache; loads are counted through a
 stand-in ``zoo.load_model``; downloads go to a local HTTP server started here (no test reaches the internet), which
 records every request it answers.
 """
@@ -28,7 +28,7 @@ from torch import nn
 
 from senet_viz import zoo
 from ui import state
-from ui.state import LRU, ResultCache, value_bytes
+from ui.caches import LRU, ResultCache, value_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 KB = 1000

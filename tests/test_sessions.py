@@ -28,7 +28,8 @@ from senet_viz import zoo
 from senet_viz.capture import capture, hook_count
 from senet_viz.data import folder_source
 from senet_viz.run import forward_count
-from ui.state import LRU, Engine, Flight, ResultCache, ThreadPolicy, images_key, thread_policy, weights_digest
+from ui.caches import LRU, Flight, ResultCache
+from ui.state import Engine, ThreadPolicy, images_key, thread_policy, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "se_resnet_fmnist"

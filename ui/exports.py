@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ui import sidebar, state
+from ui.caches import LRU
 
 MAX_EARLIER_SELECTIONS = 4  # older selections kept for Export, the least recently used dropped first
 
@@ -63,7 +64,7 @@ def provenance(selection: sidebar.Selection | None = None) -> Provenance | None:
     return Provenance(model.name, weights, images, digest)
 
 
-def _store() -> state.LRU:
+def _store() -> LRU:
     """This session's results by selection (provenance key), least recently used first."""
     return state.session_memo("exports", 1 + MAX_EARLIER_SELECTIONS)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from senet_viz import zoo
-from ui import state
+from ui import state, uploads
 from ui.serving import ALLOW_CODE_ENV, OutsideRootsError, allow_code, server_path
 from ui.text import plain
 
@@ -120,7 +120,7 @@ def render(selection: Selection, device: str) -> None:
                                    + OPEN_FORMATS)
     if upload is not None:
         try:
-            path = state.save_upload(upload.name, upload.getvalue(), keep_name=True)
+            path = uploads.save_upload(upload.name, upload.getvalue(), keep_name=True)
             st.session_state["own_model_file"] = (upload.name, str(path))
         except ValueError as exc:  # over the server's disk budget for uploaded files
             selection.model_error = plain(f"{upload.name} was not kept: {exc}", None)

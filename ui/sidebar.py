@@ -178,7 +178,7 @@ def _model_section(selection: Selection) -> None:
                                   help=upload_limits_help("weights"))
         if upload is not None:
             try:
-                weights = str(state.save_upload(upload.name, upload.getvalue()))
+                weights = str(uploads.save_upload(upload.name, upload.getvalue()))
             except ValueError as exc:  # over the server's disk budget for uploaded files
                 selection.model_error = plain(f"{upload.name} was not kept: {exc}", None)
                 st.sidebar.error(selection.model_error)

@@ -15,14 +15,25 @@ N session budgets. It is counted through a ``weakref.WeakSet`` of the live store
 The store lives only in the session's state: no module-level dict or cache here holds an upload, so its bytes go
 when Streamlit drops the session. Streamlit keeps a closed tab's session for a reconnect for 2 minutes and drops
 it at the next disconnect after that; until then its uploads still count against the server budget.
+
+Uploaded weights and model files, which the loaders read from disk, are kept apart (:func:`save_upload`): in a
+private folder per server process (0700, files 0600, removed at exit), bounded by ``SENET_VIZ_UPLOAD_DISK_MB``.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
+import os
+import re
+import shutil
+import tempfile
 import threading
+import uuid
 import weakref
 from collections.abc import Mapping, MutableMapping
+from pathlib import Path
 from typing import Any
 
 from senet_viz import data as imagedata
@@ -172,3 +183,70 @@ def release_widget_file(upload: Any) -> None:
     file_id = getattr(upload, "file_id", None)
     if ctx is not None and file_id:
         ctx.uploaded_file_mgr.remove_file(ctx.session_id, file_id)
+
+
+# Uploaded files the loaders read from disk (weights, model files) go to one private folder per server process,
+# made on first need by tempfile.mkdtemp (mode 0700, an unpredictable name), files 0600, removed when the process
+# exits. Worker processes (SENET_VIZ_COMPUTE=processes) run as the same user and read the paths they are given.
+_upload_dir: Path | None = None
+_upload_dir_lock = threading.Lock()
+
+
+def _remove_upload_dir(path: Path, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:  # not from a forked child that inherited the atexit handler
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def upload_dir() -> Path:
+    """This process's private upload folder (0700), created on first use and removed at exit."""
+    global _upload_dir
+    with _upload_dir_lock:
+        if _upload_dir is None or not _upload_dir.is_dir():
+            _upload_dir = Path(tempfile.mkdtemp(prefix="senet_viz_uploads_"))
+            atexit.register(_remove_upload_dir, _upload_dir, os.getpid())
+        return _upload_dir
+
+
+def save_upload(name: str, data: bytes, keep_name: bool = False) -> Path:
+    """Keep an uploaded file (weights, a model file) on disk under its content hash (the loaders read files), in
+    :func:`upload_dir` with mode 0600; ``keep_name``: in a folder (0700) named by the hash, under the upload's own
+    (sanitised) name, which a model file's display name comes from."""
+    root = upload_dir()
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    if keep_name:
+        stem = re.sub(r"[^\w.-]", "_", Path(name).name).lstrip(".") or "model"
+        path = root / digest / stem
+    else:
+        suffix = re.sub(r"[^\w.]", "_", Path(name).suffix.lower())
+        path = root / f"{digest}{suffix}"
+    with _upload_dir_lock:
+        if path.exists():
+            os.utime(path)  # recently used: the last to be dropped for room
+            return path
+        _make_room(root, len(data), budget_bytes("SENET_VIZ_UPLOAD_DISK_MB"))
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.part")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    return path
+
+
+def _make_room(root: Path, size: int, budget: int) -> None:
+    """Drop the least recently used uploaded files until ``size`` more bytes fit in ``budget`` (a file in use is
+    written again from its session's upload on the next run); ``ValueError`` when it cannot fit at all."""
+    if size > budget:
+        raise ValueError(f"the file takes {size / 2**20:,.1f} MiB, over the {budget / 2**20:,.0f} MiB this server "
+                         "keeps for uploaded weights and model files (SENET_VIZ_UPLOAD_DISK_MB); give a smaller file "
+                         "or ask the operator to raise the limit")
+    files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime_ns)
+    used = sum(p.stat().st_size for p in files)
+    for old in files:
+        if used + size <= budget:
+            break
+        used -= old.stat().st_size
+        old.unlink(missing_ok=True)
+        if old.parent != root:
+            with contextlib.suppress(OSError):
+                old.parent.rmdir()  # the folder of a named model file, now empty
