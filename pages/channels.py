@@ -8,6 +8,7 @@ from senet_viz.plots import channels as channel_plots
 from ui import channels as view
 from ui import exports
 from ui.routing import through_app
+from ui.text import plain
 
 through_app()  # before anything is drawn: a fresh server's first request may run this file alone
 
@@ -61,7 +62,8 @@ channel = int(c1.number_input(f"Channel of {block} (0–{width - 1})", 0, width 
 k = int(c2.slider("Images at each end", 4, 32, 8, key="channels_k"))
 row = table.iloc[channel]
 st.markdown(f"**{block} · channel {channel}** — selectivity {row['selectivity']:.3f}, preferred class "
-            f"**{row['preferred_class']}** (mean gate {row['mu_max']:.3f} vs {row['mu_rest']:.3f} for the others)")
+            f"**{plain(row['preferred_class'])}** (mean gate {row['mu_max']:.3f} vs {row['mu_rest']:.3f} for the "
+            "others)")
 
 if src.exemplars is None or src.values is None:
     st.info(src.missing)
@@ -88,7 +90,7 @@ exports.keep_figure("Channel gate per class", fig_dist)
 
 st.subheader("Where the channel's input is strongest in the top images")
 if src.loaded is None:
-    st.info(f"Pre-gate maps need the network: choose {src.model} in the sidebar.")
+    st.info(f"Pre-gate maps need the network: choose {plain(src.model)} in the sidebar.")
 else:
     keys = list(frame.loc[frame["end"] == "highest", "key"].head(8))
     try:

@@ -9,6 +9,7 @@ from senet_viz.blocks import select_blocks
 from ui import exports, state
 from ui.common import need_model_and_images, per_model
 from ui.routing import through_app
+from ui.text import plain
 
 through_app()  # before anything is drawn: a fresh server's first request may run this file alone
 
@@ -78,7 +79,8 @@ if enabled and blocks:
     try:
         out = state.evaluate(model, images, blocks, mode)
     except ValueError as exc:  # e.g. mode "mean" with no readable image in the calibration split
-        st.warning(f"Cannot evaluate this removal: {exc} (mode 'mean' fits the gates on 20% of the images).")
+        st.warning(f"Cannot evaluate this removal: {plain(str(exc), None)} (mode 'mean' fits the gates on 20% of "
+                   "the images).")
 if out is not None:
     cols = st.columns(6)
     delta, color = points(out.top1, out.full_top1)
@@ -138,7 +140,7 @@ if request and request["for"] == request_for and "sweep_result" not in st.sessio
         st.session_state["sweep_result"] = {"for": request_for, "frame": state.sweep(model, images, request["modes"],
                                                                                        request["kinds"])}
     except ValueError as exc:  # e.g. no readable calibration image for mode "mean"
-        st.warning(f"Cannot run the sweep: {exc}. Add images or sweep mode identity only.")
+        st.warning(f"Cannot run the sweep: {plain(str(exc), None)}. Add images or sweep mode identity only.")
     finally:
         st.session_state.pop("sweep_request", None)  # a request runs once; a model change never re-runs it
 done = st.session_state.get("sweep_result")

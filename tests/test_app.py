@@ -302,7 +302,7 @@ def test_bad_uploads_are_listed_and_the_rest_is_analysed():
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     assert "Top-1" not in metrics(at) and "Top-1 (full network)" in metrics(at)
-    assert [w.value for w in at.warning if w.value.startswith("Cannot evaluate this removal")] == [
+    assert [shown(w.value) for w in at.warning if w.value.startswith("Cannot evaluate this removal")] == [
         "Cannot evaluate this removal: no image could be used to compute mean gates; add calibration images "
         "(mode 'mean' fits the gates on 20% of the images)."]
 
