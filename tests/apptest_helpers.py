@@ -40,10 +40,22 @@ def shown(markdown: str) -> str:
     return re.sub(r"\\(.)", r"\1", markdown).replace("\u200b", "")
 
 
-def own_model_app(timeout: float = 240) -> AppTest:
-    """A fresh session of the app with "Model from: Your own model" chosen in the sidebar."""
+def app_session(model: str | None = None, *, work_from: str | None = None, model_from: str | None = None,
+                timeout: float = 240) -> AppTest:
+    """A fresh session of the app, run once; then, each with a rerun, "Work from" / "Model from" and the zoo model
+    chosen in the sidebar where given."""
     at = AppTest.from_file(APP, default_timeout=timeout)
     at.run()
-    at.radio(key="model_from").set_value("Your own model")
-    at.run()
+    for key, value in (("work_from", work_from), ("model_from", model_from)):
+        if value is not None:
+            at.radio(key=key).set_value(value)
+            at.run()
+    if model is not None:
+        at.selectbox(key="model_name").set_value(model)
+        at.run()
     return at
+
+
+def own_model_app(timeout: float = 240) -> AppTest:
+    """A fresh session of the app with "Model from: Your own model" chosen in the sidebar."""
+    return app_session(model_from="Your own model", timeout=timeout)

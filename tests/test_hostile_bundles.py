@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from apptest_helpers import open_page
+from apptest_helpers import app_session, open_page
 from streamlit.testing.v1 import AppTest
 
 from senet_viz.bundle import MAX_MEMBER_BYTES, BundleError, provenance, read_bundle, write_bundle
@@ -241,10 +241,7 @@ def test_the_bundle_cache_is_bounded_by_bytes_least_recently_used_first(tmp_path
 
 
 def app_with_bundle(path: Path | str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
-    at.radio(key="work_from").set_value("An analysis file")
-    at.run()
+    at = app_session(work_from="An analysis file", timeout=TIMEOUT)
     at.text_input(key="bundle_path").set_value(str(path))
     at.run()
     assert not at.exception, [e.message for e in at.exception]
@@ -322,10 +319,7 @@ def test_a_bundle_path_outside_the_roots_gets_one_message_whether_it_exists_or_n
 
 
 def upload_bundle(data: bytes) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
-    at.radio(key="work_from").set_value("An analysis file")
-    at.run()
+    at = app_session(work_from="An analysis file", timeout=TIMEOUT)
     (widget,) = [u for u in at.get("file_uploader") if str(u.key).startswith("bundle_upload_")]
     widget.set_value([("run.senetviz.zip", data, "application/zip")])
     at.run()

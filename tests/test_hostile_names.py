@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from apptest_helpers import shown
+from apptest_helpers import app_session, shown
 from streamlit.testing.v1 import AppTest
 
 from senet_viz import registry, zoo
@@ -81,9 +81,7 @@ def test_hub_only_weights_are_not_fetched_and_the_network_is_not_built(builds, n
 
 
 def session() -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240)
-    at.run()
-    return at
+    return app_session()
 
 
 def type_model_name(at: AppTest, name: str) -> None:

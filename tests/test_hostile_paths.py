@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from apptest_helpers import assert_ok, open_page, shown
+from apptest_helpers import app_session, assert_ok, open_page, shown
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -95,10 +95,7 @@ def assert_no_secret(at: AppTest) -> None:
 
 
 def session() -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
-    at.selectbox(key="model_name").set_value(MODEL)
-    at.run()
+    at = app_session(MODEL, timeout=TIMEOUT)
     assert_ok(at)
     return at
 
@@ -236,8 +233,7 @@ def test_the_channels_extract_path_outside_the_roots_gets_one_answer_present_or_
     _, outside = roots_and_outside(tmp_path, monkeypatch)
     present = outside / "gates.parquet"
     present.write_bytes(b"PAR1 a file that exists")
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
+    at = app_session(timeout=TIMEOUT)
     open_page(at, "channels", "Channels")
     at.radio(key="channels_source").set_value("An extract file (Parquet on the server)").run()
     answers = []

@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from apptest_helpers import assert_ok, uploader
+from apptest_helpers import app_session, assert_ok, uploader
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from PIL import Image
 
@@ -259,13 +259,10 @@ def test_uploaded_files_on_disk_stay_within_their_budget_least_recently_used_dro
 
 
 def upload_app(monkeypatch: pytest.MonkeyPatch, budget_mb: int | None = None):
-    from streamlit.testing.v1 import AppTest
 
     if budget_mb is not None:
         monkeypatch.setenv("SENET_VIZ_SESSION_MB", str(budget_mb))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
-    at.selectbox(key="model_name").set_value(MODEL)
+    at = app_session(MODEL, timeout=TIMEOUT)
     at.radio(key="image_source").set_value("Upload by class")
     at.run()
     at.text_input(key="class_name_0").set_value("Bag")

@@ -21,9 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from apptest_helpers import assert_ok
+from apptest_helpers import app_session, assert_ok
 from safetensors.torch import save_file
-from streamlit.testing.v1 import AppTest
 from torch import nn
 
 from senet_viz import zoo
@@ -290,10 +289,7 @@ def test_the_app_downloads_nothing_without_the_button_and_shows_the_size(hub, mo
     monkeypatch.setattr(state, "FAILED_LOADS", LRU(64))
     assert zoo.weights_status("mobilenet_v3_small") is zoo.WeightsStatus.HUB_ONLINE
 
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240)
-    at.run()
-    at.selectbox(key="model_name").set_value("mobilenet_v3_small")
-    at.run()
+    at = app_session("mobilenet_v3_small")
     assert not at.exception, [e.message for e in at.exception]
     shown = " ".join(str(e.value) for e in [*at.info, *at.caption])
     assert "download needed" in shown
@@ -316,10 +312,7 @@ def test_the_button_is_disabled_when_the_download_would_exceed_the_disk_budget(h
     url, source, requests = hub
     monkeypatch.setattr(zoo, "weights_url", lambda name: url)
     monkeypatch.setenv("SENET_VIZ_DOWNLOAD_MB", "1")  # the file is ~10 MB
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240)
-    at.run()
-    at.selectbox(key="model_name").set_value("mobilenet_v3_small")
-    at.run()
+    at = app_session("mobilenet_v3_small")
     assert not at.exception
     assert at.button(key="download_weights").disabled
     assert any("SENET_VIZ_DOWNLOAD_MB" in w.value for w in at.warning)
