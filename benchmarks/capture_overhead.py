@@ -1,6 +1,6 @@
 """Overhead of recording every SE gate: hooked vs plain forward, batch 32 at 224x224.
 
-For each model, plain (``torch.inference_mode``) and hooked (``senet_viz.capture.capture`` over all SE blocks,
+For each model, plain (``torch.inference_mode``) and hooked (``senet_viz.gates.capture.capture`` over all SE blocks,
 gates copied to float16 CPU arrays) forwards are interleaved - plain, hooked, hooked, plain, plain, hooked,
 ... (ABBA) - after a few warm-up pairs, so drifts in machine load hit both alike. Each hooked repeat is one
 whole ``with capture`` scope (lock, hook registration, forward, hook removal), i.e. the per-batch cost as the
@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from senet_viz.capture import GateRecorder, capture, hook_count
-from senet_viz.zoo import LoadedModel, load_model, local_weights_file
+from senet_viz.gates.capture import GateRecorder, capture, hook_count
+from senet_viz.models.zoo import LoadedModel, load_model, local_weights_file
 
 TARGET = 1.03
 MODELS = ("tf_mobilenetv3_small_100", "legacy_seresnet50")

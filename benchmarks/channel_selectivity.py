@@ -1,6 +1,7 @@
 """Class selectivity per SE channel against depth: MobileNetV3-Small over the 900 shared ImageNet images.
 
-For every SE block: Morcos et al.'s selectivity of each channel over class means (senet_viz.channels), its median
+For every SE block: Morcos et al.'s selectivity of each channel over class means (senet_viz.analysis.channels), its
+median
 and quartiles across the block's channels, the median of the per-channel eta2 where it is defined, and Spearman's
 rho of the median against block position (permutation p-value). Three groupings of the same gates:
 
@@ -26,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from senet_viz import channels
-from senet_viz.stats import GateStats
+from senet_viz.analysis import channels
+from senet_viz.analysis.stats import GateStats
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tf_mobilenetv3_small_100"
@@ -36,8 +37,8 @@ SAMPLES = ROOT.parent / "shared" / "data" / "imagenet-samples"
 
 def _from_model(images: Path, device: str) -> tuple[dict[str, GateStats], int]:
     from senet_viz.cli import _images  # the CLI's folder reading: labels from ImageNet-style file names
-    from senet_viz.run import run_model
-    from senet_viz.zoo import load_model
+    from senet_viz.inference.run import run_model
+    from senet_viz.models.zoo import load_model
 
     loaded = load_model(MODEL, device=device)
     args = argparse.Namespace(images=str(images), labels=None, devkit_meta=None, per_class=None, shard=None,

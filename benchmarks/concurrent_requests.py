@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from senet_viz import zoo
-from senet_viz.data import ImageSet, folder_source
-from senet_viz.run import run_model
+from senet_viz.data.sources import ImageSet, folder_source
+from senet_viz.inference.run import run_model
+from senet_viz.models import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

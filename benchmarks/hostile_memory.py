@@ -90,8 +90,8 @@ def genuine_bundle_members() -> dict[str, bytes]:
     """The members of a small genuine bundle (written by the library)."""
     import numpy as np
 
-    from senet_viz.bundle import provenance, write_bundle
-    from senet_viz.stats import GateStats
+    from senet_viz.analysis.bundle import provenance, write_bundle
+    from senet_viz.analysis.stats import GateStats
 
     blocks = [{"name": "SE_2_1", "stage": 2, "channels": 8}, {"name": "SE_5_1", "stage": 5, "channels": 16}]
     stats = GateStats.for_blocks("toy", blocks, ["cat", "dog", "owl"])

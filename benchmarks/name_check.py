@@ -1,5 +1,5 @@
 """What refusing a typed model name without gates costs: the old path (build the network for real, then look for
-gates with a forward pass) against the check on PyTorch's meta device (:func:`senet_viz.zoo.check_architecture`),
+gates with a forward pass) against the check on PyTorch's meta device (:func:`senet_viz.models.zoo.check_architecture`),
 each in a fresh process, in one run. Prints seconds and peak RSS above the process's start, and the ratios.
 
     python benchmarks/name_check.py [--name vit_giant_patch14_224]
@@ -16,8 +16,8 @@ import sys
 
 CHILD = """
 import json, resource, sys, time
-from senet_viz import zoo
-from senet_viz.blocks import discover
+from senet_viz.models import zoo
+from senet_viz.gates.blocks import discover
 
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20

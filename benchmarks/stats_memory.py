@@ -24,7 +24,7 @@ BLOCKS = [{"name": f"SE_{s}_1", "stage": s, "channels": c} for s, c in ((2, 256)
 def child(n: int, classes: int, bins: int) -> None:
     import numpy as np
 
-    from senet_viz.stats import GateStats
+    from senet_viz.analysis.stats import GateStats
 
     stats = GateStats.for_blocks("synthetic", BLOCKS, [f"class{k}" for k in range(classes)], bins=bins)
     rng = np.random.default_rng(0)

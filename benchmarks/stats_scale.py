@@ -14,7 +14,8 @@ it reports (``resource.getrusage``) is that phase's own:
   the class x channel heatmap of all 1,000 classes x 2,048 channels, Fig. 7 and one image's percentiles.
   "draw" = statistics -> plotly Figure; "json" = serialising it (what a browser or an .html file receives).
 - ``before`` (``--before REV``, default the last commit with the old layout): the same protocol on fewer classes
-  (``--before-classes`` x ``--before-images``) with ``git show REV:senet_viz/stats.py`` / ``plots.py`` loaded as
+  (``--before-classes`` x ``--before-images``) with ``git show REV:senet_viz/stats.py`` / ``plots.py`` loaded
+  as
   temporary modules, and the current code on the same data: peak RSS, update and figure times, and their ratios.
 
     python benchmarks/stats_scale.py [--classes 1000] [--images 50] [--before e026c0f] [--no-before]
@@ -105,7 +106,7 @@ def _timed(fn):
 
 
 def phase_stream(args) -> dict:
-    from senet_viz.stats import GateStats
+    from senet_viz.analysis.stats import GateStats
 
     data = Gates(args.classes, args.images)
     stats = GateStats.for_blocks("legacy_seresnet50 (synthetic gates)", BLOCKS,
@@ -120,7 +121,7 @@ def phase_stream(args) -> dict:
 def phase_shards(args) -> dict:
     import numpy as np
 
-    from senet_viz.stats import GateStats
+    from senet_viz.analysis.stats import GateStats
 
     data = Gates(args.classes, args.images)
     names = [f"class {k:04d}" for k in range(args.classes)]
@@ -155,7 +156,7 @@ def phase_figures(args) -> dict:
     import numpy as np
 
     from senet_viz import plots
-    from senet_viz.stats import ALL, GateStats
+    from senet_viz.analysis.stats import ALL, GateStats
 
     stats, load_s = _timed(lambda: GateStats.load(args.file))
     table = stats.class_table()
@@ -195,14 +196,15 @@ def phase_figures(args) -> dict:
 def phase_before(args) -> dict:
     """The same small protocol through either the old code (``--which old``) or the current one."""
     if args.which == "old":
-        stats_mod = _load_module("old_stats", subprocess.run(["git", "show", f"{args.before}:senet_viz/stats.py"],
+        stats_mod = _load_module("old_stats", subprocess.run(["git", "show",
+        f"{args.before}:senet_viz/stats.py"],
                                                              cwd=ROOT, check=True, capture_output=True,
                                                              text=True).stdout)
         plots = _load_module("old_plots", subprocess.run(["git", "show", f"{args.before}:senet_viz/plots.py"],
                                                          cwd=ROOT, check=True, capture_output=True, text=True).stdout)
     else:
         from senet_viz import plots
-        from senet_viz import stats as stats_mod
+        from senet_viz.analysis import stats as stats_mod
     data = Gates(args.before_classes, args.before_images)
     names = [f"class {k:04d}" for k in range(args.before_classes)]
     stats = stats_mod.GateStats.for_blocks("legacy_seresnet50 (synthetic gates)", BLOCKS, names)

@@ -25,7 +25,7 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
-from senet_viz.tflite import load_tflite_state_dict, runtime_crop
+from senet_viz.models.tflite import load_tflite_state_dict, runtime_crop
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

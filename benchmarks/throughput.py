@@ -2,7 +2,8 @@
 
 For each model, batch 32, all measured in the same run, in rotating order over ``--repeats`` rounds (medians):
 
-- decode-only: the pipeline alone (decode, resize, crop, normalise; ``senet_viz.run``'s decode threads, as many as
+- decode-only: the pipeline alone (decode, resize, crop, normalise; ``senet_viz.inference.run``'s decode threads, as
+many as
   ``default_workers`` chooses), no network;
 - forward-only: the network on pre-decoded input already on the device, with every SE gate captured (per-batch
   host copy), top-5 and logits copied back, at the same precision as the end-to-end pass: what the pipeline feeds;
@@ -36,10 +37,10 @@ from pathlib import Path
 
 import torch
 
-from senet_viz.capture import capture
-from senet_viz.data import ImageSet, folder_source
-from senet_viz.run import PrecisionPolicy, _batches, _Pipeline, default_workers, run_model
-from senet_viz.zoo import LoadedModel, load_model, local_weights_file
+from senet_viz.data.sources import ImageSet, folder_source
+from senet_viz.gates.capture import capture
+from senet_viz.inference.run import PrecisionPolicy, _batches, _Pipeline, default_workers, run_model
+from senet_viz.models.zoo import LoadedModel, load_model, local_weights_file
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT.parent / "shared" / "data" / "imagenet-samples"

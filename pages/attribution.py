@@ -5,8 +5,8 @@ import numpy as np
 import streamlit as st
 
 from senet_viz import plots
-from senet_viz.attribution import gradcam_unavailable
-from senet_viz.blocks import select_blocks
+from senet_viz.analysis.attribution import gradcam_unavailable
+from senet_viz.gates.blocks import select_blocks
 from ui import exports, state
 from ui.common import need_analysis, per_model, pick_image
 from ui.routing import through_app

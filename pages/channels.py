@@ -3,7 +3,7 @@ where in the top images its input is strongest, and how class-selective the chan
 
 import streamlit as st
 
-from senet_viz import channels
+from senet_viz.analysis import channels
 from senet_viz.plots import channels as channel_plots
 from ui import channels as view
 from ui import exports

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from senet_viz import plots, verdict
+from senet_viz import plots
+from senet_viz.analysis import verdict
 from ui import exports
 from ui.channels import channel_link
 from ui.common import class_caption, need_analysis, per_model

@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from senet_viz import paper, plots
+from senet_viz import plots
+from senet_viz.analysis import paper
 from ui import exports, state
 from ui.common import need_model_and_images
 from ui.routing import through_app

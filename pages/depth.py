@@ -2,8 +2,10 @@
 
 import streamlit as st
 
-from senet_viz import plots, verdict, zoo
-from senet_viz.weights import WeightsError
+from senet_viz import plots
+from senet_viz.analysis import verdict
+from senet_viz.models import zoo
+from senet_viz.models.weights import WeightsError
 from ui import analysis_files, exports, state
 from ui.common import class_caption, need_analysis
 from ui.routing import through_app

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from senet_viz import plots
-from senet_viz.stats import MAX_DETAIL_CLASSES
+from senet_viz.analysis.stats import MAX_DETAIL_CLASSES
 from ui import exports, state
 from ui.common import need_analysis, per_model, pick_image
 from ui.routing import through_app

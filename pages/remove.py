@@ -3,9 +3,11 @@ and see top-1, top-5, agreement, parameters and GMACs before and after; sweep ev
 
 import streamlit as st
 
-from senet_viz import paper, plots, zoo
-from senet_viz.ablation import AblationResult
-from senet_viz.blocks import select_blocks
+from senet_viz import plots
+from senet_viz.analysis import paper
+from senet_viz.analysis.ablation import AblationResult
+from senet_viz.gates.blocks import select_blocks
+from senet_viz.models import zoo
 from ui import exports, state
 from ui.common import need_model_and_images, per_model
 from ui.routing import through_app

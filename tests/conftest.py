@@ -16,9 +16,9 @@ its mark form :func:`requires`): a missing one skips the test on a developer's m
 
 Isolation: the test session runs with a fresh temporary HOME, so a developer's caches cannot change outcomes: the
 weights download cache (``$SENET_VIZ_CACHE``, else ``~/.cache/senet_viz/weights``, see
-:func:`senet_viz.zoo.download_dir`), the Fashion-MNIST download cache, the Hugging Face and torch hub caches, and
+:func:`senet_viz.models.zoo.download_dir`), the Fashion-MNIST download cache, the Hugging Face and torch hub caches, and
 ``$SENET_VIZ_WEIGHTS_DIR`` / ``$SENET_VIZ_FMNIST_DIR`` (unset). The embedded model is still found: it ships in
-assets/, which :func:`senet_viz.zoo.local_weights_file` reads whatever the cache. The variables are set here, at
+assets/, which :func:`senet_viz.models.zoo.local_weights_file` reads whatever the cache. The variables are set here, at
 import, before torch, timm (huggingface_hub) and senet_viz read them into module constants, and subprocesses
 (the CLI, streamlit servers) inherit them; the ``isolated_home`` fixture checks them, and the folder is removed
 when the session ends.
@@ -48,8 +48,8 @@ import torch
 from timm.layers import SEModule
 from torch import nn
 
-from senet_viz.embedded.model import SEBasicBlock as LibrarySEBasicBlock
-from senet_viz.zoo import LoadedModel
+from senet_viz.models.embedded.model import SEBasicBlock as LibrarySEBasicBlock
+from senet_viz.models.zoo import LoadedModel
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -86,8 +86,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def embedded_model_ready(name: str = "se_resnet_fmnist") -> bool:
     """The embedded model's weights (assets/<name>.safetensors) and its samples (assets/fmnist_samples/)."""
-    from senet_viz import zoo
-
+    from senet_viz.models import zoo
     return zoo.weights_status(name) == "file" and (REPO_ROOT / "assets" / "fmnist_samples").is_dir()
 
 
@@ -98,8 +97,7 @@ EMBEDDED_MISSING = ("the embedded model and samples, tracked in assets/ (se_resn
 @pytest.fixture(scope="session", autouse=True)
 def isolated_home() -> Path:
     """The temporary HOME of the session (see the module doc), checked before any test runs."""
-    from senet_viz import zoo
-
+    from senet_viz.models import zoo
     assert Path(os.environ["HOME"]) == TEST_HOME and zoo.download_dir().is_relative_to(TEST_HOME)
     return TEST_HOME
 
@@ -113,7 +111,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 class SEBasicBlock(LibrarySEBasicBlock):
     """The library's SE basic block (SE on the residual branch, before the addition: the paper's SE-ResNet
-    module; :class:`senet_viz.embedded.model.SEBasicBlock`) with r = 4 and timm's default rounding of the SE
+    module; :class:`senet_viz.models.embedded.model.SEBasicBlock`) with r = 4 and timm's default rounding of the SE
     bottleneck to a multiple of 8."""
 
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
@@ -302,6 +300,6 @@ def imagenet_samples(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def mnv3_tflite(tflite_file: Path) -> LoadedModel:
     """The real MobileNetV3-Small, loaded by the zoo from its default (the shared .tflite), on the CPU."""
-    from senet_viz.zoo import load_model
+    from senet_viz.models.zoo import load_model
 
     return load_model("tf_mobilenetv3_small_100", device="cpu")

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 
-from senet_viz import ablation, paper, plots, zoo
-from senet_viz.blocks import select_blocks
-from senet_viz.data import folder_source
+from senet_viz import plots
+from senet_viz.analysis import ablation, paper
+from senet_viz.data.sources import folder_source
+from senet_viz.gates.blocks import select_blocks
+from senet_viz.models import zoo
 
 MODEL = "se_resnet_fmnist"
 
@@ -146,7 +148,7 @@ def test_ablation_result_is_the_clis_json_document(loaded, images):
 
 
 def test_sweep_progress_follows_its_one_pass_and_counts_every_forward(loaded, images):
-    from senet_viz.run import forward_count
+    from senet_viz.inference.run import forward_count
 
     configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[1] in ("SE_5_2", "stage 5")]
     seen = []

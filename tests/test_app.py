@@ -21,9 +21,9 @@ from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from senet_viz import zoo
-from senet_viz.ablation import split_calibration
-from senet_viz.data import uploads_source
+from senet_viz.analysis.ablation import split_calibration
+from senet_viz.data.sources import uploads_source
+from senet_viz.models import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "se_resnet_fmnist"

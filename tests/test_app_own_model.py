@@ -17,9 +17,9 @@ import torch
 from apptest_helpers import assert_ok, open_page, own_model_app, shown
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 
-from senet_viz import zoo
-from senet_viz.embedded import CLASS_NAMES
-from senet_viz.embedded.data import MEAN, STD
+from senet_viz.models import zoo
+from senet_viz.models.embedded import CLASS_NAMES
+from senet_viz.models.embedded.data import MEAN, STD
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "assets" / "fmnist_samples"

@@ -14,7 +14,8 @@ from apptest_helpers import assert_ok, open_page, shown, uploader
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from streamlit.testing.v1 import AppTest
 
-from senet_viz import ablation, zoo
+from senet_viz.analysis import ablation
+from senet_viz.models import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "se_resnet_fmnist"
@@ -203,7 +204,7 @@ def _explore_values(at: AppTest) -> list:
 def test_large_runs_stream_statistics_and_keep_no_per_image_gates(monkeypatch):
     """Past KEEP_GATES_LIMIT images the run keeps predictions but not per-image gates: statistics are streamed
     (the same figure), Explore computes the chosen image's gates on demand, and grouping by prediction works."""
-    from senet_viz import run as run_module
+    from senet_viz.inference import run as run_module
     from ui import state
 
     def embedded() -> AppTest:
@@ -242,7 +243,6 @@ def test_an_analysis_file_opens_without_model_or_images(tmp_path, monkeypatch):
     """A bundle written by `paper` opens from a server path: Compare draws Fig. 6, Depth gives its verdict, Export
     lists the bundle's tables; no model is loaded and pages that need a network say so."""
     from senet_viz import cli
-
     monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))  # typed server paths must lie inside the roots
 
     out = tmp_path / "paper"

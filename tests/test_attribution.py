@@ -1,4 +1,5 @@
-"""Captum attributions (senet_viz/attribution.py) on the embedded SE-ResNet and on a tiny SE net: what they return,
+"""Captum attributions (senet_viz/analysis/attribution.py) on the embedded SE-ResNet and on a tiny SE net: what they
+return,
 and that they leave the model exactly as they found it (no hook, no ``.grad``, same ``requires_grad``, same mode,
 same weights and statistics)."""
 
@@ -12,10 +13,10 @@ import torch
 from conftest import EMBEDDED_MISSING, REPO_ROOT, embedded_model_ready, requires
 from PIL import Image
 
-from senet_viz import zoo
-from senet_viz.attribution import gradcam, se_channel_attribution, stage_layer
-from senet_viz.blocks import select_blocks
-from senet_viz.capture import capture
+from senet_viz.analysis.attribution import gradcam, se_channel_attribution, stage_layer
+from senet_viz.gates.blocks import select_blocks
+from senet_viz.gates.capture import capture
+from senet_viz.models import zoo
 
 MODEL = "se_resnet_fmnist"
 SAMPLES = REPO_ROOT / "assets" / "fmnist_samples"

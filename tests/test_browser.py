@@ -640,9 +640,9 @@ def test_an_uploaded_exported_model_draws_fig6(browser, server, tmp_path):
     import torch
     from conftest import EMBEDDED_MISSING, embedded_model_ready
 
-    from senet_viz import zoo
-    from senet_viz.embedded import CLASS_NAMES
-    from senet_viz.embedded.data import MEAN, STD
+    from senet_viz.models import zoo
+    from senet_viz.models.embedded import CLASS_NAMES
+    from senet_viz.models.embedded.data import MEAN, STD
 
     require(embedded_model_ready(), EMBEDDED_MISSING)
     # a torch.export program without pickles: a browser user may upload it to a default server (TorchScript carries

@@ -120,7 +120,7 @@ def test_markup_in_an_opened_bundle_makes_no_browser_fetch_anything(browser, tmp
 
     from test_hostile_bundles import prov, stats_of
 
-    from senet_viz.bundle import write_bundle
+    from senet_viz.analysis.bundle import write_bundle
 
     hits: list[str] = []
 

@@ -9,8 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from senet_viz.bundle import BundleError, merge_bundles, provenance, read_bundle, write_bundle
-from senet_viz.stats import GateStats
+from senet_viz.analysis.bundle import BundleError, merge_bundles, provenance, read_bundle, write_bundle
+from senet_viz.analysis.stats import GateStats
 
 BLOCKS = [{"name": "SE_2_1", "stage": 2, "channels": 8}, {"name": "SE_5_1", "stage": 5, "channels": 16}]
 CLASSES = ["a", "b", "c"]
@@ -87,8 +87,7 @@ def test_files_that_are_not_bundles_are_refused_with_the_reason(blob, says):
 
 
 def test_a_member_that_lies_about_its_size_is_refused(monkeypatch):
-    from senet_viz import bundle
-
+    from senet_viz.analysis import bundle
     monkeypatch.setitem(bundle.MAX_MEMBER_BYTES, "bundle.json", 100)
     big = json.dumps({"format": "senet-viz-bundle", "version": 1, "pad": "x" * 1000}).encode()
     with pytest.raises(BundleError, match="over the"):

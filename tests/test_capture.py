@@ -10,8 +10,8 @@ import torch
 from conftest import clone_model
 from torch import nn
 
-from senet_viz.blocks import select_blocks
-from senet_viz.capture import ablate, capture, hook_count
+from senet_viz.gates.blocks import select_blocks
+from senet_viz.gates.capture import ablate, capture, hook_count
 
 
 class ConstantGate(nn.Module):

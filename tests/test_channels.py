@@ -14,12 +14,12 @@ import torch
 from conftest import EMBEDDED_MISSING, REPO_ROOT, embedded_model_ready, requires
 from PIL import Image
 
-from senet_viz import channels, exemplars
-from senet_viz.blocks import SEBlock
-from senet_viz.capture import hook_count
-from senet_viz.run import Result
-from senet_viz.stats import GateStats
-from senet_viz.store import ExcitationWriter, read_excitations
+from senet_viz.analysis import channels, exemplars
+from senet_viz.analysis.stats import GateStats
+from senet_viz.data.store import ExcitationWriter, read_excitations
+from senet_viz.gates.blocks import SEBlock
+from senet_viz.gates.capture import hook_count
+from senet_viz.inference.run import Result
 
 CLASSES = [f"c{i}" for i in range(5)]
 
@@ -225,7 +225,7 @@ def test_stats_for_extract_groups_by_label_or_prediction(tmp_path):
 
 
 def test_pregate_maps_read_the_se_input_and_leave_no_hook(tiny_seresnet, tiny_input):
-    from senet_viz.channel_maps import display_image, pregate_maps
+    from senet_viz.analysis.channel_maps import display_image, pregate_maps
 
     block = tiny_seresnet.blocks[-1]
     module = tiny_seresnet.model.get_submodule(block.path)
@@ -288,8 +288,8 @@ def test_the_channels_command_writes_tables_and_contact_sheets(tmp_path):
 def test_selectivity_by_depth_on_the_900_shared_images(mnv3_tflite, imagenet_samples):
     """What benchmarks/channel_selectivity.py measures, in-process: one image per class, so class means are single
     images (the summary says so); values are indices in [0, 1] for each of the 9 SE blocks."""
-    from senet_viz.data import folder_source
-    from senet_viz.run import run_model
+    from senet_viz.data.sources import folder_source
+    from senet_viz.inference.run import run_model
 
     images = folder_source(imagenet_samples, class_names=mnv3_tflite.class_names, wnids=mnv3_tflite.wnids)
     result = run_model(mnv3_tflite, images, keep_logits=False)

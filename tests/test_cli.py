@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-from senet_viz.zoo import WEIGHTS_DIR_ENV, get_spec
+from senet_viz.models.zoo import WEIGHTS_DIR_ENV, get_spec
 
 SERESNET50_NAMES = ([f"SE_2_{i}" for i in range(1, 4)] + [f"SE_3_{i}" for i in range(1, 5)]
                     + [f"SE_4_{i}" for i in range(1, 7)] + [f"SE_5_{i}" for i in range(1, 4)])
@@ -156,7 +156,7 @@ def two_class_folder(imagenet_samples, tmp_path_factory) -> tuple[Path, set[str]
 
 
 def test_extract_in_two_shards(two_class_folder, tmp_path: Path, mnv3_tflite):
-    from senet_viz.store import read_excitations
+    from senet_viz.data.store import read_excitations
 
     root, keys = two_class_folder
     outs = [tmp_path / "part0.parquet", tmp_path / "part1.parquet"]
@@ -193,8 +193,8 @@ def test_extract_in_two_shards(two_class_folder, tmp_path: Path, mnv3_tflite):
 
 @pytest.mark.slow
 def test_mobilenetv3_on_all_900_shared_images(imagenet_samples, mnv3_tflite):
-    from senet_viz.ablation import evaluate
-    from senet_viz.data import folder_source
+    from senet_viz.analysis.ablation import evaluate
+    from senet_viz.data.sources import folder_source
 
     images = folder_source(imagenet_samples, class_names=mnv3_tflite.class_names, wnids=mnv3_tflite.wnids)
     out = evaluate(mnv3_tflite, images, batch_size=64)

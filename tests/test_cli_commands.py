@@ -17,9 +17,10 @@ import pytest
 from conftest import EMBEDDED_MISSING, REPO_ROOT, embedded_model_ready, requires
 from PIL import Image
 
-from senet_viz import cli, plots, zoo
-from senet_viz.stats import GateStats
-from senet_viz.store import read_excitations
+from senet_viz import cli, plots
+from senet_viz.analysis.stats import GateStats
+from senet_viz.data.store import read_excitations
+from senet_viz.models import zoo
 
 MODEL = "se_resnet_fmnist"
 SAMPLES = REPO_ROOT / "assets" / "fmnist_samples"

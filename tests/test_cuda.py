@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from senet_viz import ablation
-from senet_viz.data import ImageSet, folder_source
-from senet_viz.run import forward_count, run_model
-from senet_viz.zoo import LoadedModel, load_model
+from senet_viz.analysis import ablation
+from senet_viz.data.sources import ImageSet, folder_source
+from senet_viz.inference.run import forward_count, run_model
+from senet_viz.models.zoo import LoadedModel, load_model
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; run on a GPU machine)"),

@@ -1,4 +1,4 @@
-"""Tests for senet_viz.data: decoding of hostile/odd images, folder and upload sources, labels, zip guards.
+"""Tests for senet_viz.data.sources: decoding of hostile/odd images, folder and upload sources, labels, zip guards.
 
 Every bad input is generated here (no binary fixtures). The real ImageNet samples in ../shared are used where
 present and the tests that need them are skipped otherwise.
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from senet_viz.data import (
+from senet_viz.data.sources import (
     MAX_PIXELS,
     ImageDecodeError,
     ImageItem,

@@ -21,11 +21,11 @@ import torch
 from conftest import REPO_ROOT, require
 
 from senet_viz import cli
-from senet_viz.data import ImageItem, ImageSet
-from senet_viz.distributed import DistributedError, Group, RankInfo, _combine_sweep_rows, rank_info
-from senet_viz.stats import GateStats
-from senet_viz.store import read_excitations
-from senet_viz.zoo import WEIGHTS_DIR_ENV
+from senet_viz.analysis.stats import GateStats
+from senet_viz.data.sources import ImageItem, ImageSet
+from senet_viz.data.store import read_excitations
+from senet_viz.inference.distributed import DistributedError, Group, RankInfo, _combine_sweep_rows, rank_info
+from senet_viz.models.zoo import WEIGHTS_DIR_ENV
 
 SAMPLES = REPO_ROOT / "assets" / "fmnist_samples"
 RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",

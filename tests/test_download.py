@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from senet_viz import zoo
+from senet_viz.models import zoo
 
 
 @pytest.fixture

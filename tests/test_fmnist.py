@@ -1,4 +1,5 @@
-"""The embedded Fashion-MNIST SE-ResNets (senet_viz.embedded): shipped weights, samples and cards, the zoo entries,
+"""The embedded Fashion-MNIST SE-ResNets (senet_viz.models.embedded): shipped weights, samples and cards, the zoo
+entries,
 IDX reading, training and its global settings."""
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import torch
 from conftest import require
 from PIL import Image
 
-from senet_viz import zoo
-from senet_viz.ablation import evaluate
-from senet_viz.blocks import find_se_blocks
+from senet_viz.analysis.ablation import evaluate
 from senet_viz.cli import main
-from senet_viz.data import folder_source
-from senet_viz.embedded import data as fm_data
-from senet_viz.embedded import model as fm_model
-from senet_viz.embedded import train as fm_train
-from senet_viz.embedded.card import render_card
+from senet_viz.data.sources import folder_source
+from senet_viz.gates.blocks import find_se_blocks
+from senet_viz.models import zoo
+from senet_viz.models.embedded import data as fm_data
+from senet_viz.models.embedded import model as fm_model
+from senet_viz.models.embedded import train as fm_train
+from senet_viz.models.embedded.card import render_card
 from senet_viz.paths import ASSETS_DIR
 
 MODEL_NAME, NOSE5_NAME = fm_model.MODEL_NAME, fm_model.NOSE5_NAME
@@ -175,9 +176,8 @@ def test_the_package_registers_itself_in_the_registry_not_the_zoo():
     import ast
     import inspect
 
-    import senet_viz.embedded as embedded
-    from senet_viz import registry
-
+    import senet_viz.models.embedded as embedded
+    from senet_viz.models import registry
     assert registry.get_spec(MODEL_NAME).builder is embedded.se_resnet_fmnist
     for module in (embedded, fm_data, fm_model):
         tree = ast.parse(inspect.getsource(module))

@@ -23,10 +23,10 @@ from timm.models.nfnet import NfCfg, NormFreeNet
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from senet_viz.blocks import NOT_SE, discover, discover_se_blocks, find_se_blocks
-from senet_viz.capture import ablate, capture, hook_count
-from senet_viz.cost import model_cost
-from senet_viz.fx_gates import GateProbe, trace_gates
+from senet_viz.analysis.cost import model_cost
+from senet_viz.gates.blocks import NOT_SE, discover, discover_se_blocks, find_se_blocks
+from senet_viz.gates.capture import ablate, capture, hook_count
+from senet_viz.gates.fx import GateProbe, trace_gates
 
 SIZE = (3, 64, 64)
 

@@ -30,9 +30,9 @@ import pytest
 from apptest_helpers import app_session, open_page
 from streamlit.testing.v1 import AppTest
 
-from senet_viz.bundle import MAX_MEMBER_BYTES, BundleError, provenance, read_bundle, write_bundle
+from senet_viz.analysis.bundle import MAX_MEMBER_BYTES, BundleError, provenance, read_bundle, write_bundle
+from senet_viz.analysis.stats import _META_KEY, GateStats, StatsTooLarge
 from senet_viz.paths import outside_roots_message
-from senet_viz.stats import _META_KEY, GateStats, StatsTooLarge
 from ui.text import plain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def run_child(code: str, env: dict[str, str] | None = None) -> dict:
 # The child reads a genuine bundle first (imports, pyarrow's pools: its baseline), then the bomb.
 CHILD = """
 import json, resource, sys, tracemalloc
-from senet_viz.bundle import BundleError, read_bundle
+from senet_viz.analysis.bundle import BundleError, read_bundle
 read_bundle(sys.argv[1] if len(sys.argv) > 1 else {genuine!r})
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 tracemalloc.start()
@@ -345,7 +345,7 @@ def test_the_menu_label_counts_from_the_statistics_not_from_bundle_json(tmp_path
 def test_page_headers_that_disagree_with_the_footer_are_refused_before_decoding(tmp_path):
     """The footer-based bounds hold only if the pages declare what the footer says: a page header claiming more
     bytes than its footer counts (same byte length, so every offset stays valid) is refused."""
-    from senet_viz.parquet_pages import PageMismatch, _varint, page_header
+    from senet_viz.data.parquet_pages import PageMismatch, _varint, page_header
 
     genuine = tmp_path / "stats.parquet"
     stats_of(0).save(genuine)

@@ -14,7 +14,7 @@ file not touched, ``torch.jit.load`` never called. Each payload is shown to be l
 the local user keeps does run it. A typed model path outside the data roots gets the one outside-the-roots
 answer, present or missing; a hostile ``.pt2`` typed inside the roots is refused like an upload.
 
-In the library: the ``.pt2`` check (:func:`senet_viz.pt2_check.pt2_code_risks`) finds each place where
+In the library: the ``.pt2`` check (:func:`senet_viz.models.pt2_check.pt2_code_risks`) finds each place where
 ``torch.export.load`` or ``program.module()`` runs code from a pickle-free archive (a sympy expression it evals,
 guard code it execs, file operators, call targets, pickled members, compiled code, a sample-inputs pickle that
 ``weights_only=True`` refuses); the two that ran code in a pickle-free file (sympy, guards) are shown to do so on
@@ -39,8 +39,8 @@ from streamlit.testing.v1 import AppTest
 from timm.layers import SEModule
 from torch import nn
 
-from senet_viz import zoo
-from senet_viz.loaders import CodeNotAllowedError, ModelLoadError, load_model_arg, pt2_code_risks
+from senet_viz.models import zoo
+from senet_viz.models.loaders import CodeNotAllowedError, ModelLoadError, load_model_arg, pt2_code_risks
 from senet_viz.paths import outside_roots_message
 
 ROOT = Path(__file__).resolve().parents[1]

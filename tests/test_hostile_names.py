@@ -3,7 +3,7 @@
 the hub only. Each is answered from the network built on the ``meta`` device (shapes, no memory, no weights), in
 the library and in the app: the network is never built for real, no weights are read and nothing is fetched.
 
-Every build is watched through :meth:`senet_viz.registry.ModelSpec.build`: the bytes of the parameters and
+Every build is watched through :meth:`senet_viz.models.registry.ModelSpec.build`: the bytes of the parameters and
 buffers it made for real are recorded.
 """
 
@@ -16,7 +16,7 @@ import torch
 from apptest_helpers import app_session, shown
 from streamlit.testing.v1 import AppTest
 
-from senet_viz import registry, zoo
+from senet_viz.models import registry, zoo
 from ui import state
 from ui.caches import LRU
 

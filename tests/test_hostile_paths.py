@@ -21,8 +21,8 @@ from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from senet_viz import data
-from senet_viz.data import FolderWalkLimit, folder_source
+from senet_viz.data import sources as data
+from senet_viz.data.sources import FolderWalkLimit, folder_source
 from senet_viz.paths import OutsideRootsError, outside_roots_message
 from ui import serving
 
@@ -340,7 +340,6 @@ def test_a_bounded_walk_is_remembered_until_its_folder_changes(tmp_path, monkeyp
 @needs_model
 def test_the_cli_walks_a_whole_data_set_without_the_apps_bounds(tmp_path, monkeypatch, capsys):
     from senet_viz import cli
-
     deep = tmp_path / "set"
     for i, cls in enumerate(CLASSES):
         path = deep / cls / "a" / "b" / "c" / "d" / f"{i}.png"  # five levels down, deeper than the app's bound

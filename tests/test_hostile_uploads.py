@@ -23,9 +23,9 @@ from apptest_helpers import app_session, assert_ok, uploader
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from PIL import Image
 
-from senet_viz import data as imagedata
-from senet_viz.data import ZipRefused, expand_zip, uploads_source
-from senet_viz.decode import ImageDecodeError, decode_bytes, decode_image
+from senet_viz.data import sources as imagedata
+from senet_viz.data.decode import ImageDecodeError, decode_bytes, decode_image
+from senet_viz.data.sources import ZipRefused, expand_zip, uploads_source
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "se_resnet_fmnist"
@@ -195,7 +195,7 @@ def test_16bit_tiff_bomb_peak_memory_in_a_fresh_process(tmp_path):
     path.write_bytes(tiff16_bomb())
     script = (
         "import resource, sys\n"
-        "from senet_viz.decode import ImageDecodeError, decode_image\n"
+        "from senet_viz.data.decode import ImageDecodeError, decode_image\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n    decode_image(sys.argv[1])\nexcept ImageDecodeError as exc:\n    print('refused', exc)\n"
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n"

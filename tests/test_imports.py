@@ -147,9 +147,9 @@ def test_senet_viz_has_no_import_circle():
     graph = import_graph(modules)
     assert len(graph) >= 20 and sum(map(len, graph.values())) >= 30  # the real package, read
     # the registry pattern: the zoo pulls the embedded package in; neither it nor the registry imports the zoo
-    assert "senet_viz.embedded" in graph["senet_viz.zoo"]
-    assert "senet_viz.zoo" not in graph["senet_viz.registry"] | graph["senet_viz.embedded"]
-    assert all(edge != "senet_viz.zoo" for mod in graph if mod.startswith("senet_viz.embedded")
+    assert "senet_viz.models.embedded" in graph["senet_viz.models.zoo"]
+    assert "senet_viz.models.zoo" not in graph["senet_viz.models.registry"] | graph["senet_viz.models.embedded"]
+    assert all(edge != "senet_viz.models.zoo" for mod in graph if mod.startswith("senet_viz.models.embedded")
                for edge in graph[mod])
     cycle = find_cycle(graph)
     assert cycle is None, "import circle (top-level imports): " + " -> ".join(cycle)
@@ -158,11 +158,11 @@ def test_senet_viz_has_no_import_circle():
 def test_the_embedded_package_imported_first_registers_itself_and_the_zoo_adds_the_rest():
     script = (
         "import json, sys\n"
-        "import senet_viz.embedded.train\n"  # a deep module first, before the zoo
+        "import senet_viz.models.embedded.train\n"  # a deep module first, before the zoo
         "from senet_viz import registry\n"
         "first = registry.list_models()\n"
-        "loaded_zoo = 'senet_viz.zoo' in sys.modules\n"
-        "import senet_viz.zoo as zoo\n"
+        "loaded_zoo = 'senet_viz.models.zoo' in sys.modules\n"
+        "import senet_viz.models.zoo as zoo\n"
         "print(json.dumps({'first': first, 'zoo_before': loaded_zoo, 'all': zoo.list_models()}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

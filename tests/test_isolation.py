@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from conftest import REPO_ROOT, TEST_HOME
 
-from senet_viz import zoo
+from senet_viz.models import zoo
 
 
 def test_home_and_caches_are_the_sessions_temporary_ones(isolated_home):

@@ -55,5 +55,6 @@ def test_importing_every_library_module_loads_no_streamlit():
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"senet_viz.blocks", "senet_viz.capture", "senet_viz.zoo", "senet_viz.cli"} <= set(out["modules"])
+    assert {"senet_viz.gates.blocks", "senet_viz.gates.capture", "senet_viz.models.zoo", "senet_viz.cli"} <= set(
+        out["modules"])
     assert out["streamlit"] == []

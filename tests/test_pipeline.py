@@ -1,4 +1,5 @@
-"""The input pipeline of senet_viz.run: the fast JPEG path against the PIL reference, odd JPEGs, skipped files,
+"""The input pipeline of senet_viz.inference.run: the fast JPEG path against the PIL reference, odd JPEGs, skipped
+files,
 decode threads (also from a thread that is not the main one), and gates copied to the host once per batch.
 
 Synthetic images are made here; the real ImageNet samples in ../shared are used where present.
@@ -19,9 +20,7 @@ from conftest import IMAGENET_SAMPLES, TINY_CLASSES, make_tiny_seresnet, require
 from PIL import Image, ImageFile
 from torchvision.transforms.v2 import functional as TF
 
-from senet_viz import run as run_mod
-from senet_viz.capture import capture
-from senet_viz.data import (
+from senet_viz.data.sources import (
     ImageDecodeError,
     ImageItem,
     ImageSet,
@@ -31,8 +30,10 @@ from senet_viz.data import (
     read_jpeg,
     uploads_source,
 )
-from senet_viz.run import _Pipeline, default_workers, run_model
-from senet_viz.zoo import LoadedModel, Preprocess, PreprocessTransform
+from senet_viz.gates.capture import capture
+from senet_viz.inference import run as run_mod
+from senet_viz.inference.run import _Pipeline, default_workers, run_model
+from senet_viz.models.zoo import LoadedModel, Preprocess, PreprocessTransform
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 needs_samples = requires(IMAGENET_SAMPLES.is_dir(), f"the shared ImageNet samples at {IMAGENET_SAMPLES}")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from senet_viz import data
-from senet_viz.data import folder_source
-from senet_viz.run import PixelCache, reuse_pixels, run_model
-from senet_viz.zoo import LoadedModel, load_model
+from senet_viz.data import sources as data
+from senet_viz.data.sources import folder_source
+from senet_viz.inference.run import PixelCache, reuse_pixels, run_model
+from senet_viz.models.zoo import LoadedModel, load_model
 
 SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "fmnist_samples"
 

@@ -520,7 +520,7 @@ WIDE = [("SE_2_1", 2, 32), ("SE_3_1", 3, 48), ("SE_3_2", 3, 48)]
 @pytest.fixture(scope="module")
 def many():
     """Statistics of 300 classes (per-channel histograms not kept, auto policy) and the raw gates."""
-    from senet_viz.stats import GateStats
+    from senet_viz.analysis.stats import GateStats
 
     rng = np.random.default_rng(11)
     n = 4000
@@ -628,7 +628,7 @@ def test_many_classes_image_percentiles_say_the_class_histogram_is_not_kept(many
 
 def test_bounded_frames_of_small_statistics_draw_what_the_full_frame_draws():
     """The pages now pass bounded frames; for a small run the figures are those of the full frame."""
-    from senet_viz.stats import GateStats
+    from senet_viz.analysis.stats import GateStats
 
     rng = np.random.default_rng(12)
     stats = GateStats.for_blocks(MODEL, [{"name": b, "stage": s, "channels": c} for b, s, c in BLOCKS], list(CLASSES),

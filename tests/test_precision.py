@@ -1,4 +1,4 @@
-"""Reduced precision must not corrupt results: the precision policy of senet_viz.run and the ablation passes.
+"""Reduced precision must not corrupt results: the precision policy of senet_viz.inference.run and the ablation passes.
 
 MobileNetV3-Small with every SE block removed (gate = 1) drives its activations to ~1e6, past float16's 65,504.
 CPU autocast to float16 reproduces that overflow, so the fp32 fallback is tested here without a GPU.
@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from senet_viz import ablation
-from senet_viz.data import ImageSet, folder_source
-from senet_viz.run import PrecisionPolicy, autocast_dtype, forward_count, run_model
+from senet_viz.analysis import ablation
+from senet_viz.data.sources import ImageSet, folder_source
+from senet_viz.inference.run import PrecisionPolicy, autocast_dtype, forward_count, run_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 

@@ -40,14 +40,18 @@ from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from PIL import Image
 from torch import nn
 
-from senet_viz import ablation, capture, cli, run, zoo
-from senet_viz.blocks import BlockSelectionError, discover_se_blocks, select_blocks
-from senet_viz.capture import hook_count
-from senet_viz.cost import model_cost
-from senet_viz.data import MAX_PIXELS, ImageSet, folder_source
-from senet_viz.embedded import CLASS_NAMES
-from senet_viz.run import run_model
-from senet_viz.zoo import LimitAspect, LoadedModel, load_model
+from senet_viz import cli
+from senet_viz.analysis import ablation
+from senet_viz.analysis.cost import model_cost
+from senet_viz.data.sources import MAX_PIXELS, ImageSet, folder_source
+from senet_viz.gates import capture
+from senet_viz.gates.blocks import BlockSelectionError, discover_se_blocks, select_blocks
+from senet_viz.gates.capture import hook_count
+from senet_viz.inference import run
+from senet_viz.inference.run import run_model
+from senet_viz.models import zoo
+from senet_viz.models.embedded import CLASS_NAMES
+from senet_viz.models.zoo import LimitAspect, LoadedModel, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "se_resnet_fmnist"
@@ -208,7 +212,7 @@ def test_cli_evaluate_skips_each_bad_file_with_its_reason_and_scores_the_rest(co
 
 
 def test_cli_extract_writes_a_row_for_every_readable_file(corpus, tmp_path):
-    from senet_viz.store import read_excitations
+    from senet_viz.data.store import read_excitations
 
     root, good = corpus
     out_file = tmp_path / "x.parquet"
@@ -548,8 +552,7 @@ def test_mac_counts_are_not_disturbed_by_another_model_running_in_another_thread
     tracker put back, the same check sees the disturbance."""
     from torch.utils.module_tracker import ModuleTracker
 
-    from senet_viz import cost
-
+    from senet_viz.analysis import cost
     loaded, other = fresh_model(), load_model("se_resnet_fmnist_nose5", device="cpu").model
     assert all(mac_counts_beside_another_model(loaded, other))
     monkeypatch.setattr(cost, "_ThisThreadModuleTracker", ModuleTracker)

@@ -25,7 +25,7 @@ from apptest_helpers import app_session, assert_ok
 from safetensors.torch import save_file
 from torch import nn
 
-from senet_viz import zoo
+from senet_viz.models import zoo
 from ui import state
 from ui.caches import LRU, ResultCache, value_bytes
 

@@ -1,7 +1,7 @@
 """Results shared between sessions, and torch threads per request (ui/state.py).
 
 Two AppTest sessions in one process: the second renders what the first computed without a forward pass
-(``senet_viz.run.forward_count``); another image set is computed, once. Unit tests of the shared LRU (bounded,
+(``senet_viz.inference.run.forward_count``); another image set is computed, once. Unit tests of the shared LRU (bounded,
 least-recently-used eviction, one computation for concurrent requests of one key, errors not cached), of the
 image-set keys (a file edited in place or another folder with the same layout is a new key), of the thread policy
 and of the worker threads (capped torch threads, one model copy per concurrent request).
@@ -24,10 +24,10 @@ from apptest_helpers import assert_ok, open_page
 from conftest import EMBEDDED_MISSING, TINY_CLASSES, embedded_model_ready, make_tiny_seresnet, requires
 from streamlit.testing.v1 import AppTest
 
-from senet_viz import zoo
-from senet_viz.capture import capture, hook_count
-from senet_viz.data import folder_source
-from senet_viz.run import forward_count
+from senet_viz.data.sources import folder_source
+from senet_viz.gates.capture import capture, hook_count
+from senet_viz.inference.run import forward_count
+from senet_viz.models import zoo
 from ui.caches import LRU, Flight, ResultCache
 from ui.state import Engine, ThreadPolicy, images_key, thread_policy, weights_digest
 
@@ -266,11 +266,11 @@ def test_images_key_follows_the_files_not_their_relative_paths(tmp_path):
 
 
 def test_the_weights_digest_is_computed_again_only_when_the_file_changes(tmp_path, monkeypatch):
-    import senet_viz.weights
+    import senet_viz.models.weights
 
     hashed = []
-    real = senet_viz.weights._hash_file  # the one place a file is read (file_sha256 memoises it)
-    monkeypatch.setattr(senet_viz.weights, "_hash_file", lambda path: hashed.append(path) or real(path))
+    real = senet_viz.models.weights._hash_file  # the one place a file is read (file_sha256 memoises it)
+    monkeypatch.setattr(senet_viz.models.weights, "_hash_file", lambda path: hashed.append(path) or real(path))
     path = tmp_path / "w.safetensors"
     path.write_bytes(b"first")
     first = weights_digest(path)

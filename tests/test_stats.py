@@ -1,4 +1,4 @@
-"""Streaming gate statistics and indices on constructed gates (formulas in senet_viz/stats.py)."""
+"""Streaming gate statistics and indices on constructed gates (formulas in senet_viz/analysis/stats.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from senet_viz.stats import GateStats, hist_quantile
+from senet_viz.analysis.stats import GateStats, hist_quantile
 
 BLOCKS = [{"name": "SE_2_1", "stage": 2, "channels": 8}, {"name": "SE_5_1", "stage": 5, "channels": 16}]
 CLASSES = ["a", "b", "c"]
@@ -361,8 +361,8 @@ def test_old_per_channel_files_still_load(tmp_path):
 def test_parquet_extract_is_streamed_into_the_same_statistics(tmp_path):
     from types import SimpleNamespace
 
-    from senet_viz.stats import stats_from_parquet
-    from senet_viz.store import ExcitationWriter
+    from senet_viz.analysis.stats import stats_from_parquet
+    from senet_viz.data.store import ExcitationWriter
 
     gates, labels = many_classes(n=1500)
     blocks = [SimpleNamespace(name=b["name"], path=f"layer{i}", stage=b["stage"], index=i, channels=b["channels"])
@@ -383,7 +383,6 @@ def test_parquet_extract_is_streamed_into_the_same_statistics(tmp_path):
 
 def test_stats_and_figure_commands_on_many_classes(tmp_path, capsys):
     from senet_viz import cli
-
     gates, labels = many_classes()
     stats = feed(GateStats.for_blocks("toy", WIDE, [f"c{k}" for k in range(MANY)]), gates, labels)
     stats.save(tmp_path / "s.parquet")

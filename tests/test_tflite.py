@@ -15,7 +15,7 @@ from conftest import requires
 from PIL import Image
 from torch import nn
 
-from senet_viz.tflite import TFLiteImportError, load_tflite_state_dict, runtime_crop
+from senet_viz.models.tflite import TFLiteImportError, load_tflite_state_dict, runtime_crop
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MODEL_FILE = SHARED / "models" / "mobilenet_v3_small_224_1.0_uint8.tflite"

@@ -31,8 +31,8 @@ from timm.models._efficientnet_blocks import SqueezeExcite
 from timm.models.hgnet import EseModule
 from timm.models.senet import SEModule as LegacySEModule
 
-from senet_viz.blocks import discover_se_blocks
-from senet_viz.capture import capture, hook_count
+from senet_viz.gates.blocks import discover_se_blocks
+from senet_viz.gates.capture import capture, hook_count
 
 GATE_CLASSES: dict[type, str] = {
     SEModule: "se", SqueezeExcite: "se", LegacySEModule: "se", SqueezeExciteCl: "se",
@@ -141,7 +141,7 @@ def test_every_gate_is_found_named_and_captured(name):
 
 
 def test_gate_census_counts_without_weights_and_caches(tmp_path):
-    from senet_viz.census import gate_census
+    from senet_viz.gates.census import gate_census
 
     names = ["seresnet18", "hgnet_tiny", "ecaresnet26t", "resnest14d", "gcresnet33ts", "convnext_atto",
              "torchvision:mobilenet_v3_small", "torchvision:resnet18", "torchvision:regnet_y_400mf"]

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from senet_viz.data import ImageItem, ImageSet
-from senet_viz.paper import pick_classes
-from senet_viz.stats import GateStats
-from senet_viz.verdict import AGNOSTIC_SPREAD, GLOSSARY, INERT_STD, paper_verdict
+from senet_viz.analysis.paper import pick_classes
+from senet_viz.analysis.stats import GateStats
+from senet_viz.analysis.verdict import AGNOSTIC_SPREAD, GLOSSARY, INERT_STD, paper_verdict
+from senet_viz.data.sources import ImageItem, ImageSet
 
 NAMES = ["SE_2_1", "SE_3_1", "SE_4_1", "SE_5_1", "SE_5_2", "SE_5_3"]
 BLOCKS = [{"name": n, "stage": int(n.split("_")[1]), "channels": 16} for n in NAMES]
@@ -199,8 +199,8 @@ def test_paper_preset_picks_the_classes_with_most_images():
 
 
 def test_mobilenetv3_small_se_2_1_is_inert(mnv3_tflite, imagenet_samples):
-    from senet_viz.data import folder_source
-    from senet_viz.run import run_model
+    from senet_viz.data.sources import folder_source
+    from senet_viz.inference.run import run_model
 
     images = folder_source(imagenet_samples, class_names=mnv3_tflite.class_names, wnids=mnv3_tflite.wnids)
     images = replace(images, items=images.items[:8])

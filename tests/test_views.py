@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from senet_viz.data import ImageItem, ImageSet
-from senet_viz.run import Result
-from senet_viz.stats import ALL, MAX_DETAIL_CLASSES, GateStats, hist_quantile
+from senet_viz.analysis.stats import ALL, MAX_DETAIL_CLASSES, GateStats, hist_quantile
+from senet_viz.data.sources import ImageItem, ImageSet
+from senet_viz.inference.run import Result
 
 BLOCKS = [{"name": "SE_2_1", "stage": 2, "channels": 4}, {"name": "SE_5_1", "stage": 5, "channels": 6}]
 CLASSES = ["cat", "dog", "fox"]

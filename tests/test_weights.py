@@ -10,7 +10,7 @@ import torch
 from conftest import TinySEResNet, make_tiny_custom, make_tiny_seresnet
 from safetensors.torch import save_file
 
-from senet_viz.weights import WeightsError, check_state_dict, load_weights_into, read_state_dict
+from senet_viz.models.weights import WeightsError, check_state_dict, load_weights_into, read_state_dict
 
 
 def _equal_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -119,7 +119,7 @@ def test_a_checkpoint_without_tensors_is_refused(tmp_path: Path):
 def test_the_file_hash_is_memoised_until_the_file_changes(tmp_path: Path, monkeypatch):
     import hashlib
 
-    import senet_viz.weights as weights
+    import senet_viz.models.weights as weights
 
     hashed = []
     real = weights._hash_file

@@ -12,9 +12,9 @@ from conftest import TINY_CLASSES, make_tiny_custom
 from PIL import Image
 from safetensors.torch import save_file
 
-import senet_viz.zoo as zoo
-from senet_viz.capture import hook_count
-from senet_viz.zoo import (
+import senet_viz.models.zoo as zoo
+from senet_viz.gates.capture import hook_count
+from senet_viz.models.zoo import (
     WEIGHTS_DIR_ENV,
     LoadedModel,
     WeightsUnavailableError,
@@ -157,8 +157,7 @@ def test_categories_are_loaded_lazily_once():
 
 
 def test_register_model_decorator_registers_a_builder(monkeypatch):
-    from senet_viz import registry
-
+    from senet_viz.models import registry
     monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))
 
     @registry.register_model(family="SE-ResNet", paper_name="Mine", arch="Tiny", paper="mine",

@@ -9,7 +9,7 @@ import hashlib
 
 import streamlit as st
 
-from senet_viz.bundle import Bundle, BundleError
+from senet_viz.analysis.bundle import Bundle, BundleError
 from ui import state, uploads
 from ui.text import plain
 

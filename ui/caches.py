@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from senet_viz.run import ProgressFn
+from senet_viz.inference.run import ProgressFn
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,7 +1,8 @@
 """Glue of the Channels page (pages/channels.py): where its gates come from (this run, or an ``extract`` Parquet
 file on the server), the click-through from Compare classes' charts, and the shared pre-gate map computation.
 
-Computation lives in :mod:`senet_viz.channels`, :mod:`senet_viz.exemplars` and :mod:`senet_viz.channel_maps`; this
+Computation lives in :mod:`senet_viz.analysis.channels`, :mod:`senet_viz.analysis.exemplars` and
+:mod:`senet_viz.analysis.channel_maps`; this
 module decides which to call and caches what a rerun would otherwise redo.
 """
 
@@ -17,11 +18,11 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
-from senet_viz import channels, exemplars
-from senet_viz.data import ImageDecodeError, decode_image
-from senet_viz.stats import GateStats
-from senet_viz.store import read_meta
-from senet_viz.zoo import LoadedModel
+from senet_viz.analysis import channels, exemplars
+from senet_viz.analysis.stats import GateStats
+from senet_viz.data.sources import ImageDecodeError, decode_image
+from senet_viz.data.store import read_meta
+from senet_viz.models.zoo import LoadedModel
 from ui import sidebar, state
 from ui.common import need_analysis, per_model
 from ui.serving import OutsideRootsError, server_path
@@ -237,7 +238,7 @@ def thumbnails(src: Source, frame: pd.DataFrame) -> tuple[list[np.ndarray], list
             missing += 1
             continue
         if src.loaded is not None:
-            from senet_viz.channel_maps import display_image
+            from senet_viz.analysis.channel_maps import display_image
 
             array = display_image(src.loaded, picture)
         else:
@@ -253,8 +254,8 @@ def pregate_maps(src: Source, block: str, channel: int, keys: list[str]
                  ) -> tuple[list[str], list[np.ndarray], np.ndarray]:
     """(the keys found, their crops, the channel's SE-input maps) of the images ``keys`` (shared between sessions,
     computed on a worker thread); images that cannot be found are left out."""
-    from senet_viz.channel_maps import display_image
-    from senet_viz.channel_maps import pregate_maps as compute_maps
+    from senet_viz.analysis.channel_maps import display_image
+    from senet_viz.analysis.channel_maps import pregate_maps as compute_maps
 
     loaded = src.loaded
     assert loaded is not None

@@ -3,7 +3,7 @@
 With ``SENET_VIZ_COMPUTE=processes`` (see ui/state.py) the passes run in worker processes instead of threads of
 the server: every process has its own Python interpreter, so two sessions' per-image Python work (decoding small
 images, hooks, bookkeeping) runs in parallel instead of taking turns on the server's one GIL. Each function here
-takes a :class:`ModelRef` (how the server loaded the model), the images (an :class:`~senet_viz.data.ImageSet`,
+takes a :class:`ModelRef` (how the server loaded the model), the images (an :class:`~senet_viz.data.sources.ImageSet`,
 picklable, uploads included) and returns what the thread version returns; the process keeps its own bounded
 cache of loaded models and of decoded pixels. This module imports no streamlit: a worker process stays small.
 """
@@ -21,17 +21,18 @@ from typing import NamedTuple
 import pandas as pd
 import torch
 
-from senet_viz import ablation, zoo
-from senet_viz.data import ImageSet
-from senet_viz.run import PixelCache, Result, reuse_pixels, run_model
-from senet_viz.stats import GateStats
+from senet_viz.analysis import ablation
+from senet_viz.analysis.stats import GateStats
+from senet_viz.data.sources import ImageSet
+from senet_viz.inference.run import PixelCache, Result, reuse_pixels, run_model
+from senet_viz.models import zoo
 from ui.serving import budget_bytes
 
 MODELS_PER_PROCESS = 3  # each worker keeps its last few models; the server's own cache is bounded by bytes
 
 
 class ModelRef(NamedTuple):
-    """The arguments the server loaded a model with (:func:`senet_viz.zoo.load_model`)."""
+    """The arguments the server loaded a model with (:func:`senet_viz.models.zoo.load_model`)."""
 
     name: str
     weights: str | None
@@ -123,7 +124,7 @@ def streamed_run(ref: ModelRef, images: ImageSet, class_names: list[str], keep_g
 
 def evaluate(ref: ModelRef, images: ImageSet, block_names: list[str], mode: str, full: Result | None,
              board: MutableMapping | None = None, token: str = "") -> ablation.AblationResult:
-    """:func:`senet_viz.ablation.evaluate` of the blocks named ``block_names``."""
+    """:func:`senet_viz.analysis.ablation.evaluate` of the blocks named ``block_names``."""
     loaded = model(ref)
     blocks = [b for b in loaded.blocks if b.name in set(block_names)]
     with reuse_pixels(_pixels):
@@ -132,7 +133,7 @@ def evaluate(ref: ModelRef, images: ImageSet, block_names: list[str], mode: str,
 
 def sweep(ref: ModelRef, images: ImageSet, modes: tuple[str, ...], kinds: tuple[str, ...],
           board: MutableMapping | None = None, token: str = "") -> pd.DataFrame:
-    """:func:`senet_viz.ablation.sweep` over the configurations of ``kinds``."""
+    """:func:`senet_viz.analysis.ablation.sweep` over the configurations of ``kinds``."""
     loaded = model(ref)
     configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[0] in kinds]
     with reuse_pixels(_pixels):

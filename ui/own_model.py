@@ -3,7 +3,8 @@ normalisation and class names the file does not carry.
 
 A browser user is a stranger (:mod:`ui.serving`), so the file is loaded with ``ModelFileOptions(untrusted=True)``:
 only the formats that carry no code are open, ONNX and a ``.pt2`` saved by ``torch.export.save`` without pickles
-(:func:`senet_viz.pt2_check.pt2_code_risks` checks the archive before torch reads it). TorchScript, a ``.pt2`` with
+(:func:`senet_viz.models.pt2_check.pt2_code_risks` checks the archive before torch reads it). TorchScript, a ``.pt2``
+with
 pickled weights or objects, and Python entry points (``file.py:build``) run code in the server; they load only
 when the server was started with ``SENET_VIZ_ALLOW_CODE=1``. Typed paths (the model, an entry point's ``.py``,
 its weights) must lie inside the operator's data roots (:func:`ui.serving.server_path`). Errors are shown with
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from senet_viz import zoo
+from senet_viz.models import zoo
 from ui import state, uploads
 from ui.serving import ALLOW_CODE_ENV, OutsideRootsError, allow_code, server_path
 from ui.text import plain
@@ -92,7 +93,7 @@ def _server_target(text: str) -> str:
 
 
 def _load_hint(exc: Exception) -> str:
-    from senet_viz.loaders import CodeNotAllowedError
+    from senet_viz.models.loaders import CodeNotAllowedError
 
     if isinstance(exc, CodeNotAllowedError):
         return (f"Formats that carry code load only on a server started with {ALLOW_CODE_ENV}=1. Safe here: ONNX "

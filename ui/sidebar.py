@@ -9,9 +9,8 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from senet_viz import zoo
-from senet_viz.bundle import Bundle
-from senet_viz.data import (
+from senet_viz.analysis.bundle import Bundle
+from senet_viz.data.sources import (
     MAX_ZIP_BYTES,
     MAX_ZIP_MEMBERS,
     ExpandedZip,
@@ -22,8 +21,9 @@ from senet_viz.data import (
     model_space_labels,
     uploads_source,
 )
+from senet_viz.models import zoo
+from senet_viz.models.weights import WeightsError
 from senet_viz.paths import SHARED_DIR
-from senet_viz.weights import WeightsError
 from ui import analysis_files, own_model, state, uploads
 from ui.serving import OutsideRootsError, budget_bytes, data_roots, server_path
 from ui.text import plain
@@ -124,8 +124,7 @@ def _picker_names() -> list[str]:
     """The curated models first, then the gated architectures the census cache knows (if it was computed)."""
     names = list(zoo.REGISTRY)
     try:
-        from senet_viz import census
-
+        from senet_viz.gates import census
         path = census.census_file()
         if path.is_file():
             names += _gated_architectures(str(path), path.stat().st_mtime_ns)
@@ -354,7 +353,7 @@ def _class_picker(images: ImageSet, model: zoo.LoadedModel, key: str) -> ImageSe
                              help="analyse every class of the folder; untick to choose classes")
     if everything:
         return images
-    from senet_viz.paper import pick_classes
+    from senet_viz.analysis.paper import pick_classes
 
     # Many classes (e.g. the 900-class ImageNet samples): start from the paper's preset, not the first classes.
     default = pick_classes(images, None, model.wnids) if len(present) > 12 else present

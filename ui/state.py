@@ -79,11 +79,12 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from senet_viz import ablation, zoo
-from senet_viz.bundle import Bundle, BundleError, read_bundle
-from senet_viz.data import ImageItem, ImageSet
-from senet_viz.run import PixelCache, ProgressFn, Result, reuse_pixels, run_model
-from senet_viz.stats import GateStats
+from senet_viz.analysis import ablation
+from senet_viz.analysis.bundle import Bundle, BundleError, read_bundle
+from senet_viz.analysis.stats import GateStats
+from senet_viz.data.sources import ImageItem, ImageSet
+from senet_viz.inference.run import PixelCache, ProgressFn, Result, reuse_pixels, run_model
+from senet_viz.models import zoo
 from ui import jobs, serving
 from ui.caches import LRU, Flight, ResultCache, run_inline
 
@@ -407,7 +408,7 @@ _models_guard = threading.Lock()
 
 
 def _model_bytes(loaded: zoo.LoadedModel) -> int:
-    from senet_viz.census import tensor_bytes
+    from senet_viz.gates.census import tensor_bytes
 
     return tensor_bytes(loaded.model)
 
@@ -444,8 +445,8 @@ def _cached_model(name: str, weights: str | None, device: str, weights_key: str,
 
 def weights_digest(path: str | Path) -> str:
     """Content digest of a weights file, hashed again only when its size or modification time changes (the
-    library memoises it: :func:`senet_viz.weights.file_sha256`)."""
-    from senet_viz.weights import file_digest
+    library memoises it: :func:`senet_viz.models.weights.file_sha256`)."""
+    from senet_viz.models.weights import file_digest
 
     return file_digest(path)
 
@@ -483,7 +484,7 @@ def get_model(name: str, weights: str | None = None, device: str = "auto",
     """The shared, cached model; raises the library's errors (WeightsError, ...) for the caller to show.
 
     ``name`` is a zoo / timm / torchvision name or a model file (``options``: what the file does not say, see
-    :class:`senet_viz.zoo.ModelFileOptions`); a changed model or weights file is loaded again."""
+    :class:`senet_viz.models.zoo.ModelFileOptions`); a changed model or weights file is loaded again."""
     engine()  # the thread policy is in place before the first forward (loading verifies the blocks with one)
     if zoo.is_model_file(name):  # whatever page asks, a model file the server loads is a stranger's
         options = replace(options or zoo.ModelFileOptions(), untrusted=True)
@@ -778,7 +779,7 @@ def open_bundle(source: bytes | str) -> Bundle:
     BundleError with a message to show). An upload is keyed by the sha256 of its bytes, a path by that of the
     file's content (memoised by resolved path, size and modification time); a path outside the data roots gets
     the one answer of :func:`ui.serving.server_path`, whether or not the file exists."""
-    from senet_viz.weights import file_sha256
+    from senet_viz.models.weights import file_sha256
     from ui.serving import OutsideRootsError, server_path
 
     budget = _bundles_budget()
@@ -827,7 +828,7 @@ def subset_by_keys(images: ImageSet, keys: set[str]) -> ImageSet:
 
 @st.cache_data(max_entries=16, show_spinner="Counting parameters and MACs ...")
 def _cost(model_name: str, weights_id: str, _loaded: zoo.LoadedModel):
-    from senet_viz.cost import model_cost
+    from senet_viz.analysis.cost import model_cost
 
     with _loaded.lock:
         return model_cost(_loaded.model, _loaded.blocks, (), _loaded.input_size, _loaded.name)
@@ -840,15 +841,14 @@ def cost(loaded: zoo.LoadedModel):
 @st.cache_data(show_spinner="Counting SE-ResNet-50 variants (no weights needed) ...")
 def paper_cost_table() -> dict[str, pd.DataFrame]:
     """The paper's Tables 10 and 13 beside parameter counts measured on random-weight SE-ResNet-50s."""
-    from senet_viz import paper
-
+    from senet_viz.analysis import paper
     return {"table13": paper.table13_measured(), "table10": paper.table10_measured()}
 
 
 def gradcams(loaded: zoo.LoadedModel, image_key: str, pixels, stage: int, removed: list) -> tuple[dict, int]:
     """Grad-CAM with the full network and with ``removed`` SE blocks (shared; keyed by the pixels themselves,
     ``image_key`` only names the image)."""
-    from senet_viz.attribution import gradcam
+    from senet_viz.analysis.attribution import gradcam
 
     def compute(_progress: ProgressFn, model: zoo.LoadedModel) -> tuple[dict, int]:
         full, target = gradcam(model, pixels, stage)
@@ -862,7 +862,7 @@ def gradcams(loaded: zoo.LoadedModel, image_key: str, pixels, stage: int, remove
 
 def channel_attribution(loaded: zoo.LoadedModel, image_key: str, pixels, block) -> tuple:
     """Gradient x gate of each channel of ``block`` for one image (shared; keyed by the pixels)."""
-    from senet_viz.attribution import se_channel_attribution
+    from senet_viz.analysis.attribution import se_channel_attribution
 
     def compute(_progress: ProgressFn, model: zoo.LoadedModel) -> tuple:
         return se_channel_attribution(model, pixels, block)

@@ -1,7 +1,7 @@
-"""Plotly figures of Squeeze-and-Excitation gates, built from the tidy frames of :mod:`senet_viz.stats`.
+"""Plotly figures of Squeeze-and-Excitation gates, built from the tidy frames of :mod:`senet_viz.analysis.stats`.
 
 Every function takes plain DataFrames / arrays and returns a :class:`plotly.graph_objects.Figure`; nothing here
-imports torch or streamlit (only drawing a sweep imports :mod:`senet_viz.ablation`, for its Pareto front). The
+imports torch or streamlit (only drawing a sweep imports :mod:`senet_viz.analysis.ablation`, for its Pareto front). The
 figures follow the "role of excitation" analysis of the SENet paper (Hu et al., CVPR 2018 / TPAMI 2019, Fig. 6
 and Fig. 7).
 
@@ -34,7 +34,7 @@ depth), :mod:`.ablation` (sweep, cost), :mod:`.attribution` (Grad-CAM, channel a
 
 from __future__ import annotations
 
-from ._base import (
+from senet_viz.plots._base import (
     ALL_CLASS,
     ALL_COLOR,
     BLOCK_COLUMNS,
@@ -45,12 +45,12 @@ from ._base import (
     PAPER,
     class_colors,
 )
-from .ablation import cost_figure, format_macs, sweep_figure
-from .attribution import channel_attribution_figure, gradcam_figure
-from .depth import depth_profile
-from .distributions import channel_percentiles, distributions, image_percentiles
-from .export import EXPORT_HEIGHT, EXPORT_SCALE, EXPORT_WIDTH, find_chromium, save_figure, stamp
-from .gates import fig6, fig7, heatmap, heatmap_matrix, paper_preset_blocks, sample_channels
+from senet_viz.plots.ablation import cost_figure, format_macs, sweep_figure
+from senet_viz.plots.attribution import channel_attribution_figure, gradcam_figure
+from senet_viz.plots.depth import depth_profile
+from senet_viz.plots.distributions import channel_percentiles, distributions, image_percentiles
+from senet_viz.plots.export import EXPORT_HEIGHT, EXPORT_SCALE, EXPORT_WIDTH, find_chromium, save_figure, stamp
+from senet_viz.plots.gates import fig6, fig7, heatmap, heatmap_matrix, paper_preset_blocks, sample_channels
 
 __all__ = [
     "ALL_CLASS",

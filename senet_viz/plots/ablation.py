@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._base import PAPER, _layout_title, _require
+from senet_viz.plots._base import PAPER, _layout_title, _require
 
 _MODE_COLORS = {"identity": "#D62728", "mean": "#1F77B4"}
 
@@ -18,12 +18,13 @@ _KIND_SYMBOLS = {"block": "circle", "stage": "square", "last": "diamond"}
 def sweep_figure(sweep: pd.DataFrame, reference: dict | None = None) -> go.Figure:
     """Accuracy change against parameters saved for every ablation of a sweep, with the Pareto front per mode.
 
-    ``sweep`` is :func:`senet_viz.ablation.sweep`'s frame. ``reference`` (e.g. ``paper.PAPER_LAST_STAGE_CLAIM``)
+    ``sweep`` is :func:`senet_viz.analysis.ablation.sweep`'s frame. ``reference`` (e.g.
+    ``paper.PAPER_LAST_STAGE_CLAIM``)
     adds the paper's point ``(params_saved_share, top1_change_points)`` as a star, labelled with its note.
     When no image carries a label in the model's classes (top-1 cannot be scored), two panels show instead the
     top-1 agreement with the full network (%) and KL(full || ablated) (nats) against parameters saved.
     """
-    from ..ablation import pareto_front  # imported here: senet_viz.ablation imports torch
+    from senet_viz.analysis.ablation import pareto_front  # imported here: senet_viz.analysis.ablation imports torch
 
     _require(sweep, ("model", "kind", "config", "mode", "d_top1", "params_saved_pct", "agreement", "kl"), "sweep")
     scored = not sweep["d_top1"].isna().all()

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._base import _layout_title
+from senet_viz.plots._base import _layout_title
 
 
 def gradcam_figure(image: np.ndarray, cams: dict[str, np.ndarray], title: str) -> go.Figure:

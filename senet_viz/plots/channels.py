@@ -1,6 +1,6 @@
 """Figures of single SE channels: class selectivity against depth, one channel's gates per class, and where in the
-top images the channel's SE input is strongest (inputs from :mod:`senet_viz.channels`,
-:mod:`senet_viz.exemplars` and :mod:`senet_viz.channel_maps`)."""
+top images the channel's SE input is strongest (inputs from :mod:`senet_viz.analysis.channels`,
+:mod:`senet_viz.analysis.exemplars` and :mod:`senet_viz.analysis.channel_maps`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._base import ALL_CLASS, _layout_title, class_colors
+from senet_viz.plots._base import ALL_CLASS, _layout_title, class_colors
 
 SUMMARY_COLUMNS = ("model", "block", "stage", "order", "selectivity_q25", "selectivity_median", "selectivity_q75")
 _COLORS = {"selectivity": "#1F77B4", "eta2": "#D62728"}
@@ -25,8 +25,9 @@ _MAP_SCALE = [[0.0, "rgba(0,0,4,0)"], [0.08, "rgba(87,16,110,0.45)"], [0.4, "rgb
 def selectivity_depth(summary: pd.DataFrame, trend: dict | None = None, metrics: Sequence[str] = ("selectivity",)
                       ) -> go.Figure:
     """Median and quartiles across each block's channels of the per-channel selectivity (and/or ``"eta2"``),
-    blocks in depth order; ``summary`` from :func:`senet_viz.channels.block_summary`, ``trend`` from
-    :func:`senet_viz.channels.depth_trend` (said in the subtitle). Traces carry ``meta = {"metric", "part"}``."""
+    blocks in depth order; ``summary`` from :func:`senet_viz.analysis.channels.block_summary`, ``trend`` from
+    :func:`senet_viz.analysis.channels.depth_trend` (said in the subtitle). Traces carry ``meta = {"metric",
+    "part"}``."""
     missing = [c for c in SUMMARY_COLUMNS if c not in summary.columns]
     if missing or summary.empty:
         raise ValueError(f"summary lacks column(s) {missing} or is empty; make it with channels.block_summary")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ._base import _PALETTE, INDEX_COLUMNS, PAPER, _blocks_text, _layout_title, _one_model, _require
+from senet_viz.plots._base import _PALETTE, INDEX_COLUMNS, PAPER, _blocks_text, _layout_title, _one_model, _require
 
 _METRIC_COLORS = {
     "specificity": "#1F77B4",

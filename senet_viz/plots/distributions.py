@@ -11,8 +11,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..stats import hist_quantile
-from ._base import (
+from senet_viz.analysis.stats import hist_quantile
+from senet_viz.plots._base import (
     ALL_CLASS,
     BLOCK_COLUMNS,
     CHANNEL_COLUMNS,

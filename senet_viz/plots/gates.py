@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._base import (
+from senet_viz.plots._base import (
     ALL_CLASS,
     ALL_COLOR,
     GATE_AXIS,

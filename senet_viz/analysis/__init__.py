@@ -1,0 +1,1 @@
+"""What the gates say: statistics, channels, exemplars, ablation, cost, attribution, verdict, paper."""

@@ -1,0 +1,1 @@
+"""Images and stored gates: sources, decoding, ImageNet layouts, the Parquet store."""

@@ -1,0 +1,1 @@
+"""Running networks over image sets: batched runs, and many processes under torchrun."""

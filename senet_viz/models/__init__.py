@@ -1,0 +1,1 @@
+"""Networks: the registry, the curated zoo, weights and model files, preprocessing, the embedded model."""
