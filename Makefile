@@ -5,6 +5,10 @@ PORT ?= 8501
 # The address the server listens on: this machine only by default. `make run ADDRESS=0.0.0.0` serves every network
 # interface (anyone who can reach the port can use the app: see the README's "Serving it to others").
 ADDRESS ?= localhost
+# Test workers (pytest-xdist): each module's tests stay together on one worker (tests/conftest.py), the browser ones
+# first; `make test WORKERS=0` runs everything in this process.
+WORKERS ?= 2
+PARALLEL := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 .PHONY: run test test-fast lint venv clean
 
@@ -38,12 +42,12 @@ test: $(STAMP)
 	    *) echo "chromium could not be installed, and CI (CI=$$CI) needs it for the browser tests" >&2; exit 1;; \
 	  esac; \
 	}
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider $(PARALLEL)
 
-# The inner loop: lint and every test but the real-browser and slow (many real images) ones.
+# The inner loop: lint and every test but the real-browser, torchrun and slow (many real images) ones.
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider -m "not browser and not slow"
+	$(PY) -m pytest -q -p no:cacheprovider $(PARALLEL) -m "not browser and not slow and not torchrun"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -24,7 +24,9 @@ import time
 import torch
 
 from senet_viz.gates.capture import GateRecorder, capture, hook_count
-from senet_viz.models.zoo import LoadedModel, load_model, local_weights_file
+from senet_viz.models.download import local_weights_file
+from senet_viz.models.loaded import LoadedModel
+from senet_viz.models.zoo import load_model
 
 TARGET = 1.03
 MODELS = ("tf_mobilenetv3_small_100", "legacy_seresnet50")

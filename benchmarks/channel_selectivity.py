@@ -36,15 +36,15 @@ SAMPLES = ROOT.parent / "shared" / "data" / "imagenet-samples"
 
 
 def _from_model(images: Path, device: str) -> tuple[dict[str, GateStats], int]:
-    from senet_viz.cli import _images  # the CLI's folder reading: labels from ImageNet-style file names
-    from senet_viz.inference.run import run_model
+    from senet_viz.cli.common import image_set  # the CLI's folder reading: labels from ImageNet-style file names
+    from senet_viz.inference.run import RunOptions, run_model
     from senet_viz.models.zoo import load_model
 
     loaded = load_model(MODEL, device=device)
     args = argparse.Namespace(images=str(images), labels=None, devkit_meta=None, per_class=None, shard=None,
                               limit=None)
-    folder = _images(args, loaded)
-    result = run_model(loaded, folder, keep_logits=False)
+    folder = image_set(args, loaded)
+    result = run_model(loaded, folder, options=RunOptions(keep_logits=False))
     by_label = GateStats.from_result(result, loaded.blocks, folder.class_names, by="labels", detail_classes=[])
     by_pred = GateStats.from_result(result, loaded.blocks, loaded.class_names, by="prediction", detail_classes=[])
     return {"labels": by_label, "prediction": by_pred}, result.n

@@ -1,7 +1,7 @@
 """Two requests at once vs one, below the app: what the per-request thread cap allows on this machine.
 
 Each request is a `run_model` pass with the app's defaults (one torch thread per request on 2 cores, see
-ui/state.py), on its own copy of the model, over its own images; "both" starts two requests in two threads at once,
+ui/engine.py), on its own copy of the model, over its own images; "both" starts two requests in two threads at once,
 as two browser sessions do. Prints, per model, one request's time, the slower of two concurrent requests, and the
 ratio (target < 1.5). Two models: the embedded Fashion-MNIST SE-ResNet (28 x 28 PNGs: per-image Python work under
 the GIL dominates) and MobileNetV3-Small on real ImageNet JPEGs (the network dominates). The app-level benchmark
@@ -22,15 +22,17 @@ from pathlib import Path
 
 import torch
 
-from senet_viz.data.sources import ImageSet, folder_source
-from senet_viz.inference.run import run_model
+from senet_viz.data.folders import folder_source
+from senet_viz.data.sources import ImageSet
+from senet_viz.inference.run import RunOptions, run_model
 from senet_viz.models import zoo
+from senet_viz.models.loaded import LoadedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
-def workloads(n: int) -> list[tuple[str, zoo.LoadedModel, ImageSet, ImageSet]]:
+def workloads(n: int) -> list[tuple[str, LoadedModel, ImageSet, ImageSet]]:
     out = []
     fm = zoo.load_model("se_resnet_fmnist", device="cpu")
     fm_images = folder_source(ROOT / "assets" / "fmnist_samples", fm.class_names)
@@ -46,7 +48,7 @@ def workloads(n: int) -> list[tuple[str, zoo.LoadedModel, ImageSet, ImageSet]]:
     return out
 
 
-def timed(request, model: zoo.LoadedModel, images: ImageSet, start: float, ends: list[float]) -> None:
+def timed(request, model: LoadedModel, images: ImageSet, start: float, ends: list[float]) -> None:
     request(model, images)
     ends.append(time.perf_counter() - start)
 
@@ -61,9 +63,9 @@ def main() -> None:
     for name, loaded, first, second in workloads(args.images):
         twin = replace(loaded, model=copy.deepcopy(loaded.model), lock=None)  # as the app copies a busy model
 
-        def request(model: zoo.LoadedModel, images: ImageSet) -> None:
+        def request(model: LoadedModel, images: ImageSet) -> None:
             torch.set_num_threads(1)
-            run_model(model, images, batch_size=32, keep_logits=False)
+            run_model(model, images, options=RunOptions(batch_size=32, keep_logits=False))
 
         request(loaded, first)  # warm-up
         singles, boths = [], []

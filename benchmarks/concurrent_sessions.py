@@ -17,7 +17,7 @@ new work); ``--busy N`` keeps N CPU-bound processes running meanwhile (other wor
 configuration: the median single time, the median concurrent time (the slower of the two sessions), their ratio
 (target < 1.5 with the cap) and the settings the server ran with:
 
-- capped: the defaults of ui/state.py (threads per request = cores // 2, requests at once = cores // threads);
+- capped: the defaults of ui/engine.py (threads per request = cores // 2, requests at once = cores // threads);
 - uncapped: SENET_VIZ_TORCH_THREADS = cores and SENET_VIZ_MAX_CONCURRENT = 8 (every request on every core, at
   once: the behaviour before the cap);
 - queued: SENET_VIZ_TORCH_THREADS = cores and SENET_VIZ_MAX_CONCURRENT = 1 (every core, one request at a time);
@@ -49,13 +49,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "assets" / "fmnist_samples"
 PAGE = "remove"
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def probe_set_num_threads() -> str:
@@ -241,10 +234,11 @@ def main() -> None:
 
     import streamlit.logger
 
-    streamlit.logger.set_log_level("error")  # no "No runtime found" warnings: ui.state is imported for its policy
-    from ui.state import COMPUTE_ENV, CONCURRENT_ENV, THREADS_ENV, thread_policy
+    streamlit.logger.set_log_level("error")  # no "No runtime found" warnings: ui.engine is imported for its policy
+    from senet_viz.settings import usable_cores
+    from ui.engine import COMPUTE_ENV, CONCURRENT_ENV, THREADS_ENV, thread_policy
 
-    n_cores = cores()
+    n_cores = usable_cores()
     settings = {
         "capped": {},
         "uncapped": {THREADS_ENV: str(n_cores), CONCURRENT_ENV: "8"},

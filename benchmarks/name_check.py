@@ -16,14 +16,16 @@ import sys
 
 CHILD = """
 import json, resource, sys, time
-from senet_viz.models import zoo
 from senet_viz.gates.blocks import discover
+from senet_viz.models import zoo
+from senet_viz.models.loaded import NoGatesError
+from senet_viz.models.registry import get_spec
 
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 
 name, path = sys.argv[1], sys.argv[2]
-spec = zoo.get_spec(name)
+spec = get_spec(name)
 base = rss_mb()
 start = time.perf_counter()
 if path == "build":
@@ -33,7 +35,7 @@ else:
     try:
         zoo.check_architecture(name, max_bytes=4096 << 20)
         outcome = "passed"
-    except zoo.NoGatesError:
+    except NoGatesError:
         outcome = "refused: no gates"
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -156,7 +156,8 @@ def phase_figures(args) -> dict:
     import numpy as np
 
     from senet_viz import plots
-    from senet_viz.analysis.stats import ALL, GateStats
+    from senet_viz.analysis.stats import GateStats
+    from senet_viz.analysis.stats_accumulate import ALL
 
     stats, load_s = _timed(lambda: GateStats.load(args.file))
     table = stats.class_table()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -37,10 +36,16 @@ from pathlib import Path
 
 import torch
 
-from senet_viz.data.sources import ImageSet, folder_source
+from senet_viz.data.folders import folder_source
+from senet_viz.data.sources import ImageSet
 from senet_viz.gates.capture import capture
-from senet_viz.inference.run import PrecisionPolicy, _batches, _Pipeline, default_workers, run_model
-from senet_viz.models.zoo import LoadedModel, load_model, local_weights_file
+from senet_viz.inference.pipeline import Pipeline, default_workers, prefetch
+from senet_viz.inference.precision import PrecisionPolicy
+from senet_viz.inference.run import RunOptions, run_model
+from senet_viz.models.download import local_weights_file
+from senet_viz.models.loaded import LoadedModel
+from senet_viz.models.zoo import load_model
+from senet_viz.settings import usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT.parent / "shared" / "data" / "imagenet-samples"
@@ -72,15 +77,15 @@ def measure(loaded: LoadedModel, images: ImageSet, batch: int, repeats: int, swe
             device_decode: bool | None) -> dict:
     dev = loaded.device
     workers = default_workers(dev)
-    pipeline = _Pipeline(images.items, loaded.transform, dev, device_decode)
+    pipeline = Pipeline(images.items, loaded.transform, dev, device_decode)
     batches = [list(range(s, min(s + batch, len(images.items)))) for s in range(0, len(images.items), batch)]
-    inputs = [x for _, x, _ in map(pipeline.device_batch, _batches(pipeline.host, batches, workers)) if x is not None]
+    inputs = [x for _, x, _ in map(pipeline.device_batch, prefetch(pipeline.host, batches, workers)) if x is not None]
     n = sum(len(x) for x in inputs)
 
     def decode_only() -> float:
         _sync(dev)
         t0, done = time.perf_counter(), 0
-        for prepared in _batches(pipeline.host, batches, workers):
+        for prepared in prefetch(pipeline.host, batches, workers):
             done += len(pipeline.device_batch(prepared)[0])
         _sync(dev)
         return done / (time.perf_counter() - t0)
@@ -101,7 +106,8 @@ def measure(loaded: LoadedModel, images: ImageSet, batch: int, repeats: int, swe
     def end_to_end(num_workers: int | None = None) -> Callable[[], float]:
         def run() -> float:
             t0 = time.perf_counter()
-            result = run_model(loaded, images, batch_size=batch, num_workers=num_workers, device_decode=device_decode)
+            options = RunOptions(batch_size=batch, num_workers=num_workers, device_decode=device_decode)
+            result = run_model(loaded, images, options=options)
             return result.n / (time.perf_counter() - t0)
         return run
 
@@ -109,7 +115,7 @@ def measure(loaded: LoadedModel, images: ImageSet, batch: int, repeats: int, swe
 
     def old() -> float:
         t0 = time.perf_counter()
-        result = run_model(old_model, images, batch_size=batch, num_workers=0, device_decode=False)
+        result = run_model(old_model, images, options=RunOptions(batch_size=batch, num_workers=0, device_decode=False))
         return result.n / (time.perf_counter() - t0)
 
     kinds: dict[str, Callable[[], float]] = {"decode": decode_only, "forward": forward_only, "end_to_end": end_to_end(),
@@ -119,8 +125,8 @@ def measure(loaded: LoadedModel, images: ImageSet, batch: int, repeats: int, swe
             kinds[f"workers_{w}"] = end_to_end(w)
     # warm-up: first calls build kernels (oneDNN, cuDNN) and fill the page cache
     small = replace(images, items=images.items[: 2 * batch])
-    run_model(loaded, small, batch_size=batch, device_decode=device_decode)
-    run_model(old_model, small, batch_size=batch, num_workers=0)
+    run_model(loaded, small, options=RunOptions(batch_size=batch, device_decode=device_decode))
+    run_model(old_model, small, options=RunOptions(batch_size=batch, num_workers=0))
     forward_only()
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     others = [k for k in kinds if k not in ("forward", "end_to_end")]
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure(loaded, images, args.batch, args.repeats, sweep if "mobilenet" in name else [],
                             device_decode))
     env = {"torch": torch.__version__, "device": args.device, "threads": torch.get_num_threads(),
-           "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+           "cores": usable_cores(),
            "cpu": platform.processor() or platform.machine(), "repeats": args.repeats}
     if torch.cuda.is_available() and args.device != "cpu":
         env["gpu"] = torch.cuda.get_device_name()

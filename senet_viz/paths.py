@@ -61,3 +61,10 @@ def outside_roots_message(what: str = "path") -> str:
     return (f"This {what} is not available: paths on this server must lie inside the folders its operator "
             "opened to the app (SENET_VIZ_DATA_ROOTS). Upload the file instead, or ask the operator to add its "
             "folder.")
+
+
+def file_stamp(path: str | os.PathLike[str]) -> tuple[str, int, int]:
+    """(absolute path, size, modification time in ns) of a file or folder: a cache key that changes when the file
+    is edited or replaced. Raises ``OSError`` when it cannot be stat'ed."""
+    stat = os.stat(path)
+    return os.path.abspath(path), stat.st_size, stat.st_mtime_ns

@@ -17,8 +17,8 @@ def assert_ok(at: AppTest) -> None:
 
 
 def open_page(at: AppTest, page: str, header: str | None = None) -> AppTest:
-    """Switch to ``pages/<page>.py`` and run; with ``header``, check the page's own header is shown."""
-    at.switch_page(f"pages/{page}.py")
+    """Switch to ``app_pages/<page>.py`` and run; with ``header``, check the page's own header is shown."""
+    at.switch_page(f"app_pages/{page}.py")
     at.run()
     assert_ok(at)
     if header is not None:

@@ -16,12 +16,12 @@ its mark form :func:`requires`): a missing one skips the test on a developer's m
 
 Isolation: the test session runs with a fresh temporary HOME, so a developer's caches cannot change outcomes: the
 weights download cache (``$SENET_VIZ_CACHE``, else ``~/.cache/senet_viz/weights``, see
-:func:`senet_viz.models.zoo.download_dir`), the Fashion-MNIST download cache, the Hugging Face and torch hub caches, and
-``$SENET_VIZ_WEIGHTS_DIR`` / ``$SENET_VIZ_FMNIST_DIR`` (unset). The embedded model is still found: it ships in
-assets/, which :func:`senet_viz.models.zoo.local_weights_file` reads whatever the cache. The variables are set here, at
-import, before torch, timm (huggingface_hub) and senet_viz read them into module constants, and subprocesses
-(the CLI, streamlit servers) inherit them; the ``isolated_home`` fixture checks them, and the folder is removed
-when the session ends.
+:func:`senet_viz.models.download.download_dir`), the Fashion-MNIST download cache, the Hugging Face and torch hub
+caches, and ``$SENET_VIZ_WEIGHTS_DIR`` / ``$SENET_VIZ_FMNIST_DIR`` (unset). The embedded model is still found: it
+ships in assets/, which :func:`senet_viz.models.download.local_weights_file` reads whatever the cache. The variables
+are set here, at import, before torch, timm (huggingface_hub) and senet_viz read them into module constants, and
+subprocesses (the CLI, streamlit servers) inherit them; the ``isolated_home`` fixture checks them, and the folder is
+removed when the session ends.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from timm.layers import SEModule
 from torch import nn
 
 from senet_viz.models.embedded.model import SEBasicBlock as LibrarySEBasicBlock
-from senet_viz.models.zoo import LoadedModel
+from senet_viz.models.loaded import LoadedModel
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -86,8 +86,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def embedded_model_ready(name: str = "se_resnet_fmnist") -> bool:
     """The embedded model's weights (assets/<name>.safetensors) and its samples (assets/fmnist_samples/)."""
-    from senet_viz.models import zoo
-    return zoo.weights_status(name) == "file" and (REPO_ROOT / "assets" / "fmnist_samples").is_dir()
+    from senet_viz.models import download
+    return download.weights_status(name) == "file" and (REPO_ROOT / "assets" / "fmnist_samples").is_dir()
 
 
 EMBEDDED_MISSING = ("the embedded model and samples, tracked in assets/ (se_resnet_fmnist.safetensors, "
@@ -97,9 +97,27 @@ EMBEDDED_MISSING = ("the embedded model and samples, tracked in assets/ (se_resn
 @pytest.fixture(scope="session", autouse=True)
 def isolated_home() -> Path:
     """The temporary HOME of the session (see the module doc), checked before any test runs."""
-    from senet_viz.models import zoo
-    assert Path(os.environ["HOME"]) == TEST_HOME and zoo.download_dir().is_relative_to(TEST_HOME)
+    from senet_viz.models import download
+    assert Path(os.environ["HOME"]) == TEST_HOME and download.download_dir().is_relative_to(TEST_HOME)
     return TEST_HOME
+
+
+# ------------------------------------------------------------------------------------------- parallel runs
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` (`make test`): the tests of a module go to one worker as one group, so
+    its module-scoped fixtures (a torchrun launch, a Streamlit server, an extract) run once; a test with an
+    ``xdist_group`` mark of its own forms another group. The browser groups (the longest: servers and Chromium) are
+    handed out first, so the other worker fills in around them; otherwise the collection order is kept (the Makefile
+    passes --no-loadscope-reorder)."""
+    if config.getoption("dist", default="no") != "loadgroup":
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    items.sort(key=lambda item: item.get_closest_marker("browser") is None)  # stable: each group keeps its order
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

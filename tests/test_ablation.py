@@ -11,9 +11,9 @@ from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 
 from senet_viz import plots
 from senet_viz.analysis import ablation, paper
-from senet_viz.data.sources import folder_source
+from senet_viz.data.folders import folder_source
 from senet_viz.gates.blocks import select_blocks
-from senet_viz.models import zoo
+from senet_viz.models import registry, zoo
 
 MODEL = "se_resnet_fmnist"
 
@@ -27,7 +27,7 @@ def loaded():
 
 @pytest.fixture(scope="module")
 def images(loaded):
-    folder = zoo.get_spec(MODEL).samples_dir
+    folder = registry.get_spec(MODEL).samples_dir
     return folder_source(folder, loaded.class_names)
 
 
@@ -148,17 +148,19 @@ def test_ablation_result_is_the_clis_json_document(loaded, images):
 
 
 def test_sweep_progress_follows_its_one_pass_and_counts_every_forward(loaded, images):
-    from senet_viz.inference.run import forward_count
+    from senet_viz.inference.pipeline import PixelCache
+    from senet_viz.inference.precision import ForwardCounter
 
     configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[1] in ("SE_5_2", "stage 5")]
     seen = []
-    before = forward_count()
-    frame = ablation.sweep(loaded, images, ("identity",), configs, progress=lambda d, t: seen.append((d, t)))
+    counter, pixels = ForwardCounter(), PixelCache()
+    frame = ablation.sweep(loaded, images, ("identity",), configs, progress=lambda d, t: seen.append((d, t)),
+                           counter=counter, pixel_cache=pixels)
     n = len(images.items)
     assert seen and seen[-1] == (n, n) and all(t == n for _, t in seen)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     # the images are forwarded once by the full network and once per configuration, decoded once
-    assert forward_count() - before == n * (1 + len(configs))
+    assert counter.count == n * (1 + len(configs)) and pixels.misses == n and pixels.hits == 0
     assert len(frame) == len(configs)
 
 
@@ -192,3 +194,16 @@ def test_the_sweep_figure_draws_the_librarys_pareto_front(loaded, images):
     front = ablation.pareto_front(frame)
     np.testing.assert_allclose(line.x, front["params_saved_pct"])
     np.testing.assert_allclose(line.y, front["d_top1"])
+
+
+def test_evaluate_reuses_decoded_pixels_and_counts_its_forwards(loaded, images):
+    from senet_viz.inference.pipeline import PixelCache
+    from senet_viz.inference.precision import ForwardCounter
+
+    counter, pixels = ForwardCounter(), PixelCache()
+    blocks = select_blocks(loaded.blocks, "last:1")
+    out = ablation.evaluate(loaded, images, blocks, counter=counter, pixel_cache=pixels)
+    n = len(images.items)
+    assert counter.count == 2 * n  # the full and the ablated pass
+    assert pixels.misses == n and pixels.hits == n  # the ablated pass decoded nothing
+    assert out.to_dict() == ablation.evaluate(loaded, images, blocks).to_dict()

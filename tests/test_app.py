@@ -2,8 +2,8 @@
 its Fashion-MNIST samples), widgets change what the charts show, and bad uploads are listed with their reason
 while the good ones are analysed.
 
-Charts are read from their plotly spec (``json.loads(chart.proto.spec)``). Every AppTest run starts in Streamlit's
-legacy "pages folder" mode (AppTest resets it); ``ui.routing.through_app`` hands each run to app.py's navigation.
+Charts are read from their plotly spec (``json.loads(chart.proto.spec)``). Every run starts in app.py, whose
+navigation runs the page scripts in app_pages/ (``open_page`` switches to one).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from senet_viz.analysis.ablation import split_calibration
-from senet_viz.data.sources import uploads_source
-from senet_viz.models import zoo
+from senet_viz.data.uploads import uploads_source
+from senet_viz.models import download
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "se_resnet_fmnist"
@@ -314,9 +314,9 @@ def test_bad_uploads_are_listed_and_the_rest_is_analysed():
 def test_a_model_without_weights_offers_a_download_that_fails_clearly_offline(monkeypatch, tmp_path):
     # The download goes to a closed loopback port: the real code path, and never the internet.
     monkeypatch.setenv("SENET_VIZ_CACHE", str(tmp_path))
-    monkeypatch.setattr(zoo, "weights_url", lambda name: "http://127.0.0.1:9/model.safetensors")
-    monkeypatch.setattr(zoo, "_hub_url", lambda spec: "http://127.0.0.1:9/")
-    monkeypatch.setattr(zoo, "_hub_cached_file", lambda spec: None)
+    monkeypatch.setattr(download, "weights_url", lambda name: "http://127.0.0.1:9/model.safetensors")
+    monkeypatch.setattr(download, "hub_url", lambda spec: "http://127.0.0.1:9/")
+    monkeypatch.setattr(download, "hub_cached_file", lambda spec: None)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     at.run()
     at.selectbox(key="model_name").set_value("legacy_seresnet18")

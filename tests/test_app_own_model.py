@@ -17,9 +17,8 @@ import torch
 from apptest_helpers import assert_ok, open_page, own_model_app, shown
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 
-from senet_viz.models import zoo
-from senet_viz.models.embedded import CLASS_NAMES
-from senet_viz.models.embedded.data import MEAN, STD
+from senet_viz.models import registry, zoo
+from senet_viz.models.embedded.data import CLASS_NAMES, MEAN, STD
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "assets" / "fmnist_samples"
@@ -98,7 +97,7 @@ def test_a_file_that_is_no_model_and_code_without_permission_are_refused(monkeyp
     at.radio(key="model_from").set_value("Zoo")
     at.run()
     assert_ok(at)
-    assert at.selectbox(key="model_name").value in zoo.REGISTRY
+    assert at.selectbox(key="model_name").value in registry.REGISTRY
 
 
 ENTRY_POINT = """

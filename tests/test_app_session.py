@@ -100,6 +100,27 @@ def test_remove_settings_survive_leaving_the_page():
     assert at.radio(key="remove_mode").value == "mean"
 
 
+
+def _kept_widget_script() -> None:
+    import streamlit as st
+
+    from ui.widgets import keep_widget_values, kept
+
+    keep_widget_values()
+    if st.checkbox("Show the page", value=True, key="show"):
+        st.slider("A new page's setting", 0, 10, 3, key=kept("new_page_setting"))
+        st.slider("Not kept", 0, 10, 3, key="not_kept")
+
+
+def test_a_widget_keyed_by_kept_survives_runs_that_do_not_draw_it_without_any_list():
+    at = AppTest.from_function(_kept_widget_script, default_timeout=TIMEOUT).run()
+    at.slider(key="new_page_setting").set_value(7).run()
+    at.slider(key="not_kept").set_value(7).run()
+    at.checkbox(key="show").uncheck().run()  # neither slider is drawn: Streamlit drops unkept widget values
+    at.checkbox(key="show").check().run()
+    assert at.slider(key="new_page_setting").value == 7
+    assert at.slider(key="not_kept").value == 3
+
 def test_a_sweep_runs_only_when_asked_and_never_after_a_model_change(monkeypatch):
     calls: list[str] = []
     real = ablation.sweep
@@ -204,8 +225,7 @@ def _explore_values(at: AppTest) -> list:
 def test_large_runs_stream_statistics_and_keep_no_per_image_gates(monkeypatch):
     """Past KEEP_GATES_LIMIT images the run keeps predictions but not per-image gates: statistics are streamed
     (the same figure), Explore computes the chosen image's gates on demand, and grouping by prediction works."""
-    from senet_viz.inference import run as run_module
-    from ui import state
+    from ui import engine, jobs, results
 
     def embedded() -> AppTest:
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
@@ -220,17 +240,17 @@ def test_large_runs_stream_statistics_and_keep_no_per_image_gates(monkeypatch):
     open_page(small, "explore")
     reference_image = _explore_values(small)
 
-    state.engine().results.clear()
-    monkeypatch.setattr(state, "KEEP_GATES_LIMIT", 10)
+    engine.engine().results.clear()
+    monkeypatch.setattr(results, "KEEP_GATES_LIMIT", 10)
     large = embedded()
-    assert state.run(large.session_state["selection"].model, large.session_state["selection"].images).gates == {}
+    assert results.run(large.session_state["selection"].model, large.session_state["selection"].images).gates == {}
     streamed = chart_spec(large)
     for a, b in zip(reference["data"], streamed["data"], strict=True):
         assert a["name"] == b["name"]
         assert a["y"] == pytest.approx(b["y"], abs=2e-3)  # float16 per-image gates vs streamed float32
-    before = run_module.forward_count()
+    before = jobs.forward_count()
     open_page(large, "explore")
-    assert run_module.forward_count() - before == 1  # one image through the network, not the set
+    assert jobs.forward_count() - before == 1  # one image through the network, not the set
     assert _explore_values(large) == pytest.approx(reference_image, abs=2e-3)
     open_page(large, "compare")
     large.checkbox(key="group_by_prediction").check()

@@ -7,9 +7,10 @@ import torch
 from conftest import TINY_SERESNET_NAMES, make_tiny_custom, make_tiny_decoy, make_tiny_seresnet
 from torch import nn
 
-from senet_viz.gates.blocks import BlockSelectionError, SEBlock, discover_se_blocks, find_se_blocks, select_blocks
+from senet_viz.gates.blocks import BlockSelectionError, discover_se_blocks, find_se_blocks, select_blocks
 from senet_viz.gates.capture import ablate, hook_count
-from senet_viz.models.zoo import REGISTRY, get_spec
+from senet_viz.gates.kinds import SEBlock
+from senet_viz.models.registry import REGISTRY, get_spec
 
 SERESNET50_NAMES = ([f"SE_2_{i}" for i in range(1, 4)] + [f"SE_3_{i}" for i in range(1, 5)]
                     + [f"SE_4_{i}" for i in range(1, 7)] + [f"SE_5_{i}" for i in range(1, 4)])

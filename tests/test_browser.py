@@ -15,8 +15,9 @@ shark and the French bulldog images, so top-1 accuracy moves; the goldfish and p
 goldfish/pug pair would leave top-1 unchanged.
 
 A fresh server per page URL: Streamlit 1.67 runs a fresh server's first request to a page URL (``/remove``) in its
-legacy pages-folder mode (see ui/routing.py); each page URL, asked first of its own new server, must show the
-sidebar, the whole titled navigation and the page's header, and no "Page not found".
+legacy pages-folder mode when a ``pages/`` folder sits beside app.py (hence app_pages/); each page URL, asked first
+of its own new server, must show the sidebar, the whole titled navigation and the page's header, and no "Page not
+found".
 
 Waits are on real state, never fixed sleeps: :class:`Watch` reads the session's websocket (Streamlit's
 ``ForwardMsg`` protobufs) and counts the script runs the server reports finished; an action that reruns the script
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import os
 import re
 import shutil
@@ -59,7 +61,7 @@ CLASSES = {  # class name -> two sample images uploaded into it
     "French bulldog": ["n02108915_French_bulldog.JPEG", "n02110958_pug.JPEG"],  # a model class
 }
 PAGES = ["Compare classes", "Explore", "Channels", "Depth", "Remove SE blocks", "Attribution", "Cost", "Export"]
-# Each page (pages/<name>.py) -> its URL path, its title in the navigation and its own header (st.header). Compare
+# Each page (app_pages/<name>.py) -> its URL path, its title in the navigation and its own header (st.header). Compare
 # classes is the default page: app.py's navigation serves it at the root URL (Streamlit serves a default page only
 # there; /compare is not one of the app's URLs and gets Streamlit's "Page not found" on any server).
 PAGE_URLS = {
@@ -124,7 +126,7 @@ def streamlit_server(log_path: Path, roots: Path | None = None) -> Iterator[str]
             if time.monotonic() > deadline:
                 pytest.fail(f"no 'ok' from {url}/_stcore/health in {STARTUP_TIMEOUT_S} s:\n"
                             f"{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)  # polls the health endpoint
+            time.sleep(0.1)  # polls the health endpoint
         yield url
     finally:
         proc.terminate()
@@ -445,14 +447,27 @@ def test_upload_compare_remove_and_every_page(page, server, tmp_path):
     assert_clean(page, "the flow")
 
 
+# The paper's four classes (analysis/paper.py PAPER_CLASSES) and 8 others, one image each.
+BUNDLE_IMAGES = ["n01443537_goldfish.JPEG", "n02110958_pug.JPEG", "n02690373_airliner.JPEG", "n09246464_cliff.JPEG",
+                 "n01484850_great_white_shark.JPEG", "n01491361_tiger_shark.JPEG", "n02108915_French_bulldog.JPEG",
+                 "n01440764_tench.JPEG", "n03042490_cliff_dwelling.JPEG", "n01530575_brambling.JPEG",
+                 "n02123045_tabby.JPEG", "n04285008_sports_car.JPEG"]
+
+
 @pytest.fixture(scope="module")
 def paper_bundle(tmp_path_factory) -> Path:
-    """`python -m senet_viz paper` on the 900 shared images with MobileNetV3-Small: the bundle it writes."""
+    """`python -m senet_viz paper` (in this process: ``cli.main``) on 12 shared images (the paper's four classes among
+    them) with MobileNetV3-Small: the bundle it writes."""
+    from senet_viz import cli
+
+    images = tmp_path_factory.mktemp("paper-images")
+    for name in BUNDLE_IMAGES:
+        shutil.copy(SAMPLES / name, images / name)
     out = tmp_path_factory.mktemp("paper")
-    cmd = [sys.executable, "-m", "senet_viz", "paper", "--model", MODEL, "--weights", str(TFLITE), "--images",
-           str(SAMPLES), "--out", str(out), "--json"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = cli.main(["paper", "--model", MODEL, "--weights", str(TFLITE), "--images", str(images), "--out",
+                         str(out), "--json"])
+    assert code == 0
     bundle = out / "analysis.senetviz.zip"
     assert bundle.is_file()
     return bundle
@@ -478,7 +493,7 @@ def test_an_analysis_bundle_opens_with_no_model_and_draws_fig6(browser, server, 
         title = chart.locator(".gtitle").first.text_content()
         assert title.startswith(f"Mean excitation per channel — {MODEL}"), title
         legend = chart.locator(".legend").first.text_content()
-        assert "all (n=900)" in legend, legend
+        assert f"all (n={len(BUNDLE_IMAGES)})" in legend, legend
         for cls in ("goldfish", "pug", "airliner", "cliff"):
             assert f"{cls} (n=1)" in legend, legend  # the paper's four classes, one image each here
         assert_no_exception(tab, "analysis bundle")
@@ -495,6 +510,7 @@ def test_an_analysis_bundle_opens_with_no_model_and_draws_fig6(browser, server, 
 # ------------------------------------------------------------------------------------------ a fresh server per page URL
 
 
+@pytest.mark.xdist_group("browser-fresh-servers")  # under `make test`: beside the flow tests, on the other worker
 @pytest.mark.parametrize("name", list(PAGE_URLS))
 def test_a_fresh_servers_first_request_to_a_page_url_gets_the_whole_app(browser, name):
     """The bug this guards against only shows on a fresh server's first request, so each URL gets its own server."""
@@ -641,8 +657,7 @@ def test_an_uploaded_exported_model_draws_fig6(browser, server, tmp_path):
     from conftest import EMBEDDED_MISSING, embedded_model_ready
 
     from senet_viz.models import zoo
-    from senet_viz.models.embedded import CLASS_NAMES
-    from senet_viz.models.embedded.data import MEAN, STD
+    from senet_viz.models.embedded.data import CLASS_NAMES, MEAN, STD
 
     require(embedded_model_ready(), EMBEDDED_MISSING)
     # a torch.export program without pickles: a browser user may upload it to a default server (TorchScript carries

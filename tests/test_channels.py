@@ -15,10 +15,11 @@ from conftest import EMBEDDED_MISSING, REPO_ROOT, embedded_model_ready, requires
 from PIL import Image
 
 from senet_viz.analysis import channels, exemplars
+from senet_viz.analysis.correlation import spearman
 from senet_viz.analysis.stats import GateStats
 from senet_viz.data.store import ExcitationWriter, read_excitations
-from senet_viz.gates.blocks import SEBlock
 from senet_viz.gates.capture import hook_count
+from senet_viz.gates.kinds import SEBlock
 from senet_viz.inference.run import Result
 
 CLASSES = [f"c{i}" for i in range(5)]
@@ -108,11 +109,11 @@ def test_block_summary_and_the_depth_trend():
 def test_spearman_against_a_reference():
     x = np.arange(12)
     y = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8], float)
-    rho, p = channels.spearman(x, y, permutations=20_000)
+    rho, p = spearman(x, y, permutations=20_000)
     ranks = pd.Series(y).rank().to_numpy()
     assert rho == pytest.approx(np.corrcoef(x, ranks)[0, 1])
     assert 0 < p < 1
-    assert np.isnan(channels.spearman([1, 2], [3, 4])[0])
+    assert np.isnan(spearman([1, 2], [3, 4])[0])
 
 
 # ------------------------------------------------------------------------------------------ exemplars
@@ -288,11 +289,11 @@ def test_the_channels_command_writes_tables_and_contact_sheets(tmp_path):
 def test_selectivity_by_depth_on_the_900_shared_images(mnv3_tflite, imagenet_samples):
     """What benchmarks/channel_selectivity.py measures, in-process: one image per class, so class means are single
     images (the summary says so); values are indices in [0, 1] for each of the 9 SE blocks."""
-    from senet_viz.data.sources import folder_source
-    from senet_viz.inference.run import run_model
+    from senet_viz.data.folders import folder_source
+    from senet_viz.inference.run import RunOptions, run_model
 
     images = folder_source(imagenet_samples, class_names=mnv3_tflite.class_names, wnids=mnv3_tflite.wnids)
-    result = run_model(mnv3_tflite, images, keep_logits=False)
+    result = run_model(mnv3_tflite, images, options=RunOptions(keep_logits=False))
     stats = GateStats.from_result(result, mnv3_tflite.blocks, images.class_names, detail_classes=[])
     summary = channels.block_summary(stats)
     assert len(summary) == 9 and (summary["class_means_from"] == "single images").all()
@@ -386,10 +387,10 @@ def test_a_run_without_per_image_gates_still_ranks_its_channels(monkeypatch):
     from apptest_helpers import open_page
     from streamlit.testing.v1 import AppTest
 
-    from ui import state
+    from ui import engine, results
 
-    monkeypatch.setattr(state, "KEEP_GATES_LIMIT", 10)  # the 300 embedded samples count as a large run
-    state.engine().results.clear()
+    monkeypatch.setattr(results, "KEEP_GATES_LIMIT", 10)  # the 300 embedded samples count as a large run
+    engine.engine().results.clear()
     try:
         at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=240)
         at.run()
@@ -398,4 +399,4 @@ def test_a_run_without_per_image_gates_still_ranks_its_channels(monkeypatch):
         assert len(at.dataframe) == 1 and len(at.get("plotly_chart")) == 1  # the table and the depth chart
         assert not [b for b in at.main.children.values() if getattr(b, "key", None) == "channel_exemplars"]
     finally:
-        state.engine().results.clear()  # no gate-less run left for the other tests
+        engine.engine().results.clear()  # no gate-less run left for the other tests

@@ -1,44 +1,77 @@
-"""The command line, run as users run it (``python -m senet_viz ...`` in a subprocess from the repo root),
-plus the full-data integration test on the 900 shared ImageNet images (in-process)."""
+"""The command line on the real networks (SE-ResNet-50, MobileNetV3-Small) and the shared ImageNet samples, plus
+the full-data integration test on the 900 shared images.
+
+Most commands run in this process through ``cli.main(argv)`` (the entry point of ``python -m senet_viz`` and of the
+``senet-viz`` script), which spares an interpreter start (torch, timm) per command; one test per command family
+runs them as users do, ``python -m senet_viz ...`` in a subprocess from the repo root: blocks (the commands that
+inspect a model), evaluate (the commands that run images), and a user error (exit code 2, no traceback)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import REPO_ROOT
 
-from senet_viz.models.zoo import WEIGHTS_DIR_ENV, get_spec
+from senet_viz import cli
+from senet_viz.models.download import WEIGHTS_DIR_ENV
+from senet_viz.models.registry import get_spec
 
 SERESNET50_NAMES = ([f"SE_2_{i}" for i in range(1, 4)] + [f"SE_3_{i}" for i in range(1, 5)]
                     + [f"SE_4_{i}" for i in range(1, 7)] + [f"SE_5_{i}" for i in range(1, 4)])
 
 
-def cli(*args: str | Path, timeout: int = 300) -> subprocess.CompletedProcess:
+@dataclass
+class Done:
+    """A finished command: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def subprocess_cli(*args: str | Path, timeout: int = 300) -> Done:
+    """``python -m senet_viz <args>`` in a subprocess from the repo root, as a user runs it."""
     env = {k: v for k, v in os.environ.items() if k != WEIGHTS_DIR_ENV}
-    return subprocess.run([sys.executable, "-m", "senet_viz", *map(str, args)], cwd=REPO_ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "senet_viz", *map(str, args)], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+    return Done(proc.returncode, proc.stdout, proc.stderr)
 
 
-def cli_json(*args: str | Path) -> dict | list:
-    proc = cli(*args, "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+def in_process_cli(*args: str | Path) -> Done:
+    """The same command through ``cli.main`` in this process (usable in module-scoped fixtures, unlike capsys)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+    return Done(code, stdout.getvalue(), stderr.getvalue())
 
 
-def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().startswith("error:")
+def cli_json(*args: str | Path, run=in_process_cli) -> dict | list:
+    done = run(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def assert_user_error(done: Done, *fragments: str) -> None:
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("error:")
     for fragment in fragments:
-        assert fragment in proc.stderr
-    assert proc.stdout == ""
+        assert fragment in done.stderr
+    assert done.stdout == ""
 
 
 # ------------------------------------------------------------------------------------------------- cost
@@ -63,7 +96,8 @@ def test_cost_without_the_last_stages_se_blocks(cost_stage5):
 
 
 def test_cost_without_stages_3_to_5_removes_their_se_parameters():
-    model = get_spec("legacy_seresnet50").build()
+    with torch.device("meta"):  # only the parameter counts are read
+        model = get_spec("legacy_seresnet50").build()
     expected = sum(p.numel() for layer in (model.layer2, model.layer3, model.layer4)
                    for block in layer for p in block.se_module.parameters())
     out = cli_json("cost", "--model", "legacy_seresnet50", "--ablate", "stage:3,4,5", "--device", "cpu")
@@ -86,7 +120,7 @@ def test_cost_with_another_reduction_ratio(cost_stage5):
 
 
 def test_blocks_lists_the_papers_names():
-    rows = cli_json("blocks", "--model", "legacy_seresnet50", "--device", "cpu")
+    rows = cli_json("blocks", "--model", "legacy_seresnet50", "--device", "cpu", run=subprocess_cli)
     assert [r["name"] for r in rows] == SERESNET50_NAMES
     assert rows[0]["path"] == "layer1.0.se_module" and rows[0]["gate"] == "layer1.0.se_module.sigmoid"
     assert [r["channels"] for r in rows[-3:]] == [2048] * 3
@@ -97,20 +131,20 @@ def test_blocks_lists_the_papers_names():
 
 
 def test_unknown_model_exits_2_without_traceback():
-    proc = cli("blocks", "--model", "no_such_net")
-    assert_user_error(proc, "no_such_net", "legacy_seresnet50")
+    done = subprocess_cli("blocks", "--model", "no_such_net")
+    assert_user_error(done, "no_such_net", "legacy_seresnet50")
 
 
 def test_unknown_block_exits_2_without_traceback():
-    proc = cli("cost", "--model", "mobilenet_v3_small", "--ablate", "SE_9_9", "--device", "cpu")
-    assert_user_error(proc, "SE_9_9", "SE_2_1")
+    done = in_process_cli("cost", "--model", "mobilenet_v3_small", "--ablate", "SE_9_9", "--device", "cpu")
+    assert_user_error(done, "SE_9_9", "SE_2_1")
 
 
 def test_unreadable_weights_exit_2_without_traceback(tmp_path: Path):
     bad = tmp_path / "broken.pth"
     bad.write_text("not a checkpoint\n")
-    proc = cli("blocks", "--model", "mobilenet_v3_small", "--weights", bad, "--device", "cpu")
-    assert_user_error(proc, "broken.pth")
+    done = in_process_cli("blocks", "--model", "mobilenet_v3_small", "--weights", bad, "--device", "cpu")
+    assert_user_error(done, "broken.pth")
 
 
 # ------------------------------------------------------------------------------------ evaluate, extract
@@ -118,7 +152,7 @@ def test_unreadable_weights_exit_2_without_traceback(tmp_path: Path):
 
 def test_evaluate_mobilenetv3_on_40_shared_images(imagenet_samples, tflite_file):
     out = cli_json("evaluate", "--model", "tf_mobilenetv3_small_100", "--images", imagenet_samples,
-                   "--limit", "40", "--device", "cpu")
+                   "--limit", "40", "--device", "cpu", run=subprocess_cli)
     assert out["weights"].endswith(".tflite")
     assert out["n_images"] == 40 - out["n_skipped"]
     assert out["n_skipped"] == len(out["skipped"]) == 0
@@ -194,7 +228,7 @@ def test_extract_in_two_shards(two_class_folder, tmp_path: Path, mnv3_tflite):
 @pytest.mark.slow
 def test_mobilenetv3_on_all_900_shared_images(imagenet_samples, mnv3_tflite):
     from senet_viz.analysis.ablation import evaluate
-    from senet_viz.data.sources import folder_source
+    from senet_viz.data.folders import folder_source
 
     images = folder_source(imagenet_samples, class_names=mnv3_tflite.class_names, wnids=mnv3_tflite.wnids)
     out = evaluate(mnv3_tflite, images, batch_size=64)

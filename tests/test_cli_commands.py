@@ -20,7 +20,7 @@ from PIL import Image
 from senet_viz import cli, plots
 from senet_viz.analysis.stats import GateStats
 from senet_viz.data.store import read_excitations
-from senet_viz.models import zoo
+from senet_viz.models import registry, zoo
 
 MODEL = "se_resnet_fmnist"
 SAMPLES = REPO_ROOT / "assets" / "fmnist_samples"
@@ -64,7 +64,7 @@ def extracted(workdir) -> Path:
 def test_models_lists_the_embedded_model_with_its_shipped_weights(capsys):
     rows = run(capsys, "models")
     by_name = {r["name"]: r for r in rows}
-    assert set(by_name) == set(zoo.REGISTRY)
+    assert set(by_name) == set(registry.REGISTRY)
     assert all(set(r) == {"name", "source", "family", "paper_name", "weights"} for r in rows)
     # found in assets/ although the tests run with an empty HOME and cache (tests/conftest.py)
     assert by_name[MODEL]["weights"] == "file" and by_name[MODEL]["source"] == "senet_viz"

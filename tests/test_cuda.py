@@ -17,9 +17,12 @@ import pytest
 import torch
 
 from senet_viz.analysis import ablation
-from senet_viz.data.sources import ImageSet, folder_source
-from senet_viz.inference.run import forward_count, run_model
-from senet_viz.models.zoo import LoadedModel, load_model
+from senet_viz.data.folders import folder_source
+from senet_viz.data.sources import ImageSet
+from senet_viz.inference.precision import ForwardCounter
+from senet_viz.inference.run import Ablation, RunOptions, run_model
+from senet_viz.models.loaded import LoadedModel
+from senet_viz.models.zoo import load_model
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; run on a GPU machine)"),
@@ -40,11 +43,11 @@ def gpu_model(tflite_file) -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def cpu_fp32(mnv3_tflite, images):
-    return run_model(mnv3_tflite, images, precision="fp32", num_workers=0)
+    return run_model(mnv3_tflite, images, options=RunOptions(precision="fp32", num_workers=0))
 
 
 def test_fp32_on_the_gpu_equals_the_cpu_with_the_cpu_decoder(gpu_model, images, cpu_fp32):
-    gpu = run_model(gpu_model, images, precision="fp32", device_decode=False)
+    gpu = run_model(gpu_model, images, options=RunOptions(precision="fp32", device_decode=False))
     assert gpu.precision == "fp32" and gpu.keys == cpu_fp32.keys
     np.testing.assert_allclose(gpu.logits, cpu_fp32.logits, rtol=1e-3, atol=1e-3)
     assert (gpu.pred == cpu_fp32.pred).mean() >= 0.99
@@ -54,7 +57,7 @@ def test_fp32_on_the_gpu_equals_the_cpu_with_the_cpu_decoder(gpu_model, images, 
 
 def test_nvjpeg_batch_decode_matches_the_cpu_pipeline(gpu_model, images, cpu_fp32):
     """Device decoding (the default on CUDA) differs from libjpeg by rounding only: same top-1 almost always."""
-    gpu = run_model(gpu_model, images, precision="fp32")  # device_decode=None: decode on the GPU
+    gpu = run_model(gpu_model, images, options=RunOptions(precision="fp32"))  # device_decode=None: on the GPU
     assert gpu.keys == cpu_fp32.keys and not gpu.skipped
     assert (gpu.pred == cpu_fp32.pred).mean() >= 0.95
     worst = max(float(np.abs(gpu.gates[n] - g).max()) for n, g in cpu_fp32.gates.items())
@@ -73,14 +76,14 @@ def test_auto_precision_is_bf16_and_close_to_fp32(gpu_model, images, cpu_fp32):
 
 
 def test_fp16_overflow_is_redone_in_fp32_on_the_gpu(gpu_model, images, cpu_fp32):
-    kw = {"ablate_blocks": gpu_model.blocks, "mode": "identity", "batch_size": 32}
-    raw = run_model(gpu_model, images, precision="fp16", fp32_fallback=False, **kw)
+    kw = {"ablation": Ablation(gpu_model.blocks, "identity"), "batch_size": 32}
+    raw = run_model(gpu_model, images, options=RunOptions(precision="fp16", fp32_fallback=False, **kw))
     assert not np.isfinite(raw.logits).all(), "fp16 no longer overflows here: this test proves nothing"
-    before = forward_count()
-    safe = run_model(gpu_model, images, precision="fp16", **kw)
-    assert safe.fp32_fallback_batches == -(-len(images) // 32) and forward_count() - before == 2 * len(images)
+    counter = ForwardCounter()
+    safe = run_model(gpu_model, images, options=RunOptions(precision="fp16", counter=counter, **kw))
+    assert safe.fp32_fallback_batches == -(-len(images) // 32) and counter.count == 2 * len(images)
     assert np.isfinite(safe.logits).all()
-    reference = run_model(gpu_model, images, precision="fp32", **kw)
+    reference = run_model(gpu_model, images, options=RunOptions(precision="fp32", **kw))
     np.testing.assert_array_equal(safe.pred, reference.pred)
 
 

@@ -1,4 +1,5 @@
-"""Tests for senet_viz.data.sources: decoding of hostile/odd images, folder and upload sources, labels, zip guards.
+"""Tests for senet_viz.data (decode, sources, folders, uploads, labels): decoding of hostile/odd images, folder
+and upload sources, labels, zip guards.
 
 Every bad input is generated here (no binary fixtures). The real ImageNet samples in ../shared are used where
 present and the tests that need them are skipped otherwise.
@@ -20,20 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from senet_viz.data.sources import (
-    MAX_PIXELS,
-    ImageDecodeError,
-    ImageItem,
-    ImageSet,
-    Skipped,
-    decode_image,
-    folder_source,
-    imagenet_class_names,
-    imagenet_wnids,
-    max_pixels_limit,
-    uploads_source,
-    validate,
-)
+from senet_viz.data.decode import MAX_PIXELS, ImageDecodeError, decode_image, max_pixels_limit
+from senet_viz.data.folders import folder_source
+from senet_viz.data.labels import imagenet_class_names, imagenet_wnids
+from senet_viz.data.sources import ImageItem, ImageSet, Skipped, validate
+from senet_viz.data.uploads import uploads_source
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-samples"
 

@@ -1,6 +1,7 @@
 """Several processes give the single-process result: ``torchrun --nproc_per_node=2`` (gloo, CPU) against one
-process, on the embedded Fashion-MNIST SE-ResNet and its sample images, for paper, extract, evaluate and sweep;
-plus the rank bookkeeping (environment, shards, error agreement) without launching anything.
+process, on the embedded Fashion-MNIST SE-ResNet and its sample images, for paper, extract, evaluate and sweep (one
+launch for the module, running every command: see the ``launch`` fixture); plus the rank bookkeeping (environment,
+shards, error agreement) without launching anything.
 
 The single-process reference runs in this process with one intra-op thread, as each torchrun worker does
 (torchrun sets OMP_NUM_THREADS=1): CPU kernels may round differently with another thread count.
@@ -12,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +24,11 @@ from conftest import REPO_ROOT, require
 
 from senet_viz import cli
 from senet_viz.analysis.stats import GateStats
+from senet_viz.cli.common import UserError, agreed
 from senet_viz.data.sources import ImageItem, ImageSet
 from senet_viz.data.store import read_excitations
 from senet_viz.inference.distributed import DistributedError, Group, RankInfo, _combine_sweep_rows, rank_info
-from senet_viz.models.zoo import WEIGHTS_DIR_ENV
+from senet_viz.models.download import WEIGHTS_DIR_ENV
 
 SAMPLES = REPO_ROOT / "assets" / "fmnist_samples"
 RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -33,6 +36,9 @@ RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADD
 # 4 images of each of the 10 classes: small enough for 2 CPU cores, large enough for several batches per rank.
 COMMON = ("--model", "se_resnet_fmnist", "--images", str(SAMPLES), "--device", "cpu", "--per-class", "4", "--json")
 N = 40
+EXTRACT = ("extract", *COMMON, "--chunk", "12", "--batch-size", "4")
+EVALUATE = ("evaluate", *COMMON, "--ablate", "stage:5", "--mode", "mean")
+SWEEP = ("sweep", *COMMON, "--modes", "identity,mean", "--kinds", "stage")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,21 +48,57 @@ def prerequisites() -> None:
             "needs torch.distributed with the gloo backend")
 
 
-def torchrun(*args: str | Path, timeout: int = 180) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run --standalone --nproc_per_node=2 -m senet_viz ...`` from the repo root;
+def torchrun(jobs: dict[str, list[str | Path]], out: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """One ``python -m torch.distributed.run --standalone --nproc_per_node=2`` launch of tests/torchrun_commands.py
+    from the repo root, running every job of ``jobs`` (name -> ``python -m senet_viz`` argv) in order on both ranks;
     --standalone lets the rendezvous pick a free port (no race with another test run)."""
     env = {k: v for k, v in os.environ.items() if k != WEIGHTS_DIR_ENV and k not in RANK_VARS}
     env["OMP_NUM_THREADS"] = "1"
+    spec = out / "jobs.json"
+    spec.write_text(json.dumps({name: [str(a) for a in argv] for name, argv in jobs.items()}))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "senet_viz", *map(str, args)]
+           str(REPO_ROOT / "tests" / "torchrun_commands.py"), str(spec), str(out)]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def torchrun_json(*args: str | Path) -> dict:
-    proc = torchrun(*args)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "Traceback" not in proc.stderr and "error:" not in proc.stderr
-    return json.loads(proc.stdout)  # one document: rank 1 printed nothing
+@dataclass
+class Ranks:
+    """One job of the launch: each rank's exit code, stdout and stderr."""
+
+    codes: list[int]
+    stdout: list[str]
+    stderr: list[str]
+
+    def json(self) -> dict:
+        """What a successful command's ``--json`` printed: one document, from rank 0 only."""
+        assert self.codes == [0, 0], self.stderr
+        assert not any("Traceback" in err or "error:" in err for err in self.stderr), self.stderr
+        assert self.stdout[1] == ""  # rank 1 printed nothing
+        return json.loads(self.stdout[0])
+
+
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory) -> tuple[Path, dict[str, Ranks]]:
+    """ONE torchrun launch (2 ranks) running paper, extract, evaluate, sweep and a sweep with a user error, in
+    that order: the folder the commands wrote into, and each job's result per rank. paper runs in a process group
+    that the CLI creates and destroys itself, the later commands in the launch's own (tests/torchrun_commands.py)."""
+    two = tmp_path_factory.mktemp("torchrun")
+    jobs: dict[str, list[str | Path]] = {
+        "paper": ["paper", *COMMON, "--out", two / "paper"],
+        "extract": [*EXTRACT, "--out", two / "extract.parquet"],
+        "evaluate": list(EVALUATE),
+        "sweep": [*SWEEP, "--out", two / "sweep.csv"],
+        "user_error": ["sweep", *COMMON, "--modes", "identity,bogus", "--out", two / "x.csv"],
+    }
+    proc = torchrun(jobs, two)
+    assert proc.returncode == 0, proc.stderr[-4000:]  # every rank ran every job (a crash is not an exit code)
+    results = {}
+    for name in jobs:
+        files = [(two / f"{name}.rank{r}.code", two / f"{name}.rank{r}.out", two / f"{name}.rank{r}.err")
+                 for r in range(2)]
+        results[name] = Ranks([int(c.read_text()) for c, _, _ in files], [o.read_text() for _, o, _ in files],
+                              [e.read_text() for _, _, e in files])
+    return two, results
 
 
 @pytest.fixture
@@ -81,8 +123,10 @@ def one_process(monkeypatch, capsys):
 # ------------------------------------------------------------------------------------------------- torchrun
 
 
-def test_paper_statistics_are_reduced_exactly(tmp_path: Path, one_process):
-    two = torchrun_json("paper", *COMMON, "--out", tmp_path / "two")
+@pytest.mark.torchrun
+def test_paper_statistics_are_reduced_exactly(launch, tmp_path: Path, one_process):
+    folder, results = launch
+    two = results["paper"].json()
     one = one_process("paper", *COMMON, "--out", tmp_path / "one")
     assert two["n_images"] == one["n_images"] == N and two["classes"] == one["classes"]
     assert len(two["classes"]) == 4 and set(two["classes"].values()) == {4}
@@ -90,7 +134,7 @@ def test_paper_statistics_are_reduced_exactly(tmp_path: Path, one_process):
     assert all(Path(path).is_file() for path in two["files"].values())
 
     a = GateStats.load(tmp_path / "one" / "stats.parquet").frame()
-    b = GateStats.load(tmp_path / "two" / "stats.parquet").frame()
+    b = GateStats.load(folder / "paper" / "stats.parquet").frame()
     keys = ["block", "class", "channel"]
     assert len(a) == len(b) > 0 and a[keys].equals(b[keys])
     assert (a["count"].to_numpy() == b["count"].to_numpy()).all()
@@ -105,39 +149,41 @@ def test_paper_statistics_are_reduced_exactly(tmp_path: Path, one_process):
             assert y[k] == (pytest.approx(v, rel=1e-9, abs=1e-12, nan_ok=True) if isinstance(v, float) else v), k
 
 
-def test_extract_writes_the_single_process_file(tmp_path: Path, one_process):
+@pytest.mark.torchrun
+def test_extract_writes_the_single_process_file(launch, tmp_path: Path, one_process):
     # Chunks of 12 images in batches of 4: chunks 0, 2 on rank 0 and 1, 3 on rank 1 (the last chunk is short).
-    args = ("extract", *COMMON, "--chunk", "12", "--batch-size", "4")
-    two = torchrun_json(*args, "--out", tmp_path / "two.parquet")
-    one = one_process(*args, "--out", tmp_path / "one.parquet")
+    folder, results = launch
+    two = results["extract"].json()
+    one = one_process(*EXTRACT, "--out", tmp_path / "one.parquet")
     assert {k: v for k, v in two.items() if k != "out"} == {k: v for k, v in one.items() if k != "out"}
     assert two["n_images"] == N
 
-    a, b = read_excitations(tmp_path / "one.parquet"), read_excitations(tmp_path / "two.parquet")
+    a, b = read_excitations(tmp_path / "one.parquet"), read_excitations(folder / "extract.parquet")
     assert b.keys == a.keys == sorted(a.keys)  # the same rows in the same (sorted-key) order
     assert (b.labels == a.labels).all() and (b.pred == a.pred).all() and b.meta == a.meta
     for name, gates in a.gates.items():
         assert gates.shape[0] == N and np.array_equal(b.gates[name], gates), name
     import pyarrow.parquet as pq
 
-    assert pq.ParquetFile(tmp_path / "two.parquet").metadata.num_row_groups == 4
+    assert pq.ParquetFile(folder / "extract.parquet").metadata.num_row_groups == 4
 
 
-def test_evaluate_metrics_are_the_single_process_numbers(one_process):
+@pytest.mark.torchrun
+def test_evaluate_metrics_are_the_single_process_numbers(launch, one_process):
     # mean mode: the calibration gates are gathered from both ranks before the ablated pass.
-    args = ("evaluate", *COMMON, "--ablate", "stage:5", "--mode", "mean")
-    two = torchrun_json(*args)
-    one = one_process(*args)
+    two = launch[1]["evaluate"].json()
+    one = one_process(*EVALUATE)
     assert two == one  # top-1, top-5, agreement, KL, per-class changes: bit for bit
     assert one["n_calibration"] > 0 and one["n_images"] + one["n_calibration"] == N
     assert one["kl"] > 0  # freezing stage 5 changes the outputs: there is something to compare
 
 
-def test_sweep_metrics_are_the_single_process_numbers(tmp_path: Path, one_process):
-    args = ("sweep", *COMMON, "--modes", "identity,mean", "--kinds", "stage")
-    torchrun_json(*args, "--out", tmp_path / "two.csv")
-    one_process(*args, "--out", tmp_path / "one.csv")
-    a, b = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "two.csv")
+@pytest.mark.torchrun
+def test_sweep_metrics_are_the_single_process_numbers(launch, tmp_path: Path, one_process):
+    folder, results = launch
+    results["sweep"].json()
+    one_process(*SWEEP, "--out", tmp_path / "one.csv")
+    a, b = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(folder / "sweep.csv")
     assert list(a.columns) == list(b.columns) and len(a) == len(b) == 8  # 4 stages x 2 modes
     exact = [c for c in a.columns if c != "kl"]
     pd.testing.assert_frame_equal(a[exact], b[exact], check_exact=True)
@@ -145,12 +191,15 @@ def test_sweep_metrics_are_the_single_process_numbers(tmp_path: Path, one_proces
     assert (a["n_images"] + a["n_calibration"] == N).all() and (a["kl"] > 0).any()
 
 
-def test_a_user_error_is_reported_once_and_every_rank_stops(tmp_path: Path):
-    proc = torchrun("sweep", *COMMON, "--modes", "identity,bogus", "--out", tmp_path / "x.csv")
-    assert proc.returncode != 0 and proc.stdout == "" and not (tmp_path / "x.csv").exists()
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "'bogus'" in errors[0], proc.stderr[-3000:]
-    assert "[rank0]: Traceback" not in proc.stderr and "[rank1]: Traceback" not in proc.stderr
+@pytest.mark.torchrun
+def test_a_user_error_is_reported_once_and_every_rank_stops(launch):
+    folder, results = launch
+    failed = results["user_error"]
+    assert all(code != 0 for code in failed.codes) and failed.stdout == ["", ""]
+    assert not (folder / "x.csv").exists()
+    errors = [line for err in failed.stderr for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "'bogus'" in errors[0], failed.stderr
+    assert not any("Traceback" in err for err in failed.stderr)
 
 
 # ------------------------------------------------------------------------------------------ rank bookkeeping
@@ -219,13 +268,13 @@ class _StubGroup:
 
 def test_setup_failures_stop_every_rank_and_rank_0_reports_them():
     def fails():
-        raise cli.UserError("no images found in /x")
+        raise UserError("no images found in /x")
 
-    assert cli._agreed(_StubGroup(0, [None, None]), lambda: 42) == 42
-    with pytest.raises(cli.UserError, match="^rank 1: disk full$"):  # rank 0 was fine, rank 1 failed alone
-        cli._agreed(_StubGroup(0, [None, "disk full"]), lambda: 42)
-    with pytest.raises(cli.UserError, match="^no images found in /x$"):
-        cli._agreed(_StubGroup(0, [None, "no images found in /x"]), fails)
+    assert agreed(_StubGroup(0, [None, None]), lambda: 42) == 42
+    with pytest.raises(UserError, match="^rank 1: disk full$"):  # rank 0 was fine, rank 1 failed alone
+        agreed(_StubGroup(0, [None, "disk full"]), lambda: 42)
+    with pytest.raises(UserError, match="^no images found in /x$"):
+        agreed(_StubGroup(0, [None, "no images found in /x"]), fails)
     with pytest.raises(SystemExit) as exc:  # another rank: quiet, exit 2
-        cli._agreed(_StubGroup(1, ["no images found in /x", None]), fails)
+        agreed(_StubGroup(1, ["no images found in /x", None]), fails)
     assert exc.value.code == 2

@@ -16,9 +16,9 @@ from PIL import Image
 
 from senet_viz.analysis.ablation import evaluate
 from senet_viz.cli import main
-from senet_viz.data.sources import folder_source
+from senet_viz.data.folders import folder_source
 from senet_viz.gates.blocks import find_se_blocks
-from senet_viz.models import zoo
+from senet_viz.models import download, registry, zoo
 from senet_viz.models.embedded import data as fm_data
 from senet_viz.models.embedded import model as fm_model
 from senet_viz.models.embedded import train as fm_train
@@ -134,7 +134,7 @@ def test_the_sample_readme_is_the_template_rendering():
 
 
 def test_zoo_entry_preprocess_turns_rgb_into_normalised_grey_28px():
-    spec = zoo.get_spec(MODEL_NAME)
+    spec = registry.get_spec(MODEL_NAME)
     assert spec.source == "senet_viz" and spec.labels == fm_data.LABEL_SET
     assert spec.input_size == (1, 28, 28)
     assert spec.samples_dir == SAMPLES_DIR
@@ -150,7 +150,7 @@ def test_zoo_entry_preprocess_turns_rgb_into_normalised_grey_28px():
 
 
 def test_random_build_blocks_and_reduction_without_weights():
-    model = zoo.get_spec(MODEL_NAME).build(reduction=4).eval()
+    model = registry.get_spec(MODEL_NAME).build(reduction=4).eval()
     assert model.layer4[1].se.fc1.out_channels == 32
     assert [b.name for b in find_se_blocks(model, (1, 28, 28))] == SE_NAMES
     assert [b.name for b in find_se_blocks(model, (3, 28, 28))] == SE_NAMES  # an RGB probe is averaged to grey
@@ -159,7 +159,7 @@ def test_random_build_blocks_and_reduction_without_weights():
 
 
 def test_the_specs_carry_the_models_facts():
-    se, nose5 = zoo.get_spec(MODEL_NAME), zoo.get_spec(NOSE5_NAME)
+    se, nose5 = registry.get_spec(MODEL_NAME), registry.get_spec(NOSE5_NAME)
     assert se.retrained_twin is not None and se.retrained_twin.name == NOSE5_NAME
     assert se.retrained_twin.without == "stage:5" and nose5.retrained_twin is None
     assert se.categories == CLASS_NAMES and se.class_names == list(CLASS_NAMES) and se.class_wnids is None
@@ -187,7 +187,7 @@ def test_the_package_registers_itself_in_the_registry_not_the_zoo():
 
 def test_missing_weights_say_how_to_get_them(monkeypatch):
     monkeypatch.setattr(zoo, "local_weights_file", lambda name: None)
-    with pytest.raises(zoo.WeightsUnavailableError, match="python -m senet_viz train"):
+    with pytest.raises(download.WeightsUnavailableError, match="python -m senet_viz train"):
         zoo.load_model(MODEL_NAME, device="cpu")
 
 

@@ -24,9 +24,10 @@ from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
 from senet_viz.analysis.cost import model_cost
-from senet_viz.gates.blocks import NOT_SE, discover, discover_se_blocks, find_se_blocks
+from senet_viz.gates.blocks import discover, discover_se_blocks, find_se_blocks
 from senet_viz.gates.capture import ablate, capture, hook_count
 from senet_viz.gates.fx import GateProbe, trace_gates
+from senet_viz.gates.kinds import NOT_SE
 
 SIZE = (3, 64, 64)
 

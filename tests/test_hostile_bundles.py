@@ -31,7 +31,8 @@ from apptest_helpers import app_session, open_page
 from streamlit.testing.v1 import AppTest
 
 from senet_viz.analysis.bundle import MAX_MEMBER_BYTES, BundleError, provenance, read_bundle, write_bundle
-from senet_viz.analysis.stats import _META_KEY, GateStats, StatsTooLarge
+from senet_viz.analysis.stats import GateStats
+from senet_viz.analysis.stats_io import META_KEY, StatsTooLarge
 from senet_viz.paths import outside_roots_message
 from ui.text import plain
 
@@ -101,10 +102,10 @@ def channel_bomb(tmp_path: Path, channels: int = 250_000_000) -> Path:
     genuine = tmp_path / "stats.parquet"
     stats_of(0).save(genuine)
     table = pq.read_table(genuine)
-    meta = json.loads(table.schema.metadata[_META_KEY])
+    meta = json.loads(table.schema.metadata[META_KEY])
     meta["blocks"][0]["channels"] = channels
     forged = tmp_path / "forged.parquet"
-    pq.write_table(table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()}), forged,
+    pq.write_table(table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()}), forged,
                    compression="zstd")
     bomb = tmp_path / "channels.senetviz.zip"
     bomb.write_bytes(zip_of({"bundle.json": json.dumps(prov()).encode(), "stats.parquet": forged.read_bytes()}))
@@ -191,7 +192,7 @@ def test_a_deflate_bomb_is_refused_without_a_large_temporary_file_or_allocation(
 
 
 def test_a_doctored_bundle_with_a_genuine_bundle_json_never_answers_for_the_genuine_file(tmp_path, monkeypatch):
-    from ui import state
+    from ui import bundles
 
     monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))
     genuine_stats, doctored_stats = stats_of(0), stats_of(1)
@@ -205,36 +206,36 @@ def test_a_doctored_bundle_with_a_genuine_bundle_json_never_answers_for_the_genu
     forged = doctored_stats.indices()["specificity"].to_numpy()
     assert not np.allclose(expected, forged)
 
-    state.BUNDLES.clear()
-    first = state.open_bundle(doctored)  # one session uploads the doctored file
-    np.testing.assert_allclose(state.bundle_analysis(first).indices["specificity"], forged)
-    second = state.open_bundle(str(genuine))  # the next session opens the genuine one by its path
+    bundles.BUNDLES.clear()
+    first = bundles.open_bundle(doctored)  # one session uploads the doctored file
+    np.testing.assert_allclose(bundles.bundle_analysis(first).indices["specificity"], forged)
+    second = bundles.open_bundle(str(genuine))  # the next session opens the genuine one by its path
     assert second.provenance == first.provenance and second.digest != first.digest
-    np.testing.assert_allclose(state.bundle_analysis(second).indices["specificity"], expected)
-    np.testing.assert_allclose(state.bundle_analysis(state.open_bundle(genuine.read_bytes())).indices["specificity"],
+    np.testing.assert_allclose(bundles.bundle_analysis(second).indices["specificity"], expected)
+    np.testing.assert_allclose(bundles.bundle_analysis(bundles.open_bundle(genuine.read_bytes())).indices["specificity"],
                                expected)  # its upload is the same content: the same entry
-    assert state.open_bundle(genuine.read_bytes()) is second
-    assert 0 < state.BUNDLES.nbytes() < 1 << 20
+    assert bundles.open_bundle(genuine.read_bytes()) is second
+    assert 0 < bundles.BUNDLES.nbytes() < 1 << 20
 
 
 def test_the_bundle_cache_is_bounded_by_bytes_least_recently_used_first(tmp_path, monkeypatch):
-    from ui import state
+    from ui import bundles
 
-    state.BUNDLES.clear()
+    bundles.BUNDLES.clear()
     blobs = [write_bundle(tmp_path / f"b{i}", stats_of(i), prov()).read_bytes() for i in range(3)]
-    first = state.open_bundle(blobs[0])
-    assert state._bundle_bytes(first) >= first.stats.nbytes() > 0  # estimated from the arrays
-    state.BUNDLES.clear()
-    monkeypatch.setattr(state, "_bundle_bytes", lambda bundle: 1 << 20)  # 1 MiB each: room for two
+    first = bundles.open_bundle(blobs[0])
+    assert bundles.bundle_bytes(first) >= first.stats.nbytes() > 0  # estimated from the arrays
+    bundles.BUNDLES.clear()
+    monkeypatch.setattr(bundles, "bundle_bytes", lambda bundle: 1 << 20)  # 1 MiB each: room for two
     monkeypatch.setenv("SENET_VIZ_BUNDLES_MB", "2.5")
-    a = state.open_bundle(blobs[0])
-    state.open_bundle(blobs[1])
-    assert state.open_bundle(blobs[0]) is a  # a use: blobs[1] is now the least recently used
-    state.open_bundle(blobs[2])
-    assert state.BUNDLES.nbytes() == 2 << 20
-    assert state.open_bundle(blobs[0]) is a  # kept
-    digests = list(state.BUNDLES._entries)
-    assert len(digests) == 2 and state.open_bundle(blobs[1]).digest not in digests  # dropped, read again
+    a = bundles.open_bundle(blobs[0])
+    bundles.open_bundle(blobs[1])
+    assert bundles.open_bundle(blobs[0]) is a  # a use: blobs[1] is now the least recently used
+    bundles.open_bundle(blobs[2])
+    assert bundles.BUNDLES.nbytes() == 2 << 20
+    assert bundles.open_bundle(blobs[0]) is a  # kept
+    digests = bundles.BUNDLES.digests()
+    assert len(digests) == 2 and bundles.open_bundle(blobs[1]).digest not in digests  # dropped, read again
 
 
 # ------------------------------------------------------------------------------------------ through the app
@@ -291,7 +292,7 @@ def test_an_empty_bundle_gives_a_clear_message_when_it_is_opened(tmp_path, monke
         read_bundle(empty)
     at = app_with_bundle(empty)
     assert any("hold no images" in e.value for e in at.error), [e.value for e in at.error]
-    open_page_ok = at.switch_page("pages/compare.py").run()
+    open_page_ok = at.switch_page("app_pages/compare.py").run()
     assert not open_page_ok.exception  # the page asks for an analysis instead of failing on a missing column
     only_json = tmp_path / "partial.senetviz.zip"
     only_json.write_bytes(zip_of({"bundle.json": json.dumps(prov()).encode()}))

@@ -40,7 +40,9 @@ from timm.layers import SEModule
 from torch import nn
 
 from senet_viz.models import zoo
-from senet_viz.models.loaders import CodeNotAllowedError, ModelLoadError, load_model_arg, pt2_code_risks
+from senet_viz.models.loaders import CodeNotAllowedError, ModelLoadError, load_model_arg
+from senet_viz.models.model_files import ModelFileOptions
+from senet_viz.models.pt2_check import pt2_code_risks
 from senet_viz.paths import outside_roots_message
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,14 +287,14 @@ def clean_files(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_the_local_user_loads_clean_torchscript_and_pt2_and_a_stranger_a_clean_pt2(clean_files):
-    local, stranger = zoo.ModelFileOptions(input_size=SIZE), zoo.ModelFileOptions(input_size=SIZE, untrusted=True)
+    local, stranger = ModelFileOptions(input_size=SIZE), ModelFileOptions(input_size=SIZE, untrusted=True)
     for key, fmt in (("ts", "torchscript"), ("pt2", "export")):
         loaded = zoo.load_model(str(clean_files[key]), device="cpu", options=local)
         assert loaded.file_info.format == fmt and [b.gate_kind for b in loaded.blocks] == ["se"]
     assert zoo.load_model(str(clean_files["pt2"]), device="cpu", options=stranger).file_info.format == "export"
     with pytest.raises(CodeNotAllowedError, match="TorchScript archive"):
         zoo.load_model(str(clean_files["ts"]), device="cpu", options=stranger)
-    allowed = zoo.ModelFileOptions(input_size=SIZE, untrusted=True, allow_code=True)  # SENET_VIZ_ALLOW_CODE=1
+    allowed = ModelFileOptions(input_size=SIZE, untrusted=True, allow_code=True)  # SENET_VIZ_ALLOW_CODE=1
     assert zoo.load_model(str(clean_files["ts"]), device="cpu", options=allowed).file_info.format == "torchscript"
     # the policy is part of the options, hence of the app's cache key (repr)
     assert repr(stranger) != repr(local) and stranger != local
@@ -373,11 +375,11 @@ def test_bytes_that_are_no_pt2_archive_are_a_load_error(tmp_path):
 
 
 def test_the_server_loads_every_model_file_as_a_strangers_whatever_options_a_page_passes(clean_files, no_code):
-    from ui import state
+    from ui import model_cache
 
-    for options in (None, zoo.ModelFileOptions(input_size=SIZE)):  # a page that forgot the browser's policy
+    for options in (None, ModelFileOptions(input_size=SIZE)):  # a page that forgot the browser's policy
         with pytest.raises(CodeNotAllowedError, match="TorchScript archive"):
-            state.get_model(str(clean_files["ts"]), None, "cpu", options)
+            model_cache.get_model(str(clean_files["ts"]), None, "cpu", options)
     assert no_code == []  # torch.jit.load never ran
-    assert state.get_model(str(clean_files["pt2"]), None, "cpu",
-                           zoo.ModelFileOptions(input_size=SIZE)).file_info.format == "export"
+    assert model_cache.get_model(str(clean_files["pt2"]), None, "cpu",
+                                 ModelFileOptions(input_size=SIZE)).file_info.format == "export"

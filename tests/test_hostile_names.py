@@ -16,9 +16,10 @@ import torch
 from apptest_helpers import app_session, shown
 from streamlit.testing.v1 import AppTest
 
-from senet_viz.models import registry, zoo
-from ui import state
-from ui.caches import LRU
+from senet_viz.lru import LRU
+from senet_viz.models import download, registry, zoo
+from senet_viz.models.loaded import NoGatesError
+from ui import model_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_GATES = "vit_giant_patch14_224"
@@ -39,9 +40,9 @@ def builds(monkeypatch):
         return model
 
     monkeypatch.setattr(registry.ModelSpec, "build", build)
-    zoo._weightless.cache_clear()
+    zoo.forget_architecture_checks()
     yield made
-    zoo._weightless.cache_clear()
+    zoo.forget_architecture_checks()
 
 
 @pytest.fixture
@@ -51,15 +52,16 @@ def no_weights(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("weights were read or fetched")
 
-    for name in ("load_weights_into", "_from_hub", "_hub_reachable", "download_weights"):
-        monkeypatch.setattr(zoo, name, refuse)
+    for module, name in ((zoo, "load_weights_into"), (zoo, "load_from_hub"), (download, "load_from_hub"),
+                         (download, "download_weights"), (download, "download_size")):
+        monkeypatch.setattr(module, name, refuse)
 
 
 def test_a_typed_timm_name_without_gates_is_refused_without_building_it(builds, no_weights):
-    with pytest.raises(zoo.NoGatesError, match=f"{NO_GATES} has no channel gate.*without building it"):
+    with pytest.raises(NoGatesError, match=f"{NO_GATES} has no channel gate.*without building it"):
         zoo.load_model(NO_GATES, device="cpu")
     assert builds and all(real == 0 for _, _, real in builds), builds  # shapes only: nothing allocated
-    with pytest.raises(zoo.NoGatesError):
+    with pytest.raises(NoGatesError):
         zoo.check_architecture(NO_GATES)
     assert len(builds) == 1  # remembered per name: a rerun builds nothing
 
@@ -75,7 +77,7 @@ def test_a_typed_name_over_the_models_budget_is_refused_before_it_is_built(build
 def test_hub_only_weights_are_not_fetched_and_the_network_is_not_built(builds, no_weights, tmp_path,
                                                                          monkeypatch):
     monkeypatch.setenv("SENET_VIZ_CACHE", str(tmp_path / "cache"))  # no downloaded file; the hub caches are empty
-    with pytest.raises(zoo.DownloadNeededError, match="Download from the hub"):
+    with pytest.raises(download.DownloadNeededError, match="Download from the hub"):
         zoo.load_model("seresnext26d_32x4d", device="cpu", download=False)
     assert all(real == 0 for _, _, real in builds), builds  # the meta check only
 
@@ -94,7 +96,7 @@ def type_model_name(at: AppTest, name: str) -> None:
 
 
 def test_the_app_refuses_a_typed_name_without_gates_at_once_and_offers_no_download(builds, monkeypatch):
-    monkeypatch.setattr(state, "FAILED_LOADS", LRU(64))
+    monkeypatch.setattr(model_cache, "FAILED_LOADS", LRU(64))
     at = session()
     type_model_name(at, NO_GATES)
     assert not at.exception, [e.message for e in at.exception]

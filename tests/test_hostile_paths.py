@@ -21,8 +21,8 @@ from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from senet_viz.data import sources as data
-from senet_viz.data.sources import FolderWalkLimit, folder_source
+from senet_viz.data import folders as data
+from senet_viz.data.folders import FolderWalkLimit, folder_source
 from senet_viz.paths import OutsideRootsError, outside_roots_message
 from ui import serving
 
@@ -375,7 +375,7 @@ def test_a_server_started_in_the_root_or_a_home_folder_does_not_open_it(monkeypa
     monkeypatch.setattr(serving, "START_DIR", folder)
     monkeypatch.delenv(serving.DATA_ROOTS_ENV, raising=False)
     assert folder not in serving.data_roots()
-    with pytest.raises(serving.OutsideRootsError):
+    with pytest.raises(OutsideRootsError):
         serving.server_path(str(folder / ".ssh" / "id_ed25519"))
     # the operator can still name it on purpose
     monkeypatch.setenv(serving.DATA_ROOTS_ENV, str(folder))

@@ -23,9 +23,9 @@ from apptest_helpers import app_session, assert_ok, uploader
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from PIL import Image
 
-from senet_viz.data import sources as imagedata
+from senet_viz.data import uploads as imagedata
 from senet_viz.data.decode import ImageDecodeError, decode_bytes, decode_image
-from senet_viz.data.sources import ZipRefused, expand_zip, uploads_source
+from senet_viz.data.uploads import ZipRefused, expand_zip, uploads_source
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "se_resnet_fmnist"

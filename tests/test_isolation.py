@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from conftest import REPO_ROOT, TEST_HOME
 
-from senet_viz.models import zoo
+from senet_viz.models import download
 
 
 def test_home_and_caches_are_the_sessions_temporary_ones(isolated_home):
@@ -20,7 +20,7 @@ def test_home_and_caches_are_the_sessions_temporary_ones(isolated_home):
     assert TEST_HOME.name.startswith("senet-viz-tests-home-")
     for var in ("SENET_VIZ_WEIGHTS_DIR", "SENET_VIZ_FMNIST_DIR", "HF_HOME", "TORCH_HOME"):
         assert var not in os.environ, var
-    assert zoo.download_dir() == TEST_HOME / ".cache" / "senet_viz" / "weights"
+    assert download.download_dir() == TEST_HOME / ".cache" / "senet_viz" / "weights"
     assert Path(torch.hub.get_dir()).is_relative_to(TEST_HOME)
     from huggingface_hub import constants
 
@@ -28,12 +28,13 @@ def test_home_and_caches_are_the_sessions_temporary_ones(isolated_home):
 
 
 def test_the_embedded_model_is_found_in_assets_whatever_the_cache():
-    assert zoo.local_weights_file("se_resnet_fmnist") == REPO_ROOT / "assets" / "se_resnet_fmnist.safetensors"
-    assert zoo.weights_status("se_resnet_fmnist") == "file"
+    assert download.local_weights_file("se_resnet_fmnist") == REPO_ROOT / "assets" / "se_resnet_fmnist.safetensors"
+    assert download.weights_status("se_resnet_fmnist") == "file"
 
 
 def test_subprocesses_inherit_the_isolation():
-    code = "import pathlib; from senet_viz import zoo; print(pathlib.Path.home()); print(zoo.download_dir())"
+    code = ("import pathlib; from senet_viz.models import download; print(pathlib.Path.home()); "
+            "print(download.download_dir())")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     home, cache = done.stdout.split()

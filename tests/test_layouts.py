@@ -13,10 +13,12 @@ import pytest
 from conftest import IMAGENET_SAMPLES, TFLITE_FILE, require
 
 from senet_viz import cli
+from senet_viz.data.folders import folder_source
 from senet_viz.data.imagenet import labels_file_source, read_labels_file, take_per_class, val_image_id
-from senet_viz.data.sources import ImageItem, ImageSet, folder_source, imagenet_wnids
+from senet_viz.data.labels import imagenet_wnids
+from senet_viz.data.sources import ImageItem, ImageSet
 from senet_viz.data.store import read_excitations
-from senet_viz.models.zoo import WEIGHTS_DIR_ENV
+from senet_viz.models.download import WEIGHTS_DIR_ENV
 
 PER_WNID = 3  # copies of each sample image, under different validation ids
 

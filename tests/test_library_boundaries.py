@@ -1,4 +1,4 @@
-"""The library never imports streamlit (the UI lives in app.py, ui/ and pages/ only)."""
+"""The library never imports streamlit (the UI lives in app.py, ui/ and app_pages/ only)."""
 
 from __future__ import annotations
 

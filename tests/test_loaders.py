@@ -233,7 +233,7 @@ def test_weight_and_file_errors(builder_file, tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ModelLoadError, match="missing") as info:
         load_model_arg(f"{builder_file}:build", allow_code=True, weights=tmp_path / "bad.pth")
-    assert "wrong shape" in str(info.value) and "conv.weight" in str(info.value)
+    assert "shape mismatch" in str(info.value) and "conv.weight" in str(info.value)  # one loader, one wording
     torch.save(tiny_seresnet().state_dict(), tmp_path / "state.pt")
     with pytest.raises(ModelLoadError, match="not a TorchScript archive. A state dict needs its architecture"):
         load_model_arg(str(tmp_path / "state.pt"))

@@ -27,8 +27,11 @@ from conftest import TINY_CLASSES, TINY_SERESNET_NAMES, make_tiny_seresnet
 
 from senet_viz import cli
 from senet_viz.models import zoo
+from senet_viz.models.loaded import LoadedModel, NoGatesError
+from senet_viz.models.model_files import ModelFileOptions
 from senet_viz.models.preprocess import Preprocess
-from senet_viz.models.registry import UnknownModelError, get_spec
+from senet_viz.models.registry import REGISTRY, UnknownModelError, get_spec
+from senet_viz.models.weights import file_digest
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 SIZE = (3, 64, 64)
@@ -64,7 +67,7 @@ def test_a_timm_name_with_its_tag_takes_preprocessing_and_classes_from_its_pretr
     assert loaded.num_classes == 1000 and loaded.class_names[1] == "goldfish" and loaded.wnids[0] == "n01440764"
     assert loaded.name == name and loaded.weights_id == "random" and loaded.spec.source == "timm"
     assert len(loaded.blocks) == 8 and {b.gate_kind for b in loaded.blocks} == {"eca"}
-    assert name not in zoo.REGISTRY  # an open name is not added to the curated list
+    assert name not in REGISTRY  # an open name is not added to the curated list
     assert get_spec(f"timm:{name}").preprocess == loaded.transform.preprocess
 
 
@@ -95,7 +98,7 @@ def test_the_naming_rule_refuses_ambiguous_names_and_lists_tags():
 
 
 def test_a_network_without_channel_gates_is_refused_with_what_was_considered():
-    with pytest.raises(zoo.NoGatesError, match=r"resnest14d has no channel gate.*split attention \(ResNeSt\)"):
+    with pytest.raises(NoGatesError, match=r"resnest14d has no channel gate.*split attention \(ResNeSt\)"):
         zoo.load_model("timm:resnest14d", weights="random", device="cpu")
 
 
@@ -128,7 +131,7 @@ def test_blocks_of_an_onnx_file_as_json(capsys, files):
     rows = run(capsys, "blocks", "--model", files["onnx"], "--device", "cpu")
     assert len(rows) == len(TINY_SERESNET_NAMES)
     assert all(r["kind"] == "fx" for r in rows)
-    eager = zoo.LoadedModel.from_module(files["model"], "tiny", TINY_CLASSES, input_size=SIZE).blocks
+    eager = LoadedModel.from_module(files["model"], "tiny", TINY_CLASSES, input_size=SIZE).blocks
     # the ONNX file fixes 3 x 64 x 64: the stages are the eager network's (its naming), the channels too
     assert [(r["stage"], r["channels"]) for r in rows] == [(b.stage, b.channels) for b in eager]
     assert [r["name"] for r in rows] == TINY_SERESNET_NAMES
@@ -139,7 +142,7 @@ def test_blocks_and_cost_of_a_torchscript_file(capsys, files):
     rows = run(capsys, "blocks", *common)
     assert [r["name"] for r in rows] == TINY_SERESNET_NAMES
     assert [r["path"] for r in rows][:2] == ["layer1.0.se", "layer2.0.se"]  # module paths from the scripted source
-    eager = {b.name: b for b in zoo.LoadedModel.from_module(files["model"], "tiny", TINY_CLASSES,
+    eager = {b.name: b for b in LoadedModel.from_module(files["model"], "tiny", TINY_CLASSES,
                                                             input_size=SIZE).blocks}
     assert all(r["params"] == eager[r["name"]].params for r in rows)
     cost = run(capsys, "cost", *common, "--ablate", "stage:5")
@@ -147,7 +150,7 @@ def test_blocks_and_cost_of_a_torchscript_file(capsys, files):
 
 
 def test_a_model_file_loads_with_its_options_and_runs_like_the_eager_network(files):
-    options = zoo.ModelFileOptions(input_size=SIZE, class_names=tuple(TINY_CLASSES))
+    options = ModelFileOptions(input_size=SIZE, class_names=tuple(TINY_CLASSES))
     x = torch.randn(3, *SIZE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = files["model"](x)
@@ -155,14 +158,14 @@ def test_a_model_file_loads_with_its_options_and_runs_like_the_eager_network(fil
         loaded = zoo.load_model(str(files[key]), device="cpu", options=options)
         assert loaded.class_names == TINY_CLASSES and loaded.input_size == SIZE and loaded.spec is None
         assert loaded.transform.preprocess == Preprocess(crop=64, resize=round(64 / 0.875))
-        assert loaded.weights_id.startswith(zoo.file_digest(files[key])) and loaded.file_info.format in (
+        assert loaded.weights_id.startswith(file_digest(files[key])) and loaded.file_info.format in (
             "torchscript", "onnx")
         with torch.no_grad():
             torch.testing.assert_close(loaded.model(x), expected, atol=1e-4, rtol=1e-4)
     # the file's own class names (none: class 0..9) and another preprocessing are other cache keys
     plain = zoo.load_model(str(files["onnx"]), device="cpu")
-    assert plain.class_names[:2] == ["class 0", "class 1"] and plain.weights_id == zoo.file_digest(files["onnx"])
-    grey = zoo.ModelFileOptions(mean=(0.5,), std=(0.5,))
+    assert plain.class_names[:2] == ["class 0", "class 1"] and plain.weights_id == file_digest(files["onnx"])
+    grey = ModelFileOptions(mean=(0.5,), std=(0.5,))
     assert zoo.load_model(str(files["onnx"]), device="cpu", options=grey).weights_id != plain.weights_id
 
 
@@ -211,7 +214,7 @@ def test_python_code_needs_allow_code(capsys, tmp_path):
     rows = run(capsys, "blocks", "--model", f"{code}:build", "--allow-code", "--input-size", "3,32,32",
                "--device", "cpu")
     assert [(r["name"], r["path"], r["kind"], r["channels"]) for r in rows] == [("SE_1_1", "2", "structural", 16)]
-    loaded = zoo.load_model(f"{code}:build", device="cpu", options=zoo.ModelFileOptions(allow_code=True))
+    loaded = zoo.load_model(f"{code}:build", device="cpu", options=ModelFileOptions(allow_code=True))
     assert loaded.class_names == [f"class {i}" for i in range(5)] and loaded.file_info.format == "entry-point"
     assert len(loaded.weights_id) == 16  # a digest of the built parameters (no weights file)
 

@@ -1,6 +1,6 @@
-"""The input pipeline of senet_viz.inference.run: the fast JPEG path against the PIL reference, odd JPEGs, skipped
-files,
-decode threads (also from a thread that is not the main one), and gates copied to the host once per batch.
+"""The input pipeline of senet_viz.inference.pipeline: the fast JPEG path against the PIL reference, odd JPEGs,
+skipped files, decode threads (also from a thread that is not the main one), and gates copied to the host once
+per batch.
 
 Synthetic images are made here; the real ImageNet samples in ../shared are used where present.
 """
@@ -8,6 +8,7 @@ Synthetic images are made here; the real ImageNet samples in ../shared are used 
 from __future__ import annotations
 
 import io
+import os
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -20,20 +21,16 @@ from conftest import IMAGENET_SAMPLES, TINY_CLASSES, make_tiny_seresnet, require
 from PIL import Image, ImageFile
 from torchvision.transforms.v2 import functional as TF
 
-from senet_viz.data.sources import (
-    ImageDecodeError,
-    ImageItem,
-    ImageSet,
-    decode_image,
-    decode_image_fast,
-    folder_source,
-    read_jpeg,
-    uploads_source,
-)
+from senet_viz.data.decode import ImageDecodeError, decode_image, decode_image_fast, read_jpeg
+from senet_viz.data.folders import folder_source
+from senet_viz.data.sources import ImageItem, ImageSet
+from senet_viz.data.uploads import uploads_source
 from senet_viz.gates.capture import capture
-from senet_viz.inference import run as run_mod
-from senet_viz.inference.run import _Pipeline, default_workers, run_model
-from senet_viz.models.zoo import LoadedModel, Preprocess, PreprocessTransform
+from senet_viz.inference import pipeline as pipeline_mod
+from senet_viz.inference.pipeline import Pipeline, default_workers
+from senet_viz.inference.run import RunOptions, run_model
+from senet_viz.models.loaded import LoadedModel
+from senet_viz.models.preprocess import Preprocess, PreprocessTransform
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 needs_samples = requires(IMAGENET_SAMPLES.is_dir(), f"the shared ImageNet samples at {IMAGENET_SAMPLES}")
@@ -152,7 +149,7 @@ def test_real_jpegs_decode_to_the_same_pixels_and_nearly_the_same_model_input():
     chosen = files[::30] + grey + rotated
     assert grey and rotated, "the shared samples hold grey and EXIF-rotated JPEGs"
     transform = Preprocess(crop=224, resize=256, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3).transform()
-    pipeline = _Pipeline([], transform, torch.device("cpu"))
+    pipeline = Pipeline([], transform, torch.device("cpu"))
     worst, shares = 0, []
     for f in chosen:
         fast = decode_image_fast(f)
@@ -171,17 +168,17 @@ def test_real_jpegs_decode_to_the_same_pixels_and_nearly_the_same_model_input():
 
 
 def test_the_aspect_ratio_guard_cuts_the_same_box_on_tensors(monkeypatch):
-    """Beyond 16:1 the long side is cut before resizing (zoo.LimitAspect); the tensor path cuts it too."""
+    """Beyond 16:1 the long side is cut before resizing (preprocess.LimitAspect); the tensor path cuts it too."""
     loaded = tiny_model()
-    pipeline = _Pipeline([], loaded.transform, torch.device("cpu"))
+    pipeline = Pipeline([], loaded.transform, torch.device("cpu"))
     resized = []
-    real_resize = run_mod.TF.resize
+    real_resize = pipeline_mod.TF.resize
 
     def spy(pixels, *args, **kwargs):
         resized.append(tuple(pixels.shape[-2:]))
         return real_resize(pixels, *args, **kwargs)
 
-    monkeypatch.setattr(run_mod.TF, "resize", spy)
+    monkeypatch.setattr(pipeline_mod.TF, "resize", spy)
     for size in [(900, 20), (20, 900), (330, 20)]:  # wide, tall, just over the ratio
         data = encode(photo(size, seed=7), quality=95)
         x = pipeline.prepare(ImageItem("k", "wide.jpg", None, None, data=data))
@@ -228,7 +225,7 @@ def test_unreadable_files_are_skipped_with_decode_images_reason_and_the_rest_run
     assert len(expected_skips) == 3
     results = []
     for kw in ({"num_workers": 0}, {"num_workers": 2}, {"num_workers": 1, "device_decode": True}, {"batch_size": 3}):
-        result = run_model(loaded, images, **kw)
+        result = run_model(loaded, images, options=RunOptions(**kw))
         assert {s.file: s.reason for s in result.skipped} == expected_skips, kw
         assert result.names == ["a_good.jpg", "c_grey.jpg", "e_rotated.jpg", "f_cmyk.jpg", "h_png.png"], kw
         assert all(g.shape[0] == 5 for g in result.gates.values())
@@ -243,7 +240,7 @@ def test_fast_pipeline_input_matches_the_reference_transform(tmp_path):
     """The batch the network sees: PIL-decoded formats bit for bit, JPEGs within the resize's rounding."""
     images = hostile_set(tmp_path)
     loaded = tiny_model()
-    pipeline = _Pipeline(images.items, loaded.transform, torch.device("cpu"))
+    pipeline = Pipeline(images.items, loaded.transform, torch.device("cpu"))
     indices, x, failed = pipeline.device_batch(pipeline.host(list(range(len(images.items)))))
     assert len(indices) == 5 and len(failed) == 3
     for row, i in enumerate(indices):
@@ -260,11 +257,11 @@ def test_a_custom_transform_keeps_the_pil_path(tmp_path):
     images = hostile_set(tmp_path)
     loaded = tiny_model()
     plain = replace(loaded, transform=lambda im: loaded.transform(im))  # not a PreprocessTransform
-    pipeline = _Pipeline(images.items, plain.transform, torch.device("cpu"))
+    pipeline = Pipeline(images.items, plain.transform, torch.device("cpu"))
     indices, x, failed = pipeline.device_batch(pipeline.host(list(range(len(images.items)))))
     assert len(failed) == 3
     assert torch.equal(x, torch.stack([reference_input(loaded.transform, images.items[i].path) for i in indices]))
-    result = run_model(plain, images, num_workers=1)
+    result = run_model(plain, images, options=RunOptions(num_workers=1))
     assert result.n == 5 and len(result.skipped) == 3
 
 
@@ -274,12 +271,12 @@ def test_decode_threads_work_from_a_thread_that_is_not_the_main_one(tmp_path):
     uploads.append(("broken.jpg", b"\xff\xd8\xff\xe0 nope", "cats"))
     images = uploads_source(uploads)
     loaded = tiny_model()
-    expected = run_model(loaded, images, num_workers=0, batch_size=4)
+    expected = run_model(loaded, images, options=RunOptions(num_workers=0, batch_size=4))
     out: dict = {}
 
     def script_thread():
         try:
-            out["result"] = run_model(loaded, images, num_workers=2, batch_size=4)
+            out["result"] = run_model(loaded, images, options=RunOptions(num_workers=2, batch_size=4))
         except BaseException as exc:  # surfaced below
             out["error"] = exc
 
@@ -307,7 +304,7 @@ def test_an_error_in_the_network_stops_the_decode_threads(tmp_path):
     handle = loaded.model.fc.register_forward_hook(broken)
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            run_model(loaded, images, num_workers=2, batch_size=4)
+            run_model(loaded, images, options=RunOptions(num_workers=2, batch_size=4))
     finally:
         handle.remove()
     assert len(calls) == 1
@@ -315,12 +312,12 @@ def test_an_error_in_the_network_stops_the_decode_threads(tmp_path):
 
 
 def test_default_workers_follow_the_cores(monkeypatch):
-    monkeypatch.setattr(run_mod.os, "sched_getaffinity", lambda _pid: set(range(2)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(2)))
     assert default_workers("cpu") == 2
-    monkeypatch.setattr(run_mod.os, "sched_getaffinity", lambda _pid: set(range(16)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)))
     assert default_workers("cpu") == 4
     assert default_workers(torch.device("cuda")) == 8
-    monkeypatch.setattr(run_mod.os, "sched_getaffinity", lambda _pid: {0})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
     assert default_workers("cpu") == 1 and default_workers(torch.device("cuda")) == 1
 
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from senet_viz.data import sources as data
-from senet_viz.data.sources import folder_source
-from senet_viz.inference.run import PixelCache, reuse_pixels, run_model
-from senet_viz.models.zoo import LoadedModel, load_model
+from senet_viz.data import decode as data
+from senet_viz.data.folders import folder_source
+from senet_viz.inference.pipeline import PixelCache
+from senet_viz.inference.run import run_model
+from senet_viz.models.loaded import LoadedModel
+from senet_viz.models.zoo import load_model
 
 SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "fmnist_samples"
 
@@ -30,18 +32,17 @@ def fmnist_samples() -> Path:
 def test_a_second_pass_decodes_nothing_and_gives_the_same_result(fmnist_model, fmnist_samples, monkeypatch):
     images = folder_source(fmnist_samples)
     cache = PixelCache()
-    with reuse_pixels(cache):
-        first = run_model(fmnist_model, images)
-        decoded = []
-        real = data.decode_image
-        monkeypatch.setattr(data, "decode_image", lambda *a, **k: decoded.append(a) or real(*a, **k))
-        second = run_model(fmnist_model, images)
+    first = run_model(fmnist_model, images, pixel_cache=cache)
+    decoded = []
+    real = data.decode_image
+    monkeypatch.setattr(data, "decode_image", lambda *a, **k: decoded.append(a) or real(*a, **k))
+    second = run_model(fmnist_model, images, pixel_cache=cache)
     assert cache.misses == len(images.items) and cache.hits == len(images.items)
     assert not decoded, "the second pass decoded images again"
     np.testing.assert_array_equal(first.logits, second.logits)
     for name, gates in first.gates.items():
         np.testing.assert_array_equal(second.gates[name], gates)
-    outside = run_model(fmnist_model, images)  # no cache outside the block
+    outside = run_model(fmnist_model, images)  # no cache given: decoded again
     assert cache.hits == len(images.items)
     np.testing.assert_array_equal(outside.logits, first.logits)
 
@@ -57,9 +58,8 @@ def test_same_relative_names_in_other_folders_or_changed_files_are_not_confused(
     for dst, src in zip(files_b, files_a[1:] + files_a[:1], strict=True):
         shutil.copyfile(src, dst)
     cache = PixelCache()
-    with reuse_pixels(cache):
-        ra = run_model(fmnist_model, folder_source(a))
-        rb = run_model(fmnist_model, folder_source(b))
+    ra = run_model(fmnist_model, folder_source(a), pixel_cache=cache)
+    rb = run_model(fmnist_model, folder_source(b), pixel_cache=cache)
     assert cache.hits == 0, "different files under the same relative names were served from the cache"
     assert ra.keys == rb.keys and not np.array_equal(ra.logits, rb.logits)
 

@@ -1,4 +1,5 @@
-"""Reduced precision must not corrupt results: the precision policy of senet_viz.inference.run and the ablation passes.
+"""Reduced precision must not corrupt results: the precision policy of senet_viz.inference.precision and the
+ablation passes.
 
 MobileNetV3-Small with every SE block removed (gate = 1) drives its activations to ~1e6, past float16's 65,504.
 CPU autocast to float16 reproduces that overflow, so the fp32 fallback is tested here without a GPU.
@@ -12,8 +13,10 @@ import torch
 from torch import nn
 
 from senet_viz.analysis import ablation
-from senet_viz.data.sources import ImageSet, folder_source
-from senet_viz.inference.run import PrecisionPolicy, autocast_dtype, forward_count, run_model
+from senet_viz.data.folders import folder_source
+from senet_viz.data.sources import ImageSet
+from senet_viz.inference.precision import ForwardCounter, PrecisionPolicy, autocast_dtype, use_full_fp32_on_cuda
+from senet_viz.inference.run import Ablation, RunOptions, run_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
@@ -27,18 +30,18 @@ def eight_images(imagenet_samples) -> ImageSet:
 def test_fp16_overflow_is_redone_in_fp32(mnv3_tflite, eight_images):
     """Without the fallback the logits are NaN/inf; with it they are finite and give fp32's predictions."""
     loaded = mnv3_tflite
-    kw = {"ablate_blocks": loaded.blocks, "mode": "identity", "batch_size": 4, "num_workers": 0}
-    fp32 = run_model(loaded, eight_images, precision="fp32", **kw)
+    kw = {"ablation": Ablation(loaded.blocks, "identity"), "batch_size": 4, "num_workers": 0}
+    fp32 = run_model(loaded, eight_images, options=RunOptions(precision="fp32", **kw))
     assert np.isfinite(fp32.logits).all() and fp32.fp32_fallback_batches == 0 and fp32.precision == "fp32"
 
-    raw = run_model(loaded, eight_images, precision="fp16", fp32_fallback=False, **kw)
+    raw = run_model(loaded, eight_images, options=RunOptions(precision="fp16", fp32_fallback=False, **kw))
     assert not np.isfinite(raw.logits).all(), "fp16 no longer overflows here: this test proves nothing"
     assert raw.fp32_fallback_batches == 0
 
-    before = forward_count()
-    safe = run_model(loaded, eight_images, precision="fp16", **kw)
+    counter = ForwardCounter()
+    safe = run_model(loaded, eight_images, options=RunOptions(precision="fp16", counter=counter, **kw))
     assert safe.precision == "fp16" and safe.fp32_fallback_batches == 2  # both batches of 4 overflowed
-    assert forward_count() - before == 2 * 8, "each batch ran twice: fp16, then fp32"
+    assert safe.forwarded == counter.count == 2 * 8, "each batch ran twice: fp16, then fp32"
     assert np.isfinite(safe.logits).all()
     np.testing.assert_array_equal(safe.pred, fp32.pred)
     np.testing.assert_allclose(safe.logits, fp32.logits, rtol=1e-5, atol=1e-4)
@@ -49,13 +52,14 @@ def test_fp16_overflow_is_redone_in_fp32(mnv3_tflite, eight_images):
 
 def test_fp16_without_overflow_keeps_fp16_and_bf16_does_not_overflow(mnv3_tflite, eight_images):
     loaded = mnv3_tflite
-    fp32 = run_model(loaded, eight_images, precision="fp32", num_workers=0)
-    fp16 = run_model(loaded, eight_images, precision="fp16", num_workers=0)
+    fp32 = run_model(loaded, eight_images, options=RunOptions(precision="fp32", num_workers=0))
+    fp16 = run_model(loaded, eight_images, options=RunOptions(precision="fp16", num_workers=0))
     assert fp16.fp32_fallback_batches == 0 and np.isfinite(fp16.logits).all()
     assert not np.array_equal(fp16.logits, fp32.logits), "fp16 ran in fp32"
     assert (fp16.pred == fp32.pred).mean() >= 0.75
     # bf16 has float32's range: removing every SE block stays finite
-    bf16 = run_model(loaded, eight_images, precision="bf16", ablate_blocks=loaded.blocks, num_workers=0)
+    bf16 = run_model(loaded, eight_images,
+                     options=RunOptions(precision="bf16", ablation=Ablation(loaded.blocks), num_workers=0))
     assert bf16.precision == "bf16" and bf16.fp32_fallback_batches == 0 and np.isfinite(bf16.logits).all()
 
 
@@ -112,9 +116,9 @@ def test_mean_ablation_calibrates_and_scores_at_the_same_precision(monkeypatch, 
     calls = []
     real = ablation.run_model
 
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("precision"))
-        return real(*args, **kwargs)
+    def spy(loaded, images, blocks, options, **kwargs):  # ablation passes all four
+        calls.append(options.precision)
+        return real(loaded, images, blocks, options, **kwargs)
 
     monkeypatch.setattr(ablation, "run_model", spy)
     ablation.evaluate(mnv3_tflite, eight_images, mnv3_tflite.blocks[-1:], mode="mean", calibrate_on_eval=True,
@@ -143,3 +147,24 @@ def test_sweep_uses_the_policy_for_calibration_and_every_configuration(monkeypat
     ref_removed = reference[(reference.config == "all") & (reference["mode"] == "identity")]
     assert removed.agreement.notna().all()
     np.testing.assert_allclose(removed.kl.to_numpy(), ref_removed.kl.to_numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_the_tf32_switches_are_set_once_and_never_flipped_back(monkeypatch):
+    """Full fp32 on CUDA is a process-wide setting made once (the first CUDA policy), not switched per forward,
+    so no thread's forward sees it change under it."""
+    from senet_viz.inference import precision
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    monkeypatch.setattr(precision, "_full_fp32_set", False)
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        PrecisionPolicy("fp32", "cpu")
+        assert torch.backends.cudnn.allow_tf32, "a CPU policy changed the CUDA switches"
+        PrecisionPolicy("fp16", "cuda")  # no GPU needed: making the policy sets the switches, no forward runs
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = True  # a user's choice after that is left alone
+        use_full_fp32_on_cuda()
+        PrecisionPolicy("fp32", "cuda")
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

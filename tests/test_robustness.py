@@ -8,11 +8,12 @@ text files with weights suffixes through the library in test_weights.py; a .tfli
 the importer in test_tflite.py; two threads ablating different blocks of a tiny net in test_capture.py; bad image
 uploads beside good ones in the app in test_app.py.
 
-Here: the image corpus in one folder through ``python -m senet_viz evaluate/extract --json`` (exit 0, every bad
-file in ``skipped`` with its reason, every good and odd-but-valid file processed); the weights corpus through the
-CLI (exit 2, reason on stderr) and the app's weights uploader; a network without SE blocks; a scan of the source
-for unsafe loaders; four threads ablating different SE blocks of one shared model, and proof that the check
-catches an ablation that edits the shared model; the configured upload and pixel limits, as the user sees them.
+Here: the image corpus in one folder through ``python -m senet_viz evaluate/extract --json`` (in process through
+``cli.main``; exit 0, every bad file in ``skipped`` with its reason, every good and odd-but-valid file processed);
+the weights corpus through the CLI (exit 2, reason on stderr) and the app's weights uploader; a network without SE
+blocks; a scan of the source for unsafe loaders; four threads ablating different SE blocks of one shared model, and
+proof that the check catches an ablation that edits the shared model; the configured upload and pixel limits, as the
+user sees them.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import io
 import json
 import os
 import struct
-import subprocess
-import sys
 import threading
 import tomllib
 import zipfile
@@ -43,15 +42,19 @@ from torch import nn
 from senet_viz import cli
 from senet_viz.analysis import ablation
 from senet_viz.analysis.cost import model_cost
-from senet_viz.data.sources import MAX_PIXELS, ImageSet, folder_source
+from senet_viz.data.decode import MAX_PIXELS
+from senet_viz.data.folders import folder_source
+from senet_viz.data.sources import ImageSet
 from senet_viz.gates import capture
 from senet_viz.gates.blocks import BlockSelectionError, discover_se_blocks, select_blocks
 from senet_viz.gates.capture import hook_count
 from senet_viz.inference import run
-from senet_viz.inference.run import run_model
-from senet_viz.models import zoo
-from senet_viz.models.embedded import CLASS_NAMES
-from senet_viz.models.zoo import LimitAspect, LoadedModel, load_model
+from senet_viz.inference.run import Ablation, RunOptions, run_model
+from senet_viz.models import registry
+from senet_viz.models.embedded.data import CLASS_NAMES
+from senet_viz.models.loaded import LoadedModel
+from senet_viz.models.preprocess import LimitAspect
+from senet_viz.models.zoo import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "se_resnet_fmnist"
@@ -185,10 +188,14 @@ def corpus(tmp_path_factory) -> tuple[Path, set[str]]:
     return root, set(good)
 
 
-def run_cli(*args: str | Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != zoo.WEIGHTS_DIR_ENV}
-    return subprocess.run([sys.executable, "-m", "senet_viz", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def run_cli(capsys, *args: str | Path) -> dict:
+    """``python -m senet_viz <args> --json`` in this process (``cli.main``): exit 0, no traceback, its JSON."""
+    capsys.readouterr()
+    code = cli.main([str(a) for a in args] + ["--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Traceback" not in err
+    return json.loads(out)
 
 
 def check_skipped(summary: dict) -> None:
@@ -200,25 +207,20 @@ def check_skipped(summary: dict) -> None:
     assert summary["n_skipped"] == len(summary["skipped"]) == len(BAD_IMAGES)
 
 
-def test_cli_evaluate_skips_each_bad_file_with_its_reason_and_scores_the_rest(corpus):
+def test_cli_evaluate_skips_each_bad_file_with_its_reason_and_scores_the_rest(corpus, capsys):
     root, good = corpus
-    proc = run_cli("evaluate", "--model", MODEL, "--images", root, "--ablate", "stage:5", "--device", "cpu", "--json")
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
-    out = json.loads(proc.stdout)
+    out = run_cli(capsys, "evaluate", "--model", MODEL, "--images", root, "--ablate", "stage:5", "--device", "cpu")
     check_skipped(out)
     assert out["n_images"] == len(good) == 18
     assert out["top1"] is not None and out["full_top1"] is not None and out["ablated"] == ["SE_5_1", "SE_5_2"]
 
 
-def test_cli_extract_writes_a_row_for_every_readable_file(corpus, tmp_path):
+def test_cli_extract_writes_a_row_for_every_readable_file(corpus, tmp_path, capsys):
     from senet_viz.data.store import read_excitations
 
     root, good = corpus
     out_file = tmp_path / "x.parquet"
-    proc = run_cli("extract", "--model", MODEL, "--images", root, "--out", out_file, "--device", "cpu", "--json")
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout)
+    summary = run_cli(capsys, "extract", "--model", MODEL, "--images", root, "--out", out_file, "--device", "cpu")
     check_skipped(summary)
     assert summary["n_images"] == len(good)
     gates = read_excitations(out_file)
@@ -229,7 +231,7 @@ def test_cli_extract_writes_a_row_for_every_readable_file(corpus, tmp_path):
 def test_a_very_wide_image_is_cut_before_resizing_not_blown_up():
     """1 x 10,000 px resized to a short side of 256 would be 256 x 2,560,000 (several GB); cut first, the model
     sees the same pixels."""
-    transform = zoo.get_spec("tf_mobilenetv3_small_100").preprocess.transform()
+    transform = registry.get_spec("tf_mobilenetv3_small_100").preprocess.transform()
     rng = np.random.default_rng(0)
     for size in [(10_000, 1), (1, 10_000), (2_000, 40)]:
         im = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
@@ -310,7 +312,7 @@ def test_a_network_without_se_has_no_blocks_and_says_so_where_a_user_selects_the
 # ------------------------------------------------------------------------------------------- safe loading
 
 SCANNED = [ROOT / "app.py", *sorted((ROOT / "senet_viz").rglob("*.py")), *sorted((ROOT / "ui").rglob("*.py")),
-           *sorted((ROOT / "pages").rglob("*.py"))]
+           *sorted((ROOT / "app_pages").rglob("*.py"))]
 # Loaders that unpickle: they must be called with weights_only=True written out.
 NEED_WEIGHTS_ONLY = {"torch.load", "torch.hub.load", "torch.hub.load_state_dict_from_url",
                      "torch.utils.model_zoo.load_url"}
@@ -449,8 +451,8 @@ def concurrent_check(loaded: LoadedModel, images: ImageSet, iterations: int = 5,
 
     def removal(key: str):
         spec, mode = JOBS[key]
-        result = run_model(loaded, images, ablate_blocks=select_blocks(loaded.blocks, spec), mode=mode,
-                           means=means, batch_size=8)
+        gone = Ablation(select_blocks(loaded.blocks, spec), mode, means)
+        result = run_model(loaded, images, options=RunOptions(batch_size=8, ablation=gone))
         return result.logits, result.pred, result.gates
 
     def cost():
@@ -546,17 +548,56 @@ def mac_counts_beside_another_model(loaded: LoadedModel, other: nn.Module, round
         thread.join(timeout=60)
 
 
+def mac_count_with_another_forward_inside(loaded: LoadedModel, other: LoadedModel) -> bool:
+    """Count the MACs of ``loaded`` while another thread is inside a forward of ``other``: True where the count
+    equals the lone one. The interleaving is forced, not left to chance: once the count has begun (its tracker is
+    in place), the other thread enters ``other`` down to its first SE block and waits there until the count ends."""
+    alone = model_cost(loaded.model, loaded.blocks, (), loaded.input_size).blocks["macs"].tolist()
+    go, inside, counted = threading.Event(), threading.Event(), threading.Event()
+
+    def wait_inside(module, args) -> None:
+        inside.set()
+        counted.wait(timeout=60)
+
+    def start_other(module, args) -> None:
+        if not go.is_set():
+            go.set()
+            assert inside.wait(timeout=60), "the other forward never reached its SE block"
+
+    def forward_other() -> None:
+        go.wait(timeout=60)
+        with torch.inference_mode():
+            other.model(torch.zeros(1, *other.input_size))
+
+    thread = threading.Thread(target=forward_other)
+    pause = other.model.get_submodule(other.blocks[0].path).register_forward_pre_hook(wait_inside)
+    begin = loaded.model.register_forward_pre_hook(start_other)
+    thread.start()
+    try:
+        macs = model_cost(loaded.model, loaded.blocks, (), loaded.input_size).blocks["macs"].tolist()
+    finally:
+        counted.set()
+        go.set()
+        thread.join(timeout=60)
+        begin.remove()
+        pause.remove()
+    assert inside.is_set() and not thread.is_alive()
+    return macs == alone
+
+
 def test_mac_counts_are_not_disturbed_by_another_model_running_in_another_thread(monkeypatch):
     """torch's FLOP counter attributes operations to modules through global module hooks; the cost module
     follows only its own thread, so another user's network running meanwhile changes nothing. With torch's
-    tracker put back, the same check sees the disturbance."""
+    tracker put back, the same check sees the disturbance (in the forced interleaving: in a free-running race it
+    may or may not happen, so only the undisturbed counts are asserted there)."""
     from torch.utils.module_tracker import ModuleTracker
 
     from senet_viz.analysis import cost
-    loaded, other = fresh_model(), load_model("se_resnet_fmnist_nose5", device="cpu").model
-    assert all(mac_counts_beside_another_model(loaded, other))
+    loaded, other = fresh_model(), load_model("se_resnet_fmnist_nose5", device="cpu")
+    assert all(mac_counts_beside_another_model(loaded, other.model))
+    assert mac_count_with_another_forward_inside(loaded, other)
     monkeypatch.setattr(cost, "_ThisThreadModuleTracker", ModuleTracker)
-    assert not all(mac_counts_beside_another_model(loaded, other))
+    assert not mac_count_with_another_forward_inside(loaded, other)
 
 
 class _Constant(nn.Module):

@@ -25,9 +25,12 @@ from apptest_helpers import app_session, assert_ok
 from safetensors.torch import save_file
 from torch import nn
 
-from senet_viz.models import zoo
-from ui import state
-from ui.caches import LRU, ResultCache, value_bytes
+from senet_viz.lru import LRU, value_bytes
+from senet_viz.models import download, registry, zoo
+from senet_viz.models.loaded import LoadedModel, NoGatesError
+from ui import model_cache
+from ui.caches import ResultCache
+from ui.engine import Engine, ThreadPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 KB = 1000
@@ -107,7 +110,7 @@ def test_the_lru_memo_can_be_bounded_by_bytes():
 def test_the_engine_results_budget_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("SENET_VIZ_RESULTS_MB", "3")
     before = torch.get_num_threads()
-    engine = state.Engine(state.ThreadPolicy(cores=1, threads=1, concurrent=1))
+    engine = Engine(ThreadPolicy(cores=1, threads=1, concurrent=1))
     try:
         assert engine.results.max_bytes == 3 << 20
     finally:
@@ -117,7 +120,7 @@ def test_the_engine_results_budget_comes_from_the_environment(monkeypatch):
 
 def test_the_pixel_cache_takes_its_size_from_the_environment():
     env = {**os.environ, "SENET_VIZ_PIXELS_MB": "3"}
-    out = subprocess.run([sys.executable, "-c", "from ui import state; print(state.PIXELS.max_bytes)"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-c", "from ui import engine; print(engine.PIXELS.max_bytes)"], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == str(3 << 20)
@@ -126,8 +129,8 @@ def test_the_pixel_cache_takes_its_size_from_the_environment():
 # ------------------------------------------------------------------------------------------ models
 
 
-def fake_model(name: str, n_params: int) -> zoo.LoadedModel:
-    return zoo.LoadedModel(name=name, model=nn.Linear(n_params - 1, 1), transform=None, class_names=["a"],
+def fake_model(name: str, n_params: int) -> LoadedModel:
+    return LoadedModel(name=name, model=nn.Linear(n_params - 1, 1), transform=None, class_names=["a"],
                            wnids=None, blocks=[], device=torch.device("cpu"), weights_source="test",
                            weights_id=name)
 
@@ -136,14 +139,14 @@ def fake_model(name: str, n_params: int) -> zoo.LoadedModel:
 def fresh_models(monkeypatch):
     """An empty model cache and failure memo, and zoo.load_model replaced by a counting stand-in: a name
     ``m<k>`` loads a model of k x 1,000 float parameters (4 kB each); ``nogates`` raises NoGatesError."""
-    monkeypatch.setattr(state, "_models", None)
-    monkeypatch.setattr(state, "FAILED_LOADS", LRU(64))
+    monkeypatch.setattr(model_cache, "_models", None)
+    monkeypatch.setattr(model_cache, "FAILED_LOADS", LRU(64))
     calls: list[tuple] = []
 
     def load_model(name, weights=None, device="auto", *, options=None, download=True, max_param_bytes=None):
         calls.append((name, weights, download))
         if name == "nogates":
-            raise zoo.NoGatesError("nogates has no channel gate to look at")
+            raise NoGatesError("nogates has no channel gate to look at")
         loaded = fake_model(name, int(name[1:]) * 1000)
         size = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
         if max_param_bytes is not None and size > max_param_bytes:
@@ -156,49 +159,49 @@ def fresh_models(monkeypatch):
 
 def test_the_model_cache_is_bounded_by_the_models_parameter_bytes(fresh_models, monkeypatch):
     monkeypatch.setenv("SENET_VIZ_MODELS_MB", str(10 * 4 * KB / 2**20))  # room for 10,000 float parameters
-    cache = state.model_cache()
+    cache = model_cache.model_cache()
     assert cache.max_bytes == 40 * KB
-    four = state.get_model("m4", device="cpu")
-    assert state.get_model("m4", device="cpu") is four  # shared, loaded once
-    state.get_model("m5", device="cpu")
+    four = model_cache.get_model("m4", device="cpu")
+    assert model_cache.get_model("m4", device="cpu") is four  # shared, loaded once
+    model_cache.get_model("m5", device="cpu")
     assert len(fresh_models) == 2 and cache.bytes == 36 * KB
-    state.get_model("m4", device="cpu")  # a use: m5 is now the least recently used
-    state.get_model("m3", device="cpu")  # 48 kB > 40 kB: m5 goes, not m4
+    model_cache.get_model("m4", device="cpu")  # a use: m5 is now the least recently used
+    model_cache.get_model("m3", device="cpu")  # 48 kB > 40 kB: m5 goes, not m4
     assert [key[0] for key in cache.keys("model")] == ["m4", "m3"]
     assert all(download is False for _, _, download in fresh_models)  # the app never lets a load download
     with pytest.raises(zoo.ModelTooLargeError):
-        state.get_model("m11", device="cpu")  # over the whole budget: refused, the cached ones stay
+        model_cache.get_model("m11", device="cpu")  # over the whole budget: refused, the cached ones stay
     assert [key[0] for key in cache.keys("model")] == ["m4", "m3"]
 
 
 def test_a_failed_load_is_remembered_and_a_changed_weights_file_is_tried_again(fresh_models, tmp_path):
     for _ in range(3):  # three reruns, one load
-        with pytest.raises(zoo.NoGatesError, match="nogates has no channel gate"):
-            state.get_model("nogates", device="cpu")
+        with pytest.raises(NoGatesError, match="nogates has no channel gate"):
+            model_cache.get_model("nogates", device="cpu")
     assert len(fresh_models) == 1
 
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"first")
     for _ in range(2):
-        with pytest.raises(zoo.NoGatesError):
-            state.get_model("nogates", str(weights), device="cpu")
+        with pytest.raises(NoGatesError):
+            model_cache.get_model("nogates", str(weights), device="cpu")
     assert len(fresh_models) == 2  # another key (the file's digest): tried once
     weights.write_bytes(b"second, longer")
-    with pytest.raises(zoo.NoGatesError):
-        state.get_model("nogates", str(weights), device="cpu")
+    with pytest.raises(NoGatesError):
+        model_cache.get_model("nogates", str(weights), device="cpu")
     assert len(fresh_models) == 3  # a changed file is a new key
 
 
 def test_a_remembered_failure_holds_no_traceback():
     def fail():
         big = torch.zeros(10)  # noqa: F841 - a local a traceback would keep alive
-        raise zoo.NoGatesError("no gates")
+        raise NoGatesError("no gates")
 
     try:
         fail()
-    except zoo.NoGatesError as exc:
-        kept = state._bare(exc)
-    assert type(kept) is zoo.NoGatesError and str(kept) == "no gates"
+    except NoGatesError as exc:
+        kept = model_cache.bare_error(exc)
+    assert type(kept) is NoGatesError and str(kept) == "no gates"
     assert kept.__traceback__ is None and kept.__context__ is None and kept.__cause__ is None
 
 
@@ -240,7 +243,7 @@ def hub(tmp_path, monkeypatch):
     model's weights are on the hub only. Yields (url, file, requests)."""
     root = tmp_path / "srv"
     root.mkdir()
-    model = zoo.get_spec("mobilenet_v3_small").build()
+    model = registry.get_spec("mobilenet_v3_small").build()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "w.safetensors"))
     requests: list[tuple[str, str]] = []
     handler = functools.partial(type("Handler", (Recording,), {"requests": requests}), directory=str(root))
@@ -252,42 +255,42 @@ def hub(tmp_path, monkeypatch):
         yield f"http://127.0.0.1:{server.server_address[1]}/w.safetensors", root / "w.safetensors", requests
     finally:
         server.shutdown()
-        zoo.forget_weights_status()
+        download.forget_weights_status()
 
 
 def test_the_download_size_is_asked_with_a_head_request(hub):
     url, source, requests = hub
-    assert zoo.download_size("mobilenet_v3_small", url=url) == source.stat().st_size
+    assert download.download_size("mobilenet_v3_small", url=url) == source.stat().st_size
     assert requests == [("HEAD", "/w.safetensors")]  # the file itself was not fetched
 
 
 def test_a_download_over_the_disk_budget_is_refused_and_leaves_nothing(hub):
     url, source, requests = hub
     size = source.stat().st_size
-    folder = zoo.download_dir()
+    folder = download.download_dir()
     folder.mkdir(parents=True)
     (folder / "earlier.safetensors").write_bytes(b"x" * 1000)  # what the folder already holds counts
-    with pytest.raises(zoo.DownloadBudgetError, match="SENET_VIZ_DOWNLOAD_MB"):
-        zoo.download_weights("mobilenet_v3_small", url=url, max_bytes=size + 999)
+    with pytest.raises(download.DownloadBudgetError, match="SENET_VIZ_DOWNLOAD_MB"):
+        download.download_weights("mobilenet_v3_small", url=url, max_bytes=size + 999)
     no_length = url.replace("/w.safetensors", "/nolength/w.safetensors")
-    with pytest.raises(zoo.DownloadBudgetError):  # no Content-Length: stopped once past the budget
-        zoo.download_weights("mobilenet_v3_small", url=no_length, max_bytes=size + 999, chunk=64 * 1024)
+    with pytest.raises(download.DownloadBudgetError):  # no Content-Length: stopped once past the budget
+        download.download_weights("mobilenet_v3_small", url=no_length, max_bytes=size + 999, chunk=64 * 1024)
     assert sorted(p.name for p in folder.iterdir()) == ["earlier.safetensors"]  # no partial file left
-    path = zoo.download_weights("mobilenet_v3_small", url=url, max_bytes=size + 1000)  # exactly fits
+    path = download.download_weights("mobilenet_v3_small", url=url, max_bytes=size + 1000)  # exactly fits
     assert path.read_bytes() == source.read_bytes()
 
 
 def test_the_app_downloads_nothing_without_the_button_and_shows_the_size(hub, monkeypatch):
     url, source, requests = hub
     # Every way the library could fetch these weights points at the local hub, so a fetch would be seen there.
-    monkeypatch.setattr(zoo, "weights_url", lambda name: url)
-    monkeypatch.setattr(zoo, "_hub_url", lambda spec: url)
+    monkeypatch.setattr(download, "weights_url", lambda name: url)
+    monkeypatch.setattr(download, "hub_url", lambda spec: url)
     import torchvision.models._api as tv_api
 
     real_fetch = tv_api.load_state_dict_from_url
     monkeypatch.setattr(tv_api, "load_state_dict_from_url", lambda _url, *a, **k: real_fetch(url, *a, **k))
-    monkeypatch.setattr(state, "FAILED_LOADS", LRU(64))
-    assert zoo.weights_status("mobilenet_v3_small") is zoo.WeightsStatus.HUB_ONLINE
+    monkeypatch.setattr(model_cache, "FAILED_LOADS", LRU(64))
+    assert download.weights_status("mobilenet_v3_small") is download.WeightsStatus.HUB_ONLINE
 
     at = app_session("mobilenet_v3_small")
     assert not at.exception, [e.message for e in at.exception]
@@ -304,13 +307,13 @@ def test_the_app_downloads_nothing_without_the_button_and_shows_the_size(hub, mo
     at.run()
     assert_ok(at)
     assert [r for r in requests if r[0] == "GET"] == [("GET", "/w.safetensors")]  # one fetch, on the press
-    assert zoo.local_weights_file("mobilenet_v3_small").read_bytes() == source.read_bytes()
+    assert download.local_weights_file("mobilenet_v3_small").read_bytes() == source.read_bytes()
     assert "download needed" not in " ".join(str(e.value) for e in at.info)
 
 
 def test_the_button_is_disabled_when_the_download_would_exceed_the_disk_budget(hub, monkeypatch):
     url, source, requests = hub
-    monkeypatch.setattr(zoo, "weights_url", lambda name: url)
+    monkeypatch.setattr(download, "weights_url", lambda name: url)
     monkeypatch.setenv("SENET_VIZ_DOWNLOAD_MB", "1")  # the file is ~10 MB
     at = app_session("mobilenet_v3_small")
     assert not at.exception

@@ -1,7 +1,7 @@
-"""Results shared between sessions, and torch threads per request (ui/state.py).
+"""Results shared between sessions, and torch threads per request (ui/engine.py, ui/memo.py, ui/keys.py).
 
 Two AppTest sessions in one process: the second renders what the first computed without a forward pass
-(``senet_viz.inference.run.forward_count``); another image set is computed, once. Unit tests of the shared LRU (bounded,
+(``ui.jobs.forward_count``); another image set is computed, once. Unit tests of the shared LRU (bounded,
 least-recently-used eviction, one computation for concurrent requests of one key, errors not cached), of the
 image-set keys (a file edited in place or another folder with the same layout is a new key), of the thread policy
 and of the worker threads (capped torch threads, one model copy per concurrent request).
@@ -24,12 +24,14 @@ from apptest_helpers import assert_ok, open_page
 from conftest import EMBEDDED_MISSING, TINY_CLASSES, embedded_model_ready, make_tiny_seresnet, requires
 from streamlit.testing.v1 import AppTest
 
-from senet_viz.data.sources import folder_source
+from senet_viz.data.folders import folder_source
 from senet_viz.gates.capture import capture, hook_count
-from senet_viz.inference.run import forward_count
-from senet_viz.models import zoo
-from ui.caches import LRU, Flight, ResultCache
-from ui.state import Engine, ThreadPolicy, images_key, thread_policy, weights_digest
+from senet_viz.lru import LRU
+from senet_viz.models.loaded import LoadedModel
+from ui.caches import Flight, ResultCache
+from ui.engine import Engine, ThreadPolicy, thread_policy
+from ui.jobs import forward_count
+from ui.keys import images_key, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "se_resnet_fmnist"
@@ -269,8 +271,8 @@ def test_the_weights_digest_is_computed_again_only_when_the_file_changes(tmp_pat
     import senet_viz.models.weights
 
     hashed = []
-    real = senet_viz.models.weights._hash_file  # the one place a file is read (file_sha256 memoises it)
-    monkeypatch.setattr(senet_viz.models.weights, "_hash_file", lambda path: hashed.append(path) or real(path))
+    real = senet_viz.models.weights.hash_file  # the one place a file is read (file_sha256 memoises it)
+    monkeypatch.setattr(senet_viz.models.weights, "hash_file", lambda path: hashed.append(path) or real(path))
     path = tmp_path / "w.safetensors"
     path.write_bytes(b"first")
     first = weights_digest(path)
@@ -329,7 +331,7 @@ def test_model_copies_are_dropped_with_the_cached_model():
     before = torch.get_num_threads()
     engine = Engine(ThreadPolicy(cores=2, threads=1, concurrent=2))
     try:
-        loaded = zoo.LoadedModel.from_module(make_tiny_seresnet(), "tiny", TINY_CLASSES, input_size=(3, 64, 64))
+        loaded = LoadedModel.from_module(make_tiny_seresnet(), "tiny", TINY_CLASSES, input_size=(3, 64, 64))
         with engine.model(loaded) as first, engine.model(loaded) as second:
             assert first is loaded and second.model is not loaded.model  # busy: the second request gets a copy
             assert second.lock is not loaded.lock
@@ -373,7 +375,8 @@ def test_a_copy_is_made_while_the_model_is_busy_and_has_no_hooks_of_the_busy_req
 def test_with_compute_processes_the_passes_run_in_a_worker_process_with_the_same_results(monkeypatch, tmp_path):
     """SENET_VIZ_COMPUTE=processes: the Remove page shows the numbers the thread engine shows, and the server
     process runs no forward pass for them (the worker process does)."""
-    from ui import jobs, state
+    from ui import engine as shared_engine
+    from ui import jobs
 
     monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))  # the typed folders lie inside the server's roots
     folder = small_folder(tmp_path / "two classes")
@@ -383,25 +386,25 @@ def test_with_compute_processes_the_passes_run_in_a_worker_process_with_the_same
     expected = metrics(threads)
 
     monkeypatch.setenv("SENET_VIZ_COMPUTE", "processes")
-    state.engine.clear()  # a new engine reads the policy
+    shared_engine.engine.clear()  # a new engine reads the policy
     try:
         moved = tmp_path / "same images elsewhere"  # new content keys: nothing cached from the thread run
         shutil.copytree(folder, moved)
         processes = new_session()
-        assert state.engine().policy.processes
+        assert shared_engine.engine().policy.processes
         use_folder(processes, moved)
         before = forward_count()
         open_page(processes, "remove", "Remove SE blocks")
         assert metrics(processes) == expected
         assert forward_count() == before, "the server process ran the network itself"
-        assert state.engine()._processes is not None, "no worker process was used"
+        assert shared_engine.engine()._processes is not None, "no worker process was used"
         # the workers did not run app.py again when they started (Streamlit installs it as __main__)
-        assert state.engine()._processes.submit(jobs.main_script).result(timeout=60) is None
+        assert shared_engine.engine()._processes.submit(jobs.main_script).result(timeout=60) is None
     finally:
-        engine = state.engine()
+        engine = shared_engine.engine()
         if engine._processes is not None:
             engine._processes.shutdown(cancel_futures=True)
-        state.engine.clear()
+        shared_engine.engine.clear()
     monkeypatch.delenv("SENET_VIZ_COMPUTE")
 
 

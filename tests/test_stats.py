@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from senet_viz.analysis.stats import GateStats, hist_quantile
+from senet_viz.analysis.stats import GateStats
+from senet_viz.analysis.stats_views import hist_quantile
 
 BLOCKS = [{"name": "SE_2_1", "stage": 2, "channels": 8}, {"name": "SE_5_1", "stage": 5, "channels": 16}]
 CLASSES = ["a", "b", "c"]

@@ -199,13 +199,14 @@ def test_paper_preset_picks_the_classes_with_most_images():
 
 
 def test_mobilenetv3_small_se_2_1_is_inert(mnv3_tflite, imagenet_samples):
-    from senet_viz.data.sources import folder_source
-    from senet_viz.inference.run import run_model
+    from senet_viz.data.folders import folder_source
+    from senet_viz.inference.run import RunOptions, run_model
 
     images = folder_source(imagenet_samples, class_names=mnv3_tflite.class_names, wnids=mnv3_tflite.wnids)
     images = replace(images, items=images.items[:8])
     stats = GateStats.for_blocks(mnv3_tflite.name, mnv3_tflite.blocks, images.class_names)
-    run_model(mnv3_tflite, images, keep_gates=False, keep_logits=False, on_gates=stats.update, batch_size=8)
+    run_model(mnv3_tflite, images,
+              options=RunOptions(keep_gates=False, keep_logits=False, on_gates=stats.update, batch_size=8))
     v = paper_verdict(stats)
     # Its hard-sigmoid clips at 1 for every image: switched off, not "class-agnostic".
     assert [b.block for b in v.inert] == ["SE_2_1"]

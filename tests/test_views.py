@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from senet_viz.analysis.stats import ALL, MAX_DETAIL_CLASSES, GateStats, hist_quantile
+from senet_viz.analysis.stats import GateStats
+from senet_viz.analysis.stats_accumulate import ALL, MAX_DETAIL_CLASSES
+from senet_viz.analysis.stats_views import hist_quantile
 from senet_viz.data.sources import ImageItem, ImageSet
 from senet_viz.inference.run import Result
 

@@ -122,8 +122,8 @@ def test_the_file_hash_is_memoised_until_the_file_changes(tmp_path: Path, monkey
     import senet_viz.models.weights as weights
 
     hashed = []
-    real = weights._hash_file
-    monkeypatch.setattr(weights, "_hash_file", lambda path: hashed.append(path) or real(path))
+    real = weights.hash_file
+    monkeypatch.setattr(weights, "hash_file", lambda path: hashed.append(path) or real(path))
     path = tmp_path / "w.safetensors"
     path.write_bytes(b"first")
     full = weights.file_sha256(path)

@@ -14,15 +14,11 @@ from safetensors.torch import save_file
 
 import senet_viz.models.zoo as zoo
 from senet_viz.gates.capture import hook_count
-from senet_viz.models.zoo import (
-    WEIGHTS_DIR_ENV,
-    LoadedModel,
-    WeightsUnavailableError,
-    get_spec,
-    load_model,
-    local_weights_file,
-    resolve_device,
-)
+from senet_viz.models import download, registry
+from senet_viz.models.download import WEIGHTS_DIR_ENV, WeightsStatus, WeightsUnavailableError, local_weights_file
+from senet_viz.models.loaded import LoadedModel, resolve_device
+from senet_viz.models.registry import get_spec
+from senet_viz.models.zoo import load_model
 
 
 def test_weights_dir_env_is_searched_and_used(tmp_path: Path, monkeypatch):
@@ -49,8 +45,8 @@ def test_weights_dir_env_without_a_matching_file(tmp_path: Path, monkeypatch):
 
 def test_offline_hub_fails_fast_with_the_file_options(monkeypatch):
     monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
-    monkeypatch.setattr(zoo, "_hub_url", lambda spec: "https://127.0.0.1:9/")
-    monkeypatch.setattr(zoo, "_hub_cached_file", lambda spec: None)
+    monkeypatch.setattr(download, "hub_url", lambda spec: "https://127.0.0.1:9/")
+    monkeypatch.setattr(download, "hub_cached_file", lambda spec: None)
     start = time.monotonic()
     with pytest.raises(WeightsUnavailableError) as info:
         load_model("legacy_seresnet18", device="cpu")
@@ -124,14 +120,14 @@ def test_mobilenetv3_small_loads_the_shared_tflite_by_default(mnv3_tflite, tflit
 
 def test_specs_are_built_with_keywords_and_carry_their_facts():
     with pytest.raises(TypeError):
-        zoo.ModelSpec("x", "timm", "SE-ResNet", "X", "x", "paper")  # positional fields are refused
+        registry.ModelSpec("x", "timm", "SE-ResNet", "X", "x", "paper")  # positional fields are refused
     assert get_spec("legacy_seresnet50").paper_reference
-    assert [n for n, s in zoo.REGISTRY.items() if s.paper_reference] == ["legacy_seresnet50"]
-    assert [n for n, s in zoo.REGISTRY.items() if s.default] == [zoo.DEFAULT_MODEL]
-    assert [n for n, s in zoo.REGISTRY.items() if s.fallback] == ["tf_mobilenetv3_small_100"]
-    twins = {n: s.retrained_twin.name for n, s in zoo.REGISTRY.items() if s.retrained_twin}
+    assert [n for n, s in registry.REGISTRY.items() if s.paper_reference] == ["legacy_seresnet50"]
+    assert [n for n, s in registry.REGISTRY.items() if s.default] == [zoo.DEFAULT_MODEL]
+    assert [n for n, s in registry.REGISTRY.items() if s.fallback] == ["tf_mobilenetv3_small_100"]
+    twins = {n: s.retrained_twin.name for n, s in registry.REGISTRY.items() if s.retrained_twin}
     assert twins == {"se_resnet_fmnist": "se_resnet_fmnist_nose5"}
-    assert all(t in zoo.REGISTRY for t in twins.values())
+    assert all(t in registry.REGISTRY for t in twins.values())
     spec = get_spec("mobilenet_v3_small")
     assert spec.class_names[:2] == ["tench", "goldfish"] and spec.class_wnids[1] == "n01443537"
     assert len(spec.class_names) == len(spec.class_wnids) == 1000 and spec.test_set is None
@@ -144,20 +140,19 @@ def test_categories_are_loaded_lazily_once():
         calls.append(1)
         return ["cat", "dog"]
 
-    spec = zoo.ModelSpec(name="pets", source="senet_viz", family="x", paper_name="x", arch="x", paper="x",
+    spec = registry.ModelSpec(name="pets", source="senet_viz", family="x", paper_name="x", arch="x", paper="x",
                          categories=names, wnids=None)
     assert calls == []
     assert spec.class_names == ["cat", "dog"] and spec.class_names == ["cat", "dog"] and calls == [1]
     spec.class_names.append("mutated")  # a copy: the spec's names stay as they are
     assert spec.class_names == ["cat", "dog"] and spec.class_wnids is None
-    bad = zoo.ModelSpec(name="bad", source="senet_viz", family="x", paper_name="x", arch="x", paper="x",
+    bad = registry.ModelSpec(name="bad", source="senet_viz", family="x", paper_name="x", arch="x", paper="x",
                         categories=("a", "b"), wnids=("n1",))
     with pytest.raises(ValueError, match="1 wnids for 2 categories"):
         _ = bad.class_names
 
 
 def test_register_model_decorator_registers_a_builder(monkeypatch):
-    from senet_viz.models import registry
     monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))
 
     @registry.register_model(family="SE-ResNet", paper_name="Mine", arch="Tiny", paper="mine",
@@ -171,8 +166,8 @@ def test_register_model_decorator_registers_a_builder(monkeypatch):
 
 def test_default_model_falls_back_when_the_default_weights_are_missing(monkeypatch):
     assert zoo.default_model() == zoo.DEFAULT_MODEL  # the embedded weights ship in assets/
-    real = zoo.weights_status
-    monkeypatch.setattr(zoo, "weights_status", lambda name: zoo.WeightsStatus.MISSING
+    real = download.weights_status
+    monkeypatch.setattr(zoo, "weights_status", lambda name: WeightsStatus.MISSING
                         if name == zoo.DEFAULT_MODEL else real(name))
     assert zoo.default_model() == "tf_mobilenetv3_small_100"
 
@@ -181,40 +176,40 @@ def test_default_model_falls_back_when_the_default_weights_are_missing(monkeypat
 
 
 def test_weights_status_is_an_enum_with_labels():
-    status = zoo.weights_status(zoo.DEFAULT_MODEL)
-    assert status is zoo.WeightsStatus.FILE and status == "file" and status.ready
-    assert {s.value for s in zoo.WeightsStatus} == {"file", "hub cache", "hub (online only)", "missing"}
-    assert all(s.label and s.label != s.value for s in zoo.WeightsStatus)
-    assert [s for s in zoo.WeightsStatus if s.ready] == [zoo.WeightsStatus.FILE, zoo.WeightsStatus.HUB_CACHE]
+    status = download.weights_status(zoo.DEFAULT_MODEL)
+    assert status is WeightsStatus.FILE and status == "file" and status.ready
+    assert {s.value for s in WeightsStatus} == {"file", "hub cache", "hub (online only)", "missing"}
+    assert all(s.label and s.label != s.value for s in WeightsStatus)
+    assert [s for s in WeightsStatus if s.ready] == [WeightsStatus.FILE, WeightsStatus.HUB_CACHE]
     # the CLI's listing (text and JSON) is unchanged
-    assert f"{zoo.WeightsStatus.HUB_ONLINE:18s}|" == f"{'hub (online only)':18s}|"
-    assert json.dumps([zoo.WeightsStatus.HUB_CACHE]) == '["hub cache"]'
+    assert f"{WeightsStatus.HUB_ONLINE:18s}|" == f"{'hub (online only)':18s}|"
+    assert json.dumps([WeightsStatus.HUB_CACHE]) == '["hub cache"]'
 
 
 def test_weights_status_is_computed_once_and_again_when_a_folder_changes(tmp_path, monkeypatch):
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
-    monkeypatch.setattr(zoo, "_hub_cached_file", lambda spec: None)
+    monkeypatch.setattr(download, "hub_cached_file", lambda spec: None)
     name = "mobilenet_v3_small"
-    zoo.forget_weights_status()
+    download.forget_weights_status()
     calls = []
-    real = zoo.local_weights_file
-    monkeypatch.setattr(zoo, "local_weights_file", lambda n: calls.append(n) or real(n))
-    assert zoo.weights_status(name) is zoo.WeightsStatus.HUB_ONLINE
+    real = download.local_weights_file
+    monkeypatch.setattr(download, "local_weights_file", lambda n: calls.append(n) or real(n))
+    assert download.weights_status(name) is WeightsStatus.HUB_ONLINE
     for _ in range(5):  # every rerun of the dashboard asks again: a few stat calls, no search
-        assert zoo.weights_status(name) is zoo.WeightsStatus.HUB_ONLINE
+        assert download.weights_status(name) is WeightsStatus.HUB_ONLINE
     assert calls == [name]
     (tmp_path / f"{name}.safetensors").write_bytes(b"weights")  # the folder's listing changes: looked at again
-    assert zoo.weights_status(name) is zoo.WeightsStatus.FILE and calls == [name, name]
+    assert download.weights_status(name) is WeightsStatus.FILE and calls == [name, name]
     (tmp_path / f"{name}.safetensors").unlink()
-    assert zoo.weights_status(name) is zoo.WeightsStatus.HUB_ONLINE
-    zoo.forget_weights_status()
+    assert download.weights_status(name) is WeightsStatus.HUB_ONLINE
+    download.forget_weights_status()
 
 
 def test_a_missing_embedded_model_is_missing(monkeypatch):
-    zoo.forget_weights_status()
-    monkeypatch.setattr(zoo, "local_weights_file", lambda name: None)
+    download.forget_weights_status()
+    monkeypatch.setattr(download, "local_weights_file", lambda name: None)
     try:
-        assert zoo.weights_status("se_resnet_fmnist_nose5") is zoo.WeightsStatus.MISSING
-        assert not zoo.WeightsStatus.MISSING.ready
+        assert download.weights_status("se_resnet_fmnist_nose5") is WeightsStatus.MISSING
+        assert not WeightsStatus.MISSING.ready
     finally:
-        zoo.forget_weights_status()
+        download.forget_weights_status()

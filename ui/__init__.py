@@ -1,1 +1,1 @@
-"""Streamlit-side glue for app.py and pages/ (the library, senet_viz, never imports streamlit)."""
+"""Streamlit-side glue for app.py and app_pages/ (the library, senet_viz, never imports streamlit)."""

@@ -1,5 +1,5 @@
 """The sidebar's "Work from: An analysis file": analysis bundles opened from an upload or a server path, kept in the
-session until closed. A bundle is a stranger's file: read by :func:`ui.state.open_bundle` (sizes checked before
+session until closed. A bundle is a stranger's file: read by :func:`ui.bundles.open_bundle` (sizes checked before
 anything is allocated, a typed path inside the data roots), its upload counted in the session's budget, and its
 provenance shown as plain text."""
 
@@ -10,8 +10,10 @@ import hashlib
 import streamlit as st
 
 from senet_viz.analysis.bundle import Bundle, BundleError
-from ui import state, uploads
+from ui import uploads
+from ui.bundles import open_bundle
 from ui.text import plain
+from ui.widgets import kept
 
 
 def opened_bundles() -> dict[str, Bundle]:
@@ -19,7 +21,7 @@ def opened_bundles() -> dict[str, Bundle]:
     out = {}
     for key, source in st.session_state.get("opened_bundles", {}).items():
         try:
-            out[key] = state.open_bundle(source)
+            out[key] = open_bundle(source)
         except BundleError:
             continue
     return out
@@ -52,13 +54,13 @@ def pick() -> Bundle | None:
         st.rerun()
     if "bundle_refused" in st.session_state:
         st.error(st.session_state.pop("bundle_refused"))
-    path = st.text_input("…or a path on the server", key="bundle_path", placeholder="/runs/imagenet.senetviz.zip")
+    path = st.text_input("…or a path on the server", key=kept("bundle_path"), placeholder="/runs/imagenet.senetviz.zip")
     if path.strip():
         opened.setdefault(f"path:{path.strip()}", path.strip())
     bundles: dict[str, Bundle] = {}
     for key, source in list(opened.items()):
         try:
-            bundles[key] = state.open_bundle(source)
+            bundles[key] = open_bundle(source)
         except BundleError as exc:
             # A path's message stands alone (the path is in its box): outside the data roots it is the same text
             # whether the file exists or not.
@@ -69,7 +71,7 @@ def pick() -> Bundle | None:
         st.info("Open an analysis file to see its statistics without a model or images.")
         return None
     keys = list(bundles)
-    chosen = st.selectbox("Analysis", keys, index=len(keys) - 1, key="bundle_chosen",
+    chosen = st.selectbox("Analysis", keys, index=len(keys) - 1, key=kept("bundle_chosen"),
                           format_func=lambda k: bundles[k].label)
     prov = bundles[chosen].provenance
     # Written by whoever made the file: shown as plain text, never as Markdown (no image or link it names is

@@ -1,4 +1,4 @@
-"""Glue of the Channels page (pages/channels.py): where its gates come from (this run, or an ``extract`` Parquet
+"""Glue of the Channels page (app_pages/channels.py): where its gates come from (this run, or an ``extract`` Parquet
 file on the server), the click-through from Compare classes' charts, and the shared pre-gate map computation.
 
 Computation lives in :mod:`senet_viz.analysis.channels`, :mod:`senet_viz.analysis.exemplars` and
@@ -8,7 +8,6 @@ module decides which to call and caches what a rerun would otherwise redo.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,15 +19,20 @@ from PIL import Image
 
 from senet_viz.analysis import channels, exemplars
 from senet_viz.analysis.stats import GateStats
-from senet_viz.data.sources import ImageDecodeError, decode_image
+from senet_viz.data.decode import ImageDecodeError, decode_image
 from senet_viz.data.store import read_meta
-from senet_viz.models.zoo import LoadedModel
-from ui import sidebar, state
-from ui.common import need_analysis, per_model
-from ui.serving import OutsideRootsError, server_path
+from senet_viz.models.loaded import LoadedModel
+from senet_viz.paths import OutsideRootsError, file_stamp
+from ui import results
+from ui.common import need_analysis
+from ui.keys import images_key, model_key
+from ui.memo import session_memo
+from ui.selection import current
+from ui.serving import server_path
 from ui.text import plain
+from ui.widgets import per_model
 
-PAGE = "pages/channels.py"
+PAGE = "app_pages/channels.py"
 SOURCES = ("This run", "An extract file (Parquet on the server)")
 THUMB_PX = 112
 
@@ -61,7 +65,7 @@ def _live() -> Source:
     selection, analysis = need_analysis()
     result, model = analysis.result, selection.model
     missing = "" if result.gates else (
-        f"This run has {result.n:,} images: per-image gates are kept for at most {state.KEEP_GATES_LIMIT:,} (the "
+        f"This run has {result.n:,} images: per-image gates are kept for at most {results.KEEP_GATES_LIMIT:,} (the "
         "selectivity above covers every image). For exemplars over a large set, extract the gates (`python -m "
         "senet_viz extract ... --out gates.parquet`) and open the file here, or use `python -m senet_viz channels`.")
     items = {it.key: it for it in selection.images.items}
@@ -74,7 +78,7 @@ def _live() -> Source:
 
     grouping = analysis.grouping
     names = list(model.class_names) if grouping == "predicted class" else list(selection.images.class_names)
-    return Source(key=(*state.model_key(model), state.images_key(selection.images), grouping), model=model.name,
+    return Source(key=(*model_key(model), images_key(selection.images), grouping), model=model.name,
                   stats=analysis.stats, grouping=grouping, blocks={b.name: b.channels for b in model.blocks},
                   class_names=names,
                   exemplars=None if missing else
@@ -116,11 +120,11 @@ def _from_extract() -> Source:
         st.stop()
     try:
         meta = read_meta(path)
-        stamp = (os.stat(path).st_size, os.stat(path).st_mtime_ns)
+        stamp = file_stamp(path)
     except (OSError, KeyError, ValueError) as exc:
         st.error(plain(f"Cannot read {path} as an extract file: {exc}", None))  # quotes the typed path
         st.stop()
-    model = sidebar.current().model
+    model = current().model
     loaded = model if model is not None and model.name == meta["model"] else None
 
     def image(key: str) -> Image.Image | None:
@@ -152,7 +156,7 @@ def source() -> Source:
 
 def summary(src: Source) -> pd.DataFrame:
     """Per-block selectivity distribution of ``src`` (made once per source in this session)."""
-    memo = state.session_memo("channels_summary", 4)
+    memo = session_memo("channels_summary", 4)
     found = memo.get(src.key)
     if found is None:
         found = channels.block_summary(src.stats, list(src.blocks))
@@ -161,7 +165,7 @@ def summary(src: Source) -> pd.DataFrame:
 
 
 def channel_table(src: Source, block: str) -> pd.DataFrame:
-    memo = state.session_memo("channels_tables", 16)
+    memo = session_memo("channels_tables", 16)
     found = memo.get((*src.key, block))
     if found is None:
         found = channels.channel_table(src.stats, block)
@@ -255,7 +259,6 @@ def pregate_maps(src: Source, block: str, channel: int, keys: list[str]
     """(the keys found, their crops, the channel's SE-input maps) of the images ``keys`` (shared between sessions,
     computed on a worker thread); images that cannot be found are left out."""
     from senet_viz.analysis.channel_maps import display_image
-    from senet_viz.analysis.channel_maps import pregate_maps as compute_maps
 
     loaded = src.loaded
     assert loaded is not None
@@ -267,10 +270,4 @@ def pregate_maps(src: Source, block: str, channel: int, keys: list[str]
     if not pixels:
         return [], [], np.zeros((0, 1, 1), np.float32)
 
-    def compute(_progress, model: LoadedModel):
-        return compute_maps(model, pixels, se_block, channel)
-
-    key = (*state.model_key(loaded), tuple(state._pixels_key(p) for p in pixels), block, int(channel))
-    maps, _ = state._shared("channel_maps", key, compute, state._spinner_wait("Mapping the channel's input ..."),
-                            model=loaded)
-    return [keys[i] for i in keep], crops, maps
+    return [keys[i] for i in keep], crops, results.channel_maps(loaded, pixels, se_block, int(channel))

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 import pandas as pd
 import plotly.graph_objects as go
 
-from ui import sidebar, state
-from ui.caches import LRU
+from senet_viz.lru import LRU
+from ui import selection as sidebar_selection
+from ui.keys import images_key
+from ui.memo import session_memo
+from ui.selection import Selection
 
 MAX_EARLIER_SELECTIONS = 4  # older selections kept for Export, the least recently used dropped first
 
@@ -42,9 +45,9 @@ class Provenance:
         return {"model": self.model, "weights": self.weights, "images": f"{self.images} (set {self.image_set})"}
 
 
-def provenance(selection: sidebar.Selection | None = None) -> Provenance | None:
+def provenance(selection: Selection | None = None) -> Provenance | None:
     """The provenance of the sidebar's current selection (None without a model)."""
-    selection = selection or sidebar.current()
+    selection = selection or sidebar_selection.current()
     if selection.bundle is not None:
         prov = selection.bundle.provenance
         digest = hashlib.sha256(json.dumps(prov, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -58,7 +61,7 @@ def provenance(selection: sidebar.Selection | None = None) -> Provenance | None:
     images, digest = "none", "-"
     if selection.images is not None:
         items = selection.images.items
-        digest = state.images_key(selection.images)[:10]  # the identity that also keys the shared results
+        digest = images_key(selection.images)[:10]  # the identity that also keys the shared results
         n_classes = len(selection.images.classes_present())
         images = f"{selection.source}: {len(items)} files in {n_classes} class{'es' if n_classes != 1 else ''}"
     return Provenance(model.name, weights, images, digest)
@@ -66,7 +69,7 @@ def provenance(selection: sidebar.Selection | None = None) -> Provenance | None:
 
 def _store() -> LRU:
     """This session's results by selection (provenance key), least recently used first."""
-    return state.session_memo("exports", 1 + MAX_EARLIER_SELECTIONS)
+    return session_memo("exports", 1 + MAX_EARLIER_SELECTIONS)
 
 
 def _bucket(prov: Provenance) -> dict:

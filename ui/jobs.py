@@ -1,6 +1,6 @@
 """The app's network passes as plain functions of plain arguments, for compute processes.
 
-With ``SENET_VIZ_COMPUTE=processes`` (see ui/state.py) the passes run in worker processes instead of threads of
+With ``SENET_VIZ_COMPUTE=processes`` (see ui/engine.py) the passes run in worker processes instead of threads of
 the server: every process has its own Python interpreter, so two sessions' per-image Python work (decoding small
 images, hooks, bookkeeping) runs in parallel instead of taking turns on the server's one GIL. Each function here
 takes a :class:`ModelRef` (how the server loaded the model), the images (an :class:`~senet_viz.data.sources.ImageSet`,
@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 import threading
 import types
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -24,8 +23,12 @@ import torch
 from senet_viz.analysis import ablation
 from senet_viz.analysis.stats import GateStats
 from senet_viz.data.sources import ImageSet
-from senet_viz.inference.run import PixelCache, Result, reuse_pixels, run_model
-from senet_viz.models import zoo
+from senet_viz.inference.pipeline import PixelCache
+from senet_viz.inference.precision import ForwardCounter
+from senet_viz.inference.run import Result, RunOptions, run_model
+from senet_viz.lru import LRU
+from senet_viz.models import model_files, zoo
+from senet_viz.models.loaded import LoadedModel
 from ui.serving import budget_bytes
 
 MODELS_PER_PROCESS = 3  # each worker keeps its last few models; the server's own cache is bounded by bytes
@@ -37,12 +40,13 @@ class ModelRef(NamedTuple):
     name: str
     weights: str | None
     device: str
-    options: zoo.ModelFileOptions | None = None  # a model file's input size, class names, normalisation
+    options: model_files.ModelFileOptions | None = None  # a model file's input size, class names, normalisation
 
 
-_models: OrderedDict[ModelRef, zoo.LoadedModel] = OrderedDict()
-_models_lock = threading.Lock()
+_models: LRU[ModelRef, LoadedModel] = LRU(MODELS_PER_PROCESS)
 _pixels = PixelCache(budget_bytes("SENET_VIZ_PIXELS_MB"))
+#: Images this process sent through a network for the app (every pass of the app is given it as its counter).
+FORWARDS = ForwardCounter()
 
 
 _main_guard = threading.Lock()
@@ -83,21 +87,22 @@ def ready() -> int:
     return torch.get_num_threads()
 
 
-def model(ref: ModelRef) -> zoo.LoadedModel:
+def model(ref: ModelRef) -> LoadedModel:
     """The model ``ref`` names, loaded once per process (least recently used out beyond MODELS_PER_PROCESS)."""
-    with _models_lock:
-        loaded = _models.get(ref)
-        if loaded is not None:
-            _models.move_to_end(ref)
-            return loaded
-    # as the server loads (ui.state.get_model): never a download, never past the models budget
+    loaded = _models.get(ref)
+    if loaded is not None:
+        return loaded
+    # as the server loads (ui.model_cache.get_model): never a download, never past the models budget
     loaded = zoo.load_model(ref.name, weights=ref.weights, device=ref.device, options=ref.options, download=False,
                             max_param_bytes=budget_bytes("SENET_VIZ_MODELS_MB"))
-    with _models_lock:
-        _models[ref] = loaded
-        while len(_models) > MODELS_PER_PROCESS:
-            _models.popitem(last=False)
+    _models.put(ref, loaded)
     return loaded
+
+
+def forward_count() -> int:
+    """Images this process sent through a network for the app so far: tests read it to see whether a result was
+    shared or computed again, and in which process."""
+    return FORWARDS.count
 
 
 def _reporter(board: MutableMapping | None, token: str) -> Callable[[int, int], None] | None:
@@ -116,10 +121,9 @@ def streamed_run(ref: ModelRef, images: ImageSet, class_names: list[str], keep_g
     """The server's streamed pass: predictions, logits, gate statistics by label, per-image gates if kept."""
     loaded = model(ref)
     stats = GateStats.for_blocks(loaded.name, loaded.blocks, class_names)
-    with reuse_pixels(_pixels):
-        result = run_model(loaded, images, progress=_reporter(board, token), batch_size=32, keep_gates=keep_gates,
-                           on_gates=stats.update)
-    return result, stats
+    options = RunOptions(batch_size=32, keep_gates=keep_gates, progress=_reporter(board, token),
+                         on_gates=stats.update, counter=FORWARDS)
+    return run_model(loaded, images, None, options, pixel_cache=_pixels), stats
 
 
 def evaluate(ref: ModelRef, images: ImageSet, block_names: list[str], mode: str, full: Result | None,
@@ -127,8 +131,7 @@ def evaluate(ref: ModelRef, images: ImageSet, block_names: list[str], mode: str,
     """:func:`senet_viz.analysis.ablation.evaluate` of the blocks named ``block_names``."""
     loaded = model(ref)
     blocks = [b for b in loaded.blocks if b.name in set(block_names)]
-    with reuse_pixels(_pixels):
-        return ablation.evaluate(loaded, images, blocks, mode=mode, full=full)
+    return ablation.evaluate(loaded, images, blocks, mode=mode, full=full, pixel_cache=_pixels, counter=FORWARDS)
 
 
 def sweep(ref: ModelRef, images: ImageSet, modes: tuple[str, ...], kinds: tuple[str, ...],
@@ -136,5 +139,5 @@ def sweep(ref: ModelRef, images: ImageSet, modes: tuple[str, ...], kinds: tuple[
     """:func:`senet_viz.analysis.ablation.sweep` over the configurations of ``kinds``."""
     loaded = model(ref)
     configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[0] in kinds]
-    with reuse_pixels(_pixels):
-        return ablation.sweep(loaded, images, modes, configs, progress=_reporter(board, token))
+    return ablation.sweep(loaded, images, modes, configs, progress=_reporter(board, token), pixel_cache=_pixels,
+                          counter=FORWARDS)

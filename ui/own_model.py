@@ -14,19 +14,18 @@ what to do, anything the user wrote is shown as text, never as Markdown, and the
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from senet_viz.models import zoo
-from ui import state, uploads
-from ui.serving import ALLOW_CODE_ENV, OutsideRootsError, allow_code, server_path
+from senet_viz.models.loaded import NoGatesError
+from senet_viz.models.model_files import ModelFileOptions
+from senet_viz.models.preprocess import parse_numbers
+from senet_viz.paths import OutsideRootsError
+from ui import uploads
+from ui.model_cache import get_model
+from ui.selection import Selection
+from ui.serving import ALLOW_CODE_ENV, allow_code, server_path
 from ui.text import plain
-
-if TYPE_CHECKING:
-    from ui.sidebar import Selection
-
-__all__ = ["ALLOW_CODE_ENV", "MODEL_FILE_TYPES", "allow_code", "render"]
 
 MODEL_FILE_TYPES = ["pt", "pth", "ts", "jit", "torchscript", "pt2", "onnx"]
 #: ``target:callable`` typed into the path box: a Python entry point (decided by the text, not by the disk).
@@ -37,17 +36,7 @@ OPEN_FORMATS = ("ONNX (.onnx) and torch.export (.pt2) files saved without pickle
                 f"load only when it was started with {ALLOW_CODE_ENV}=1.")
 
 
-def _numbers(text: str, label: str, kind: type = float) -> tuple | None:
-    """A comma-separated field (``3,224,224``, ``0.5,0.5,0.5``) as a tuple; None when empty."""
-    if not text.strip():
-        return None
-    try:
-        return tuple(kind(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"{label} takes comma-separated numbers, not {text!r}") from None
-
-
-def _file_options(code: bool) -> zoo.ModelFileOptions:
+def _file_options(code: bool) -> ModelFileOptions:
     """What the model file does not say: input size, resize, class names, normalisation (sidebar fields); the
     loading policy of a browser user (untrusted; code only when the server allows it)."""
     with st.expander("Input and classes", icon=":material/tune:"):
@@ -70,13 +59,13 @@ def _file_options(code: bool) -> zoo.ModelFileOptions:
             if st.button("Forget the class names", key="own_classes_forget"):
                 st.session_state.pop("own_classes", None)
                 st.rerun()
-    size = _numbers(size_text, "Input size", int)
+    size = parse_numbers(size_text, "Input size", int)
     if size is not None and len(size) != 3:
         raise ValueError(f"Input size takes C,H,W (e.g. 3,224,224), not {size_text!r}")
-    resize = _numbers(resize_text, "Resize", int)
-    return zoo.ModelFileOptions(input_size=size, resize=resize[0] if resize else None,
-                                class_names=kept[1] if kept else None, mean=_numbers(mean_text, "Mean"),
-                                std=_numbers(std_text, "Std"), allow_code=code, untrusted=True)
+    resize = parse_numbers(resize_text, "Resize", int)
+    return ModelFileOptions(input_size=size, resize=resize[0] if resize else None,
+                                class_names=kept[1] if kept else None, mean=parse_numbers(mean_text, "Mean"),
+                                std=parse_numbers(std_text, "Std"), allow_code=code, untrusted=True)
 
 
 def _server_target(text: str) -> str:
@@ -98,7 +87,7 @@ def _load_hint(exc: Exception) -> str:
     if isinstance(exc, CodeNotAllowedError):
         return (f"Formats that carry code load only on a server started with {ALLOW_CODE_ENV}=1. Safe here: ONNX "
                 "(torch.onnx.export) and a .pt2 saved by torch.export.save without pickles.")
-    if isinstance(exc, zoo.NoGatesError):
+    if isinstance(exc, NoGatesError):
         return "senet-viz looks at channel gates (SE, ESE, ECA, GatherExcite, GlobalContext, inline sigmoid gates)."
     return ("Check the input size and class names under Input and classes; ONNX: a float model with a free or 1 "
             "batch dimension; torch.export: torch.export.save(torch.export.export(model, (x,)), path).")
@@ -157,7 +146,7 @@ def render(selection: Selection, device: str) -> None:
         _refuse(selection, str(exc))
         return
     try:
-        loaded = state.get_model(target, weights, device, options)
+        loaded = get_model(target, weights, device, options)
     except Exception as exc:  # noqa: BLE001 - a user's file: show what went wrong and keep serving
         _refuse(selection, f"Could not load {shown}: {exc}", _load_hint(exc))
         return

@@ -24,10 +24,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from senet_viz.paths import ASSETS_DIR, SHARED_DIR, OutsideRootsError, outside_roots_message, resolve_inside
+from senet_viz.paths import ASSETS_DIR, SHARED_DIR, resolve_inside
 
-__all__ = ["ALLOW_CODE_ENV", "BUDGETS_MB", "DATA_ROOTS_ENV", "OutsideRootsError", "allow_code", "budget_bytes",
-           "data_roots", "outside_roots_message", "server_path"]
+__all__ = ["ALLOW_CODE_ENV", "BUDGETS_MB", "DATA_ROOTS_ENV", "allow_code", "budget_bytes", "data_roots",
+           "server_path"]
 
 _log = logging.getLogger(__name__)
 

@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import streamlit as st
 import torch
 
-from senet_viz.analysis.bundle import Bundle
-from senet_viz.data.sources import (
-    MAX_ZIP_BYTES,
-    MAX_ZIP_MEMBERS,
-    ExpandedZip,
-    ImageSet,
-    Skipped,
-    folder_source,
-    max_pixels_limit,
-    model_space_labels,
-    uploads_source,
-)
-from senet_viz.models import zoo
+from senet_viz.data.decode import max_pixels_limit
+from senet_viz.data.folders import folder_source
+from senet_viz.data.sources import ImageSet
+from senet_viz.data.uploads import MAX_ZIP_BYTES, MAX_ZIP_MEMBERS, ExpandedZip, uploads_source
+from senet_viz.models import download, zoo
+from senet_viz.models.loaded import LoadedModel, NoGatesError
+from senet_viz.models.registry import REGISTRY, get_spec
 from senet_viz.models.weights import WeightsError
-from senet_viz.paths import SHARED_DIR
-from ui import analysis_files, own_model, state, uploads
-from ui.serving import OutsideRootsError, budget_bytes, data_roots, server_path
+from senet_viz.paths import SHARED_DIR, OutsideRootsError, file_stamp
+from ui import analysis_files, own_model, uploads
+from ui.model_cache import get_model
+from ui.selection import Selection, publish
+from ui.serving import allow_code, budget_bytes, data_roots, server_path
 from ui.text import plain
+from ui.widgets import kept
 
 IMAGENET_SAMPLES = SHARED_DIR / "data" / "imagenet-samples"
 READING_GUIDE = """\
@@ -44,31 +40,6 @@ absolute distance between the class-mean curves (std across classes / the larges
 "class-agnostic" means the class curves coincide, so read spread for that. eta² needs several images per class.
 """
 SOURCES = ("Embedded samples", "Upload by class", "Folder on the server")  # + the model's test set, if installed
-
-
-@dataclass
-class Selection:
-    """What the sidebar chose; pages read it with :func:`current`."""
-
-    model: zoo.LoadedModel | None = None
-    model_error: str | None = None
-    images: ImageSet | None = None
-    source: str = ""
-    group_by_prediction: bool = False
-    skipped: list[Skipped] = field(default_factory=list)
-    bundle: Bundle | None = None  # an opened analysis file: statistics without model or images
-
-    @property
-    def ready(self) -> bool:
-        return self.model is not None and self.images is not None and len(self.images.items) > 0
-
-    def scored_images(self) -> ImageSet | None:
-        """The images labelled in the model's class space for top-1/top-5: a class named after a model class
-        (or a wnid) or an ImageNet-style file name (``n02088632_bluetick.JPEG``) gives the label; other images
-        are unlabelled and count only for agreement and KL."""
-        if self.images is None or self.model is None:
-            return self.images
-        return model_space_labels(self.images, self.model.class_names, self.model.wnids)
 
 
 def upload_limits_help(kind: str = "images") -> str:
@@ -93,12 +64,8 @@ def upload_limits_help(kind: str = "images") -> str:
     return text
 
 
-def current() -> Selection:
-    return st.session_state.get("selection", Selection())
-
-
 def _weights_mark(name: str) -> str:
-    return "weights ready" if zoo.weights_status(name).ready else "needs weights"
+    return "weights ready" if download.weights_status(name).ready else "needs weights"
 
 
 def _device_options() -> list[str]:
@@ -109,25 +76,25 @@ MODEL_FROM = ("Zoo", "Your own model")
 
 
 @st.cache_data(ttl=300, show_spinner=False)
-def _gated_architectures(census_path: str, mtime_ns: int) -> list[str]:
+def _gated_architectures(census_path: str, stamp: tuple[str, int, int]) -> list[str]:
     """timm / torchvision architectures with channel gates, from the census cache of `python -m senet_viz models
     --all` (never computed here: building ~1,450 networks takes minutes); curated ones left out."""
     try:
         entries = json.loads(Path(census_path).read_text()).get("entries", {})
     except (OSError, ValueError):
         return []
-    curated = {f"{s.source}:{s.arch}" for s in zoo.REGISTRY.values()}
+    curated = {f"{s.source}:{s.arch}" for s in REGISTRY.values()}
     return sorted(n for n, e in entries.items() if e.get("gates") and n not in curated)
 
 
 def _picker_names() -> list[str]:
     """The curated models first, then the gated architectures the census cache knows (if it was computed)."""
-    names = list(zoo.REGISTRY)
+    names = list(REGISTRY)
     try:
         from senet_viz.gates import census
         path = census.census_file()
         if path.is_file():
-            names += _gated_architectures(str(path), path.stat().st_mtime_ns)
+            names += _gated_architectures(str(path), file_stamp(path))
     except Exception:  # noqa: BLE001 - the list is a convenience: typing any name still works
         pass
     return names
@@ -136,7 +103,7 @@ def _picker_names() -> list[str]:
 def _model_section(selection: Selection) -> None:
     origin = st.radio("Model from", MODEL_FROM, horizontal=True, key="model_from",
                       help="the zoo: the curated list, or type any timm / torchvision name; your own: a TorchScript, "
-                           "torch.export or ONNX file" + (" or Python code" if own_model.allow_code() else ""))
+                           "torch.export or ONNX file" + (" or Python code" if allow_code() else ""))
     if origin == MODEL_FROM[1]:
         own_model.render(selection, _device_radio())
         return
@@ -144,14 +111,14 @@ def _model_section(selection: Selection) -> None:
     default = zoo.default_model()  # the spec marked default when its weights are here, else the fallback
     # Options are bare names: the sidebar is narrow and a longer option is cut off; the paper name and whether the
     # weights are here are said under the picker. Any other timm / torchvision name can be typed in.
-    name = st.selectbox("Model", names, index=names.index(default), key="model_name", accept_new_options=True,
+    name = st.selectbox("Model", names, index=names.index(default), key=kept("model_name"), accept_new_options=True,
                         help="The curated SE networks first, then (once `python -m senet_viz models --all` has run) "
                              "every timm / torchvision architecture with channel gates. Type any other timm or "
                              "torchvision name, e.g. seresnext101_32x8d.ah_in1k or torchvision:regnet_y_16gf "
                              "(timm:/torchvision: when both libraries have the name). Models whose weights are not "
                              "here need a file (Weights below) or the internet")
     try:
-        spec = zoo.get_spec(name)
+        spec = get_spec(name)
     except KeyError as exc:  # the message quotes the typed name: shown as text, never as Markdown
         selection.model_error = plain(str(exc).strip("'\""), None)
         st.error(selection.model_error)
@@ -159,19 +126,19 @@ def _model_section(selection: Selection) -> None:
     if not spec.curated:  # a typed name: built on the meta device (no memory, no weights) and refused at once
         try:               # when it has no gates or exceeds the models budget, before any weights are offered
             zoo.check_architecture(name, max_bytes=budget_bytes("SENET_VIZ_MODELS_MB"))
-        except (zoo.NoGatesError, zoo.ModelTooLargeError) as exc:
+        except (NoGatesError, zoo.ModelTooLargeError) as exc:
             selection.model_error = plain(str(exc), None)
             st.error(selection.model_error)
             return
     st.caption(f"{plain(spec.paper_name)} · {_weights_mark(name)}")
     device = _device_radio()
     weights: str | None = None
-    status = zoo.weights_status(name)
-    online_only = status is zoo.WeightsStatus.HUB_ONLINE
+    status = download.weights_status(name)
+    online_only = status is download.WeightsStatus.HUB_ONLINE
     with st.expander("Weights" + (" — needed" if online_only else ""), expanded=online_only):
-        local = zoo.local_weights_file(name)
+        local = download.local_weights_file(name)
         st.caption(f"Found: `{local}`" if local else f"Weights for {plain(name)}: {status.label}.")
-        path_text = st.text_input("Path to a weights file on the server", key="weights_path",
+        path_text = st.text_input("Path to a weights file on the server", key=kept("weights_path"),
                                   placeholder="/path/to/model.safetensors")
         upload = st.file_uploader("…or upload one", type=["safetensors", "pth", "pt", "tflite"], key="weights_upload",
                                   help=upload_limits_help("weights"))
@@ -197,7 +164,7 @@ def _model_section(selection: Selection) -> None:
         st.info(selection.model_error)
         return
     try:
-        selection.model = state.get_model(name, weights, device)
+        selection.model = get_model(name, weights, device)
     except (WeightsError, KeyError, ValueError, OSError) as exc:
         selection.model_error = plain(str(exc), None)
         st.error(f"Could not load {plain(name)}: {selection.model_error}")
@@ -207,9 +174,9 @@ def _offer_download(name: str) -> None:
     """The hub download of ``name``'s weights, only on a button press: its size first (a HEAD request), and refused
     when the download folder would exceed ``SENET_VIZ_DOWNLOAD_MB``."""
     budget = budget_bytes("SENET_VIZ_DOWNLOAD_MB")
-    used = zoo.download_dir_bytes()
+    used = download.download_dir_bytes()
     try:
-        size = zoo.download_size(name)
+        size = download.download_size(name)
     except WeightsError:  # no hub file for this model
         size = None
     size_text = f"{size / 1e6:,.1f} MB" if size else "size unknown"
@@ -220,7 +187,7 @@ def _offer_download(name: str) -> None:
         st.warning(f"Not enough room: {size_text} would take the download folder over its {budget / 1e6:,.0f} MB. "
                    "Give a weights file instead, or ask the operator to raise SENET_VIZ_DOWNLOAD_MB.")
     if st.button(f"Download from the hub ({size_text})", key="download_weights", disabled=over,
-                 help=f"saved under {zoo.download_dir()} and found there next time"):
+                 help=f"saved under {download.download_dir()} and found there next time"):
         bar = st.progress(0.0, text=f"Downloading {name} ...")
 
         def report(done: int, total: int) -> None:
@@ -229,7 +196,7 @@ def _offer_download(name: str) -> None:
                                               f"{total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB")
 
         try:
-            zoo.download_weights(name, progress=report, max_bytes=budget)
+            download.download_weights(name, progress=report, max_bytes=budget)
             st.rerun()
         except WeightsError as exc:
             bar.empty()
@@ -237,7 +204,7 @@ def _offer_download(name: str) -> None:
 
 
 def _device_radio() -> str:
-    device = st.radio("Device", _device_options(), horizontal=True, key="device",
+    device = st.radio("Device", _device_options(), horizontal=True, key=kept("device"),
                       help="auto = CUDA when a GPU is visible, else the CPU")
     if torch.cuda.is_available():
         st.caption(f"GPU: {torch.cuda.get_device_name(0)}")
@@ -310,7 +277,7 @@ def _class_uploads() -> list[tuple[str, bytes | ExpandedZip, str | None]]:
     for cls in list(classes):
         cid = cls["id"]
         cols = st.columns([5, 1])
-        cls["name"] = cols[0].text_input("Class name", value=cls["name"], key=f"class_name_{cid}",
+        cls["name"] = cols[0].text_input("Class name", value=cls["name"], key=kept(f"class_name_{cid}"),
                                          label_visibility="collapsed")
         if cols[1].button("", icon=":material/close:", key=f"remove_class_{cid}",
                           help="remove this class and its files"):
@@ -344,12 +311,12 @@ def _class_uploads() -> list[tuple[str, bytes | ExpandedZip, str | None]]:
     return files
 
 
-def _class_picker(images: ImageSet, model: zoo.LoadedModel, key: str) -> ImageSet:
+def _class_picker(images: ImageSet, model: LoadedModel, key: str) -> ImageSet:
     present = images.classes_present()
     if not present:
         return images
     names = {k: images.class_names[k] for k in present}
-    everything = st.checkbox(f"All classes ({len(present)})", value=len(present) <= 12, key=f"all_{key}",
+    everything = st.checkbox(f"All classes ({len(present)})", value=len(present) <= 12, key=kept(f"all_{key}"),
                              help="analyse every class of the folder; untick to choose classes")
     if everything:
         return images
@@ -357,7 +324,7 @@ def _class_picker(images: ImageSet, model: zoo.LoadedModel, key: str) -> ImageSe
 
     # Many classes (e.g. the 900-class ImageNet samples): start from the paper's preset, not the first classes.
     default = pick_classes(images, None, model.wnids) if len(present) > 12 else present
-    chosen = st.multiselect(f"Classes ({len(present)} present)", present, default=default, key=key,
+    chosen = st.multiselect(f"Classes ({len(present)} present)", present, default=default, key=kept(key),
                             format_func=lambda k: names[k])
     return images.subset(chosen) if chosen else images.subset([])
 
@@ -376,7 +343,7 @@ def _images_section(selection: Selection) -> None:
     spec = model.spec if model else None
     test_set = spec.test_set if spec and spec.test_set and spec.test_set.available() else None
     sources = [*SOURCES, test_set.name] if test_set else list(SOURCES)
-    source = st.radio("Images", sources, key="image_source")
+    source = st.radio("Images", sources, key=kept("image_source"))
     selection.source = source
     images: ImageSet | None = None
     try:
@@ -398,7 +365,7 @@ def _images_section(selection: Selection) -> None:
         elif source == "Folder on the server":
             imagenet = spec is not None and spec.labels == "imagenet"
             default_folder = IMAGENET_SAMPLES if imagenet or not (spec and spec.samples_dir) else spec.samples_dir
-            path = st.text_input("Folder", value=str(default_folder), key="server_folder",
+            path = st.text_input("Folder", value=str(default_folder), key=kept("server_folder"),
                                  help="ImageNet-style names (n01443537_goldfish.JPEG) or one sub-folder per class")
             if path.strip():
                 # wnids label files only for ImageNet models; for others wnid-named files stay unlabelled
@@ -410,11 +377,11 @@ def _images_section(selection: Selection) -> None:
                                        model, f"classes_{path}")
         elif test_set is not None:
             limit = st.slider("Test images", 100, test_set.size, min(1000, test_set.size), step=100,
-                              key="fmnist_limit")
+                              key=kept("fmnist_limit"))
             images = test_set.load(limit=limit)
     except (FileNotFoundError, ValueError) as exc:  # messages quote the typed folder: shown as typed, not markup
         st.error(plain(str(exc), None))
-    selection.group_by_prediction = st.checkbox("Group by predicted class", key="group_by_prediction",
+    selection.group_by_prediction = st.checkbox("Group by predicted class", key=kept("group_by_prediction"),
                                                 help="classes = the model's top-1 prediction instead of your labels")
     if images is not None:
         selection.images = images
@@ -444,7 +411,7 @@ def render() -> Selection:
         st.title("senet-viz")
         with st.expander("What am I looking at?", icon=":material/help:"):
             st.markdown(READING_GUIDE)
-        work_from = st.radio("Work from", WORK_FROM, key="work_from", horizontal=True,
+        work_from = st.radio("Work from", WORK_FROM, key=kept("work_from"), horizontal=True,
                              help="an analysis file holds the statistics of a run made elsewhere (e.g. 50,000 "
                                   "ImageNet images on a GPU): Compare classes, Depth and Export work from it alone")
         if work_from == WORK_FROM[1]:
@@ -453,5 +420,5 @@ def render() -> Selection:
             _model_section(selection)
             if selection.model is not None:
                 _images_section(selection)
-    st.session_state["selection"] = selection
+    publish(selection)
     return selection

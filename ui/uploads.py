@@ -2,12 +2,12 @@
 
 The sidebar moves every upload into a store ``{slot: {content digest: (name, payload)}}`` (slot: a class id, or
 "zip"), so files survive the uploader widgets being redrawn. A payload is the file's bytes, or for a zip archive
-its :class:`~senet_viz.data.sources.ExpandedZip`: the archive is expanded here, once, and its own bytes are not kept.
+its :class:`~senet_viz.data.uploads.ExpandedZip`: the archive is expanded here, once, and its own bytes are not kept.
 
 The store counts against the session's budget, ``SENET_VIZ_SESSION_MB`` (:func:`ui.serving.budget_bytes`): the
 files kept plus what their zips expanded to. An upload that would go past it is refused with a message that says
 the budget, what is used and how to free space; nothing already kept is dropped. A zip is checked against what is
-left from its central directory, before anything is expanded (:func:`senet_viz.data.sources.expand_zip`).
+left from its central directory, before anything is expanded (:func:`senet_viz.data.uploads.expand_zip`).
 
 All sessions' stores together have a server budget too, ``SENET_VIZ_UPLOADS_MB``: without it, N tabs could hold
 N session budgets. It is counted through a ``weakref.WeakSet`` of the live stores (sizes, never bytes).
@@ -36,8 +36,9 @@ from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from senet_viz.data import sources as imagedata
-from senet_viz.data.sources import ExpandedZip, Skipped, ZipRefused
+from senet_viz.data import uploads as imagedata
+from senet_viz.data.sources import Skipped
+from senet_viz.data.uploads import ExpandedZip, ZipRefused
 from ui.serving import budget_bytes
 
 SESSION_BUDGET_ENV = "SENET_VIZ_SESSION_MB"
@@ -170,7 +171,7 @@ def add(store: Store, slot: str, name: str, data: bytes, budget: int | None = No
 
 
 def files_of(store: Store, slot: str, label: str | None) -> list[tuple[str, Payload, str | None]]:
-    """A slot's kept uploads as :func:`senet_viz.data.sources.uploads_source` takes them."""
+    """A slot's kept uploads as :func:`senet_viz.data.uploads.uploads_source` takes them."""
     return [(name, payload, label) for name, payload in store.get(slot, {}).values()]
 
 

@@ -24,10 +24,13 @@ import torch
 
 from senet_viz.analysis.cost import CostReport, model_cost
 from senet_viz.data.sources import ImageSet, Skipped
-from senet_viz.gates.blocks import SEBlock
 from senet_viz.gates.capture import ablate
-from senet_viz.inference.run import PrecisionPolicy, ProgressFn, Result, run_model
-from senet_viz.models.zoo import LoadedModel
+from senet_viz.gates.kinds import SEBlock
+from senet_viz.inference.pipeline import PixelCache
+from senet_viz.inference.precision import ForwardCounter, PrecisionPolicy
+from senet_viz.inference.run import Ablation, ProgressFn, Result, RunOptions, run_model
+from senet_viz.inference.shards import ONE_PROCESS, Shards
+from senet_viz.models.loaded import LoadedModel
 
 CALIBRATION_FRACTION = 0.2
 MODES = ("identity", "mean")
@@ -111,7 +114,7 @@ class AblationResult:
     per_class_top1_change: dict[str, float] = field(default_factory=dict)
     kind: str | None = None  # a sweep's configuration: "block", "stage", "last" (or the caller's)
     config: str | None = None  # its label, e.g. "SE_5_2", "stage 5", "last 3"
-    precision: str = "fp32"  # what the forwards ran in (see senet_viz.inference.run.PrecisionPolicy)
+    precision: str = "fp32"  # what the forwards ran in (see senet_viz.inference.precision.PrecisionPolicy)
     fp32_fallback_batches: int = 0  # batches redone in fp32 (for a sweep: this configuration's)
 
     @property
@@ -248,43 +251,57 @@ def compare(loaded: LoadedModel, full: Result, ablated: Result | None, blocks: S
 
 def evaluate(loaded: LoadedModel, images: ImageSet, ablate_blocks: Sequence[SEBlock] = (), mode: str = "identity",
              *, calibrate_on_eval: bool = False, fraction: float = CALIBRATION_FRACTION, batch_size: int = 32,
-             progress: ProgressFn | None = None, full: Result | None = None, precision: str = "auto"
-             ) -> AblationResult:
+             progress: ProgressFn | None = None, full: Result | None = None, precision: str = "auto",
+             pixel_cache: PixelCache | None = None, counter: ForwardCounter | None = None,
+             shards: Shards = ONE_PROCESS) -> AblationResult | None:
     """Accuracy, agreement and cost of the full network and, if ``ablate_blocks``, of the ablated one.
 
     Every pass (calibration, full, ablated) runs at the same ``precision`` (see
-    :class:`senet_viz.inference.run.PrecisionPolicy`;
-    a ``full`` result passed in should come from the same precision). With ``mode="mean"`` the mean gates are
-    fitted on the calibration split (see :func:`split_calibration`) and only the other images are evaluated.
+    :class:`senet_viz.inference.precision.PrecisionPolicy`; a ``full`` result passed in should come from the same
+    precision). With ``mode="mean"`` the mean gates are fitted on the calibration split (see
+    :func:`split_calibration`) and only the other images are evaluated. ``pixel_cache`` and ``counter``: see
+    :func:`senet_viz.inference.run.run_model`.
+
+    ``shards`` splits the passes between processes (:class:`senet_viz.inference.distributed.Group`): each runs its
+    share, the calibration gates are gathered to every process and averaged in single-process order, and
+    predictions, labels and per-image KL are gathered to rank 0, which computes the metrics as one process does
+    (bit for bit). Returns None on the other ranks; never None in a single process.
     """
     ablate_blocks = list(ablate_blocks)
-    calib_n = 0
-    means = None
-    eval_images = images
-    fallback = 0
+    options = RunOptions(batch_size=batch_size, precision=precision, counter=counter)
+    calib_n, means, eval_images, fallback = 0, None, images, 0
     if ablate_blocks and mode == "mean":
-        if calibrate_on_eval:
-            calib = images
-        else:
+        calib = images
+        if not calibrate_on_eval:
             calib, eval_images = split_calibration(images, fraction)
-        calib_result = run_model(loaded, calib, blocks=ablate_blocks, batch_size=batch_size, keep_logits=False,
-                                 precision=precision)
+        part = run_model(loaded, shards.shard(calib, batch_size), ablate_blocks, replace(options, keep_logits=False),
+                         pixel_cache=pixel_cache)
+        calib_result = shards.gather_result(part, calib, gates=True, to_all=True)
         means = mean_gates(calib_result, ablate_blocks)
         calib_n = calib_result.n
         fallback += calib_result.fp32_fallback_batches
-    if full is None or full.keys != [it.key for it in eval_images.items]:
-        full = run_model(loaded, eval_images, blocks=[], batch_size=batch_size, progress=progress,
-                         precision=precision)
-        fallback += full.fp32_fallback_batches
+    mine = shards.shard(eval_images, batch_size)
+    computed = full is None or full.keys != [it.key for it in mine.items]
+    if computed:
+        full = run_model(loaded, mine, [], replace(options, progress=progress), pixel_cache=pixel_cache)
+    ablated = kl_all = None
     if ablate_blocks:
         keep = set(full.keys)
-        ablated_images = replace(eval_images, items=[it for it in eval_images.items if it.key in keep], skipped=[])
-        ablated = run_model(loaded, ablated_images, blocks=[], ablate_blocks=ablate_blocks, mode=mode, means=means,
-                            batch_size=batch_size, progress=progress, precision=precision)
-        fallback += ablated.fp32_fallback_batches
-    else:
-        ablated = None
-    return compare(loaded, full, ablated, ablate_blocks, mode, n_calibration=calib_n, fp32_fallback_batches=fallback)
+        ablated_images = replace(mine, items=[it for it in mine.items if it.key in keep], skipped=[])
+        ablation = Ablation(ablate_blocks, mode, means)
+        ablated = run_model(loaded, ablated_images, [], replace(options, progress=progress, ablation=ablation),
+                            pixel_cache=pixel_cache)
+        if ablated.keys != full.keys:
+            raise ValueError("the ablated pass read other images than the full pass")
+        kl = per_image_kl(full.logits, ablated.logits) if full.n else np.zeros(0)
+        kl_all = shards.gather_rows(full.keys, kl, eval_images)
+        ablated = shards.gather_result(ablated, eval_images)
+    full = shards.gather_result(full, eval_images)
+    if full is None:
+        return None
+    fallback += (full.fp32_fallback_batches if computed else 0) + (ablated.fp32_fallback_batches if ablated else 0)
+    return compare(loaded, full, ablated, ablate_blocks, mode, n_calibration=calib_n, kl_rows=kl_all,
+                   fp32_fallback_batches=fallback)
 
 
 # ---------------------------------------------------------------------------------------------- sweeps
@@ -304,9 +321,9 @@ class _Configuration:
     """One (configuration, mode) of a sweep: its own precision policy and its per-image outcomes, batch by batch."""
 
     def __init__(self, kind: str, label: str, blocks: list[SEBlock], mode: str, precision: str,
-                 device: torch.device) -> None:
+                 device: torch.device, counter: ForwardCounter | None) -> None:
         self.kind, self.label, self.blocks, self.mode = kind, label, blocks, mode
-        self.policy = PrecisionPolicy(precision, device)
+        self.policy = PrecisionPolicy(precision, device, counter=counter)
         self.top5: list[np.ndarray] = []
         self.kl: list[np.ndarray] = []
 
@@ -328,33 +345,33 @@ class _Configuration:
 def sweep_results(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = MODES,
                   configs: Sequence[tuple[str, str, list[SEBlock]]] | None = None, *,
                   fraction: float = CALIBRATION_FRACTION, batch_size: int = 64, progress: ProgressFn | None = None,
-                  precision: str = "auto") -> tuple[list[AblationResult], int]:
+                  precision: str = "auto", pixel_cache: PixelCache | None = None,
+                  counter: ForwardCounter | None = None) -> tuple[list[AblationResult], int]:
     """:func:`sweep`'s results, one :class:`AblationResult` per (configuration, mode) in that order, and the
     number of batches redone in fp32 in all (calibration and full pass included).
 
-    One :func:`senet_viz.inference.run.run_model` pass decodes each batch once; every configuration runs on it in turn
-    (``on_batch``), each with its own :class:`~senet_viz.inference.run.PrecisionPolicy`. ``progress(images done,
-    total)``
-    follows that pass.
+    One :func:`senet_viz.inference.run.run_model` pass decodes each batch once; every configuration runs on it in
+    turn (``on_batch``), each with its own :class:`~senet_viz.inference.precision.PrecisionPolicy`.
+    ``progress(images done, total)`` follows that pass; ``pixel_cache`` and ``counter``: see ``run_model``.
     """
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown ablation mode {unknown[0]!r}; use identity and/or mean")
     configs = list(configs) if configs is not None else sweep_configs(loaded.blocks)
+    options = RunOptions(batch_size=batch_size, precision=precision, counter=counter)
     fallback = 0
     if "mean" in modes:
         calib, eval_images = split_calibration(images, fraction)
         used = {b.name for _, _, blocks in configs for b in blocks}
         fitted = [b for b in loaded.blocks if b.name in used]
-        calib_result = run_model(loaded, calib, blocks=fitted, batch_size=batch_size, keep_logits=False,
-                                 precision=precision)
+        calib_result = run_model(loaded, calib, fitted, replace(options, keep_logits=False), pixel_cache=pixel_cache)
         if calib_result.n == 0:
             raise ValueError("no calibration image could be read; mean ablation needs some")
         means, n_calib = mean_gates(calib_result, fitted), calib_result.n
         fallback += calib_result.fp32_fallback_batches
     else:
         eval_images, means, n_calib = images, None, 0
-    runs = [_Configuration(kind, label, list(blocks), mode, precision, loaded.device)
+    runs = [_Configuration(kind, label, list(blocks), mode, precision, loaded.device, counter)
             for kind, label, blocks in configs for mode in modes]
 
     def each_configuration(indices: list[int], x: torch.Tensor, logits: torch.Tensor) -> None:
@@ -362,8 +379,8 @@ def sweep_results(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = 
         for run in runs:
             run.forward(loaded, x, full_logits, means)
 
-    full = run_model(loaded, eval_images, blocks=[], batch_size=batch_size, progress=progress, keep_logits=False,
-                     keep_gates=False, precision=precision, on_batch=each_configuration)
+    full = run_model(loaded, eval_images, [], replace(options, progress=progress, keep_logits=False, keep_gates=False,
+                                                      on_batch=each_configuration), pixel_cache=pixel_cache)
     fallback += full.fp32_fallback_batches + sum(run.policy.fallback_batches for run in runs)
     cost = _full_cost(loaded)
     full_preds = _Predictions.of(full.top5, full.labels)
@@ -378,7 +395,8 @@ def sweep_results(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = 
 
 def sweep(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = MODES,
           configs: Sequence[tuple[str, str, list[SEBlock]]] | None = None, *, fraction: float = CALIBRATION_FRACTION,
-          batch_size: int = 64, progress: ProgressFn | None = None, precision: str = "auto") -> pd.DataFrame:
+          batch_size: int = 64, progress: ProgressFn | None = None, precision: str = "auto",
+          pixel_cache: PixelCache | None = None, counter: ForwardCounter | None = None) -> pd.DataFrame:
     """Ablate each configuration in each mode and measure it against the full network on the same images.
 
     With ``"mean"`` among the modes, the images are split (see :func:`split_calibration`): every mode is
@@ -386,10 +404,12 @@ def sweep(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = MODES,
     (configuration, mode), :meth:`AblationResult.row`: top-1 / top-5 and their change in points, agreement, KL,
     parameters and GMACs saved. Every forward (calibration, full network, each configuration) runs at the same
     ``precision``; the frame's ``attrs`` hold ``precision`` and ``fp32_fallback_batches`` (batches redone in
-    fp32, see :class:`senet_viz.inference.run.PrecisionPolicy`). :func:`sweep_results` gives the results themselves.
+    fp32, see :class:`senet_viz.inference.precision.PrecisionPolicy`). :func:`sweep_results` gives the results
+    themselves.
     """
     results, fallback = sweep_results(loaded, images, modes, configs, fraction=fraction, batch_size=batch_size,
-                                      progress=progress, precision=precision)
+                                      progress=progress, precision=precision, pixel_cache=pixel_cache,
+                                      counter=counter)
     frame = pd.DataFrame([r.row() for r in results])
     frame.attrs.update(precision=PrecisionPolicy(precision, loaded.device).name, fp32_fallback_batches=fallback)
     return frame

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from senet_viz.gates.blocks import SEBlock
 from senet_viz.gates.capture import ablate, model_lock
-from senet_viz.models.zoo import LoadedModel
+from senet_viz.gates.kinds import SEBlock
+from senet_viz.models.loaded import LoadedModel
 
 
 def stage_layer(loaded: LoadedModel, stage: int) -> str:

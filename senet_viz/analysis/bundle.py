@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from senet_viz.analysis.stats import GateStats, StatsTooLarge
+from senet_viz.analysis.stats import GateStats
+from senet_viz.analysis.stats_io import StatsTooLarge
 
 FORMAT = "senet-viz-bundle"
 VERSION = 1

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from senet_viz.gates.blocks import SEBlock
 from senet_viz.gates.capture import model_lock
-from senet_viz.models.zoo import LoadedModel
+from senet_viz.gates.kinds import SEBlock
+from senet_viz.models.loaded import LoadedModel
 
 
 def display_image(loaded: LoadedModel, image: Image.Image) -> np.ndarray:

@@ -23,24 +23,22 @@ tuning to a class (:func:`block_summary` says so in ``class_means_from``).
 
 Per block (:func:`block_summary`): the distribution of SI (and eta2) across the block's channels, median and
 quartiles; :func:`depth_trend` tests whether the median rises with depth (Spearman's rho against block position,
-with an exact or Monte Carlo permutation p-value; no scipy needed). :func:`most_selective` ranks the channels of a
-block. :func:`stats_for_extract` streams the class statistics of chosen blocks from ``extract`` Parquet shards,
-grouped by label or by predicted class.
+with an exact or Monte Carlo permutation p-value: :func:`senet_viz.analysis.correlation.spearman`).
+:func:`most_selective` ranks the channels of a block. :func:`stats_for_extract` streams the class statistics of
+chosen blocks from ``extract`` Parquet shards, grouped by label or by predicted class.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from senet_viz.analysis.stats import GateStats
+from senet_viz.analysis.correlation import spearman
+from senet_viz.analysis.stats import GateStats, stats_from_parquet
 
-GROUP_BY = ("labels", "prediction")
 SUMMARY_QUANTILES = (0.25, 0.5, 0.75)
 
 
@@ -109,7 +107,7 @@ def channel_table(stats: GateStats, block: str, classes: Iterable[str | int] | N
 
 
 def _table(stats: GateStats, block: str, classes: Iterable[str | int] | None) -> tuple[pd.DataFrame, np.ndarray]:
-    info = stats._block(block)
+    info = stats.block_info(block)
     names, ids, counts, means, m2 = _class_rows(stats, block, classes)
     si, pref = selectivity_index(means)
     k = len(names)
@@ -151,7 +149,7 @@ def block_summary(stats: GateStats, blocks: str | Iterable[str] | None = None,
     rows = []
     for name in names:
         table, counts = _table(stats, name, classes)
-        info = stats._block(name)
+        info = stats.block_info(name)
         row = {"model": stats.model, "block": name, "stage": info.stage, "order": info.order,
                "channels": info.channels, "n_classes": len(counts), "n_images": int(counts.sum()),
                "min_class_count": int(counts.min()) if len(counts) else 0,
@@ -169,37 +167,6 @@ def block_summary(stats: GateStats, blocks: str | Iterable[str] | None = None,
 
 
 # ------------------------------------------------------------------------------------------ the trend with depth
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    return pd.Series(values).rank(method="average").to_numpy(dtype=np.float64)
-
-
-def spearman(x: Sequence[float], y: Sequence[float], permutations: int = 200_000, seed: int = 0
-             ) -> tuple[float, float]:
-    """Spearman's rho of ``x`` and ``y`` and its two-sided permutation p-value: exact (every permutation of the y
-    ranks) up to 8 values, else ``permutations`` random ones (seeded). NaN pairs are dropped; fewer than 3 pairs,
-    or a constant variable, give NaN."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    n = len(x)
-    if n < 3:
-        return float("nan"), float("nan")
-    rx, ry = _ranks(x), _ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    norm = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
-    if norm == 0:
-        return float("nan"), float("nan")
-    rho = float(rx @ ry / norm)
-    if n <= 8:
-        perms = np.array(list(itertools.permutations(range(n))))
-    else:
-        rng = np.random.default_rng(seed)
-        perms = np.argsort(rng.random((permutations, n)), axis=1)
-    null = ry[perms] @ rx / norm
-    p = float(np.mean(np.abs(null) >= abs(rho) - 1e-12))
-    return rho, p
 
 
 def depth_trend(summary: pd.DataFrame, column: str = "selectivity_median") -> dict:
@@ -221,36 +188,9 @@ def depth_trend(summary: pd.DataFrame, column: str = "selectivity_median") -> di
 
 def stats_for_extract(paths: str | Path | Sequence[str | Path], blocks: Sequence[str] | None = None,
                       by: str = "labels", batch_rows: int = 4096) -> GateStats:
-    """Per-class statistics of ``blocks`` (default: all) from ``extract`` shards, streamed by row group in batches
-    of ``batch_rows`` images and one block column at a time, grouped by the stored labels or by the stored top-1
+    """Per-class statistics of ``blocks`` (default: all) from ``extract`` shards, streamed in batches of
+    ``batch_rows`` images and one block column at a time, grouped by the stored labels or by the stored top-1
     prediction (``by="prediction"``; classes are then the file's class names, which ``extract`` takes from the
-    model). Memory: the statistics and one batch of one block. Per-channel histograms are kept for no class."""
-    import pyarrow.parquet as pq
-
-    from senet_viz.data.store import read_meta
-
-    if by not in GROUP_BY:
-        raise ValueError(f"by must be one of {GROUP_BY}, not {by!r}")
-    paths = [paths] if isinstance(paths, str | Path) else list(paths)
-    if not paths:
-        raise ValueError("no excitation file given")
-    meta = read_meta(paths[0])
-    known = {b["name"]: b for b in meta["blocks"]}
-    names = list(known) if blocks is None else list(blocks)
-    unknown = [b for b in names if b not in known]
-    if unknown:
-        raise ValueError(f"blocks {unknown} are not in {paths[0]}; it holds {list(known)}")
-    infos = [known[b] for b in known if b in set(names)]
-    stats = GateStats.for_blocks(meta["model"], infos, meta.get("class_names") or [], detail_classes=[])
-    group = "label" if by == "labels" else "pred"
-    for path in paths:
-        other = read_meta(path)
-        if other["model"] != meta["model"] or other["blocks"] != meta["blocks"]:
-            raise ValueError(f"{path} holds gates of another model or block set than {paths[0]}")
-        source = pq.ParquetFile(str(path))
-        for info in infos:
-            for batch in source.iter_batches(batch_size=batch_rows, columns=[group, info["name"]]):
-                labels = batch.column(group).to_numpy(zero_copy_only=False).astype(np.int64)
-                gates = batch.column(info["name"]).flatten().to_numpy(zero_copy_only=False)
-                stats.update(info["name"], gates.reshape(-1, int(info["channels"])), labels)
-    return stats
+    model). Memory: the statistics and one batch of one block. Per-channel histograms are kept for no class
+    (:func:`senet_viz.analysis.stats.stats_from_parquet` with ``detail_classes=[]``)."""
+    return stats_from_parquet(paths, detail_classes=[], chunk=batch_rows, blocks=blocks, by=by)

@@ -27,8 +27,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.module_tracker import ModuleTracker
 
-from senet_viz.gates.blocks import SEBlock
 from senet_viz.gates.capture import model_lock
+from senet_viz.gates.kinds import SEBlock
 
 
 @dataclass

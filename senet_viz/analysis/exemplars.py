@@ -9,11 +9,11 @@ number of images.
 Sources:
 
 - per-image gates in memory (a run that kept them, :class:`senet_viz.inference.run.Result`):
-:func:`exemplars_from_result`;
-- ``extract`` Parquet shards (:mod:`senet_viz.data.store`): :func:`exemplars_from_extract` reads one block column by row
-  group (in batches of at most ``batch_rows`` images), then, in a second pass, only the metadata of the rows it
-  kept. :func:`channel_values_from_extract` streams one channel's gates (one float per image) with labels and
-  predictions, for its per-class distribution.
+  :func:`exemplars_from_result`;
+- ``extract`` Parquet shards (:mod:`senet_viz.data.store`): :func:`exemplars_from_extract` streams one block column
+  (:func:`senet_viz.data.store.iter_batches`, batches of at most ``batch_rows`` images), then, in a second pass,
+  only the metadata of the rows it kept. :func:`channel_values_from_extract` streams one channel's gates (one
+  float per image) with labels and predictions, for its per-class distribution.
 
 Rows of the metadata frame: ``row`` (position over the shards, in order), ``key``, ``name``, ``label``,
 ``label_name``, ``pred``.
@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+from senet_viz.data.store import batch_gates, batch_ints, iter_batches, read_shards_meta
 
 if TYPE_CHECKING:
     from senet_viz.inference.run import Result
@@ -203,43 +205,11 @@ def channel_values(result: Result, block: str, channel: int) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------ extract files
 
 
-def _paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    out = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
-    if not out:
-        raise ValueError("no excitation file given")
-    return out
-
-
-def _block_width(paths: list[Path], block: str) -> int:
-    from senet_viz.data.store import read_meta
-
-    meta = read_meta(paths[0])
+def _block_width(meta: dict, path: Path, block: str) -> int:
     widths = {b["name"]: int(b["channels"]) for b in meta["blocks"]}
     if block not in widths:
-        raise ValueError(f"block {block!r} is not in {paths[0]}; it holds {list(widths)}")
-    for p in paths[1:]:
-        other = read_meta(p)
-        if other["model"] != meta["model"] or other["blocks"] != meta["blocks"]:
-            raise ValueError(f"{p} holds gates of another model or block set than {paths[0]}")
+        raise ValueError(f"block {block!r} is not in {path}; it holds {list(widths)}")
     return widths[block]
-
-
-def _batches(paths: list[Path], columns: list[str], batch_rows: int):
-    """(first row, record batch) over the shards in order, row group by row group, at most ``batch_rows`` rows."""
-    import pyarrow.parquet as pq
-
-    first = 0
-    for path in paths:
-        source = pq.ParquetFile(str(path))
-        for group in range(source.num_row_groups):
-            table = source.read_row_group(group, columns=columns)
-            for batch in table.to_batches(max_chunksize=batch_rows):
-                yield first, batch
-                first += batch.num_rows
-
-
-def _gates(batch, block: str, width: int) -> np.ndarray:
-    return batch.column(block).flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
 
 
 def extract_meta(paths: str | Path | Sequence[str | Path], rows: np.ndarray | None = None,
@@ -248,7 +218,7 @@ def extract_meta(paths: str | Path | Sequence[str | Path], rows: np.ndarray | No
     metadata columns, one row group at a time."""
     wanted = None if rows is None else np.unique(np.asarray(rows, np.int64))
     parts = []
-    for first, batch in _batches(_paths(paths), list(META_COLUMNS), batch_rows):
+    for first, batch in iter_batches(read_shards_meta(paths)[0], META_COLUMNS, batch_rows):
         local = np.arange(batch.num_rows) if wanted is None else \
             wanted[(wanted >= first) & (wanted < first + batch.num_rows)] - first
         if not len(local):
@@ -268,13 +238,13 @@ def exemplars_from_extract(paths: str | Path | Sequence[str | Path], block: str,
     """Top / bottom ``k`` per channel of ``block`` over ``extract`` shards (rows numbered across the shards in
     order), streamed: one block column read by row group, at most ``batch_rows`` images at a time, then the
     metadata of the kept rows only."""
-    paths = _paths(paths)
-    width = _block_width(paths, block)
+    paths, meta = read_shards_meta(paths)
+    width = _block_width(meta, paths[0], block)
     ids = _channels(channels, width)
     topk = ChannelTopK(len(ids), k)
     every = channels is None
-    for first, batch in _batches(paths, [block], batch_rows):
-        gates = _gates(batch, block, width)
+    for first, batch in iter_batches(paths, [block], batch_rows):
+        gates = batch_gates(batch, block, width)
         topk.update(gates if every else gates[:, ids], first)
     top_rows, _, bottom_rows, _ = topk.result()
     images = extract_meta(paths, np.concatenate([top_rows.ravel(), bottom_rows.ravel()]))
@@ -285,14 +255,14 @@ def channel_values_from_extract(paths: str | Path | Sequence[str | Path], block:
                                 batch_rows: int = 4096) -> pd.DataFrame:
     """One channel's gate per image of ``extract`` shards with ``row``, ``label`` and ``pred`` (streamed: one block
     column by row group; the result holds three numbers per image)."""
-    paths = _paths(paths)
-    width = _block_width(paths, block)
+    paths, meta = read_shards_meta(paths)
+    width = _block_width(meta, paths[0], block)
     (channel,) = _channels([channel], width)
     rows, labels, preds, values = [], [], [], []
-    for first, batch in _batches(paths, ["label", "pred", block], batch_rows):
-        values.append(_gates(batch, block, width)[:, channel].astype(np.float64))
-        labels.append(batch.column("label").to_numpy(zero_copy_only=False).astype(np.int64))
-        preds.append(batch.column("pred").to_numpy(zero_copy_only=False).astype(np.int64))
+    for first, batch in iter_batches(paths, ["label", "pred", block], batch_rows):
+        values.append(batch_gates(batch, block, width)[:, channel].astype(np.float64))
+        labels.append(batch_ints(batch, "label"))
+        preds.append(batch_ints(batch, "pred"))
         rows.append(np.arange(first, first + batch.num_rows))
     cat = (lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype))  # noqa: E731
     return pd.DataFrame({"row": cat(rows, np.int64), "label": cat(labels, np.int64), "pred": cat(preds, np.int64),

@@ -12,10 +12,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from senet_viz.analysis.stats import DEFAULT_BINS, GateStats
+from senet_viz.analysis.stats import GateStats
+from senet_viz.analysis.stats_accumulate import DEFAULT_BINS
 from senet_viz.data.sources import ImageSet
-from senet_viz.inference.run import run_model
-from senet_viz.models.zoo import LoadedModel
+from senet_viz.inference.pipeline import PixelCache
+from senet_viz.inference.precision import ForwardCounter
+from senet_viz.inference.run import RunOptions, run_model
+from senet_viz.inference.shards import ONE_PROCESS, Shards
+from senet_viz.models.loaded import LoadedModel
 
 # Fig. 6/7 of the paper show these four ImageNet classes ("goldfish, pug, plane, cliff"); "plane" is taken as
 # the ImageNet class "airliner".
@@ -91,13 +95,18 @@ def pick_classes(images: ImageSet, classes: Sequence[str | int] | None, wnids: S
 
 def paper_preset(loaded: LoadedModel, images: ImageSet, classes: Sequence[str | int] | None = None,
                  per_class: int = PAPER_IMAGES_PER_CLASS, bins: int = DEFAULT_BINS, batch_size: int = 32,
-                 progress: Callable[[int, int], None] | None = None, precision: str = "auto") -> PresetResult:
+                 progress: Callable[[int, int], None] | None = None, precision: str = "auto", *,
+                 pixel_cache: PixelCache | None = None, counter: ForwardCounter | None = None,
+                 shards: Shards = ONE_PROCESS) -> PresetResult | None:
     """Run the paper's Fig. 6/7 protocol on any labelled image set and any model.
 
     Up to ``per_class`` images of each chosen class (default: the paper's goldfish, pug, plane, cliff when the
     set has them) give one curve per class; the "all" curve is the mean over up to ``per_class`` images of every
     class in the set, as the paper's all-class curve is. ``precision``: see
-    :class:`senet_viz.inference.run.PrecisionPolicy`.
+    :class:`senet_viz.inference.precision.PrecisionPolicy`; ``pixel_cache`` and ``counter``: see
+    :func:`senet_viz.inference.run.run_model`. ``shards`` (:class:`senet_viz.inference.distributed.Group`): every
+    process picks the same classes and images from the whole set, runs its share of the batches, and the
+    statistics are reduced on rank 0 (None on the other ranks; never None in a single process).
     """
     chosen = pick_classes(images, classes, loaded.wnids)
     taken: dict[int, int] = {}
@@ -116,10 +125,14 @@ def paper_preset(loaded: LoadedModel, images: ImageSet, classes: Sequence[str | 
         # The all-class curve uses every image; per-class curves only for the chosen classes.
         stats.update(block, gates, np.where(np.isin(labels, list(chosen_set)), labels, -1))
 
-    result = run_model(loaded, subset, keep_gates=False, keep_logits=False, on_gates=on_gates,
-                       batch_size=batch_size, progress=progress, precision=precision)
+    options = RunOptions(batch_size=batch_size, precision=precision, keep_gates=False, keep_logits=False,
+                         progress=progress, on_gates=on_gates, counter=counter)
+    part = run_model(loaded, shards.shard(subset, batch_size), None, options, pixel_cache=pixel_cache)
+    total, result = shards.reduce_stats(stats), shards.gather_result(part, subset)
+    if total is None or result is None:
+        return None
     names = [images.class_names[k] for k in chosen]
-    return PresetResult(stats=stats, classes=names, images_per_class={images.class_names[k]: taken[k] for k in chosen},
+    return PresetResult(stats=total, classes=names, images_per_class={images.class_names[k]: taken[k] for k in chosen},
                         n_images=result.n, skipped=result.skipped)
 
 
@@ -127,7 +140,7 @@ def table13_measured(model: str = "legacy_seresnet50") -> pd.DataFrame:
     """Table 13 beside our counts: SE kept only in the variant's stages, the others' SE blocks removed."""
     from senet_viz.analysis.cost import model_cost
     from senet_viz.gates.blocks import find_se_blocks
-    from senet_viz.models.zoo import get_spec
+    from senet_viz.models.registry import get_spec
 
     net = get_spec(model).build()
     blocks = find_se_blocks(net)
@@ -143,7 +156,7 @@ def table13_measured(model: str = "legacy_seresnet50") -> pd.DataFrame:
 
 def table10_measured(model: str = "legacy_seresnet50") -> pd.DataFrame:
     """Table 10 beside our parameter counts of the same network built with reduction ratio r."""
-    from senet_viz.models.zoo import get_spec
+    from senet_viz.models.registry import get_spec
 
     rows = []
     for r in TABLE10_REDUCTION.itertuples(index=False):

@@ -23,7 +23,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from senet_viz.analysis.stats import DEFAULT_THRESHOLD, GateStats
+from senet_viz.analysis.correlation import spearman
+from senet_viz.analysis.stats import GateStats
+from senet_viz.analysis.stats_accumulate import DEFAULT_THRESHOLD
 
 AGNOSTIC_SPREAD = 0.05
 """Early blocks count as class-agnostic when their class-mean spread is below this."""
@@ -143,15 +145,6 @@ class Verdict:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rank correlation (average ranks for ties); nan when either side is constant."""
-    rx = pd.Series(x).rank().to_numpy(dtype=float)
-    ry = pd.Series(y).rank().to_numpy(dtype=float)
-    if len(rx) < 2 or np.std(rx) == 0 or np.std(ry) == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
 def _fmt(v: float, spec: str = ".3f") -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
@@ -217,13 +210,13 @@ def _rising(active: pd.DataFrame) -> Claim:
         return Claim("rising", paper, "not testable", blocks, f"{why} ({len(active)} active)",
                      f"rise with depth ({why})")
     pos = active["order"].to_numpy(dtype=float)
-    rho = _spearman(pos, spread)
+    rho, _ = spearman(pos, spread, permutations=0)
     half = len(spread) // 2
     first, second = float(spread[:half].mean()), float(spread[-half:].mean())
     eta2 = active["eta2"].to_numpy(dtype=float)
     eta_text = ""
     if not np.isnan(eta2).any():
-        eta_text = f"; eta² rho {_fmt(_spearman(pos, eta2), '.2f')}"
+        eta_text = f"; eta² rho {_fmt(spearman(pos, eta2, permutations=0)[0], '.2f')}"
     rising = not math.isnan(rho) and rho > RISING_RHO
     detail = (f"Spearman rho of spread vs block position {_fmt(rho, '.2f')} over {len(active)} active blocks "
               f"({'>' if rising else '≤'} {RISING_RHO} → {'rising' if rising else 'no clear rise'}); mean spread "

@@ -21,23 +21,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from senet_viz.cli.common import UserError
+
 TILE = 128
 CAPTION = 30
 PER_ROW = 8
 
 
-def add_channels_parser(subparsers, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
-    """Register the ``channels`` command on ``subparsers`` (``parents``: shared options, e.g. --json)."""
-    text = "class selectivity per SE channel and each channel's exemplar images, from extract Parquet shards"
-    p = subparsers.add_parser("channels", help=text, description=text, parents=list(parents))
-    p.set_defaults(func=channels_command)
+def add_channels(p: argparse.ArgumentParser) -> None:
+    """The ``channels`` command's options."""
+    p.set_defaults(func=cmd_channels)
     p.add_argument("--excitations", nargs="+", required=True, type=Path, help="one or more extract outputs")
     p.add_argument("--block", action="append",
                    help="SE block(s), e.g. SE_5_2 (repeat or comma-separate; default every block)")
@@ -49,9 +48,6 @@ def add_channels_parser(subparsers, parents: Sequence[argparse.ArgumentParser] =
                    help="class of an image: its stored label, or the network's top-1 prediction")
     p.add_argument("--images", type=Path, help="folder of the images the extract read (its keys are relative to it)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    if not any("--json" in a.option_strings for parent in parents for a in parent._actions):
-        p.add_argument("--json", action="store_true", help="print one JSON document")
-    return p
 
 
 def _blocks(args, known: list[str]) -> list[str]:
@@ -79,7 +75,7 @@ def _font(size: int):
 
 
 def _open(folder: Path | None, key: str) -> Image.Image | None:
-    from senet_viz.data.sources import ImageDecodeError, decode_image
+    from senet_viz.data.decode import ImageDecodeError, decode_image
 
     for candidate in ([folder / key] if folder is not None else []) + [Path(key)]:
         if candidate.is_file():
@@ -122,10 +118,9 @@ def contact_sheet(rows: pd.DataFrame, folder: Path | None, title: str) -> tuple[
     return sheet, missing
 
 
-def channels_command(args) -> None:
+def cmd_channels(args: argparse.Namespace) -> None:
     """Run ``channels`` (see the module doc); raises the CLI's UserError for bad input."""
     from senet_viz.analysis import channels, exemplars
-    from senet_viz.cli import UserError
     from senet_viz.data.store import read_meta
     from senet_viz.plots.channels import selectivity_depth
 

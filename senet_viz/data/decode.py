@@ -1,7 +1,8 @@
 """Decode one image safely: :func:`decode_image` (Pillow, every allowed format, RGB out) and the fast JPEG path
 (:func:`read_jpeg`, :func:`decode_jpeg_tensor`, :func:`decode_image_fast`: torchvision's libjpeg-turbo decoder with
 the same pixels). The only documented exception is :class:`ImageDecodeError` (a ``ValueError``) whose message says
-what is wrong and what to do. Image sources (folders, uploads, zips) and labels are in :mod:`senet_viz.data.sources`.
+what is wrong and what to do. Image sets: :mod:`senet_viz.data.sources`; folders, uploads and labels each have a
+module beside it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ MAX_DECODE_ENV = "SENET_VIZ_MAX_DECODE_MB"
 # Decoders we allow. Pillow also knows formats such as EPS (which shells out to Ghostscript) and a long tail
 # of rarely used, weakly identified formats; a dashboard fed by uploads has no use for them.
 _ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "PPM", "TGA", "ICO", "AVIF")
-_FORMATS_HINT = "upload JPEG, PNG, GIF, BMP, WEBP or TIFF"
+#: What to tell a user whose file is no image.
+FORMATS_HINT = "upload JPEG, PNG, GIF, BMP, WEBP or TIFF"
 
 
 class ImageDecodeError(ValueError):
@@ -246,7 +248,7 @@ def decode_image(source: bytes | str | Path, max_pixels: int | None = None, *,
             try:
                 im = Image.open(fp, formats=_ALLOWED_FORMATS)
             except UnidentifiedImageError:
-                raise ImageDecodeError(f"not an image (cannot identify format); {_FORMATS_HINT}") from None
+                raise ImageDecodeError(f"not an image (cannot identify format); {FORMATS_HINT}") from None
             with im:
                 width, height = im.size
                 if width <= 0 or height <= 0:

@@ -3,7 +3,7 @@
 Two layouts occur in the wild:
 
 - class folders named by wnid (torchvision ImageFolder, ``val/n01440764/ILSVRC2012_val_00000293.JPEG``):
-  :func:`senet_viz.data.sources.folder_source` labels these already (wnid -> index in the model's 1000-class list);
+  :func:`senet_viz.data.folders.folder_source` labels these already (wnid -> index in the model's 1000-class list);
 - the official flat folder (``val/ILSVRC2012_val_00000001.JPEG`` ... ``00050000``) whose labels live in a
   separate file, read here by :func:`read_labels_file` and applied by :func:`labels_file_source`:
 
@@ -156,7 +156,7 @@ def labels_file_source(path: str | Path, labels: str | Path, class_names: Sequen
     """The images under folder ``path`` (flat, or nested: each file is looked up by its name without extension),
     labelled by ``labels`` (see :func:`read_labels_file`) with the index of their wnid in ``wnids``, the model's
     class order (so labels are the model's output indices). Items are sorted by key (relative path), like
-    :func:`senet_viz.data.sources.folder_source`.
+    :func:`senet_viz.data.folders.folder_source`.
 
     Raises ``FileNotFoundError`` for a missing folder or file, ``ValueError`` when the model has no wnids, an
     image has no label in the file, or a label is not a class of the model (with examples of each)."""

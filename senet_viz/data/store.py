@@ -17,22 +17,26 @@ File metadata ``senet_viz`` (JSON): model name, weights source and digest, class
 name, module path, stage, index, channels. float16 keeps three decimals of a gate in [0, 1] and halves size:
 SE-ResNet-50 has 15,104 gates per image, 30 kB, so 50,000 images are about 1.5 GB before zstd compression.
 A reader that needs one block reads only that column (``read_excitations(paths, blocks=["SE_5_3"])``).
+A reader that streams (statistics, exemplars, one channel's values) takes chosen columns of the shards in
+batches through :func:`iter_batches`.
 Shards written with ``--shard i/n`` share the metadata and concatenate row-wise.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from senet_viz.gates.blocks import SEBlock
-from senet_viz.inference.run import Result
+if TYPE_CHECKING:  # reading needs no torch: blocks and results are only read here
+    from senet_viz.gates.kinds import SEBlock
+    from senet_viz.inference.run import Result
 
 META_KEY = b"senet_viz"
 FIXED_COLUMNS = ("key", "name", "label", "label_name", "pred")
@@ -100,16 +104,45 @@ def read_meta(path: str | Path) -> dict:
     return json.loads(pq.read_schema(str(path)).metadata[META_KEY])
 
 
-def read_excitations(paths: str | Path | Sequence[str | Path], blocks: Sequence[str] | None = None) -> Excitations:
-    """Read shards (same model and blocks) into one :class:`Excitations`; ``blocks`` limits the columns read."""
-    paths = [paths] if isinstance(paths, str | Path) else list(paths)
+def read_shards_meta(paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], dict]:
+    """The shards as paths and the first one's metadata; every shard must hold gates of the same model and blocks
+    (``ValueError`` otherwise, or when no shard is given)."""
+    paths = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
     if not paths:
         raise ValueError("no excitation file given")
     meta = read_meta(paths[0])
     for p in paths[1:]:
         other = read_meta(p)
         if (other["model"], other["blocks"]) != (meta["model"], meta["blocks"]):
-            raise ValueError(f"{p} holds gates of another model or block set than {paths[0]}; it cannot be merged")
+            raise ValueError(f"{p} holds gates of another model or block set than {paths[0]}; they cannot be "
+                             "read together")
+    return paths, meta
+
+
+def iter_batches(paths: Sequence[str | Path], columns: Sequence[str], batch_rows: int
+                 ) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """``(first row, batch)`` of ``columns`` over the shards in order, at most ``batch_rows`` rows each, rows
+    numbered across the shards: memory is one batch of the chosen columns, whatever the number of images."""
+    first = 0
+    for path in paths:
+        for batch in pq.ParquetFile(str(path)).iter_batches(batch_size=int(batch_rows), columns=list(columns)):
+            yield first, batch
+            first += batch.num_rows
+
+
+def batch_gates(batch: pa.RecordBatch, block: str, channels: int) -> np.ndarray:
+    """The gates of ``block`` in a batch, ``(rows, channels)`` float16 (no copy where Arrow allows)."""
+    return batch.column(block).flatten().to_numpy(zero_copy_only=False).reshape(-1, channels)
+
+
+def batch_ints(batch: pa.RecordBatch, column: str) -> np.ndarray:
+    """An integer column of a batch (``label``, ``pred``) as int64."""
+    return batch.column(column).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def read_excitations(paths: str | Path | Sequence[str | Path], blocks: Sequence[str] | None = None) -> Excitations:
+    """Read shards (same model and blocks) into one :class:`Excitations`; ``blocks`` limits the columns read."""
+    paths, meta = read_shards_meta(paths)
     names = [b["name"] for b in meta["blocks"]] if blocks is None else list(blocks)
     unknown = set(names) - {b["name"] for b in meta["blocks"]}
     if unknown:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from senet_viz.gates.blocks import SEBlock
+from senet_viz.gates.kinds import SEBlock
 
 _locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()

@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.overrides import TorchFunctionMode
 
-from senet_viz.gates.blocks import NOT_SE, _Candidate, _gate_child, class_name
+from senet_viz.gates.fx import is_sigmoid_node, trace_gates
+from senet_viz.gates.kinds import NOT_SE, Candidate, class_name, gate_child
 from senet_viz.paths import cache_dir
 
 #: Factory calls of fewer elements stay real in :func:`build_on_meta`'s fallback (index lists, drop-path rates).
@@ -28,17 +29,17 @@ def static_gates(model: nn.Module) -> tuple[dict[str, int], dict[str, int], int]
     """Channel gates of ``model`` counted by module structure alone, without a forward pass (so a model built on
     the ``meta`` device works): (gates per kind, look-alikes that are not SE per class, how many of the gates were
     matched structurally rather than by a known class). Structural matches are counted under their kind like
-    known classes; a forward pass (:func:`discover_se_blocks`) may still reject one. GlobalContext without
-    ``fuse_scale`` and GatherExcite with a local extent have no per-channel gate."""
+    known classes; a forward pass (:func:`senet_viz.gates.blocks.discover_se_blocks`) may still reject one.
+    GlobalContext without ``fuse_scale`` and GatherExcite with a local extent have no per-channel gate."""
     kinds: dict[str, int] = {}
     not_se: dict[str, int] = {}
     structural = 0
     for _, module in model.named_modules():
-        found = _gate_child(module)
+        found = gate_child(module)
         cls = class_name(module)
         if cls in NOT_SE:
             not_se[cls] = not_se.get(cls, 0) + 1
-        if not isinstance(found, _Candidate):
+        if not isinstance(found, Candidate):
             continue
         if found.gate_kind == "global_context" and getattr(module, "mlp_scale", True) is None:
             not_se["GlobalContext(fuse_add only)"] = not_se.get("GlobalContext(fuse_add only)", 0) + 1
@@ -92,7 +93,7 @@ def tensor_bytes(model: nn.Module) -> int:
 def looked_alike(model: nn.Module) -> dict[str, str]:
     """Modules that look like gate modules but are not (split attention, ...), by path, with the reason: what a
     refusal without a forward pass can name as considered."""
-    found = ((path, _gate_child(module)) for path, module in model.named_modules())
+    found = ((path, gate_child(module)) for path, module in model.named_modules())
     return {path: why for path, why in found if isinstance(why, str)}
 
 
@@ -103,10 +104,6 @@ def may_have_gates(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[
     in its ``torch.fx`` graph or, after shape propagation on ``meta``, no sigmoid that gates channels. True when a
     gate module is there (a forward pass with weights makes the final call) or when it cannot be told this way
     (the graph cannot be traced, or does not run on ``meta``)."""
-    from torch import fx
-
-    from senet_viz.gates.fx import _is_sigmoid, trace_gates
-
     kinds, _, _ = static_gates(model)
     if kinds:
         return True, f"{sum(kinds.values())} gate module(s) by structure"
@@ -114,7 +111,7 @@ def may_have_gates(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[
         gm = fx.symbolic_trace(model)
     except Exception:  # noqa: BLE001 - untraceable: the real load exports it and decides
         return True, "no gate module; its graph cannot be traced without building it"
-    if not any(_is_sigmoid(node, gm) for node in gm.graph.nodes):
+    if not any(is_sigmoid_node(node, gm) for node in gm.graph.nodes):
         return False, "no gate module and no sigmoid in its graph"
     _, found = trace_gates(gm, input_size, inplace=True)
     if found.blocks:

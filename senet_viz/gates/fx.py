@@ -3,7 +3,7 @@
 :func:`trace_gates` traces a network (``symbolic_trace``, else ``torch.export``), finds each ``x * sigmoid(...)`` /
 ``x * hardsigmoid(...)`` whose gate is fed by a global pooling of ``x`` (one value per channel), and inserts a
 :class:`GateProbe` (an identity module) at the gate, so that the usual module hooks capture and ablate it; the
-blocks are named as :mod:`senet_viz.gates.blocks` names SE modules. What cannot be traced, and sigmoid products that are
+blocks are named as :mod:`senet_viz.gates.kinds` names SE modules. What cannot be traced, and sigmoid products that are
 not channel gates (spatial gates, learned constant scales), are reported in ``Discovery.rejected``, not guessed.
 :class:`PerImage` runs a graph exported for a fixed batch of one image by image. Entry point for callers:
 :func:`senet_viz.gates.blocks.discover`.
@@ -19,21 +19,21 @@ from dataclasses import replace
 import torch
 from torch import fx, nn
 
-from senet_viz.gates.blocks import (  # the finder's shared pieces: fx_gates is its graph half
+from senet_viz.gates.kinds import (
     GAIN_CLASSES,
-    KNOWN_GATES,
     NOT_SE,
+    Candidate,
     Discovery,
-    _Candidate,
-    _default_input,
-    _gate_child,
-    _is_sigmoid_like,
-    _join,
-    _name_blocks,
-    _per_channel,
-    _stage,
     class_name,
     class_origin,
+    default_input_size,
+    gate_child,
+    is_per_channel,
+    is_sigmoid_like,
+    join_path,
+    known_kind,
+    name_blocks,
+    stage_of,
 )
 
 
@@ -88,9 +88,10 @@ def _is_mul(node: fx.Node, gm: fx.GraphModule) -> bool:
         node.target is operator.mul or node.target is operator.imul or _fn_name(node, gm) in _MUL_FNS)
 
 
-def _is_sigmoid(node: fx.Node, gm: fx.GraphModule) -> bool:
+def is_sigmoid_node(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """A sigmoid / hard-sigmoid call or module in ``gm``'s graph."""
     if node.op == "call_module":
-        return _is_sigmoid_like(gm.get_submodule(node.target))
+        return is_sigmoid_like(gm.get_submodule(node.target))
     return node.op in ("call_function", "call_method") and _fn_name(node, gm) in _SIGMOID_FNS
 
 
@@ -123,17 +124,6 @@ def _stack(node: fx.Node) -> list[tuple[str, str]]:
         if path:
             out.append((path, f"{cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else str(cls)))
     return out
-
-
-def _known_kind(qualified: str | None) -> str | None:
-    """The gate kind of a known gate class given its qualified name (package checked as in :func:`_gate_child`)."""
-    if not qualified:
-        return None
-    origin, _, cls = qualified.rpartition(".")
-    for spec in KNOWN_GATES.get(cls, ()):
-        if origin == spec.package or origin.startswith(spec.package + "."):
-            return spec.gate_kind
-    return None
 
 
 def _shape(node: fx.Node) -> tuple[int, ...] | None:
@@ -246,7 +236,7 @@ def _resolve(root: nn.Module, path: str) -> object:
         return None
 
 
-def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     """A new GraphModule over a copy of ``gm``'s graph, sharing its submodules and tensors (probes inserted in the
     copy leave the caller's module as it was)."""
     graph = fx.Graph()
@@ -288,7 +278,7 @@ def export_graph(model: nn.Module, input_size: tuple[int, int, int]) -> fx.Graph
                                           dynamic_shapes=({0: auto, 2: auto, 3: auto},))
     finally:
         model.train(was_training)
-    return _copy_graph_module(program.module())
+    return copy_graph_module(program.module())
 
 
 def trace_gates(model: nn.Module, input_size: tuple[int, int, int] | None = None, *,
@@ -310,15 +300,16 @@ def trace_gates(model: nn.Module, input_size: tuple[int, int, int] | None = None
     elementwise (SiLU, sigmoid-gated units) are not gates and are not reported; a per-position or per-row gate,
     or a per-channel scale that does not depend on the feature map, is reported in ``rejected``.
     """
-    input_size = tuple(input_size or _default_input(source or model))
+    input_size = tuple(input_size or default_input_size(source or model))
     if isinstance(model, PerImage):
         net, found = trace_gates(model.net, input_size, source=source, inplace=inplace)
         outer = model if inplace else PerImage(net)
         outer.net = net
-        return outer, Discovery(blocks=[replace(b, path=_join("net", b.path), gate_path=_join("net", b.gate_path))
-                                        for b in found.blocks], rejected=found.rejected)
+        moved = [replace(b, path=join_path("net", b.path), gate_path=join_path("net", b.gate_path))
+                 for b in found.blocks]
+        return outer, Discovery(blocks=moved, rejected=found.rejected)
     if isinstance(model, fx.GraphModule):
-        gm = model if inplace else _copy_graph_module(model)
+        gm = model if inplace else copy_graph_module(model)
     else:
         try:
             gm = fx.symbolic_trace(model)
@@ -362,7 +353,7 @@ def trace_gates(model: nn.Module, input_size: tuple[int, int, int] | None = None
             continue
         for x, operand in ((tensors[0], tensors[1]), (tensors[1], tensors[0])):
             gate = _strip_shape_ops(operand, gm)
-            if gate is x or not _is_sigmoid(gate, gm):
+            if gate is x or not is_sigmoid_node(gate, gm):
                 continue
             x_shape, gate_shape, out_shape = _shape(x), _shape(gate), _shape(mul)
             if x_shape is None or gate_shape is None:
@@ -383,7 +374,7 @@ def trace_gates(model: nn.Module, input_size: tuple[int, int, int] | None = None
                 rejected[where] = f"sigmoid gate {gate_shape} scales a {len(x_shape)}-D tensor {x_shape}, not a " \
                                   "feature map"
                 break
-            if not _per_channel(gate_shape, x_shape[0], x_shape[1]):
+            if not is_per_channel(gate_shape, x_shape[0], x_shape[1]):
                 rejected[where] = f"gate output {gate_shape} is not one value per channel of input {x_shape}"
                 break
             if not reached:
@@ -400,7 +391,7 @@ def trace_gates(model: nn.Module, input_size: tuple[int, int, int] | None = None
                 rejected[owner or where] = f"not an SE gate: {NOT_SE[short]}"
                 break
             found.append({"mul": mul, "gate": gate, "x_shape": x_shape, "params": params, "owner": owner,
-                          "gate_kind": _known_kind(owner_cls) or "fx_inline",
+                          "gate_kind": known_kind(owner_cls) or "fx_inline",
                           "gain": _scalar_gain(mul, gm, parent_cls), "branch": [n.name for n in branch]})
             break
 
@@ -413,17 +404,17 @@ def trace_gates(model: nn.Module, input_size: tuple[int, int, int] | None = None
             path = owner
         else:
             inline_count[owner] = inline_count.get(owner, 0) + 1
-            path = _join(owner, f"inline_se{inline_count[owner]}")
+            path = join_path(owner, f"inline_se{inline_count[owner]}")
         if gate.op == "call_module" and call_count.get(gate.target) == 1:
             gate_path = str(gate.target)  # a gate module called once: hook it as it is
         else:
             # Where the eager model has its gate: the gate's own module in the stack, the known class's gate child
             # (TorchScript source), else "<path>.gate".
             deeper = [p for p, _ in _stack(gate) if p.startswith(owner + ".")] if owner else []
-            wanted = _join(path, "gate")
+            wanted = join_path(path, "gate")
             if rec["gate_kind"] != "fx_inline":
-                own = _gate_child(source_modules[owner]) if owner in source_modules else None
-                wanted = deeper[-1] if deeper else _join(path, own.gate) if isinstance(own, _Candidate) else wanted
+                own = gate_child(source_modules[owner]) if owner in source_modules else None
+                wanted = deeper[-1] if deeper else join_path(path, own.gate) if isinstance(own, Candidate) else wanted
             gate_path = _free_path(gm, wanted)
             gm.add_submodule(gate_path, GateProbe())
             with gm.graph.inserting_after(gate):
@@ -433,11 +424,11 @@ def trace_gates(model: nn.Module, input_size: tuple[int, int, int] | None = None
         x_shape = rec["x_shape"]
         accepted.append({
             "order": position[rec["mul"]], "path": path, "gate_path": gate_path,
-            "stage": _stage(input_size, x_shape[2]), "channels": x_shape[1], "params": rec["params"],
+            "stage": stage_of(input_size, x_shape[2]), "channels": x_shape[1], "params": rec["params"],
             "kind": "fx", "gate_fn": _fn_name(gate, gm), "gate_kind": rec["gate_kind"], "gain": rec["gain"],
             "branch": tuple(rec["branch"]),
         })
     if accepted:
         gm.graph.lint()
         gm.recompile()
-    return gm, Discovery(blocks=_name_blocks(source or model, accepted), rejected=rejected)
+    return gm, Discovery(blocks=name_blocks(source or model, accepted), rejected=rejected)

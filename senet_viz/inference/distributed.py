@@ -24,9 +24,6 @@ Reductions, and why they are exact:
 Everything that crosses ranks is plain data (tensors, strings, numbers) sent with ``weights_only=True``, so no
 rank unpickles code. Only rank 0 prints or writes. A process group created here is always destroyed, also on
 errors; one that the caller created is left alone.
-
-Size: the process group, its exact reductions and the sharded forms of extract/evaluate/sweep/paper belong
-together: each sharded function is the single-process one plus the reduction that makes it equal bit for bit.
 """
 
 from __future__ import annotations
@@ -40,12 +37,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 
+from senet_viz.analysis.ablation import CALIBRATION_FRACTION, AblationResult, evaluate, split_calibration, sweep
+from senet_viz.analysis.paper import PAPER_IMAGES_PER_CLASS, PresetResult, paper_preset
 from senet_viz.analysis.stats import GateStats
 from senet_viz.data.sources import ImageSet, Skipped
-from senet_viz.inference.run import Result
+from senet_viz.gates.kinds import SEBlock
+from senet_viz.inference.run import ProgressFn, Result
+from senet_viz.models.loaded import LoadedModel
+from senet_viz.settings import env_int
 
 __all__ = ["DistributedError", "Group", "RankInfo", "process_group", "rank_device", "rank_info"]
 
@@ -74,15 +77,12 @@ class RankInfo:
 
 
 def _int_env(env: Mapping[str, str], name: str, default: int | None = None) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        if default is None:
-            raise DistributedError(f"{name} is not set; start the command with torchrun or srun")
-        return default
+    if default is None and not env.get(name, "").strip():
+        raise DistributedError(f"{name} is not set; start the command with torchrun or srun")
     try:
-        return int(raw)
-    except ValueError:
-        raise DistributedError(f"{name}={raw!r} is not an integer") from None
+        return env_int(name, 0 if default is None else default, env, minimum=None, strict=True)
+    except ValueError as exc:
+        raise DistributedError(str(exc)) from None
 
 
 def rank_info(environ: Mapping[str, str] | None = None) -> RankInfo:
@@ -157,6 +157,8 @@ def _pack_result(result: Result, gates: bool, logits: bool) -> dict:
         "gates": {name: _tensor(g) for name, g in result.gates.items()} if gates else {},
         "skipped": [[s.file, s.reason] for s in result.skipped],
         "logits": _tensor(result.logits) if logits and result.logits is not None else None,
+        "precision": result.precision, "fp32_fallback_batches": result.fp32_fallback_batches,
+        "forwarded": result.forwarded,
     }
 
 
@@ -168,6 +170,8 @@ def _unpack_result(packed: dict) -> Result:
         gates={name: g.numpy() for name, g in packed["gates"].items()},
         skipped=[Skipped(f, r) for f, r in packed["skipped"]],
         logits=packed["logits"].numpy() if packed["logits"] is not None else None,
+        precision=packed["precision"], fp32_fallback_batches=packed["fp32_fallback_batches"],
+        forwarded=packed["forwarded"],
     )
 
 
@@ -307,6 +311,9 @@ class Group:
             gates={name: _concat([p.gates[name] for p in pieces], order) for name in pieces[0].gates},
             skipped=self._skipped_in_order(images, [p.skipped for p in pieces]),
             logits=_concat(with_logits, order) if with_logits else None,
+            precision=pieces[0].precision,
+            fp32_fallback_batches=sum(p.fp32_fallback_batches for p in pieces),
+            forwarded=sum(p.forwarded for p in pieces),
         )
 
     def gather_rows(self, keys: Sequence[str], values: np.ndarray, images: ImageSet) -> np.ndarray | None:
@@ -383,100 +390,31 @@ def process_group(device: str = "auto", environ: Mapping[str, str] | None = None
 
 
 # ------------------------------------------------------------------------------------------ sharded commands
-# With one process these call the library functions themselves; with several they split the same work by
-# Group.shard and reduce it so that rank 0 returns what the library function returns in one process.
-# Requested upstream (see the issue note): evaluate()/sweep() taking precomputed `means` and paper_preset()
-# taking the chosen class indices, so that the copies of their bookkeeping below can go.
+# The library functions with this group as their Shards (evaluate, paper_preset), or run on each rank's share
+# and combined (sweep): with one process they are the library functions themselves.
 
 
-def paper_preset_sharded(group: Group, loaded, images: ImageSet, classes=None, per_class: int | None = None,
-                         batch_size: int = 32, progress=None, precision: str = "auto"):
-    """:func:`senet_viz.analysis.paper.paper_preset` over all ranks: the same classes and images (chosen on the whole
-    set
-    by every rank), each rank's share of the batches, statistics reduced on rank 0. Returns the
+def paper_preset_sharded(group: Group, loaded: LoadedModel, images: ImageSet, classes=None,
+                         per_class: int | None = None, batch_size: int = 32, progress: ProgressFn | None = None,
+                         precision: str = "auto") -> PresetResult | None:
+    """:func:`senet_viz.analysis.paper.paper_preset` over all ranks: the same classes and images (chosen on the
+    whole set by every rank), each rank's share of the batches, statistics reduced on rank 0. Returns the
     :class:`~senet_viz.analysis.paper.PresetResult` on rank 0, None elsewhere."""
-    from senet_viz.analysis.paper import PAPER_IMAGES_PER_CLASS, PresetResult, paper_preset, pick_classes
-    from senet_viz.inference.run import run_model
-
     per_class = PAPER_IMAGES_PER_CLASS if per_class is None else per_class
-    if not group.active:
-        return paper_preset(loaded, images, classes=classes, per_class=per_class, batch_size=batch_size,
-                            progress=progress, precision=precision)
-    chosen = pick_classes(images, classes, loaded.wnids)
-    taken: dict[int, int] = {}
-    items = []
-    for it in images.items:  # the paper's selection: the first per_class images of every class, in set order
-        if it.label is not None and taken.get(it.label, 0) < per_class:
-            taken[it.label] = taken.get(it.label, 0) + 1
-            items.append(it)
-    subset = replace(images, items=items)
-    stats = GateStats.for_blocks(loaded.name, loaded.blocks, images.class_names)
-    chosen_set = list(set(chosen))
-
-    def on_gates(block: str, gates: np.ndarray, labels: np.ndarray) -> None:
-        stats.update(block, gates, np.where(np.isin(labels, chosen_set), labels, -1))
-
-    result = run_model(loaded, group.shard(subset, batch_size), keep_gates=False, keep_logits=False,
-                       on_gates=on_gates, batch_size=batch_size, progress=progress, precision=precision)
-    total = group.reduce_stats(stats)
-    whole = group.gather_result(result, subset)
-    if total is None or whole is None:
-        return None
-    return PresetResult(stats=total, classes=[images.class_names[k] for k in chosen],
-                        images_per_class={images.class_names[k]: taken[k] for k in chosen},
-                        n_images=whole.n, skipped=whole.skipped)
+    return paper_preset(loaded, images, classes=classes, per_class=per_class, batch_size=batch_size,
+                        progress=progress, precision=precision, shards=group)
 
 
-def evaluate_sharded(group: Group, loaded, images: ImageSet, ablate_blocks=(), mode: str = "identity", *,
-                     calibrate_on_eval: bool = False, batch_size: int = 32, progress=None, precision: str = "auto"):
-    """:func:`senet_viz.analysis.ablation.evaluate` over all ranks, bit for bit: the calibration gates are gathered to
-    every rank and averaged in single-process order; each rank runs its share of the full and ablated passes;
-    predictions, labels and per-image KL are gathered to rank 0, which computes the metrics as one process does.
-    Returns the same :class:`~senet_viz.analysis.ablation.AblationResult` on rank 0, None elsewhere."""
-    from senet_viz.analysis.ablation import (
-        CALIBRATION_FRACTION,
-        compare,
-        evaluate,
-        mean_gates,
-        per_image_kl,
-        split_calibration,
-    )
-    from senet_viz.inference.run import run_model
-
-    if not group.active:
-        return evaluate(loaded, images, ablate_blocks, mode=mode, calibrate_on_eval=calibrate_on_eval,
-                        batch_size=batch_size, progress=progress, precision=precision)
-    blocks = list(ablate_blocks)
-    calib_n, means, eval_images = 0, None, images
-    if blocks and mode == "mean":
-        if calibrate_on_eval:
-            calib = images
-        else:
-            calib, eval_images = split_calibration(images, CALIBRATION_FRACTION)
-        part = run_model(loaded, group.shard(calib, batch_size), blocks=blocks, batch_size=batch_size,
-                         keep_logits=False, precision=precision)
-        calib_result = group.gather_result(part, calib, gates=True, to_all=True)
-        assert calib_result is not None  # to_all: every rank has it
-        means = mean_gates(calib_result, blocks)
-        calib_n = calib_result.n
-    mine = group.shard(eval_images, batch_size)
-    full = run_model(loaded, mine, blocks=[], batch_size=batch_size, progress=progress, precision=precision)
-    if blocks:
-        keep = set(full.keys)
-        ablated_images = replace(mine, items=[it for it in mine.items if it.key in keep], skipped=[])
-        ablated = run_model(loaded, ablated_images, blocks=[], ablate_blocks=blocks, mode=mode, means=means,
-                            batch_size=batch_size, progress=progress, precision=precision)
-        if ablated.keys != full.keys:
-            raise RuntimeError("the ablated pass read other images than the full pass")
-        kl = per_image_kl(full.logits, ablated.logits) if full.n else np.zeros(0)
-        kl_all = group.gather_rows(full.keys, kl, eval_images)
-    full_all = group.gather_result(full, eval_images)
-    ablated_all = group.gather_result(ablated, eval_images) if blocks else full_all
-    if full_all is None or ablated_all is None:
-        return None
-    # The same fields from the same formulas as ablation.evaluate (KL from the gathered per-image rows).
-    return compare(loaded, full_all, ablated_all if blocks else None, blocks, mode, n_calibration=calib_n,
-                   kl_rows=kl_all if blocks else None)
+def evaluate_sharded(group: Group, loaded: LoadedModel, images: ImageSet, ablate_blocks: Sequence[SEBlock] = (),
+                     mode: str = "identity", *, calibrate_on_eval: bool = False, batch_size: int = 32,
+                     progress: ProgressFn | None = None, precision: str = "auto") -> AblationResult | None:
+    """:func:`senet_viz.analysis.ablation.evaluate` over all ranks, bit for bit (``shards=group``): the
+    calibration gates are gathered to every rank and averaged in single-process order; each rank runs its share
+    of the full and ablated passes; predictions, labels and per-image KL are gathered to rank 0, which computes the
+    metrics as one process does. Returns the same :class:`~senet_viz.analysis.ablation.AblationResult` on rank 0,
+    None elsewhere."""
+    return evaluate(loaded, images, ablate_blocks, mode, calibrate_on_eval=calibrate_on_eval, batch_size=batch_size,
+                    progress=progress, precision=precision, shards=group)
 
 
 # Sweep columns and how the ranks' rows combine into the single-process row.
@@ -511,18 +449,15 @@ def _combine_sweep_rows(rows: Sequence[dict]) -> dict:
     return out
 
 
-def sweep_sharded(group: Group, loaded, images: ImageSet, modes: Sequence[str] = ("identity", "mean"),
-                  configs=None, *, batch_size: int = 64, progress=None, precision: str = "auto"):
+def sweep_sharded(group: Group, loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = ("identity", "mean"),
+                  configs=None, *, batch_size: int = 64, progress: ProgressFn | None = None,
+                  precision: str = "auto") -> pd.DataFrame | None:
     """:func:`senet_viz.analysis.ablation.sweep` over all ranks. Every rank runs ``sweep`` on the whole calibration
     split
     (so the mean gates are the single-process ones, bit for bit; it is one pass over 20 % of the images against
     a pass per configuration over the rest) plus its share of the evaluation images; rank 0 adds up the counts.
     top-1, top-5 and agreement are exact (shares of integer counts); KL is the image-weighted mean of the ranks'
     means (float64 rounding). Returns the same DataFrame on rank 0, None elsewhere."""
-    import pandas as pd
-
-    from senet_viz.analysis.ablation import CALIBRATION_FRACTION, split_calibration, sweep
-
     if not group.active:
         return sweep(loaded, images, modes, configs, batch_size=batch_size, progress=progress, precision=precision)
     if "mean" in modes:

@@ -4,8 +4,9 @@ One entry, :func:`load_model_arg`, takes what a user types after ``--model``:
 
 - ``path/to/file.py:build`` or ``package.module:build``: a callable (function or class) that returns an
   ``nn.Module`` when called without arguments. This runs the user's Python code, so it is refused unless
-  ``allow_code=True`` (CLI: ``--allow-code``). ``weights=`` then loads a state dict into the module: a
-  ``.safetensors`` file, or a ``torch.save``'d dict read with ``torch.load(weights_only=True)`` (no code runs);
+  ``allow_code=True`` (CLI: ``--allow-code``). ``weights=`` then loads a state dict into the module, as the zoo's
+  weights are loaded (:func:`senet_viz.models.weights.load_weights_into`: ``.safetensors``, or a ``torch.save``'d
+  dict read with ``torch.load(weights_only=True)``; no code runs);
 - a TorchScript archive (``torch.jit.save``: ``.pt``, ``.pth``, ``.ts``, ``.jit``, ``.torchscript``, ``.zip``).
   A TorchScript module cannot be hooked (its forward runs in the TorchScript interpreter), so it is converted to
   a ``torch.export`` graph (``TS2EPConverter``, batch size left free); its parameters become parameters again
@@ -46,9 +47,11 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
-from senet_viz.gates.blocks import Discovery, discover
-from senet_viz.gates.fx import PerImage, _copy_graph_module
+from senet_viz.gates.blocks import discover
+from senet_viz.gates.fx import PerImage, copy_graph_module
+from senet_viz.gates.kinds import Discovery
 from senet_viz.models.pt2_check import NotAPt2Error, pt2_code_risks
+from senet_viz.models.weights import WeightsError, load_weights_into
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".torchscript", ".zip")
 _ENTRY = re.compile(r"^(?P<target>.+?):(?P<attr>[A-Za-z_][\w.]*)$")
@@ -135,49 +138,6 @@ def _resolve_entry(target: str, attr: str) -> tuple[Callable, str]:
     return obj, where
 
 
-def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model", "module"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)")
-    keys = list(obj)
-    if keys and all(k.startswith("module.") for k in keys):  # saved from DataParallel / DDP
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def load_weights(model: nn.Module, weights: str | Path) -> None:
-    """Load a state dict into ``model`` (strict): ``.safetensors``, else ``torch.load(weights_only=True)``."""
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise ModelLoadError(f"no such weights file: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ModelLoadError(f"cannot read weights {path}: {type(error).__name__}: {error}") from error
-    state = _unwrap_state_dict(state, path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-            if items:
-                parts.append(f"{len(items)} {label} ({', '.join(items[:4])}{' ...' if len(items) > 4 else ''})")
-        raise ModelLoadError(f"weights {path} do not fit the model: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
-
-
 def _promote_buffers(module: nn.Module, only: str | None = None, names: set[str] | None = None) -> int:
     """Floating-point buffers (weights a converter stored as buffers) become frozen parameters, so that
     ``parameters()`` counts them; batch-norm running statistics stay buffers. ``only``: under this module path;
@@ -234,7 +194,7 @@ def _load_torchscript(path: Path, input_size: tuple[int, int, int], info: LoadIn
         raise ModelLoadError(
             f"TorchScript {path} cannot be converted to an exported graph (needed to hook its gates) at input "
             f"{tuple(input_size)}: {type(error).__name__}: {str(error)[:300]}") from error
-    gm = _copy_graph_module(program.module())  # a plain GraphModule: the exported one refuses eval() / train()
+    gm = copy_graph_module(program.module())  # a plain GraphModule: the exported one refuses eval() / train()
     promoted = _promote_buffers(gm, names={n for n, _ in scripted.named_parameters()})
     info.source = scripted
     info.notes.append(f"TorchScript converted to a torch.export graph; {promoted} weight buffers made parameters")
@@ -265,7 +225,7 @@ def _load_export(path: Path, info: LoadInfo, untrusted: bool = False) -> nn.Modu
             program = torch.export.load(str(path))
         except Exception as error:
             raise ModelLoadError(f"{path} is not a torch.export program: {type(error).__name__}: {error}") from error
-    gm = _copy_graph_module(program.module())  # a plain GraphModule: the exported one refuses eval() / train()
+    gm = copy_graph_module(program.module())  # a plain GraphModule: the exported one refuses eval() / train()
     batch, size = _static_batch(gm)
     info.input_size = size
     if batch is not None and batch != 1:
@@ -383,7 +343,10 @@ def load_model_arg(arg: str, *, weights: str | Path | None = None, allow_code: b
         info = LoadInfo(arg=text, format="entry-point", name=attr if attr != "build" else stem,
                         path=str(Path(target)) if is_file else None)
         if weights is not None:
-            load_weights(model, weights)
+            try:
+                load_weights_into(model, weights)
+            except WeightsError as error:  # one loader for every weights file; a model file's errors are these
+                raise ModelLoadError(str(error)) from error
             info.weights = str(weights)
         return model.eval(), info
 

@@ -2,11 +2,10 @@
 
 :func:`senet_viz.models.zoo.load_model` hands a name that :func:`is_model_file` recognises to :func:`load_model_file`:
 the file is loaded by :mod:`senet_viz.models.loaders` (Python code only with ``allow_code``; a stranger's file,
-``untrusted``, only in formats that carry no code), its gates are
-found by :func:`senet_viz.gates.blocks.discover`, and it becomes a :class:`~senet_viz.models.zoo.LoadedModel` without a
-spec:
-a transform from :class:`ModelFileOptions` (input size, resize, mean / std), class names (given, the file's own,
-ImageNet's for 1,000 outputs, else ``class 0 .. N-1``), and a ``weights_id`` that is the file's digest (plus a
+``untrusted``, only in formats that carry no code), its gates are found by :func:`senet_viz.gates.blocks.discover`,
+and it becomes a :class:`~senet_viz.models.loaded.LoadedModel` without a spec: a transform from
+:class:`ModelFileOptions` (input size, resize, mean / std), class names (given, the file's own, ImageNet's for
+1,000 outputs, else ``class 0 .. N-1``), and a ``weights_id`` that is the file's digest (plus a
 short hash of the options when they differ from the file's own: other results from the same weights).
 """
 
@@ -17,18 +16,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from senet_viz.data.sources import imagenet_class_names, imagenet_wnids
+from senet_viz.data.labels import imagenet_class_names, imagenet_wnids
+from senet_viz.models.loaded import LoadedModel, NoGatesError, no_gates_message, resolve_device
+from senet_viz.models.loaders import ModelLoadError, load_and_discover
 from senet_viz.models.preprocess import Preprocess
 from senet_viz.models.registry import REGISTRY, TIMM_PREFIX, TORCHVISION_PREFIX
 from senet_viz.models.weights import file_digest
-
-if TYPE_CHECKING:
-    from senet_viz.models.zoo import LoadedModel
 
 #: File suffixes :func:`load_model` reads as model files (TorchScript, torch.export, ONNX).
 MODEL_FILE_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".torchscript", ".zip", ".pt2", ".onnx")
@@ -111,10 +108,8 @@ def _file_preprocess(size: tuple[int, int, int], options: ModelFileOptions) -> P
 
 def load_model_file(arg: str, weights: str | Path | None, device: str, options: ModelFileOptions) -> LoadedModel:
     """Load the model file or entry point ``arg`` (see the module docstring); errors are
-    :class:`~senet_viz.models.loaders.ModelLoadError`, :class:`~senet_viz.models.zoo.NoGatesError` or ``ValueError``."""
-    from senet_viz.models.loaders import ModelLoadError, load_and_discover
-    from senet_viz.models.zoo import LoadedModel, NoGatesError, no_gates_message, resolve_device
-
+    :class:`~senet_viz.models.loaders.ModelLoadError`, :class:`~senet_viz.models.loaded.NoGatesError` or
+    ``ValueError``."""
     try:
         model, found, info = load_and_discover(arg, weights=weights, allow_code=options.allow_code,
                                                untrusted=options.untrusted, input_size=options.input_size)

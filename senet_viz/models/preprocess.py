@@ -77,3 +77,17 @@ class PreprocessTransform(T.Compose):
         for step in self.transforms[:-2]:
             im = step(im)
         return im
+
+
+def parse_numbers(text: str | None, label: str, kind: type = float) -> tuple | None:
+    """A typed list of numbers as a tuple of ``kind``: comma-separated (``0.485,0.456,0.406``; a size also as
+    ``3x224x224``); None when ``text`` is None or blank. A ValueError names ``label`` (a flag or a field)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        values = tuple(kind(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        raise ValueError(f"{label} takes comma-separated numbers, got {text!r}")
+    return values

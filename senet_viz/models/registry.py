@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from senet_viz.data.sources import imagenet_class_names, imagenet_wnids
+from senet_viz.data.labels import imagenet_class_names, imagenet_wnids
 from senet_viz.models.preprocess import Preprocess
 from senet_viz.paths import PROJECT_ROOT
 

@@ -1,15 +1,16 @@
 """Load weights from files without executing pickled code, and report clearly what does not fit.
 
-Supported files: ``.safetensors``; ``.pth`` / ``.pt`` / ``.bin`` through ``torch.load(weights_only=True)`` (a
-checkpoint nested under ``state_dict`` / ``model`` / ``state_dict_ema`` and ``module.`` prefixes from
-DataParallel are unwrapped); ``.tflite`` through the importer in :mod:`senet_viz.models.tflite`.
+Supported files: ``.safetensors``; ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` through
+``torch.load(weights_only=True)`` (a checkpoint nested under ``state_dict`` / ``model`` / ``model_state_dict`` /
+``state_dict_ema`` / ``module`` ... and ``module.`` prefixes from DataParallel are unwrapped); ``.tflite`` through
+the importer in :mod:`senet_viz.models.tflite`. One loader, :func:`load_weights_into`, for the zoo's weights and a
+model file's entry point (``file.py:build`` with ``weights=``) alike.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".tflite")
+from senet_viz.paths import file_stamp
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tflite")
+_PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _NESTING_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "state_dict_ema", "module")
 
 
@@ -25,7 +29,8 @@ class WeightsError(ValueError):
     """Weights that cannot be used: unreadable file, unsafe pickle, or a checkpoint of another architecture."""
 
 
-def _hash_file(path: str) -> str:
+def hash_file(path: str) -> str:
+    """The sha256 (hex) of a file's content, read now (:func:`file_sha256` remembers it)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -35,15 +40,13 @@ def _hash_file(path: str) -> str:
 
 @functools.lru_cache(maxsize=128)
 def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    return _hash_file(path)
+    return hash_file(path)
 
 
 def file_sha256(path: str | Path) -> str:
     """The sha256 (hex) of a file's content, memoised by (absolute path, size, modification time in ns): a file
     is read again only when it changed (or was replaced), not on every call (e.g. every dashboard rerun)."""
-    path = os.path.abspath(path)
-    stat = os.stat(path)
-    return _sha256_of(path, stat.st_size, stat.st_mtime_ns)
+    return _sha256_of(*file_stamp(path))
 
 
 def file_digest(path: str | Path, length: int = 16) -> str:
@@ -74,7 +77,7 @@ def _unwrap(obj: object) -> dict[str, torch.Tensor]:
 
 def read_state_dict(path: str | Path, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Read a state dict from a weights file. ``model`` is needed for ``.tflite`` (it fixes the layout)."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     suffix = path.suffix.lower()
@@ -86,7 +89,7 @@ def read_state_dict(path: str | Path, model: nn.Module | None = None) -> dict[st
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"{path.name} is not a readable safetensors file: {exc}") from exc
-    if suffix in (".pth", ".pt", ".bin"):
+    if suffix in _PICKLE_SUFFIXES:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
@@ -111,8 +114,10 @@ def read_state_dict(path: str | Path, model: nn.Module | None = None) -> dict[st
     raise WeightsError(f"unsupported weights file '{path.name}': use one of {', '.join(WEIGHT_SUFFIXES)}")
 
 
-def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], max_keys: int = 8) -> None:
-    """Raise :class:`WeightsError` naming the keys that are missing, unexpected or of another shape."""
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], max_keys: int = 8,
+                     what: str = "the weights") -> None:
+    """Raise :class:`WeightsError` naming the keys that are missing, unexpected or of another shape (``what``: the
+    weights' name in the message)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -127,12 +132,12 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], max_ke
 
     parts = [listing(t, k) for t, k in (("shape mismatch", wrong), ("missing in file", missing),
                                           ("not in model", unexpected)) if k]
-    raise WeightsError("the weights do not fit this architecture - is it a checkpoint of another model? "
+    raise WeightsError(f"{what} do not fit this architecture - is it a checkpoint of another model? "
                        + " | ".join(parts))
 
 
 def load_weights_into(model: nn.Module, path: str | Path) -> None:
     """Load a weights file into ``model`` strictly, after checking every key and shape."""
     state = read_state_dict(path, model)
-    check_state_dict(model, state)
+    check_state_dict(model, state, what=f"the weights in {Path(path).name}")
     model.load_state_dict(state, strict=True)

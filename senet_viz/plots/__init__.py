@@ -13,8 +13,9 @@ Input frames (see ``stats.py``):
 * ``indices``: one row per (model, block) with ``specificity``, ``saturation`` and the other indices.
 
 Large statistics (e.g. SE-ResNet-50 over the 1,000 ImageNet classes: 15 million class-channel rows) are never
-drawn from a full frame: pass the bounded frames of ``GateStats`` instead. ``fig6`` / ``fig7`` take
-``stats.frame(blocks, classes, hist=False)`` (means and std only, no ``hist``/``min``/``max`` needed),
+drawn from a full frame: pass the bounded views of ``GateStats`` instead. :func:`fig6_matrix` takes each block's
+class x channel means (``stats.class_means(block, classes, include_all=True)``), ``fig7`` takes
+``stats.frame([block], [cls], hist=False)`` (means and std only, no ``hist``/``min``/``max`` needed),
 ``distributions`` also takes ``stats.block_frame(blocks, classes)`` (one row per block and class, the class's
 histogram pooled over channels), :func:`heatmap_matrix` takes the class x channel means of
 ``stats.class_means(block, classes)``, and ``image_percentiles`` falls back to the all-image histogram (and says
@@ -26,15 +27,18 @@ reference is dark grey and dashed, gate axes span 0..1, titles name the model, t
 their number of images, and unknown block / class / model names raise ``ValueError`` listing the valid ones.
 A frame holding several models needs ``model=...``.
 
-Modules, by subject (every public name is importable from ``senet_viz.plots``): :mod:`.gates` (Fig. 6, Fig. 7,
-heatmap), :mod:`.distributions` (per-block distributions, one image's percentiles), :mod:`.depth` (indices by
-depth), :mod:`.ablation` (sweep, cost), :mod:`.attribution` (Grad-CAM, channel attribution) and :mod:`.export`
-(provenance stamp, HTML / PNG files).
+Modules, by subject (every public name is importable from ``senet_viz.plots``): :mod:`.common` (conventions and
+input checks shared by the figures), :mod:`.gates` (Fig. 6, Fig. 7, heatmap), :mod:`.distributions` (per-block
+distributions, one image's percentiles), :mod:`.depth` (indices by depth), :mod:`.ablation` (sweep, cost),
+:mod:`.attribution` (Grad-CAM, channel attribution), :mod:`.channels` (channel selectivity; from its own module)
+and :mod:`.export` (provenance stamp, HTML / PNG files).
 """
 
 from __future__ import annotations
 
-from senet_viz.plots._base import (
+from senet_viz.plots.ablation import cost_figure, format_macs, sweep_figure
+from senet_viz.plots.attribution import channel_attribution_figure, gradcam_figure
+from senet_viz.plots.common import (
     ALL_CLASS,
     ALL_COLOR,
     BLOCK_COLUMNS,
@@ -45,12 +49,18 @@ from senet_viz.plots._base import (
     PAPER,
     class_colors,
 )
-from senet_viz.plots.ablation import cost_figure, format_macs, sweep_figure
-from senet_viz.plots.attribution import channel_attribution_figure, gradcam_figure
 from senet_viz.plots.depth import depth_profile
 from senet_viz.plots.distributions import channel_percentiles, distributions, image_percentiles
 from senet_viz.plots.export import EXPORT_HEIGHT, EXPORT_SCALE, EXPORT_WIDTH, find_chromium, save_figure, stamp
-from senet_viz.plots.gates import fig6, fig7, heatmap, heatmap_matrix, paper_preset_blocks, sample_channels
+from senet_viz.plots.gates import (
+    fig6,
+    fig6_matrix,
+    fig7,
+    heatmap,
+    heatmap_matrix,
+    paper_preset_blocks,
+    sample_channels,
+)
 
 __all__ = [
     "ALL_CLASS",
@@ -71,6 +81,7 @@ __all__ = [
     "depth_profile",
     "distributions",
     "fig6",
+    "fig6_matrix",
     "fig7",
     "find_chromium",
     "format_macs",

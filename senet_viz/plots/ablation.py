@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from senet_viz.plots._base import PAPER, _layout_title, _require
+from senet_viz.plots.common import PAPER, layout_title, require_columns
 
 _MODE_COLORS = {"identity": "#D62728", "mean": "#1F77B4"}
 
@@ -26,7 +26,8 @@ def sweep_figure(sweep: pd.DataFrame, reference: dict | None = None) -> go.Figur
     """
     from senet_viz.analysis.ablation import pareto_front  # imported here: senet_viz.analysis.ablation imports torch
 
-    _require(sweep, ("model", "kind", "config", "mode", "d_top1", "params_saved_pct", "agreement", "kl"), "sweep")
+    require_columns(sweep, ("model", "kind", "config", "mode", "d_top1", "params_saved_pct", "agreement", "kl"),
+                    "sweep")
     scored = not sweep["d_top1"].isna().all()
     model = str(sweep["model"].iloc[0])
     panels = [("d_top1", "top-1 change (percentage points)", True)] if scored else [
@@ -74,21 +75,21 @@ def sweep_figure(sweep: pd.DataFrame, reference: dict | None = None) -> go.Figur
                    "; no image has a label among the model's classes, so top-1 cannot be scored")
                 + f". identity = gate 1 (the paper's removal), mean = gate frozen to its mean. cf. {PAPER}")
     what = "top-1 change" if scored else "agreement and KL"
-    _layout_title(fig, f"SE ablation sweep — {model}: {what} vs parameters saved", subtitle)
+    layout_title(fig, f"SE ablation sweep — {model}: {what} vs parameters saved", subtitle)
     fig.update_layout(legend={"title": {"text": "mode: configuration"}}, height=520)
     return fig
 
 
 def cost_figure(blocks: pd.DataFrame, model: str, total_params: int) -> go.Figure:
     """SE parameters per block (bars coloured by stage) as a share of the whole network."""
-    _require(blocks, ("name", "stage", "params"), "cost blocks")
+    require_columns(blocks, ("name", "stage", "params"), "cost blocks")
     fig = go.Figure()
     for stage, sub in blocks.groupby("stage", sort=True):
         fig.add_trace(go.Bar(x=sub["name"], y=100 * sub["params"] / total_params, name=f"stage {stage}",
                              customdata=sub["params"], meta={"stage": int(stage)},
                              hovertemplate="%{x}: %{customdata:,} parameters (%{y:.2f}%)<extra></extra>"))
     se_share = 100 * blocks["params"].sum() / total_params
-    _layout_title(fig, f"SE parameters per block — {model}",
+    layout_title(fig, f"SE parameters per block — {model}",
                   f"all SE blocks: {blocks['params'].sum():,} of {total_params:,} parameters ({se_share:.1f}%)")
     fig.update_layout(legend={"title": {"text": "stage"}})
     fig.update_xaxes(title="SE block")

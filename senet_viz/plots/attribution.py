@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from senet_viz.plots._base import _layout_title
+from senet_viz.plots.common import layout_title
 
 
 def gradcam_figure(image: np.ndarray, cams: dict[str, np.ndarray], title: str) -> go.Figure:
@@ -21,7 +21,7 @@ def gradcam_figure(image: np.ndarray, cams: dict[str, np.ndarray], title: str) -
         fig.update_xaxes(showticklabels=False, row=1, col=i)
         fig.update_yaxes(showticklabels=False, autorange="reversed", scaleanchor=f"x{i if i > 1 else ''}", row=1,
                          col=i)
-    _layout_title(fig, title, "Grad-CAM (captum LayerGradCam) at the stage's last SE-bearing block, "
+    layout_title(fig, title, "Grad-CAM (captum LayerGradCam) at the stage's last SE-bearing block, "
                               "normalised to its maximum")
     fig.update_layout(height=420)
     return fig
@@ -39,7 +39,7 @@ def channel_attribution_figure(attribution: np.ndarray, gates: np.ndarray, model
                          name="attribution", hovertemplate="channel %{x}: %{y:.4f}<extra></extra>"), row=1, col=1)
     fig.add_trace(go.Bar(x=x, y=gates[order], marker_color="#7F7F7F", name="gate s",
                          hovertemplate="channel %{x}: s = %{y:.3f}<extra></extra>"), row=2, col=1)
-    _layout_title(fig, f"SE channel attribution — {model}: {block}, class '{cls}'",
+    layout_title(fig, f"SE channel attribution — {model}: {block}, class '{cls}'",
                   f"{len(attribution)} channels, sorted by attribution; sum = {attribution.sum():.3f} "
                   "(gradient × activation at the gate, captum)")
     fig.update_xaxes(title="channel (sorted)", type="category", showticklabels=len(x) <= 64, row=2, col=1)

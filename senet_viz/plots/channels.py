@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from senet_viz.plots._base import ALL_CLASS, _layout_title, class_colors
+from senet_viz.plots.common import ALL_CLASS, class_colors, layout_title
 
 SUMMARY_COLUMNS = ("model", "block", "stage", "order", "selectivity_q25", "selectivity_median", "selectivity_q75")
 _COLORS = {"selectivity": "#1F77B4", "eta2": "#D62728"}
@@ -45,7 +45,7 @@ def selectivity_depth(summary: pd.DataFrame, trend: dict | None = None, metrics:
         fig.add_trace(go.Scatter(x=x, y=q75, mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip",
                                  meta={"metric": metric, "part": "q75"}))
         fig.add_trace(go.Scatter(x=x, y=q25, mode="lines", line={"width": 0}, fill="tonexty",
-                                 fillcolor=_rgba(color, 0.18), name=f"{label}: quartiles",
+                                 fillcolor=rgba(color, 0.18), name=f"{label}: quartiles",
                                  meta={"metric": metric, "part": "q25"}, hoverinfo="skip"))
         custom = np.column_stack([q25, q75, table["channels"].astype(str) if "channels" in table else [""] * len(x)])
         fig.add_trace(go.Scatter(x=x, y=table[f"{metric}_median"].to_numpy(float), mode="lines+markers",
@@ -61,14 +61,14 @@ def selectivity_depth(summary: pd.DataFrame, trend: dict | None = None, metrics:
     if trend is not None and np.isfinite(trend.get("rho", np.nan)):
         parts.append(f"Spearman ρ (median vs depth) = {trend['rho']:.2f}, p = {trend['p_value']:.3g}: "
                      f"{trend['verdict']}")
-    _layout_title(fig, f"Class selectivity per SE channel by depth — {models[0]}", " · ".join(parts))
+    layout_title(fig, f"Class selectivity per SE channel by depth — {models[0]}", " · ".join(parts))
     fig.update_layout(legend={"title": {"text": ""}}, height=460)
     fig.update_xaxes(title_text="SE block (depth order)", type="category")
     fig.update_yaxes(title_text="per-channel index (0–1)", range=[-0.02, 1.02])
     return fig
 
 
-def _rgba(color: str, alpha: float) -> str:
+def rgba(color: str, alpha: float) -> str:
     r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
 
@@ -97,7 +97,7 @@ def channel_distribution(values: pd.DataFrame, model: str, block: str, channel: 
     sub = f"one point per image, grouped by {grouping}; classes sorted by mean gate"
     if left_out > 0:
         sub += f"; the {len(shown)} classes with the highest mean of {len(stats)} ({left_out} left out)"
-    _layout_title(fig, f"{block} channel {channel}: gate per class — {model}", sub)
+    layout_title(fig, f"{block} channel {channel}: gate per class — {model}", sub)
     fig.update_layout(showlegend=False, height=440)
     fig.update_yaxes(title_text="gate s", range=[-0.02, 1.02])
     fig.update_xaxes(tickangle=-35)
@@ -128,7 +128,7 @@ def pregate_figure(images: Sequence[np.ndarray], maps: np.ndarray, captions: Seq
         fig.update_xaxes(showticklabels=False, row=r, col=c)
         fig.update_yaxes(showticklabels=False, autorange="reversed", scaleanchor=f"x{axis if axis > 1 else ''}",
                          row=r, col=c)
-    _layout_title(fig, title, "the channel's map of the SE block's input (what the squeeze pools), upsampled "
+    layout_title(fig, title, "the channel's map of the SE block's input (what the squeeze pools), upsampled "
                               "bilinearly over the crop the model saw; positive part, one scale for all images")
     fig.update_layout(height=120 + 260 * rows)
     return fig

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from senet_viz.plots._base import _PALETTE, INDEX_COLUMNS, PAPER, _blocks_text, _layout_title, _one_model, _require
+from senet_viz.plots.common import INDEX_COLUMNS, PALETTE, PAPER, blocks_text, layout_title, one_model, require_columns
 
 _METRIC_COLORS = {
     "specificity": "#1F77B4",
@@ -67,16 +67,16 @@ def depth_profile(
     different numbers of SE blocks x becomes the relative depth (block position / (number of blocks − 1),
     0..1) and the axis title says so. Traces carry ``meta = {"model", "metric"}``.
     """
-    _require(indices, INDEX_COLUMNS, "indices")
+    require_columns(indices, INDEX_COLUMNS, "indices")
     if isinstance(second, str):
-        first, name_a = _one_model(indices[indices["model"] != second], model, "indices")
-        frame_b, name_b = _one_model(indices, second, "indices")
+        first, name_a = one_model(indices[indices["model"] != second], model, "indices")
+        frame_b, name_b = one_model(indices, second, "indices")
     else:
-        first, name_a = _one_model(indices, model, "indices")
+        first, name_a = one_model(indices, model, "indices")
         frame_b, name_b = None, None
         if second is not None:
-            _require(second, INDEX_COLUMNS, "second indices")
-            frame_b, name_b = _one_model(second, None, "second indices")
+            require_columns(second, INDEX_COLUMNS, "second indices")
+            frame_b, name_b = one_model(second, None, "second indices")
     metrics = _metric_list(first, metrics)
     if frame_b is not None:
         _metric_list(frame_b, metrics)
@@ -115,7 +115,7 @@ def depth_profile(
             table["n_classes"].astype(str) if "n_classes" in table else np.full(len(table), "?"),
         ])
         for k, metric in enumerate(metrics):
-            color = _METRIC_COLORS.get(metric, _PALETTE[k % len(_PALETTE)])
+            color = _METRIC_COLORS.get(metric, PALETTE[k % len(PALETTE)])
             fig.add_trace(
                 go.Scatter(
                     x=x,
@@ -156,7 +156,7 @@ def depth_profile(
         return f"{nc if nc is not None else '?'} classes, n={ni if ni is not None else '?'} images"
 
     title_models = " vs ".join(f"{n} ({population(t)})" for n, t, _ in models)
-    blocks_line = "; ".join(f"{n}: {_blocks_text(list(t['block'].astype(str)))}" for n, t, _ in models)
+    blocks_line = "; ".join(f"{n}: {blocks_text(list(t['block'].astype(str)))}" for n, t, _ in models)
     method = _first(base, "specificity_method")
     thr = _first(base, "threshold")
     notes = []
@@ -168,6 +168,6 @@ def depth_profile(
         notes.append(f"dashed = {models[1][0]}; shaded bands = stages of {name_a}")
     notes.append(f"cf. {PAPER}, Fig. 6 (early gates class-agnostic, late gates class-specific / saturated)")
     what = " and ".join(_METRIC_LABELS.get(m, m) for m in metrics)
-    _layout_title(fig, f"{what[0].upper() + what[1:]} by depth — {title_models}<br>{blocks_line}", "; ".join(notes))
+    layout_title(fig, f"{what[0].upper() + what[1:]} by depth — {title_models}<br>{blocks_line}", "; ".join(notes))
     fig.update_layout(height=480, legend={"title": {"text": "index — model"}})
     return fig

@@ -11,27 +11,27 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from senet_viz.analysis.stats import hist_quantile
-from senet_viz.plots._base import (
+from senet_viz.analysis.stats_views import hist_quantile
+from senet_viz.plots.common import (
     ALL_CLASS,
     BLOCK_COLUMNS,
     CHANNEL_COLUMNS,
     PAPER,
-    _block_table,
-    _blocks_text,
-    _class_counts,
-    _classes_text,
-    _colors,
-    _layout_title,
-    _line,
-    _one_class_view,
-    _one_model,
-    _per_channel,
-    _real_classes,
-    _require,
-    _resolve_blocks,
-    _resolve_classes,
-    _rgba,
+    block_table,
+    blocks_text,
+    class_counts,
+    classes_text,
+    frame_colors,
+    layout_title,
+    line_style,
+    one_class_view,
+    one_model,
+    per_channel,
+    real_classes,
+    require_columns,
+    resolve_blocks,
+    resolve_classes,
+    rgba,
 )
 
 
@@ -131,16 +131,16 @@ def distributions(
     """
     if kind not in ("box", "violin"):
         raise ValueError(f"kind must be 'box' or 'violin', got {kind!r}")
-    _require(channels, CHANNEL_COLUMNS if "channel" in channels.columns else BLOCK_COLUMNS, "channels")
-    frame, model = _one_model(channels, model, "channels")
-    table = _block_table(frame)
+    require_columns(channels, CHANNEL_COLUMNS if "channel" in channels.columns else BLOCK_COLUMNS, "channels")
+    frame, model = one_model(channels, model, "channels")
+    table = block_table(frame)
     stages = sorted(int(s) for s in table["stage"].unique())
     if stage is not None and stage not in stages:
         raise ValueError(f"unknown stage {stage!r}; valid stages: {stages}")
     if blocks is None:
         blocks = list(table["block"] if stage is None else table.loc[table["stage"] == stage, "block"])
     else:
-        blocks = _resolve_blocks(frame, blocks)
+        blocks = resolve_blocks(frame, blocks)
         if stage is not None:
             stage_of = dict(zip(table["block"], table["stage"], strict=True))
             outside = [b for b in blocks if stage_of[b] != stage]
@@ -148,12 +148,12 @@ def distributions(
                 valid = list(table.loc[table["stage"] == stage, "block"])
                 raise ValueError(f"block(s) {outside} are not in stage {stage}; its blocks: {valid}")
     if classes is None:
-        shown = _real_classes(frame) + ([ALL_CLASS] if ALL_CLASS in set(frame["class"]) else [])
+        shown = real_classes(frame) + ([ALL_CLASS] if ALL_CLASS in set(frame["class"]) else [])
     else:
-        shown = _resolve_classes(frame, classes)
-    colors = _colors(frame, all_classes)
+        shown = resolve_classes(frame, classes)
+    colors = frame_colors(frame, all_classes)
     sub = frame[frame["block"].isin(blocks) & frame["class"].isin(shown)]
-    counts = _class_counts(sub)
+    counts = class_counts(sub)
     n_bins = next((int(np.asarray(h).size) for h in sub["hist"] if h is not None and np.ndim(h) == 1), 0)
 
     summaries = {
@@ -183,7 +183,7 @@ def distributions(
                     legendgroup=cls,
                     marker={"color": color},
                     line={"color": color},
-                    fillcolor=_rgba(color, 0.35),
+                    fillcolor=rgba(color, 0.35),
                     meta={"class": cls, "blocks": bs},
                     hovertext=[
                         f"{cls} · {b}: {s['values']} gate values; quartiles from a {n_bins}-bin histogram"
@@ -236,7 +236,7 @@ def distributions(
                     y=ys,
                     mode="lines",
                     fill="toself",
-                    fillcolor=_rgba(color, 0.45),
+                    fillcolor=rgba(color, 0.45),
                     line={"color": color, "width": 1},
                     name=f"{cls} (n={counts.get(cls, 0)})",
                     legendgroup=cls,
@@ -269,11 +269,11 @@ def distributions(
             "scaled to its own peak (no smoothing); bar = median"
         )
     fig.update_yaxes(title_text="gate value s (unitless, 0–1)", range=[0, 1])
-    where = f"stage {stage} ({_blocks_text(blocks)})" if stage is not None else _blocks_text(blocks)
-    _layout_title(
+    where = f"stage {stage} ({blocks_text(blocks)})" if stage is not None else blocks_text(blocks)
+    layout_title(
         fig,
         f"Distribution of gate values per SE block — {model}: {where}"
-        f"<br>{_classes_text(shown, counts)}",
+        f"<br>{classes_text(shown, counts)}",
         f"{how}. cf. {PAPER}, Fig. 6, 7",
     )
     fig.update_layout(height=500)
@@ -300,9 +300,9 @@ def image_percentiles(
     percentiles are taken among all images and the panel title and subtitle say so (trace meta
     ``"percentile"`` either way).
     """
-    model, block, cls, colors, shown, sub, counts = _one_class_view(channels, model, block, cls, all_classes,
+    model, block, cls, colors, shown, sub, counts = one_class_view(channels, model, block, cls, all_classes,
                                                                     CHANNEL_COLUMNS)
-    per = _per_channel(sub, block, cls)
+    per = per_channel(sub, block, cls)
     values = np.asarray(gates, dtype=np.float64)
     if values.ndim != 1 or values.size != len(per):
         raise ValueError(
@@ -314,7 +314,7 @@ def image_percentiles(
             raise ValueError(f"per-channel histograms are not kept for class {cls!r} and the frame has no "
                              f"{ALL_CLASS!r} rows to rank the image among")
         within = ALL_CLASS
-    hist = _stack_hist(per if within == cls else _per_channel(sub, block, ALL_CLASS).reindex(per.index))
+    hist = _stack_hist(per if within == cls else per_channel(sub, block, ALL_CLASS).reindex(per.index))
     pct = channel_percentiles(hist, values)
     x = per.index.to_numpy()
     mean = per["mean"].to_numpy(dtype=float)
@@ -336,7 +336,7 @@ def image_percentiles(
             y=pct,
             mode="markers" if dense else "lines+markers",
             marker={"color": color, "size": 4 if dense else 6},
-            line={"color": _rgba(color, 0.5), "width": 1},
+            line={"color": rgba(color, 0.5), "width": 1},
             name=f"percentile in {within}",
             meta="percentile",
             customdata=custom,
@@ -349,15 +349,15 @@ def image_percentiles(
     for level, dash in ((50, "dash"), (5, "dot"), (95, "dot")):
         fig.add_hline(y=level, line={"color": "grey", "dash": dash, "width": 1}, row=1, col=1)
     fig.add_trace(
-        go.Scatter(x=x, y=mean, mode="lines", line=_line(cls, colors, 2), name=f"{label} mean", meta="class mean",
+        go.Scatter(x=x, y=mean, mode="lines", line=line_style(cls, colors, 2), name=f"{label} mean", meta="class mean",
                    legendgroup=cls, hovertemplate=f"{cls} mean<br>channel %{{x}}<br>s = %{{y:.3f}}<extra></extra>"),
         row=2,
         col=1,
     )
     if len(shown) > 1:
-        ref = _per_channel(sub, block, ALL_CLASS)["mean"].reindex(x).to_numpy(dtype=float)
+        ref = per_channel(sub, block, ALL_CLASS)["mean"].reindex(x).to_numpy(dtype=float)
         fig.add_trace(
-            go.Scatter(x=x, y=ref, mode="lines", line=_line(ALL_CLASS, colors),
+            go.Scatter(x=x, y=ref, mode="lines", line=line_style(ALL_CLASS, colors),
                        name=f"all images (n={counts.get(ALL_CLASS, 0)}) mean", meta="all",
                        hovertemplate="all images mean<br>channel %{x}<br>s = %{y:.3f}<extra></extra>"),
             row=2,
@@ -380,9 +380,9 @@ def image_percentiles(
     whose = ("the class's" if within == cls else
              f"all images' (the per-channel histograms of class {cls} are not kept for this class: the statistics "
              "keep them for a bounded set of classes)")
-    _layout_title(
+    layout_title(
         fig,
-        f"Image {image_name} against class {label} — {model}: {block}<br>{_classes_text(shown, counts)}",
+        f"Image {image_name} against class {label} — {model}: {block}<br>{classes_text(shown, counts)}",
         f"{one}percentile = CDF of {whose} per-channel histogram ({n_bins} bins over [0, 1], linear within a "
         f"bin); dashed 50, dotted 5/95; dashed dark-grey line = all images. cf. {PAPER}, Fig. 7",
         top=160,

@@ -4,36 +4,38 @@ with ±1 std) and the class × channel heatmap."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from senet_viz.plots._base import (
+from senet_viz.plots.common import (
     ALL_CLASS,
     ALL_COLOR,
     GATE_AXIS,
     MEAN_COLUMNS,
     PAPER,
-    _block_table,
-    _blocks_text,
-    _class_counts,
-    _classes_text,
-    _colors,
-    _layout_title,
-    _line,
-    _one_class_view,
-    _one_model,
-    _per_channel,
-    _positive_int,
-    _require,
-    _resolve_blocks,
-    _resolve_classes,
-    _rgba,
+    block_table,
+    blocks_text,
     class_colors,
+    class_counts,
+    classes_text,
+    layout_title,
+    line_style,
+    one_class_view,
+    one_model,
+    per_channel,
+    positive_int,
+    require_columns,
+    resolve_blocks,
+    resolve_classes,
+    rgba,
 )
+
+ClassMeans = tuple[Sequence[str], Sequence[int] | np.ndarray, np.ndarray]
+"""``(labels, counts, means (K, C))`` of one block: what ``GateStats.class_means`` returns."""
 
 _MAX_HEATMAP_ROWS_HIGH = 60  # past this many classes the heatmap stops growing in height and drops the tick labels
 
@@ -45,7 +47,7 @@ def sample_channels(channel_ids: Sequence[int] | np.ndarray, n: int, seed: int =
     other blocks are shown. All ids (sorted) when ``n`` is at least their number.
     """
     ids = np.sort(np.asarray(channel_ids).ravel())
-    n = _positive_int(n, "n_channels")
+    n = positive_int(n, "n_channels")
     if n >= ids.size:
         return ids
     return np.sort(np.random.default_rng(seed).choice(ids, size=n, replace=False))
@@ -57,9 +59,9 @@ def paper_preset_blocks(frame: pd.DataFrame, model: str | None = None) -> list[s
     Works on the ``channels`` or the ``indices`` frame; the result is in depth order (for SE-ResNet-50:
     SE_2_3, SE_3_4, SE_4_6, SE_5_1, SE_5_2, SE_5_3).
     """
-    _require(frame, ("model", "block", "stage", "order"), "block")
-    frame, _ = _one_model(frame, model, "block")
-    table = _block_table(frame)
+    require_columns(frame, ("model", "block", "stage", "order"), "block")
+    frame, _ = one_model(frame, model, "block")
+    table = block_table(frame)
     last_stage = table["stage"].max()
     last_of_stage = set(table.loc[table.groupby("stage")["order"].idxmax(), "block"])
     keep = last_of_stage | set(table.loc[table["stage"] == last_stage, "block"])
@@ -84,26 +86,63 @@ def fig6(
     ``all_channels``; x is the channel index, y the mean gate over the class's images. Needs only the
     :data:`MEAN_COLUMNS` (``stats.frame(blocks, classes, hist=False)``); ``all_classes`` fixes the colours.
     """
-    _require(channels, MEAN_COLUMNS, "channels")
-    frame, model = _one_model(channels, model, "channels")
-    blocks = _resolve_blocks(frame, paper_preset_blocks(frame) if blocks is None else blocks)
-    chosen = _resolve_classes(frame, classes)
+    require_columns(channels, MEAN_COLUMNS, "channels")
+    frame, model = one_model(channels, model, "channels")
+    blocks = resolve_blocks(frame, paper_preset_blocks(frame) if blocks is None else blocks)
+    chosen = resolve_classes(frame, classes)
     has_all = ALL_CLASS in set(frame["class"])
     shown = [c for c in chosen if c != ALL_CLASS] + ([ALL_CLASS] if has_all else [])
-    colors = _colors(frame, all_classes)
     sub = frame[frame["block"].isin(blocks) & frame["class"].isin(shown)]
-    counts = _class_counts(sub)
+    counts = class_counts(sub)
+    means, channel_ids = {}, {}
+    for b in blocks:
+        ids = np.sort(sub.loc[sub["block"] == b, "channel"].unique())
+        rows = [per_channel(sub, b, c)["mean"].reindex(ids).to_numpy(dtype=float) for c in shown]
+        means[b] = (shown, [counts.get(c, 0) for c in shown], np.array(rows).reshape(len(shown), len(ids)))
+        channel_ids[b] = ids
+    palette = set(map(str, frame["class"].unique())) | {str(c) for c in (all_classes or ())}
+    return fig6_matrix(means, model=model, n_channels=n_channels, seed=seed, all_channels=all_channels,
+                       all_classes=palette, channel_ids=channel_ids)
+
+
+def fig6_matrix(
+    means: Mapping[str, ClassMeans],
+    *,
+    model: str,
+    n_channels: int = 50,
+    seed: int = 0,
+    all_channels: bool = False,
+    all_classes: Iterable[str] | None = None,
+    channel_ids: Mapping[str, Sequence[int] | np.ndarray] | None = None,
+) -> go.Figure:
+    """:func:`fig6` from the class x channel means of each block, without a long frame: ``means`` maps each block
+    (panels in this order, e.g. depth order) to ``(labels, counts, means)`` as
+    ``stats.class_means(block, classes, include_all=True)`` gives them (``"all"``, the dashed reference, drawn
+    last). ``channel_ids``: a block's column indices when the matrix holds only some channels (default 0..C-1).
+    A class missing from a block is drawn as gaps there; its count is its largest over the blocks."""
+    if not means:
+        raise ValueError("no block chosen")
     if not all_channels:
-        _positive_int(n_channels, "n_channels")
+        positive_int(n_channels, "n_channels")
+    counts: dict[str, int] = {}
+    for block, (labels, block_counts, matrix) in means.items():
+        z = np.asarray(matrix)
+        if z.ndim != 2 or z.shape[0] != len(labels) or len(block_counts) != len(labels):
+            raise ValueError(f"{block}: means must be (classes, channels) with one row and one count per class "
+                             f"({len(labels)}), got shape {z.shape} and {len(block_counts)} counts")
+        for label, n in zip(labels, block_counts, strict=True):
+            counts[str(label)] = max(counts.get(str(label), 0), int(n))
+    shown = [c for c in counts if c != ALL_CLASS] + ([ALL_CLASS] if ALL_CLASS in counts else [])
+    colors = class_colors(set(shown) | {str(c) for c in (all_classes or ())})
+    blocks = list(means)
 
     n_cols = min(3, len(blocks))
     n_rows = math.ceil(len(blocks) / n_cols)
-    widths = {b: int(sub.loc[sub["block"] == b, "channel"].nunique()) for b in blocks}
-    picked_by_block = {}
-    for b in blocks:
-        ids = np.sort(sub.loc[sub["block"] == b, "channel"].unique())
-        picked_by_block[b] = ids if all_channels else sample_channels(ids, n_channels, seed)
-    titles = [f"{b} · {len(picked_by_block[b])} of {widths[b]} channels" for b in blocks]
+    ids_by_block = {b: np.arange(np.shape(means[b][2])[1]) if channel_ids is None or b not in channel_ids
+                    else np.asarray(channel_ids[b]) for b in blocks}
+    picked_by_block = {b: ids if all_channels else sample_channels(ids, n_channels, seed)
+                       for b, ids in ids_by_block.items()}
+    titles = [f"{b} · {len(picked_by_block[b])} of {len(ids_by_block[b])} channels" for b in blocks]
     fig = make_subplots(
         rows=n_rows,
         cols=n_cols,
@@ -114,16 +153,18 @@ def fig6(
     for i, block in enumerate(blocks):
         row, col = i // n_cols + 1, i % n_cols + 1
         picked = picked_by_block[block]
+        columns = np.searchsorted(ids_by_block[block], picked) if channel_ids is not None else picked
+        row_of = {str(c): r for r, c in enumerate(means[block][0])}
+        matrix = np.asarray(means[block][2], dtype=float)
         for cls in shown:
-            per = _per_channel(sub, block, cls)
-            y = per["mean"].reindex(picked).to_numpy(dtype=float)
+            y = matrix[row_of[cls], columns] if cls in row_of else np.full(len(picked), np.nan)
             fig.add_trace(
                 go.Scatter(
                     x=picked,
                     y=y,
                     mode="lines" if len(picked) > 60 else "lines+markers",
                     marker={"size": 4},
-                    line=_line(cls, colors),
+                    line=line_style(cls, colors),
                     name=f"{cls} (n={counts.get(cls, 0)})",
                     legendgroup=cls,
                     showlegend=i == 0,
@@ -138,9 +179,9 @@ def fig6(
     fig.update_yaxes(range=[-0.02, 1.02])
     for r in range(1, n_rows + 1):
         fig.update_yaxes(title_text=GATE_AXIS, row=r, col=1)
-    _layout_title(
+    layout_title(
         fig,
-        f"Mean excitation per channel — {model}: {_blocks_text(blocks)}<br>{_classes_text(shown, counts)}",
+        f"Mean excitation per channel — {model}: {blocks_text(blocks)}<br>{classes_text(shown, counts)}",
         f"{sampled}; dashed dark-grey line = mean over all images. cf. {PAPER}, Fig. 6",
         top=160,
     )
@@ -166,10 +207,10 @@ def fig7(
     Traces carry ``meta`` = ``"upper"``, ``"lower"``, ``"mean"`` and ``"all"``. A class with one image has no
     within-class std: the band is left out (no ``"upper"`` / ``"lower"`` traces) and the subtitle says why.
     """
-    model, block, cls, colors, shown, sub, counts = _one_class_view(channels, model, block, cls, all_classes)
+    model, block, cls, colors, shown, sub, counts = one_class_view(channels, model, block, cls, all_classes)
     ids = np.sort(sub["channel"].unique())
     picked = ids if all_channels else sample_channels(ids, n_channels, seed)
-    per = _per_channel(sub, block, cls).reindex(picked)
+    per = per_channel(sub, block, cls).reindex(picked)
     mean = per["mean"].to_numpy(dtype=float)
     std = per["std"].to_numpy(dtype=float)
     color = colors[cls]
@@ -198,7 +239,7 @@ def fig7(
                 mode="lines",
                 line={"width": 0, "color": color},
                 fill="tonexty",
-                fillcolor=_rgba(color if cls != ALL_CLASS else ALL_COLOR, 0.22),
+                fillcolor=rgba(color if cls != ALL_CLASS else ALL_COLOR, 0.22),
                 name=f"{cls} mean ± 1 std",
                 legendgroup=cls,
                 meta="lower",
@@ -211,7 +252,7 @@ def fig7(
             y=mean,
             mode="lines+markers" if len(picked) <= 60 else "lines",
             marker={"size": 5},
-            line=_line(cls, colors, width=2),
+            line=line_style(cls, colors, width=2),
             name=f"{label} mean",
             legendgroup=cls,
             meta="mean",
@@ -221,13 +262,13 @@ def fig7(
         )
     )
     if len(shown) > 1:
-        ref = _per_channel(sub, block, ALL_CLASS)["mean"].reindex(picked).to_numpy(dtype=float)
+        ref = per_channel(sub, block, ALL_CLASS)["mean"].reindex(picked).to_numpy(dtype=float)
         fig.add_trace(
             go.Scatter(
                 x=picked,
                 y=ref,
                 mode="lines",
-                line=_line(ALL_CLASS, colors),
+                line=line_style(ALL_CLASS, colors),
                 name=f"all images (n={counts.get(ALL_CLASS, 0)}) mean",
                 legendgroup=ALL_CLASS,
                 meta="all",
@@ -241,9 +282,9 @@ def fig7(
     fig.update_yaxes(title_text=GATE_AXIS, range=[lo - 0.02, hi + 0.02])
     band = ("mean ± 1 std over the class's images" if has_band else
             f"mean only: the ±1 std band needs ≥ 2 images and class {cls} has {counts.get(cls, 0)}")
-    _layout_title(
+    layout_title(
         fig,
-        f"Excitation of class {label} — {model}: {block}<br>{_classes_text(shown, counts)}",
+        f"Excitation of class {label} — {model}: {block}<br>{classes_text(shown, counts)}",
         f"{band}, {sampled}; dashed dark-grey line = all images. cf. {PAPER}, Fig. 7",
     )
     fig.update_layout(height=460)
@@ -266,12 +307,12 @@ def heatmap(
     (in channel order; ties by lower index), and the x-axis title says so. For many classes pass the means
     matrix to :func:`heatmap_matrix` instead of a long frame.
     """
-    _require(channels, MEAN_COLUMNS, "channels")
-    frame, model = _one_model(channels, model, "channels")
-    (block,) = _resolve_blocks(frame, [block])
-    shown = _resolve_classes(frame, classes)
+    require_columns(channels, MEAN_COLUMNS, "channels")
+    frame, model = one_model(channels, model, "channels")
+    (block,) = resolve_blocks(frame, [block])
+    shown = resolve_classes(frame, classes)
     sub = frame[(frame["block"] == block) & frame["class"].isin(shown)]
-    counts = _class_counts(sub)
+    counts = class_counts(sub)
     if sub.duplicated(["class", "channel"]).any():
         raise ValueError(f"duplicate (class, channel) rows in block {block!r}")
     table = sub.pivot(index="class", columns="channel", values="mean").reindex(index=shown).sort_index(axis=1)
@@ -309,7 +350,7 @@ def heatmap_matrix(
     n_total = z.shape[1]
     x_title = "channel index"
     if max_channels is not None:
-        max_channels = _positive_int(max_channels, "max_channels")
+        max_channels = positive_int(max_channels, "max_channels")
         if n_total > max_channels:
             var = np.nan_to_num(np.nanvar(z, axis=0), nan=-1.0)
             keep = np.sort(np.argsort(-var, kind="stable")[:max_channels])
@@ -339,9 +380,9 @@ def heatmap_matrix(
     else:
         fig.update_yaxes(title_text="class", autorange="reversed", tickmode="array", tickvals=shown,
                          ticktext=[f"<span style='color:{colors[c]}'>■</span> {c}" for c in shown])
-    _layout_title(
+    layout_title(
         fig,
-        f"Mean gate per class and channel — {model}: {block}<br>{_classes_text(shown, count_of)}",
+        f"Mean gate per class and channel — {model}: {block}<br>{classes_text(shown, count_of)}",
         f"colour = mean of s over the class's images (fixed scale 0–1). "
         f"cf. {PAPER}, Fig. 6 (all channels of one panel)",
     )

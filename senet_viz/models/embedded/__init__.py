@@ -6,8 +6,9 @@ small sample of the test set, so the dashboard shows real gates and a real ablat
 - :mod:`.data`: Fashion-MNIST (IDX reader, where it is found or downloaded, the test set as an image source, the
   shipped sample folder);
 - :mod:`.model`: the network (:class:`~.model.SEResNetFMNIST`, SE on the residual branch before the addition);
-- :mod:`.train`: the seeded, deterministic training run (``python -m senet_viz train``; :mod:`.command` holds
-  its options) and :mod:`.comparison`, post-hoc removal of stage 5 vs the network retrained without it;
+- :mod:`.train`: the seeded, deterministic training run (``python -m senet_viz train``;
+  :mod:`senet_viz.cli.train` holds its options) and :mod:`.comparison`, post-hoc removal of stage 5 vs the
+  network retrained without it;
 - :mod:`.card`: the model card, rendered from the metrics JSON with the templates in :mod:`.templates`.
 
 Importing this package registers the two networks in :mod:`senet_viz.models.registry` (it imports the registry only,
@@ -30,13 +31,12 @@ from senet_viz.models.embedded.data import (
     fashion_mnist_available,
     fashion_mnist_test_source,
 )
-from senet_viz.models.embedded.model import ALL_SE_STAGES, MODEL_NAME, NOSE5_NAME, SEResNetFMNIST, build_model
+from senet_viz.models.embedded.model import ALL_SE_STAGES, NOSE5_NAME, SEResNetFMNIST, build_model
 from senet_viz.models.preprocess import Preprocess
 from senet_viz.models.registry import HeldOutSet, RetrainedTwin, register_model
 from senet_viz.paths import PROJECT_ROOT
 
-__all__ = ["CLASS_NAMES", "LABEL_SET", "MODEL_NAME", "NOSE5_NAME", "PAPER", "PREPROCESS", "TEST_SET",
-           "se_resnet_fmnist", "se_resnet_fmnist_nose5"]
+__all__ = ["PAPER", "PREPROCESS", "TEST_SET", "se_resnet_fmnist", "se_resnet_fmnist_nose5"]
 
 PAPER = ("Hu et al., Squeeze-and-Excitation Networks, CVPR 2018 / TPAMI 2019; "
          "trained here on Fashion-MNIST (Xiao et al. 2017)")

@@ -12,7 +12,7 @@ from pathlib import Path
 from senet_viz.models.embedded.card import write_card
 from senet_viz.models.embedded.data import CLASS_NAMES, fashion_mnist_available, fashion_mnist_test_source
 from senet_viz.models.embedded.model import MODEL_NAME, NOSE5_NAME
-from senet_viz.models.embedded.train import cpu_threads
+from senet_viz.models.embedded.train import cpu_threads, load_trained
 from senet_viz.paths import ASSETS_DIR
 
 _RUNS = (("se", "full", "identity"), ("posthoc_identity", "stage5", "identity"), ("posthoc_mean", "stage5", "mean"),
@@ -44,12 +44,11 @@ def compare(assets: str | Path = ASSETS_DIR, full_test: bool = True, threads: in
 def measure(assets: Path, full_test: bool = True, log: Callable[[str], None] = print) -> dict:
     """The comparison table (what :func:`compare` stores), without writing anything."""
     from senet_viz.analysis.ablation import evaluate
-    from senet_viz.data.sources import folder_source
+    from senet_viz.data.folders import folder_source
     from senet_viz.gates.blocks import select_blocks
-    from senet_viz.models.zoo import load_model  # the zoo imports this package's registration: import it only here
 
-    se = load_model(MODEL_NAME, weights=assets / f"{MODEL_NAME}.safetensors", device="cpu")
-    nose5 = load_model(NOSE5_NAME, weights=assets / f"{NOSE5_NAME}.safetensors", device="cpu")
+    se = load_trained(MODEL_NAME, assets / f"{MODEL_NAME}.safetensors")
+    nose5 = load_trained(NOSE5_NAME, assets / f"{NOSE5_NAME}.safetensors")
     stage5 = select_blocks(se.blocks, "stage:5")
     networks = {"full": (se, []), "stage5": (se, stage5), "nose5": (nose5, [])}
     sources = {"sample": folder_source(assets / "fmnist_samples", class_names=list(CLASS_NAMES))}

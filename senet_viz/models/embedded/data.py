@@ -46,7 +46,7 @@ def download_root() -> Path:
 
 def folder_name(class_name: str) -> str:
     """The sample folder of a class: ``T-shirt/top`` -> ``T-shirt_top``, ``Ankle boot`` -> ``Ankle_boot``.
-    :func:`senet_viz.data.sources.folder_source` maps it back (``_`` and ``/`` read as a space)."""
+    :func:`senet_viz.data.folders.folder_source` maps it back (``_`` and ``/`` read as a space)."""
     return class_name.replace("/", "_").replace(" ", "_")
 
 

@@ -36,7 +36,9 @@ from senet_viz.models.embedded.data import (
     write_samples,
 )
 from senet_viz.models.embedded.model import ALL_SE_STAGES, build_model, model_name_for, transform
-from senet_viz.models.weights import file_sha256
+from senet_viz.models.loaded import LoadedModel, from_spec
+from senet_viz.models.registry import REGISTRY, get_spec
+from senet_viz.models.weights import file_digest, file_sha256, load_weights_into
 
 
 @dataclass(frozen=True)
@@ -183,21 +185,28 @@ def train_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, recipe
 # --------------------------------------------------------------------------------------------- a full run
 
 
-def _loaded(name: str, weights: Path, model: nn.Module | None = None):
-    """A LoadedModel of ``weights`` through the zoo when ``name`` is registered, else wrapped from ``model``."""
-    from senet_viz.models import zoo  # the zoo imports this package's registration: import it only when training
+def load_trained(name: str, weights: Path) -> LoadedModel:
+    """The registered network ``name`` with the weights file ``weights``, on the CPU, as the zoo loads it (this
+    package is what the zoo imports to register it, so it builds the network itself)."""
+    spec = get_spec(name)
+    model = spec.build()
+    load_weights_into(model, weights)
+    return from_spec(spec, model, str(weights), file_digest(weights), device="cpu")
 
-    if name in zoo.REGISTRY:
-        return zoo.load_model(name, weights=weights, device="cpu")
+
+def _loaded(name: str, weights: Path, model: nn.Module | None = None) -> LoadedModel:
+    """A LoadedModel of ``weights`` when ``name`` is registered, else wrapped from ``model``."""
+    if name in REGISTRY:
+        return load_trained(name, weights)
     assert model is not None
-    return zoo.LoadedModel.from_module(model, name, list(CLASS_NAMES), transform=transform(),
-                                       input_size=(1, IMAGE_SIZE, IMAGE_SIZE), device="cpu")
+    return LoadedModel.from_module(model, name, list(CLASS_NAMES), transform=transform(),
+                                   input_size=(1, IMAGE_SIZE, IMAGE_SIZE), device="cpu")
 
 
 def sample_accuracy(loaded, samples: str | Path = SAMPLES_DIR) -> dict:
     """``senet_viz.analysis.ablation.evaluate`` of ``loaded`` on the embedded sample folder (as the CLI runs it)."""
     from senet_viz.analysis.ablation import evaluate
-    from senet_viz.data.sources import folder_source
+    from senet_viz.data.folders import folder_source
 
     images = folder_source(samples, class_names=loaded.class_names, wnids=loaded.wnids)
     return evaluate(loaded, images)

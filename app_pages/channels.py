@@ -7,10 +7,7 @@ from senet_viz.analysis import channels
 from senet_viz.plots import channels as channel_plots
 from ui import channels as view
 from ui import exports
-from ui.routing import through_app
 from ui.text import plain
-
-through_app()  # before anything is drawn: a fresh server's first request may run this file alone
 
 st.header("Channels")
 src = view.source()

@@ -43,7 +43,7 @@ def _saturated(color: str) -> bool:
     return s >= 0.45 and v >= 0.3
 
 # Plotly's default palette, then Dark24 without its greys and near-greys (they would be confused with "all").
-_PALETTE: tuple[str, ...] = tuple(
+PALETTE: tuple[str, ...] = tuple(
     dict.fromkeys(c.upper() for c in (*qualitative.Plotly, *qualitative.Dark24) if _saturated(c))
 )
 
@@ -51,18 +51,18 @@ _PALETTE: tuple[str, ...] = tuple(
 def class_colors(classes: Iterable[str]) -> dict[str, str]:
     """Map class names to colours, deterministically.
 
-    Classes are sorted by name and take the palette in that order (cycling after ``len(_PALETTE)`` classes), so
+    Classes are sorted by name and take the palette in that order (cycling after ``len(PALETTE)`` classes), so
     the same set of classes always gets the same colours; the figures pass every class of the frame (not only the
     shown ones), so a class keeps its colour when the selection changes. ``"all"`` is always :data:`ALL_COLOR`
     and is always in the result.
     """
     names = sorted({str(c) for c in classes} - {ALL_CLASS})
-    colors = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(names)}
+    colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
     colors[ALL_CLASS] = ALL_COLOR
     return colors
 
 
-def _colors(frame: pd.DataFrame, all_classes: Iterable[str] | None) -> dict[str, str]:
+def frame_colors(frame: pd.DataFrame, all_classes: Iterable[str] | None) -> dict[str, str]:
     """Colours from every class of the statistics when given (bounded frames hold only some), else the frame's."""
     names = set(map(str, frame["class"].unique()))
     if all_classes is not None:
@@ -70,18 +70,18 @@ def _colors(frame: pd.DataFrame, all_classes: Iterable[str] | None) -> dict[str,
     return class_colors(names)
 
 
-def _rgba(color: str, alpha: float) -> str:
+def rgba(color: str, alpha: float) -> str:
     r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def _line(cls: str, colors: dict[str, str], width: float = 1.6) -> dict[str, Any]:
+def line_style(cls: str, colors: dict[str, str], width: float = 1.6) -> dict[str, Any]:
     if cls == ALL_CLASS:
         return {"color": ALL_COLOR, "dash": "dash", "width": width + 0.4}
     return {"color": colors[cls], "width": width}
 
 
-def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"{what} must be a pandas DataFrame, got {type(frame).__name__}")
     missing = [c for c in columns if c not in frame.columns]
@@ -91,7 +91,7 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise ValueError(f"{what} frame is empty")
 
 
-def _one_model(frame: pd.DataFrame, model: str | None, what: str) -> tuple[pd.DataFrame, str]:
+def one_model(frame: pd.DataFrame, model: str | None, what: str) -> tuple[pd.DataFrame, str]:
     """Rows of one model: ``model`` if given, else the frame's only model."""
     models = sorted(map(str, frame["model"].unique()))
     if model is None:
@@ -103,15 +103,15 @@ def _one_model(frame: pd.DataFrame, model: str | None, what: str) -> tuple[pd.Da
     return frame[frame["model"] == model], model
 
 
-def _block_table(frame: pd.DataFrame) -> pd.DataFrame:
+def block_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per block (block, stage, order), in depth order."""
     table = frame[["block", "stage", "order"]].drop_duplicates("block")
     return table.sort_values(["order", "block"], kind="stable").reset_index(drop=True)
 
 
-def _resolve_blocks(frame: pd.DataFrame, blocks: str | Iterable[str] | None) -> list[str]:
+def resolve_blocks(frame: pd.DataFrame, blocks: str | Iterable[str] | None) -> list[str]:
     """Validate block names; return them unique and in depth order (all blocks when ``None``)."""
-    table = _block_table(frame)
+    table = block_table(frame)
     valid = list(table["block"])
     if blocks is None:
         return valid
@@ -124,7 +124,7 @@ def _resolve_blocks(frame: pd.DataFrame, blocks: str | Iterable[str] | None) -> 
     return [b for b in valid if b in set(wanted)]
 
 
-def _real_classes(frame: pd.DataFrame) -> list[str]:
+def real_classes(frame: pd.DataFrame) -> list[str]:
     """Class names without ``"all"``, ordered by class_index (then name)."""
     cols = ["class", "class_index"] if "class_index" in frame.columns else ["class"]
     table = frame[cols].drop_duplicates("class")
@@ -133,12 +133,12 @@ def _real_classes(frame: pd.DataFrame) -> list[str]:
     return [str(c) for c in table["class"]]
 
 
-def _resolve_classes(frame: pd.DataFrame, classes: str | Iterable[str] | None) -> list[str]:
+def resolve_classes(frame: pd.DataFrame, classes: str | Iterable[str] | None) -> list[str]:
     """Validate class names (``"all"`` allowed when present); default: every real class."""
     present = set(map(str, frame["class"].unique()))
-    valid = _real_classes(frame) + ([ALL_CLASS] if ALL_CLASS in present else [])
+    valid = real_classes(frame) + ([ALL_CLASS] if ALL_CLASS in present else [])
     if classes is None:
-        return _real_classes(frame)
+        return real_classes(frame)
     wanted = [classes] if isinstance(classes, str) else [str(c) for c in classes]
     if not wanted:
         raise ValueError(f"no class chosen; valid classes: {valid}")
@@ -148,38 +148,38 @@ def _resolve_classes(frame: pd.DataFrame, classes: str | Iterable[str] | None) -
     return list(dict.fromkeys(wanted))
 
 
-def _positive_int(value: Any, name: str) -> int:
+def positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
-def _class_counts(sub: pd.DataFrame) -> dict[str, int]:
+def class_counts(sub: pd.DataFrame) -> dict[str, int]:
     """Images per class (the largest ``count`` over the class's rows)."""
     return {str(k): int(v) for k, v in sub.groupby("class")["count"].max().items()}
 
 
-def _per_channel(sub: pd.DataFrame, block: str, cls: str) -> pd.DataFrame:
+def per_channel(sub: pd.DataFrame, block: str, cls: str) -> pd.DataFrame:
     rows = sub[(sub["block"] == block) & (sub["class"] == cls)]
     if rows["channel"].duplicated().any():
         raise ValueError(f"duplicate channel rows for block {block!r}, class {cls!r}")
     return rows.set_index("channel").sort_index()
 
 
-def _classes_text(classes: Sequence[str], counts: dict[str, int]) -> str:
+def classes_text(classes: Sequence[str], counts: dict[str, int]) -> str:
     parts = [f"{c} (n={counts.get(c, 0)})" for c in classes]
     if len(parts) > _MAX_TITLE_CLASSES:
         parts = parts[:_MAX_TITLE_CLASSES] + [f"+{len(parts) - _MAX_TITLE_CLASSES} more classes"]
     return ", ".join(parts)
 
 
-def _blocks_text(blocks: Sequence[str]) -> str:
+def blocks_text(blocks: Sequence[str]) -> str:
     if len(blocks) > _MAX_TITLE_BLOCKS:
         return f"{blocks[0]} … {blocks[-1]} ({len(blocks)} SE blocks)"
     return ", ".join(blocks)
 
 
-def _layout_title(fig: go.Figure, text: str, subtitle: str, top: int = 120) -> None:
+def layout_title(fig: go.Figure, text: str, subtitle: str, top: int = 120) -> None:
     fig.update_layout(
         title={"text": text, "x": 0.01, "xanchor": "left", "font": {"size": 16}, "subtitle": {"text": subtitle}},
         margin={"t": top, "l": 70, "r": 30, "b": 60},
@@ -188,14 +188,16 @@ def _layout_title(fig: go.Figure, text: str, subtitle: str, top: int = 120) -> N
     )
 
 
-def _one_class_view(channels: pd.DataFrame, model: str | None, block: str, cls: str,
-                    all_classes: Iterable[str] | None = None, columns: Sequence[str] = MEAN_COLUMNS):
-    """Shared set-up of the one-class figures: the rows of ``block`` for ``cls`` and the all-class reference."""
-    _require(channels, columns, "channels")
-    frame, model = _one_model(channels, model, "channels")
-    (block,) = _resolve_blocks(frame, [block])
-    (cls,) = _resolve_classes(frame, [cls])
-    colors = _colors(frame, all_classes)
+def one_class_view(channels: pd.DataFrame, model: str | None, block: str, cls: str,
+                   all_classes: Iterable[str] | None = None, columns: Sequence[str] = MEAN_COLUMNS
+                   ) -> tuple[str, str, str, dict[str, str], list[str], pd.DataFrame, dict[str, int]]:
+    """Shared set-up of the one-class figures: ``(model, block, cls, colours, shown classes, rows, counts)``, the
+    rows of ``block`` for ``cls`` and the all-class reference."""
+    require_columns(channels, columns, "channels")
+    frame, model = one_model(channels, model, "channels")
+    (block,) = resolve_blocks(frame, [block])
+    (cls,) = resolve_classes(frame, [cls])
+    colors = frame_colors(frame, all_classes)
     shown = [cls] + ([ALL_CLASS] if cls != ALL_CLASS and ALL_CLASS in set(frame["class"]) else [])
     sub = frame[(frame["block"] == block) & frame["class"].isin(shown)]
-    return model, block, cls, colors, shown, sub, _class_counts(sub)
+    return model, block, cls, colors, shown, sub, class_counts(sub)

@@ -6,10 +6,8 @@ from senet_viz import plots
 from senet_viz.analysis import verdict
 from ui import exports
 from ui.channels import channel_link
-from ui.common import class_caption, need_analysis, per_model
-from ui.routing import through_app
-
-through_app()  # before anything is drawn: a fresh server's first request may run this file alone
+from ui.common import class_caption, need_analysis
+from ui.widgets import kept, per_model
 
 st.header("Compare classes")
 selection, analysis = need_analysis(bundle_ok=True)  # works from an analysis file too
@@ -30,9 +28,9 @@ if "compare_classes" not in st.session_state or st.session_state.get("_compare_c
     # first visit, or other images/classes: up to six classes, else the four with the most images (ImageNet: 1,000)
     st.session_state["compare_classes"] = classes if len(classes) <= 6 else stats.largest_classes(4)
 st.session_state["_compare_classes_present"] = classes
-chosen = left.multiselect("Classes to compare", classes, key="compare_classes")
+chosen = left.multiselect("Classes to compare", classes, key=kept("compare_classes"))
 preset = right.radio("View", ["Paper Fig. 6 (preset blocks)", "Paper Fig. 7 (one class, ±1 std)",
-                              "Per-stage distributions", "Class × channel heatmap"], key="compare_view")
+                              "Per-stage distributions", "Class × channel heatmap"], key=kept("compare_view"))
 if not chosen:
     st.warning("Choose at least one class.")
     st.stop()
@@ -41,24 +39,25 @@ if len(chosen) < 2 and not preset.startswith("Paper Fig. 7"):
 
 if preset.startswith("Paper Fig. 6"):
     c1, c2, c3 = st.columns(3)
-    all_channels = c1.toggle("All channels", key="fig6_all")
-    n_channels = c2.number_input("Channels sampled", 5, 500, 50, key="fig6_n", disabled=all_channels)
-    seed = c3.number_input("Seed", 0, 10_000, 0, key="fig6_seed")
+    all_channels = c1.toggle("All channels", key=kept("fig6_all"))
+    n_channels = c2.number_input("Channels sampled", 5, 500, 50, key=kept("fig6_n"), disabled=all_channels)
+    seed = c3.number_input("Seed", 0, 10_000, 0, key=kept("fig6_seed"))
     fig_blocks = st.multiselect("Blocks (default: the paper's preset — last block of each stage and every block "
                                 "of the last stage)", blocks, default=plots.paper_preset_blocks(indices),
                                 key=per_model("fig6_blocks", stats.model))
     shown_blocks = fig_blocks or plots.paper_preset_blocks(indices)
-    fig = plots.fig6(stats.frame(shown_blocks, chosen, hist=False), blocks=shown_blocks, classes=chosen,
-                     n_channels=int(n_channels), seed=int(seed), all_channels=all_channels, all_classes=classes)
+    means = {b: stats.class_means(b, chosen, include_all=True) for b in blocks if b in shown_blocks}  # depth order
+    fig = plots.fig6_matrix(means, model=stats.model, n_channels=int(n_channels), seed=int(seed),
+                            all_channels=all_channels, all_classes=classes)
 elif preset.startswith("Paper Fig. 7"):
     c1, c2 = st.columns(2)
     block = c1.selectbox("Block", blocks, index=len(blocks) - 1, key=per_model("fig7_block", stats.model))
-    cls = c2.selectbox("Class", chosen, key="fig7_class")
+    cls = c2.selectbox("Class", chosen, key=kept("fig7_class"))
     fig = plots.fig7(stats.frame([block], [cls], hist=False), block, cls, all_classes=classes)
 elif preset.startswith("Per-stage"):
     c1, c2 = st.columns(2)
     stage = c1.selectbox("Stage", stages, index=len(stages) - 1, key=per_model("dist_stage", stats.model))
-    kind = c2.radio("Kind", ["box", "violin"], horizontal=True, key="dist_kind")
+    kind = c2.radio("Kind", ["box", "violin"], horizontal=True, key=kept("dist_kind"))
     stage_blocks = list(indices.loc[indices["stage"] == stage, "block"])
     # Per-class histograms pooled over each block's channels: kept for every class, however many.
     fig = plots.distributions(stats.block_frame(stage_blocks, chosen), stage=int(stage), classes=chosen, kind=kind,

@@ -1,19 +1,26 @@
-"""The ``train`` subcommand of ``python -m senet_viz``: its options and what it runs."""
+"""``train``: train the embedded SE-ResNet on Fashion-MNIST (:mod:`senet_viz.models.embedded.train`), or only write
+its sample folder, or only compare post-hoc stage-5 removal with the retrained twin.
+
+Its options' defaults come from the embedded package (which imports torch), so they are read when this command's
+parser is built, not at start-up.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-from senet_viz.models.embedded.data import SAMPLES_DIR
-from senet_viz.models.embedded.model import ALL_SE_STAGES, MODEL_NAME
+from senet_viz.cli.common import UserError, print_json
 from senet_viz.paths import ASSETS_DIR
 
 
-def add_train_arguments(p) -> None:
-    """The ``train`` subcommand's options (an ``argparse`` parser)."""
+def add_train(p: argparse.ArgumentParser) -> None:
+    from senet_viz.models.embedded.data import SAMPLES_DIR
+    from senet_viz.models.embedded.model import ALL_SE_STAGES, MODEL_NAME
     from senet_viz.models.embedded.train import Recipe
 
+    p.set_defaults(func=cmd_train)
     d = Recipe()
     p.add_argument("--out", type=Path, default=ASSETS_DIR / f"{MODEL_NAME}.safetensors",
                    help="weights file (.safetensors); the metrics .json and the model card .md go beside it")
@@ -33,7 +40,16 @@ def add_train_arguments(p) -> None:
                    help="only measure post-hoc stage-5 removal vs the retrained nose5 model (both in assets/)")
 
 
-def run_train_command(args) -> dict:
+def cmd_train(args: argparse.Namespace) -> None:
+    try:
+        out = run_train(args)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    if args.json:
+        print_json(out)
+
+
+def run_train(args: argparse.Namespace) -> dict:
     if args.write_samples:
         from senet_viz.models.embedded.data import write_samples
 
@@ -43,6 +59,7 @@ def run_train_command(args) -> dict:
         from senet_viz.models.embedded.comparison import compare
 
         return compare(ASSETS_DIR, threads=args.threads)
+    from senet_viz.models.embedded.model import ALL_SE_STAGES
     from senet_viz.models.embedded.train import Recipe, train
 
     if args.epochs < 1 or args.batch_size < 1 or args.threads < 1:
@@ -54,8 +71,8 @@ def run_train_command(args) -> dict:
         extra = "".join(f" --no-se-stage {s}" for s in args.no_se_stage)
         command = (f"python -m senet_viz train --out {args.out}{extra} --epochs {args.epochs} --seed {args.seed} "
                    f"--threads {args.threads}")
-    progress = not getattr(args, "json", False) or sys.stderr.isatty()
-    log = (lambda s: print(s, file=sys.stderr)) if getattr(args, "json", False) else print
+    progress = not args.json or sys.stderr.isatty()
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
     return train(args.out, se_stages=stages, recipe=recipe, seed=args.seed, threads=args.threads,
                  data_root=args.data, download=not args.no_download, samples=args.samples, command=command,
                  progress=progress, log=log)

@@ -3,13 +3,12 @@
 import streamlit as st
 
 from senet_viz import plots
-from senet_viz.analysis.stats import MAX_DETAIL_CLASSES
-from ui import exports, state
-from ui.common import need_analysis, per_model, pick_image
-from ui.routing import through_app
+from senet_viz.analysis.stats_accumulate import MAX_DETAIL_CLASSES
+from ui import exports
+from ui.common import need_analysis, pick_image
+from ui.results import single_image_gates
 from ui.text import plain
-
-through_app()  # before anything is drawn: a fresh server's first request may run this file alone
+from ui.widgets import per_model
 
 st.header("Explore one image")
 selection, analysis = need_analysis()
@@ -27,7 +26,7 @@ with right:
     right.dataframe(top5, hide_index=True, column_config={
         "probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")})
 
-gates = state.single_image_gates(model, selection.images, analysis, key)
+gates = single_image_gates(model, selection.images, analysis, key)
 stats = analysis.stats
 # The image's group: its predicted class or its label, as the analysis groups images ("all" when not a class here).
 own = analysis.class_names[int(result.pred[result.keys.index(key)])] if analysis.grouping == "predicted class" \

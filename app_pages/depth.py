@@ -4,14 +4,16 @@ import streamlit as st
 
 from senet_viz import plots
 from senet_viz.analysis import verdict
-from senet_viz.models import zoo
+from senet_viz.models.download import weights_status
+from senet_viz.models.registry import REGISTRY
 from senet_viz.models.weights import WeightsError
-from ui import analysis_files, exports, state
+from ui import analysis_files, exports
+from ui.bundles import bundle_analysis
 from ui.common import class_caption, need_analysis
-from ui.routing import through_app
+from ui.model_cache import get_model
+from ui.results import analyse
 from ui.text import plain
-
-through_app()  # before anything is drawn: a fresh server's first request may run this file alone
+from ui.widgets import kept
 
 st.header("Depth profile")
 selection, analysis = need_analysis(bundle_ok=True)  # works from an analysis file too
@@ -21,27 +23,28 @@ for note in judged.notes:
     st.warning(note)
 metrics = st.multiselect("Indices", ["specificity", "spread", "saturation", "mean_gate", "mean_abs_1_minus_s",
                                      "share_near_0", "cross_class_corr"],
-                         default=["specificity", "spread", "saturation"], key="depth_metrics",
+                         default=["specificity", "spread", "saturation"], key=kept("depth_metrics"),
                          help="specificity = eta² (share of gate variance explained by class; scale-free), spread = "
                               "std of the class-mean gates relative to the largest possible (absolute)")
 second = None
 if selection.bundle is None:
-    others = [n for n in zoo.REGISTRY if n != selection.model.name and zoo.weights_status(n).ready]
-    second_name = st.selectbox("Second model on the same images (optional)", ["—", *others], key="depth_second")
+    others = [n for n in REGISTRY if n != selection.model.name and weights_status(n).ready]
+    second_name = st.selectbox("Second model on the same images (optional)", ["—", *others], key=kept("depth_second"))
     if second_name != "—":
         try:
-            other = state.get_model(second_name, None, str(selection.model.device))
-            second = state.analyse(other, selection.images, selection.group_by_prediction).indices
+            other = get_model(second_name, None, str(selection.model.device))
+            second = analyse(other, selection.images, selection.group_by_prediction).indices
         except (WeightsError, ValueError, KeyError) as exc:
             st.error(f"Could not run {second_name}: {exc}")
 else:  # an analysis file: overlay another opened analysis file (e.g. another model over the same images)
     opened = analysis_files.opened_bundles()
     others = {k: b for k, b in opened.items() if b is not selection.bundle}
     second_key = st.selectbox("Second analysis file on the same chart (optional)", ["—", *others],
-                              format_func=lambda k: "—" if k == "—" else others[k].label, key="depth_second_bundle",
+                              format_func=lambda k: "—" if k == "—" else others[k].label,
+                              key=kept("depth_second_bundle"),
                               help="open more analysis files in the sidebar to list them here")
     if second_key != "—":
-        second = state.bundle_analysis(others[second_key]).indices
+        second = bundle_analysis(others[second_key]).indices
 if metrics:
     fig = plots.depth_profile(analysis.indices, second=second, metrics=tuple(metrics))
     st.plotly_chart(fig, width="stretch", key="depth_chart")

@@ -7,29 +7,31 @@ from senet_viz import plots
 from senet_viz.analysis import paper
 from senet_viz.analysis.ablation import AblationResult
 from senet_viz.gates.blocks import select_blocks
-from senet_viz.models import zoo
-from ui import exports, state
-from ui.common import need_model_and_images, per_model
-from ui.routing import through_app
+from senet_viz.models.download import WeightsStatus, weights_status
+from senet_viz.models.registry import REGISTRY
+from ui import exports
+from ui.common import need_model_and_images
+from ui.keys import images_key, model_key
+from ui.model_cache import get_model
+from ui.results import evaluate, sweep
 from ui.text import plain
-
-through_app()  # before anything is drawn: a fresh server's first request may run this file alone
+from ui.widgets import kept, per_model
 
 st.header("Remove SE blocks")
 selection = need_model_and_images()
 model, images = selection.model, selection.scored_images()
 explanation = st.container()  # filled once the full network has run: it says how many images are scored
 
-# Settings outlive the page (ui.common.keep_widget_values); k is clamped to this model's number of blocks.
+# Settings outlive the page (ui.widgets.kept); k is clamped to this model's number of blocks.
 block_names = [b.name for b in model.blocks]
 stage_names = sorted({b.stage for b in model.blocks})
 if st.session_state.get("remove_k", 1) > len(model.blocks):
     st.session_state["remove_k"] = len(model.blocks)
 
 c1, c2, c3 = st.columns([2, 3, 2])
-how = c1.radio("Choose", ["Last k blocks", "Stage", "Blocks"], key="remove_how")
+how = c1.radio("Choose", ["Last k blocks", "Stage", "Blocks"], key=kept("remove_how"))
 if how == "Last k blocks":
-    k = c2.slider("k", 1, len(model.blocks), 1, key="remove_k")
+    k = c2.slider("k", 1, len(model.blocks), 1, key=kept("remove_k"))
     blocks = select_blocks(model.blocks, f"last:{k}")
 elif how == "Stage":
     stage = c2.selectbox("Stage", stage_names, index=None, key=per_model("remove_stage", model.name),
@@ -38,12 +40,12 @@ elif how == "Stage":
 else:
     names = c2.multiselect("Blocks", block_names, key=per_model("remove_blocks", model.name))
     blocks = select_blocks(model.blocks, names)
-mode = c3.radio("Mode", ["identity", "mean"], key="remove_mode",
+mode = c3.radio("Mode", ["identity", "mean"], key=kept("remove_mode"),
                 help="identity: gate = 1 (the paper's removal) · mean: gate frozen to its mean over a "
                      "calibration split (20% of the images, not scored)")
-enabled = st.toggle(f"Remove {', '.join(b.name for b in blocks) or '…'}", key="remove_on", disabled=not blocks)
+enabled = st.toggle(f"Remove {', '.join(b.name for b in blocks) or '…'}", key=kept("remove_on"), disabled=not blocks)
 
-full = state.evaluate(model, images, [], "identity")  # an AblationResult with nothing ablated
+full = evaluate(model, images, [], "identity")  # an AblationResult with nothing ablated
 if full.n_scored == 0:
     explanation.info("No image carries one of the model's classes, so top-1/top-5 cannot be scored: agreement with "
                      "the full network and KL divergence measure the effect instead. Name a class after a model class "
@@ -79,7 +81,7 @@ def scored_caption(out: AblationResult) -> str:
 out = None
 if enabled and blocks:
     try:
-        out = state.evaluate(model, images, blocks, mode)
+        out = evaluate(model, images, blocks, mode)
     except ValueError as exc:  # e.g. mode "mean" with no readable image in the calibration split
         st.warning(f"Cannot evaluate this removal: {plain(str(exc), None)} (mode 'mean' fits the gates on 20% of "
                    "the images).")
@@ -110,11 +112,11 @@ else:
 
 twin = model.spec.retrained_twin if model.spec else None
 retrained = twin.name if twin else None
-if twin and twin.name in zoo.REGISTRY and zoo.weights_status(twin.name) is zoo.WeightsStatus.FILE:
+if twin and twin.name in REGISTRY and weights_status(twin.name) is WeightsStatus.FILE:
     st.subheader(f"Post-hoc removal vs retrained without {twin.description}")
-    other = state.get_model(twin.name, None, str(model.device))
-    post = state.evaluate(model, images, select_blocks(model.blocks, twin.without), "identity")
-    again = state.evaluate(other, images, [], "identity")
+    other = get_model(twin.name, None, str(model.device))
+    post = evaluate(model, images, select_blocks(model.blocks, twin.without), "identity")
+    again = evaluate(other, images, [], "identity")
     st.dataframe([
         {"network": f"{model.name} (full)", "top-1": pct(post["full_top1"]), "parameters": post["params"]},
         {"network": f"{twin.description} removed post hoc (gate = 1)", "top-1": pct(post["top1"]),
@@ -129,17 +131,17 @@ st.caption("Every single block, every stage and the last k blocks, in each mode.
            "button, for the model and images selected then. With mode mean among the modes, every row is scored on "
            "the images outside the calibration split, so its full-network top-1 differs from the numbers above.")
 s1, s2 = st.columns(2)
-modes = s1.multiselect("Modes", ["identity", "mean"], default=["identity", "mean"], key="sweep_modes")
+modes = s1.multiselect("Modes", ["identity", "mean"], default=["identity", "mean"], key=kept("sweep_modes"))
 kinds = s2.multiselect("Configurations", ["block", "stage", "last"], default=["block", "stage", "last"],
-                       key="sweep_kinds")
-request_for = (*state.model_key(model), state.images_key(images))
+                       key=kept("sweep_kinds"))
+request_for = (*model_key(model), images_key(images))
 if st.button("Run sweep", key="sweep_run", disabled=not (modes and kinds)):
     st.session_state["sweep_request"] = {"for": request_for, "modes": tuple(modes), "kinds": tuple(kinds)}
     st.session_state.pop("sweep_result", None)
 request = st.session_state.get("sweep_request")
 if request and request["for"] == request_for and "sweep_result" not in st.session_state:
     try:
-        st.session_state["sweep_result"] = {"for": request_for, "frame": state.sweep(model, images, request["modes"],
+        st.session_state["sweep_result"] = {"for": request_for, "frame": sweep(model, images, request["modes"],
                                                                                        request["kinds"])}
     except ValueError as exc:  # e.g. no readable calibration image for mode "mean"
         st.warning(f"Cannot run the sweep: {plain(str(exc), None)}. Add images or sweep mode identity only.")

@@ -5,16 +5,14 @@ import streamlit as st
 
 from senet_viz import plots
 from senet_viz.analysis import paper
-from ui import exports, state
+from ui import exports
 from ui.common import need_model_and_images
-from ui.routing import through_app
-
-through_app()  # before anything is drawn: a fresh server's first request may run this file alone
+from ui.results import cost, paper_cost_table
 
 st.header("Cost")
 selection = need_model_and_images()
 model = selection.model
-report = state.cost(model)
+report = cost(model)
 c = st.columns(4)
 c[0].metric("Parameters", f"{report.params:,}")
 c[1].metric("GMACs (one image)", f"{report.macs / 1e9:.4f}")
@@ -35,7 +33,7 @@ exports.keep_table("cost_stages", stages)
 exports.keep_table("cost_blocks", report.blocks)
 
 st.subheader("The paper's numbers (SE-ResNet-50, Hu et al. TPAMI 2019)")
-measured = state.paper_cost_table()
+measured = paper_cost_table()
 st.markdown("**Table 13** — SE blocks in one stage of ResNet-50: the paper's parameters beside ours "
             "(counted on `legacy_seresnet50` with the other stages' SE blocks removed).")
 st.dataframe(measured["table13"], hide_index=True)

@@ -10,12 +10,10 @@ from pathlib import Path
 import streamlit as st
 
 from senet_viz import plots
-from ui import exports, state
+from ui import exports
 from ui.common import need_analysis
-from ui.routing import through_app
+from ui.memo import session_memo
 from ui.text import plain
-
-through_app()  # before anything is drawn: a fresh server's first request may run this file alone
 
 st.header("Export")
 selection, analysis = need_analysis(bundle_ok=True)  # works from an analysis file too
@@ -57,7 +55,7 @@ PNG_LIMIT = 16  # rendered PNGs this session keeps for download (about 1 MB each
 
 
 def figures_section(bucket: dict, tag: str) -> None:
-    pngs = state.session_memo("png_cache", PNG_LIMIT)
+    pngs = session_memo("png_cache", PNG_LIMIT)
     prov = bucket["provenance"]
     prefix = f"{slugify(prov.model)}_{prov.image_set}"
     for name, fig in bucket["figures"].items():

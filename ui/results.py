@@ -1,0 +1,217 @@
+"""What the pages ask for: network passes, statistics, ablations, sweeps, Grad-CAMs, channel attributions and
+pre-gate maps, each shared by every session through :func:`ui.memo.shared` (keyed by :mod:`ui.keys`).
+
+Computation lives in ``senet_viz``; this module only decides *when* (and on which thread or process) to call it.
+Shared results are read-only: one :class:`Result` serves every session, so its arrays are not writeable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+
+from senet_viz.analysis import ablation
+from senet_viz.analysis.stats import GateStats
+from senet_viz.data.sources import ImageSet
+from senet_viz.gates.kinds import SEBlock
+from senet_viz.inference.run import Result, RunOptions, run_model
+from senet_viz.models.loaded import LoadedModel
+from ui import jobs
+from ui.engine import PIXELS, engine
+from ui.keys import images_key, model_key, pixels_key
+from ui.memo import Task, progress_wait, shared, spinner_wait
+from ui.model_cache import process_ref
+
+# Per-image gates are kept (for Explore) only for runs of at most this many images; larger runs keep predictions
+# and stream the gates into statistics, so memory does not grow with the folder (SE-ResNet-50: 30 kB per image).
+KEEP_GATES_LIMIT = 2_000
+
+
+@dataclass
+class Analysis:
+    """One model over one image set: the raw result and its per-class statistics."""
+
+    result: Result | None  # None for an opened bundle (statistics only)
+    stats: GateStats  # read bounded views of it (stats.frame(blocks, classes), class_means, ...): no full frame
+    indices: pd.DataFrame
+    class_names: list[str]
+    grouping: str  # "labels" or "predicted class"
+
+
+def _read_only(result: Result) -> Result:
+    # One Result serves every session: an in-place edit by one page would change another user's charts.
+    arrays = [result.labels, result.pred, result.top5, result.top5_prob, result.logits, *result.gates.values()]
+    for array in arrays:
+        if array is not None:
+            array.flags.writeable = False
+    return result
+
+
+def _streamed_run(loaded: LoadedModel, images: ImageSet) -> tuple[Result, GateStats]:
+    """One pass: predictions and logits of every image, gate statistics by label streamed batch by batch, and the
+    per-image gates only when the set has at most :data:`KEEP_GATES_LIMIT` images (shared by every session)."""
+    names = list(images.class_names or loaded.class_names)
+    keep = len(images.items) <= KEEP_GATES_LIMIT
+    ref = process_ref(loaded)
+
+    def compute(task: Task) -> tuple[Result, GateStats]:
+        if ref is not None:
+            result, stats = engine().in_process(jobs.streamed_run, ref, images, names, keep, progress=task.progress)
+            return _read_only(result), stats
+        stats = GateStats.for_blocks(loaded.name, loaded.blocks, names)
+        options = RunOptions(batch_size=32, keep_gates=keep, progress=task.progress, on_gates=stats.update,
+                             counter=jobs.FORWARDS)
+        result = run_model(task.model, images, options=options, pixel_cache=PIXELS)
+        return _read_only(result), stats
+
+    # keep is in the key: a run without per-image gates must not answer one that needs them
+    return shared("run", (*model_key(loaded), images_key(images), keep), compute,
+                  progress_wait(f"Running {loaded.name} on", "images"), model=loaded if ref is None else None)
+
+
+def run(loaded: LoadedModel, images: ImageSet) -> Result:
+    """Predictions and logits of every image, and their gates up to :data:`KEEP_GATES_LIMIT` images (shared)."""
+    return _streamed_run(loaded, images)[0]
+
+
+def analyse(loaded: LoadedModel, images: ImageSet, group_by_prediction: bool = False) -> Analysis:
+    """Run (shared) and compute per-class statistics, grouping by labels or by predicted class (also when no
+    image has a label).
+
+    Statistics by label are streamed during the run. Grouping by predicted class needs the predictions first: from
+    the kept per-image gates when the set is small, else from a second pass with the predictions as labels."""
+
+    def passes() -> tuple[Result, GateStats, GateStats | None, bool]:
+        result, by_label = _streamed_run(loaded, images)
+        by_prediction = bool(group_by_prediction or (result.labels < 0).all())
+        by_pred = None
+        if by_prediction and not result.gates and result.n:
+            _, by_pred = _streamed_run(loaded, result.labelled_by_prediction(images, loaded.class_names))
+        return result, by_label, by_pred, by_prediction
+
+    def compute(task: Task) -> Analysis:
+        result, by_label, by_pred, by_prediction = task.needed
+        if not by_prediction:
+            stats, grouping = by_label, "labels"
+        else:
+            grouping = "predicted class"
+            stats = by_pred if by_pred is not None else \
+                GateStats.from_result(result, loaded.blocks, loaded.class_names, by="prediction")
+        return Analysis(result=result, stats=stats, indices=stats.indices(), class_names=list(stats.class_names),
+                        grouping=grouping)
+
+    # Statistics need no network: computed on this thread (still once for sessions asking together).
+    return shared("analysis", (*model_key(loaded), images_key(images), group_by_prediction,
+                              len(images.items) <= KEEP_GATES_LIMIT), compute,
+                  needs=passes, on_worker=False)
+
+
+def evaluate(loaded: LoadedModel, images: ImageSet, blocks: list[SEBlock], mode: str) -> ablation.AblationResult:
+    """The ablation metrics of ``blocks`` in ``mode`` (shared); reuses the full pass when it can."""
+    ref = process_ref(loaded)
+
+    def compute(task: Task) -> ablation.AblationResult:
+        if ref is not None:
+            return engine().in_process(jobs.evaluate, ref, images, [b.name for b in blocks], mode, task.needed)
+        return ablation.evaluate(task.model, images, blocks, mode=mode, full=task.needed, pixel_cache=PIXELS,
+                                 counter=jobs.FORWARDS)
+
+    verb = "removed" if mode == "identity" else "frozen"
+    return shared("evaluate", (*model_key(loaded), images_key(images), tuple(b.name for b in blocks), mode), compute,
+                  spinner_wait(f"Evaluating with {len(blocks)} SE block(s) {verb} ..."),
+                  model=loaded if ref is None else None,
+                  needs=lambda: run(loaded, images) if mode == "identity" else None)
+
+
+def sweep(loaded: LoadedModel, images: ImageSet, modes: tuple[str, ...], kinds: tuple[str, ...]) -> pd.DataFrame:
+    """Every single-block, stage and last-k ablation in each mode (shared), with a progress bar over the images."""
+    ref = process_ref(loaded)
+
+    def compute(task: Task) -> pd.DataFrame:
+        if ref is not None:
+            return engine().in_process(jobs.sweep, ref, images, modes, kinds, progress=task.progress)
+        configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[0] in kinds]
+        return ablation.sweep(task.model, images, modes, configs, progress=task.progress, pixel_cache=PIXELS,
+                              counter=jobs.FORWARDS)
+
+    return shared("sweep", (*model_key(loaded), images_key(images), modes, kinds), compute,
+                  progress_wait("Sweeping SE ablations:", "images"), model=loaded if ref is None else None)
+
+
+def single_image_gates(loaded: LoadedModel, images: ImageSet, analysis: Analysis, key: str
+                       ) -> dict[str, np.ndarray]:
+    """One image's gates: from the run when it kept them, else from a one-image pass (shared)."""
+    if analysis.result.gates:
+        row = analysis.result.keys.index(key)
+        return {name: g[row].astype(np.float32) for name, g in analysis.result.gates.items()}
+    one = subset_by_keys(images, {key})
+    return {name: g[0].astype(np.float32) for name, g in run(loaded, one).gates.items()}
+
+
+def subset_by_keys(images: ImageSet, keys: set[str]) -> ImageSet:
+    """The items of ``images`` whose key is in ``keys`` (labels and class names kept)."""
+    return replace(images, items=[it for it in images.items if it.key in keys])
+
+
+@st.cache_data(max_entries=16, show_spinner="Counting parameters and MACs ...")
+def _cost(model_name: str, weights_id: str, _loaded: LoadedModel):
+    from senet_viz.analysis.cost import model_cost
+
+    with _loaded.lock:
+        return model_cost(_loaded.model, _loaded.blocks, (), _loaded.input_size, _loaded.name)
+
+
+def cost(loaded: LoadedModel):
+    """Parameters and MACs per SE block and stage (cached per model and weights)."""
+    return _cost(loaded.name, loaded.weights_id, loaded)
+
+
+@st.cache_data(show_spinner="Counting SE-ResNet-50 variants (no weights needed) ...")
+def paper_cost_table() -> dict[str, pd.DataFrame]:
+    """The paper's Tables 10 and 13 beside parameter counts measured on random-weight SE-ResNet-50s."""
+    from senet_viz.analysis import paper
+    return {"table13": paper.table13_measured(), "table10": paper.table10_measured()}
+
+
+def gradcams(loaded: LoadedModel, image_key: str, pixels: torch.Tensor, stage: int, removed: list[SEBlock]
+             ) -> tuple[dict, int]:
+    """Grad-CAM with the full network and with ``removed`` SE blocks (shared; keyed by the pixels themselves,
+    ``image_key`` only names the image)."""
+    from senet_viz.analysis.attribution import gradcam
+
+    def compute(task: Task) -> tuple[dict, int]:
+        full, target = gradcam(task.model, pixels, stage)
+        ablated, _ = gradcam(task.model, pixels, stage, target=target, ablate_blocks=removed)
+        names = ", ".join(b.name for b in removed)
+        return {"full network": full, f"without {names}": ablated}, target
+
+    key = (*model_key(loaded), pixels_key(pixels), stage, tuple(b.name for b in removed))
+    return shared("gradcam", key, compute, spinner_wait("Computing Grad-CAM ..."), model=loaded)
+
+
+def channel_attribution(loaded: LoadedModel, image_key: str, pixels: torch.Tensor, block: SEBlock) -> tuple:
+    """Gradient x gate of each channel of ``block`` for one image (shared; keyed by the pixels)."""
+    from senet_viz.analysis.attribution import se_channel_attribution
+
+    def compute(task: Task) -> tuple:
+        return se_channel_attribution(task.model, pixels, block)
+
+    key = (*model_key(loaded), pixels_key(pixels), block.name)
+    return shared("channel_attr", key, compute, spinner_wait("Attributing the class score to SE channels ..."),
+                  model=loaded)
+
+
+def channel_maps(loaded: LoadedModel, pixels: list[torch.Tensor], block: SEBlock, channel: int) -> np.ndarray:
+    """The SE input of ``channel`` of ``block`` over each of ``pixels`` (shared; keyed by the pixels)."""
+    from senet_viz.analysis.channel_maps import pregate_maps
+
+    def compute(task: Task):
+        return pregate_maps(task.model, pixels, block, channel)
+
+    key = (*model_key(loaded), tuple(pixels_key(p) for p in pixels), block.name, int(channel))
+    maps, _ = shared("channel_maps", key, compute, spinner_wait("Mapping the channel's input ..."), model=loaded)
+    return maps
