@@ -467,8 +467,10 @@ def test_missing_columns_are_reported(channels):
 
 
 def test_no_torch_or_streamlit_import():
+    """Neither the figures nor the statistics, bundles and extract readers they are drawn from import torch."""
     code = (
-        "import sys, senet_viz.plots; "
+        "import sys, senet_viz.plots, senet_viz.plots.channels, senet_viz.analysis.stats, senet_viz.analysis.bundle, "
+        "senet_viz.analysis.channels, senet_viz.analysis.exemplars, senet_viz.analysis.verdict; "
         "bad = [m for m in ('torch', 'streamlit') if m in sys.modules]; "
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
@@ -643,6 +645,13 @@ def test_bounded_frames_of_small_statistics_draw_what_the_full_frame_draws():
     b = plots.fig6(stats.frame(PRESET, chosen, hist=False), blocks=PRESET, classes=chosen, all_classes=names)
     assert [(t.name, t.line.color, tuple(t.y)) for t in a.data] == [(t.name, t.line.color, tuple(t.y)) for t in b.data]
     assert a.layout.title.text == b.layout.title.text
+    # Fig. 6 from the class means themselves, no frame in between: the same figure, number for number.
+    for kw in ({}, {"all_channels": True}, {"n_channels": 5, "seed": 3}):
+        means = {blk: stats.class_means(blk, chosen, include_all=True) for blk in PRESET}
+        c = plots.fig6_matrix(means, model=MODEL, all_classes=names, **kw)
+        assert c.to_json() == plots.fig6(full, blocks=PRESET, classes=chosen, all_classes=names, **kw).to_json()
+    with pytest.raises(ValueError, match="one row and one count per class"):
+        plots.fig6_matrix({"SE_3_1": (["a", "b"], [1, 2], np.zeros((3, 4)))}, model=MODEL)
     d1 = plots.distributions(full, stage=3, classes=chosen)
     d2 = plots.distributions(stats.block_frame(["SE_3_1", "SE_3_2", "SE_3_3"], chosen), stage=3, classes=chosen,
                              all_classes=names)

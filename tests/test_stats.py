@@ -133,6 +133,40 @@ def test_save_load_round_trip_and_merge_after_load(tmp_path):
     np.testing.assert_allclose(b["mean"], a["mean"])
 
 
+def test_state_round_trip_is_exact_and_shares_no_memory():
+    rng = np.random.default_rng(11)
+    stats = make()
+    stats.update("SE_2_1", rng.uniform(size=(50, 8)), rng.integers(-1, 3, 50))
+    stats.update("SE_5_1", rng.uniform(size=(50, 16)), rng.integers(0, 2, 50))
+    state = stats.state()
+    assert not state["accumulators"]["SE_2_1"]["means"].flags.writeable  # views, read-only
+    copy = GateStats.from_state(state)
+    pd.testing.assert_frame_equal(copy.frame(), stats.frame())
+    pd.testing.assert_frame_equal(copy.indices(), stats.indices())
+    assert copy.classes() == stats.classes() and copy.detailed_classes() == stats.detailed_classes()
+    copy.update("SE_2_1", rng.uniform(size=(10, 8)), np.zeros(10))  # the copy moves on alone
+    assert copy.n_images("SE_2_1") == stats.n_images("SE_2_1") + 10
+    bad = stats.state()
+    bad["accumulators"]["SE_5_1"] = {**bad["accumulators"]["SE_5_1"], "means": np.zeros((2, 3))}
+    with pytest.raises(ValueError, match="means of shape"):
+        GateStats.from_state(bad)
+
+
+def test_large_batches_and_reserved_rows_give_the_same_statistics(monkeypatch):
+    from senet_viz.analysis import stats_accumulate
+
+    gates, labels = many_classes(n=600, classes=40)
+    small = feed(GateStats.for_blocks("toy", WIDE, [f"c{k}" for k in range(40)]), gates, labels, batch=600)
+    monkeypatch.setattr(stats_accumulate, "UPDATE_BYTES", 8 * 40 * 7)  # 7 rows per update step on SE_3_1
+    sliced = GateStats.for_blocks("toy", WIDE, [f"c{k}" for k in range(40)])
+    sliced.reserve(labels)
+    assert all(a.rows == len(set(labels[labels >= 0])) for a in sliced.accumulators.values())
+    feed(sliced, gates, labels, batch=600)
+    pd.testing.assert_frame_equal(sliced.indices(), small.indices(), rtol=1e-10)
+    pd.testing.assert_frame_equal(sliced.frame(hist=False), small.frame(hist=False), rtol=1e-10)
+    assert sliced.nbytes() <= small.nbytes()
+
+
 def test_memory_is_independent_of_image_count():
     stats = make()
     rng = np.random.default_rng(5)

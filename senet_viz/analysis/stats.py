@@ -93,7 +93,7 @@ def stats_from_parquet(paths: str | Path | Sequence[str | Path], bins: int = DEF
     stats.reserve(np.concatenate([batch_ints(batch, group) for _, batch in iter_batches(paths, [group], 1 << 16)]))
     for path in paths:
         for b in stats.blocks:
-            # Batches of at most ``chunk`` rows and of a quarter of the update's float64 slice.
+            # At most ``chunk`` rows, and no more than one update step takes (bounded bytes on wide blocks).
             rows = max(1, min(chunk, UPDATE_BYTES // (8 * b.channels)))
             for _, batch in iter_batches([path], [group, b.name], rows):
                 stats.update(b.name, batch_gates(batch, b.name, b.channels), batch_ints(batch, group))

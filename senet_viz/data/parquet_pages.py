@@ -1,11 +1,10 @@
 """What the pages of a Parquet file declare, read from their headers without decoding a page.
 
 A Parquet reader sizes its buffers from each page's header (uncompressed bytes, number of values), while a check
-made before reading (:func:`senet_viz.analysis.stats.GateStats.load`) sees only the footer. :func:`check_pages` walks
-every
-column chunk's page headers (Thrift compact protocol, parsed here in a few lines: no pickle, no code) and refuses a
-file whose pages declare other sizes or value counts than its footer, so that bounds computed from the footer
-hold for what the reader will allocate.
+made before reading (:func:`senet_viz.analysis.stats_io.read_state`) sees only the footer. :func:`check_pages` walks
+every column chunk's page headers (Thrift compact protocol, parsed here in a few lines: no pickle, no code) and
+refuses a file whose pages declare other sizes or value counts than its footer, so that bounds computed from the
+footer hold for what the reader will allocate.
 """
 
 from __future__ import annotations
