@@ -5,10 +5,10 @@ PORT ?= 8501
 # The address the server listens on: this machine only by default. `make run ADDRESS=0.0.0.0` serves every network
 # interface (anyone who can reach the port can use the app: see the README's "Serving it to others").
 ADDRESS ?= localhost
-# Test workers (pytest-xdist): each module's tests stay together on one worker (tests/conftest.py), the browser ones
-# first; `make test WORKERS=0` runs everything in this process.
+# Test workers (pytest-xdist): each module's tests stay together on one worker, the longest modules handed out first
+# (tests/conftest.py); `make test WORKERS=0` runs everything in one process.
 WORKERS ?= 2
-PARALLEL := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup --no-loadscope-reorder)
+PARALLEL := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile --no-loadscope-reorder)
 
 .PHONY: run test test-fast lint venv clean
 

@@ -51,6 +51,11 @@ from torch import nn
 from senet_viz.models.embedded.model import SEBasicBlock as LibrarySEBasicBlock
 from senet_viz.models.loaded import LoadedModel
 
+# A pytest-xdist worker (`make test`) computes on one thread: the workers already fill the cores, and torch's
+# intra-op threads on an oversubscribed CPU spin-wait for each other (tests ran up to 100 times slower).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TFLITE_FILE = SHARED / "models" / "mobilenet_v3_small_224_1.0_uint8.tflite"
@@ -105,19 +110,42 @@ def isolated_home() -> Path:
 # ------------------------------------------------------------------------------------------- parallel runs
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without the plugin, never called
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`make test` (``-n 2 --dist loadfile``): each module goes to one worker whole, so its module-scoped fixtures (a
+    torchrun launch, Streamlit servers, an extract) run once; the browser modules (tests/test_browser*.py) go to one
+    worker together, one after the other: each of their tests runs a Streamlit server and Chromium beside it, and two
+    such tests at once on two cores starve each other."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class BrowserModulesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = module_of(nodeid)
+            return "browser" if Path(module).name.startswith("test_browser") else module
+
+    return BrowserModulesTogether(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``pytest -n N --dist loadgroup`` (`make test`): the tests of a module go to one worker as one group, so
-    its module-scoped fixtures (a torchrun launch, a Streamlit server, an extract) run once; a test with an
-    ``xdist_group`` mark of its own forms another group. The browser groups (the longest: servers and Chromium) are
-    handed out first, so the other worker fills in around them; otherwise the collection order is kept (the Makefile
-    passes --no-loadscope-reorder)."""
-    if config.getoption("dist", default="no") != "loadgroup":
+    """Under pytest-xdist the work is handed out in collection order (the Makefile passes --no-loadscope-reorder):
+    the longest first, the browser modules and then the torchrun ones, so that the other worker fills in around them
+    with the short ones."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
+
+    def rank(item: pytest.Item) -> int:
+        return 0 if item.get_closest_marker("browser") else 1 if item.get_closest_marker("torchrun") else 2
+
+    modules: dict[str, int] = {}  # a module ranks as its highest-ranked test: it moves in one piece
     for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-    items.sort(key=lambda item: item.get_closest_marker("browser") is None)  # stable: each group keeps its order
+        modules[module_of(item.nodeid)] = min(modules.get(module_of(item.nodeid), 2), rank(item))
+    items.sort(key=lambda item: modules[module_of(item.nodeid)])  # stable: the rest keeps its order
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -14,10 +14,7 @@ and pug samples): removing the last SE block of MobileNetV3-Small changes the to
 shark and the French bulldog images, so top-1 accuracy moves; the goldfish and pug images keep theirs, and a
 goldfish/pug pair would leave top-1 unchanged.
 
-A fresh server per page URL: Streamlit 1.67 runs a fresh server's first request to a page URL (``/remove``) in its
-legacy pages-folder mode when a ``pages/`` folder sits beside app.py (hence app_pages/); each page URL, asked first
-of its own new server, must show the sidebar, the whole titled navigation and the page's header, and no "Page not
-found".
+A fresh server per page URL: tests/test_browser_fresh.py.
 
 Waits are on real state, never fixed sleeps: :class:`Watch` reads the session's websocket (Streamlit's
 ``ForwardMsg`` protobufs) and counts the script runs the server reports finished; an action that reruns the script
@@ -104,11 +101,10 @@ def _health(url: str) -> str | None:
         return None
 
 
-@contextlib.contextmanager
-def streamlit_server(log_path: Path, roots: Path | None = None) -> Iterator[str]:
-    """`streamlit run app.py` on a free port (the project's .streamlit/config.toml applies); yields its URL once
-    /_stcore/health answers "ok", and always terminates it. ``roots``: a folder typed server paths may name
-    (SENET_VIZ_DATA_ROOTS), besides the project and its sample folders."""
+def start_server(log_path: Path, roots: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """Start `streamlit run app.py` on a free port (the project's .streamlit/config.toml applies): the process and
+    its URL. ``roots``: a folder typed server paths may name (SENET_VIZ_DATA_ROOTS), besides the project and its
+    sample folders."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
@@ -117,24 +113,40 @@ def streamlit_server(log_path: Path, roots: Path | None = None) -> Iterator[str]
     env = {**os.environ, "SENET_VIZ_DATA_ROOTS": str(roots)} if roots is not None else None
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, log_path: Path) -> None:
+    """Return once the server at ``url`` answers "ok" on /_stcore/health; fail if it exits or never does."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while _health(url) != "ok":
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no 'ok' from {url}/_stcore/health in {STARTUP_TIMEOUT_S} s:\n"
+                        f"{log_path.read_text()[-3000:]}")
+        time.sleep(0.1)  # polls the health endpoint
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while _health(url) != "ok":
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no 'ok' from {url}/_stcore/health in {STARTUP_TIMEOUT_S} s:\n"
-                            f"{log_path.read_text()[-3000:]}")
-            time.sleep(0.1)  # polls the health endpoint
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def streamlit_server(log_path: Path, roots: Path | None = None) -> Iterator[str]:
+    """A server of :func:`start_server`: yields its URL once /_stcore/health answers "ok", and always terminates
+    it."""
+    proc, url = start_server(log_path, roots)
+    try:
+        wait_healthy(proc, url, log_path)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -505,56 +517,6 @@ def test_an_analysis_bundle_opens_with_no_model_and_draws_fig6(browser, server, 
         assert_clean(tab, "analysis bundle")
     finally:
         context.close()
-
-
-# ------------------------------------------------------------------------------------------ a fresh server per page URL
-
-
-@pytest.mark.xdist_group("browser-fresh-servers")  # under `make test`: beside the flow tests, on the other worker
-@pytest.mark.parametrize("name", list(PAGE_URLS))
-def test_a_fresh_servers_first_request_to_a_page_url_gets_the_whole_app(browser, name):
-    """The bug this guards against only shows on a fresh server's first request, so each URL gets its own server."""
-    path, title, header = PAGE_URLS[name]
-    with streamlit_server(OUT / f"server-fresh-{name}.log") as url:
-        context = browser.new_context(viewport=VIEWPORT)
-        try:
-            tab = new_tab(context)
-            open_app(tab, f"{url}/{path}")
-            tab.get_by_test_id("stHeading").filter(has_text=header).first.wait_for()  # the page's own header
-            tab.screenshot(path=str(OUT / f"fresh-{name}.png"))
-            sidebar = tab.get_by_test_id("stSidebar")
-            nav = tab.get_by_test_id("stSidebarNav")
-            # One comparison of everything the page shows, so a failure lists every difference at once.
-            shown = {
-                "url": tab.url.rstrip("/"),
-                "shared sidebar (app.py: title, model picker)": sidebar.get_by_text("senet-viz").count() > 0
-                and sidebar.locator(".st-key-model_name").count() == 1,
-                # app.py's titled navigation, not the legacy one named after the files (last line: the icon's
-                # name comes first)
-                "navigation": [text.strip().splitlines()[-1] for text in nav.locator("a").all_inner_texts()],
-                "current page": [text.strip().splitlines()[-1]
-                                 for text in nav.locator("a[aria-current='page']").all_inner_texts()],
-                "page not found (server)": WATCHES[tab].not_found,
-                "page not found (dialog)": tab.get_by_role("dialog").filter(has_text="Page not found").count(),
-                "dialogs": tab.get_by_role("dialog").count(),
-                "deploy button": tab.get_by_test_id("stAppDeployButton").count(),  # .streamlit/config.toml
-                "main menu": tab.get_by_test_id("stMainMenu").count(),
-            }
-            assert shown == {
-                "url": f"{url}/{path}".rstrip("/"),
-                "shared sidebar (app.py: title, model picker)": True,
-                "navigation": PAGES,
-                "current page": [title],
-                "page not found (server)": [],
-                "page not found (dialog)": 0,
-                "dialogs": 0,
-                "deploy button": 0,
-                "main menu": 1,
-            }
-            assert_no_exception(tab, f"/{path}")
-            assert_clean(tab, f"/{path}")
-        finally:
-            context.close()
 
 
 # ----------------------------------------------------------------------------------- the Channels page (issue 14)

@@ -4,7 +4,8 @@ the full-data integration test on the 900 shared images.
 Most commands run in this process through ``cli.main(argv)`` (the entry point of ``python -m senet_viz`` and of the
 ``senet-viz`` script), which spares an interpreter start (torch, timm) per command; one test per command family
 runs them as users do, ``python -m senet_viz ...`` in a subprocess from the repo root: blocks (the commands that
-inspect a model), evaluate (the commands that run images), and a user error (exit code 2, no traceback)."""
+inspect a model) and evaluate (the commands that run images); tests/test_channels.py runs ``channels`` and its user
+error (exit code 2) so."""
 
 from __future__ import annotations
 
@@ -131,7 +132,7 @@ def test_blocks_lists_the_papers_names():
 
 
 def test_unknown_model_exits_2_without_traceback():
-    done = subprocess_cli("blocks", "--model", "no_such_net")
+    done = in_process_cli("blocks", "--model", "no_such_net")
     assert_user_error(done, "no_such_net", "legacy_seresnet50")
 
 
