@@ -41,9 +41,34 @@ def test_calibration_split_is_disjoint_complete_and_deterministic(images):
     assert [it.key for it in again.items] == [it.key for it in calib.items]
 
 
-def test_identity_sweep_rows_equal_single_evaluations(loaded, images):
+@pytest.fixture(scope="module")
+def last_stage_sweep(loaded, images):
+    """One identity sweep of SE_5_2 and stage 5, with its progress, forward counter and pixel cache."""
+    from senet_viz.inference.pipeline import PixelCache
+    from senet_viz.inference.precision import ForwardCounter
+
     configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[1] in ("SE_5_2", "stage 5")]
-    frame = ablation.sweep(loaded, images, ("identity",), configs)
+    seen = []
+    counter, pixels = ForwardCounter(), PixelCache()
+    frame = ablation.sweep(loaded, images, ("identity",), configs, progress=lambda d, t: seen.append((d, t)),
+                           counter=counter, pixel_cache=pixels)
+    return configs, frame, seen, counter, pixels
+
+
+@pytest.fixture(scope="module")
+def last_block(loaded, images):
+    """evaluate() of the last block, once with a forward counter and a pixel cache and once without."""
+    from senet_viz.inference.pipeline import PixelCache
+    from senet_viz.inference.precision import ForwardCounter
+
+    counter, pixels = ForwardCounter(), PixelCache()
+    blocks = select_blocks(loaded.blocks, "last:1")
+    cached = ablation.evaluate(loaded, images, blocks, counter=counter, pixel_cache=pixels)
+    return cached, counter, pixels, ablation.evaluate(loaded, images, blocks)
+
+
+def test_identity_sweep_rows_equal_single_evaluations(loaded, images, last_stage_sweep):
+    configs, frame, *_ = last_stage_sweep
     assert list(frame["config"]) == ["SE_5_2", "stage 5"]
     for (_, _label, blocks), row in zip(configs, frame.itertuples(index=False), strict=True):
         single = ablation.evaluate(loaded, images, blocks, mode="identity")
@@ -56,9 +81,15 @@ def test_identity_sweep_rows_equal_single_evaluations(loaded, images):
     assert frame["params_removed"].iloc[1] > frame["params_removed"].iloc[0]
 
 
-def test_mean_mode_is_scored_on_images_it_was_not_fitted_on(loaded, images):
+@pytest.fixture(scope="module")
+def stage5_mean(loaded, images):
+    """evaluate() of stage 5 in mean mode: fitted on the calibration split, scored on the rest."""
+    return ablation.evaluate(loaded, images, select_blocks(loaded.blocks, "stage:5"), mode="mean")
+
+
+def test_mean_mode_is_scored_on_images_it_was_not_fitted_on(loaded, images, stage5_mean):
     blocks = select_blocks(loaded.blocks, "stage:5")
-    out = ablation.evaluate(loaded, images, blocks, mode="mean")
+    out = stage5_mean
     calib, rest = ablation.split_calibration(images)
     assert out["n_calibration"] == len(calib.items)
     assert out["n_images"] == len(rest.items)
@@ -98,7 +129,7 @@ def test_unknown_mode_is_refused(loaded, images):
 # ------------------------------------------------------------------------------------------- AblationResult
 
 
-def test_evaluate_and_sweep_give_the_same_ablation_result(loaded, images):
+def test_evaluate_and_sweep_give_the_same_ablation_result(loaded, images, stage5_mean):
     """One AblationResult type: a sweep's result for a configuration is evaluate()'s for the same blocks."""
     stage5 = select_blocks(loaded.blocks, "stage:5")
     results, fallback = ablation.sweep_results(loaded, images, ("identity", "mean"),
@@ -113,7 +144,7 @@ def test_evaluate_and_sweep_give_the_same_ablation_result(loaded, images):
             single = ablation.evaluate(loaded, rest, stage5, mode="identity")
             assert single.n_calibration == 0 and swept.n_calibration == len(calib.items)
         else:
-            single = ablation.evaluate(loaded, images, stage5, mode="mean")
+            single = stage5_mean
             assert swept.n_calibration == single.n_calibration == len(calib.items)
         assert isinstance(single, ablation.AblationResult)
         for name in ("model", "weights", "mode", "ablated", "params", "params_removed", "macs", "macs_removed",
@@ -130,8 +161,8 @@ def test_evaluate_and_sweep_give_the_same_ablation_result(loaded, images):
         assert row["gmacs_removed"] == single.macs_removed / 1e9 and row["blocks"] == "SE_5_1,SE_5_2"
 
 
-def test_ablation_result_is_the_clis_json_document(loaded, images):
-    out = ablation.evaluate(loaded, images, select_blocks(loaded.blocks, "last:1"))
+def test_ablation_result_is_the_clis_json_document(loaded, images, last_block):
+    out = last_block[3]
     doc = out.to_dict()
     assert list(doc) == ["model", "weights", "mode", "ablated", "top1", "top5", "full_top1", "full_top5",
                          "agreement", "kl", "params", "params_removed", "params_after", "gmacs", "gmacs_removed",
@@ -147,15 +178,8 @@ def test_ablation_result_is_the_clis_json_document(loaded, images):
     assert full.top1 == full.full_top1 and full.per_class_top1_change == {}
 
 
-def test_sweep_progress_follows_its_one_pass_and_counts_every_forward(loaded, images):
-    from senet_viz.inference.pipeline import PixelCache
-    from senet_viz.inference.precision import ForwardCounter
-
-    configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[1] in ("SE_5_2", "stage 5")]
-    seen = []
-    counter, pixels = ForwardCounter(), PixelCache()
-    frame = ablation.sweep(loaded, images, ("identity",), configs, progress=lambda d, t: seen.append((d, t)),
-                           counter=counter, pixel_cache=pixels)
+def test_sweep_progress_follows_its_one_pass_and_counts_every_forward(images, last_stage_sweep):
+    configs, frame, seen, counter, pixels = last_stage_sweep
     n = len(images.items)
     assert seen and seen[-1] == (n, n) and all(t == n for _, t in seen)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
@@ -196,14 +220,9 @@ def test_the_sweep_figure_draws_the_librarys_pareto_front(loaded, images):
     np.testing.assert_allclose(line.y, front["d_top1"])
 
 
-def test_evaluate_reuses_decoded_pixels_and_counts_its_forwards(loaded, images):
-    from senet_viz.inference.pipeline import PixelCache
-    from senet_viz.inference.precision import ForwardCounter
-
-    counter, pixels = ForwardCounter(), PixelCache()
-    blocks = select_blocks(loaded.blocks, "last:1")
-    out = ablation.evaluate(loaded, images, blocks, counter=counter, pixel_cache=pixels)
+def test_evaluate_reuses_decoded_pixels_and_counts_its_forwards(images, last_block):
+    out, counter, pixels, plain = last_block
     n = len(images.items)
     assert counter.count == 2 * n  # the full and the ablated pass
     assert pixels.misses == n and pixels.hits == n  # the ablated pass decoded nothing
-    assert out.to_dict() == ablation.evaluate(loaded, images, blocks).to_dict()
+    assert out.to_dict() == plain.to_dict()

@@ -386,6 +386,7 @@ def test_with_compute_processes_the_passes_run_in_a_worker_process_with_the_same
     expected = metrics(threads)
 
     monkeypatch.setenv("SENET_VIZ_COMPUTE", "processes")
+    monkeypatch.setenv("SENET_VIZ_MAX_CONCURRENT", "1")  # one worker process is enough, and each costs a torch import
     shared_engine.engine.clear()  # a new engine reads the policy
     try:
         moved = tmp_path / "same images elsewhere"  # new content keys: nothing cached from the thread run
@@ -406,6 +407,7 @@ def test_with_compute_processes_the_passes_run_in_a_worker_process_with_the_same
             engine._processes.shutdown(cancel_futures=True)
         shared_engine.engine.clear()
     monkeypatch.delenv("SENET_VIZ_COMPUTE")
+    monkeypatch.delenv("SENET_VIZ_MAX_CONCURRENT")
 
 
 def test_the_compute_setting_is_read_and_a_bad_value_falls_back_to_threads():
