@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from senet_viz.analysis.cost import CostReport, model_cost
+from senet_viz.analysis.cost import CostReport, Savings, model_cost
 from senet_viz.data.sources import ImageSet, Skipped
 from senet_viz.gates.capture import ablate
 from senet_viz.gates.kinds import SEBlock
@@ -79,7 +79,7 @@ def per_class_accuracy(result: Result) -> dict[int, float]:
 
 
 @dataclass(frozen=True)
-class AblationResult:
+class AblationResult(Savings):
     """What removing (``mode="identity"``) or freezing (``"mean"``) the SE blocks ``ablated`` does to a network on
     one image set, against the full network on the same images.
 
@@ -116,14 +116,6 @@ class AblationResult:
     config: str | None = None  # its label, e.g. "SE_5_2", "stage 5", "last 3"
     precision: str = "fp32"  # what the forwards ran in (see senet_viz.inference.precision.PrecisionPolicy)
     fp32_fallback_batches: int = 0  # batches redone in fp32 (for a sweep: this configuration's)
-
-    @property
-    def params_after(self) -> int:
-        return self.params - self.params_removed
-
-    @property
-    def macs_after(self) -> int:
-        return self.macs - self.macs_removed
 
     @property
     def params_saved_pct(self) -> float:

@@ -31,8 +31,25 @@ from senet_viz.gates.capture import model_lock
 from senet_viz.gates.kinds import SEBlock
 
 
+class Savings:
+    """What is left once SE blocks are removed: for a class with ``params``, ``macs`` and their ``*_removed``."""
+
+    params: int
+    params_removed: int
+    macs: int
+    macs_removed: int
+
+    @property
+    def params_after(self) -> int:
+        return self.params - self.params_removed
+
+    @property
+    def macs_after(self) -> int:
+        return self.macs - self.macs_removed
+
+
 @dataclass
-class CostReport:
+class CostReport(Savings):
     model: str
     input_size: tuple[int, int, int]
     params: int  # whole network
@@ -43,14 +60,6 @@ class CostReport:
     params_removed: int
     macs_removed: int
     blocks: pd.DataFrame  # one row per SE block: name, stage, path, channels, params, macs, removed
-
-    @property
-    def params_after(self) -> int:
-        return self.params - self.params_removed
-
-    @property
-    def macs_after(self) -> int:
-        return self.macs - self.macs_removed
 
     def stages(self) -> pd.DataFrame:
         """SE parameters and MACs summed per stage, with their share of the whole network."""
