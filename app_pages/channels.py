@@ -7,12 +7,15 @@ from senet_viz.analysis import channels
 from senet_viz.plots import channels as channel_plots
 from ui import channels as view
 from ui import exports
+from ui.results import CIRCULAR_NOTE
 from ui.text import plain
 
 st.header("Channels")
 src = view.source()
 view.arrive(src)  # ?block=..&channel=.. from a click in Compare classes
 block_key, channel_key = view.widget_keys(src.model)
+if src.grouping == "predicted class":
+    st.warning(CIRCULAR_NOTE)
 
 summary = view.summary(src)
 trend = channels.depth_trend(summary)
@@ -29,7 +32,8 @@ if single:
 st.caption(f"Selectivity (Morcos et al. 2018): (μ_max − μ_rest) / (μ_max + μ_rest) over the class means of a "
            f"channel's gate, 0 = the same for every class, 1 = open for one class only; images grouped by "
            f"{src.grouping}. Spearman ρ of the median against depth: {trend['rho']:.2f} (p = {trend['p_value']:.3g},"
-           f" {trend['n_blocks']} blocks): {trend['verdict']}.")
+           f" {trend['n_blocks']} blocks): {trend['verdict']}."
+           + (f" {plain(channels.left_out_text(trend), None)}." if trend["left_out"] else ""))
 
 names = list(src.blocks)
 if st.session_state.get(block_key) not in names:
@@ -59,14 +63,14 @@ channel = int(c1.number_input(f"Channel of {block} (0–{width - 1})", 0, width 
 k = int(c2.slider("Images at each end", 4, 32, 8, key="channels_k"))
 row = table.iloc[channel]
 st.markdown(f"**{block} · channel {channel}** — selectivity {row['selectivity']:.3f}, preferred class "
-            f"**{plain(row['preferred_class'])}** (mean gate {row['mu_max']:.3f} vs {row['mu_rest']:.3f} for the "
-            "others)")
+            f"**{plain(channels.preferred_text(row['preferred_class']))}** (mean gate {row['mu_max']:.3f} vs "
+            f"{row['mu_rest']:.3f} for the others)")
 
 if src.exemplars is None or src.values is None:
     st.info(src.missing)
     st.stop()
 found = src.exemplars(block, k, channel)
-frame = found.frame(channel, src.class_names)
+frame = found.frame(channel, src.pred_names)  # predictions named by the model's classes
 exports.keep_table("Channel exemplars", frame)
 with st.container(key="channel_exemplars"):
     for end, title in (("highest", "Highest gate: the images that open it most"),

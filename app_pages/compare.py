@@ -3,10 +3,12 @@
 import streamlit as st
 
 from senet_viz import plots
-from senet_viz.analysis import verdict
+from senet_viz.analysis import paper, verdict
+from senet_viz.plots.depth import chance_caption, chance_index_table
 from ui import exports
 from ui.channels import channel_link
 from ui.common import class_caption, need_analysis
+from ui.results import CIRCULAR_NOTE
 from ui.widgets import kept, per_model
 
 st.header("Compare classes")
@@ -15,6 +17,8 @@ selection, analysis = need_analysis(bundle_ok=True)  # works from an analysis fi
 # x 15,104 SE-ResNet-50 channels would be 15 million rows.
 stats, indices = analysis.stats, analysis.indices
 st.caption(class_caption(analysis))
+if analysis.circular:
+    st.warning(CIRCULAR_NOTE)
 if int(indices["max_class_count"].max()) == 1:
     st.warning("Every class has one image: Fig. 7's ±1 std bands cannot be computed (a single image has no "
                "within-class spread), and class specificity falls back from eta² to the spread of the class means.")
@@ -25,8 +29,11 @@ stages = sorted(indices["stage"].unique())
 
 left, right = st.columns([3, 2])
 if "compare_classes" not in st.session_state or st.session_state.get("_compare_classes_present") != classes:
-    # first visit, or other images/classes: up to six classes, else the four with the most images (ImageNet: 1,000)
-    st.session_state["compare_classes"] = classes if len(classes) <= 6 else stats.largest_classes(4)
+    # first visit, or other images/classes: up to six classes, else the four with the most images (ImageNet: 1,000),
+    # ties broken as the sidebar and `paper` break them (the paper's goldfish, pug, airliner, cliff first)
+    model = selection.model
+    st.session_state["compare_classes"] = classes if len(classes) <= 6 else paper.default_classes(
+        stats, model.wnids if model else None, model.class_names if model else None)
 st.session_state["_compare_classes_present"] = classes
 chosen = left.multiselect("Classes to compare", classes, key=kept("compare_classes"))
 preset = right.radio("View", ["Paper Fig. 6 (preset blocks)", "Paper Fig. 7 (one class, ±1 std)",
@@ -37,6 +44,8 @@ if not chosen:
 if len(chosen) < 2 and not preset.startswith("Paper Fig. 7"):
     st.info("One class chosen: add a second to compare side by side.")
 
+result = analysis.result  # per-image gates, when kept, give Fig. 6 / 7 intervals of the class means
+gated = result is not None and bool(result.gates)
 if preset.startswith("Paper Fig. 6"):
     c1, c2, c3 = st.columns(3)
     all_channels = c1.toggle("All channels", key=kept("fig6_all"))
@@ -47,13 +56,17 @@ if preset.startswith("Paper Fig. 6"):
                                 key=per_model("fig6_blocks", stats.model))
     shown_blocks = fig_blocks or plots.paper_preset_blocks(indices)
     means = {b: stats.class_means(b, chosen, include_all=True) for b in blocks if b in shown_blocks}  # depth order
+    bands = paper.class_mean_bands(result, analysis.grouping, stats, list(means), chosen) if gated else {}
     fig = plots.fig6_matrix(means, model=stats.model, n_channels=int(n_channels), seed=int(seed),
-                            all_channels=all_channels, all_classes=classes)
+                            all_channels=all_channels, all_classes=classes, intervals=bands,
+                            interval_note=paper.interval_note())
 elif preset.startswith("Paper Fig. 7"):
     c1, c2 = st.columns(2)
     block = c1.selectbox("Block", blocks, index=len(blocks) - 1, key=per_model("fig7_block", stats.model))
     cls = c2.selectbox("Class", chosen, key=kept("fig7_class"))
-    fig = plots.fig7(stats.frame([block], [cls], hist=False), block, cls, all_classes=classes)
+    bands = paper.class_mean_bands(result, analysis.grouping, stats, [block], [cls]) if gated else {}
+    fig = plots.fig7(stats.frame([block], [cls], hist=False), block, cls, all_classes=classes,
+                     interval=bands.get(block, {}).get(cls), interval_note=paper.interval_note())
 elif preset.startswith("Per-stage"):
     c1, c2 = st.columns(2)
     stage = c1.selectbox("Stage", stages, index=len(stages) - 1, key=per_model("dist_stage", stats.model))
@@ -67,13 +80,22 @@ else:
     labels, counts, means = stats.class_means(block, chosen)
     fig = plots.heatmap_matrix(means, labels, counts, model=stats.model, block=block, all_classes=classes)
 
+if preset.startswith("Paper Fig.") and any(bands.values()):
+    st.caption(f"Error bars: {paper.interval_note()}, for the classes with 2+ images.")
 event = st.plotly_chart(fig, width="stretch", key="compare_chart", on_select="rerun", selection_mode="points")
 channel_link(fig, event, None if preset.startswith(("Paper Fig. 6", "Per-stage")) else block)  # -> Channels page
 exports.keep_figure("Compare classes", fig)
 
-with st.expander("Indices per block (class specificity, saturation)"):
-    st.dataframe(indices[["block", "stage", "channels", "n_images", "n_classes", "specificity", "specificity_method",
-                          "saturation", "mean_gate", "cross_class_corr"]], hide_index=True)
+with st.expander("Indices per block beside chance (class specificity, saturation)"):
+    if analysis.circular:
+        st.warning(CIRCULAR_NOTE)
+    st.dataframe(chance_index_table(indices, analysis.chance), hide_index=True, key="compare_indices")
+    st.caption(chance_caption(analysis.chance) or "chance unknown: this analysis file holds no chance table")
+    if analysis.chance_note:
+        st.info(analysis.chance_note)
+    st.caption("Chance: the value the index takes when the labels are shuffled among the same images (class sizes "
+               "kept), so there is no class effect; p: the share of shuffles reaching the observed value; "
+               "\"above chance\" only when p < 0.05. Saturation does not depend on classes (no chance level). ")
     st.caption("Specificity: share of gate variance explained by class, pooled over channels (eta², or the spread "
                "fallback with one image per class). Saturation: share of channels with mean gate ≥ 0.9. The paper "
                "(Hu et al., role of excitation) found: in early blocks the class curves nearly coincide "

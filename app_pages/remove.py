@@ -74,7 +74,7 @@ def scored_caption(out: AblationResult) -> str:
         text += (f"; the mean gates were fitted on the other {out.n_calibration} images (the calibration split: "
                  "an image is in it when sha1(key) mod 1000 < 200), which are never scored, so the full network's "
                  f"top-1 here ({pct(out.full_top1)}) is over fewer images than with identity "
-                 f"({pct(full.full_top1)} on {full.n_images})")
+                 f"({pct(full.full_top1)} on {full.n_scored} scored images)")
     return text + "."
 
 

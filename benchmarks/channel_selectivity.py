@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         print(f"Spearman rho (median vs depth) = {trend['rho']:.3f}, permutation p = {trend['p_value']:.4f} "
               f"({trend['n_blocks']} blocks): {trend['verdict']}")
+        if trend["left_out"]:
+            print(f"   {channels.left_out_text(trend)}")
         if np.isfinite(trend["rho"]) and summary["eta2_median"].notna().all():
             eta = channels.depth_trend(summary, "eta2_median")
             print(f"eta2 median vs depth: rho = {eta['rho']:.3f}, p = {eta['p_value']:.4f}: {eta['verdict']}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,7 @@ from senet_viz.gates.blocks import select_blocks
 from senet_viz.models import registry, zoo
 
 MODEL = "se_resnet_fmnist"
+PER_CLASS = 5
 
 pytestmark = requires(embedded_model_ready(MODEL), EMBEDDED_MISSING)
 
@@ -26,12 +29,27 @@ def loaded():
 
 
 @pytest.fixture(scope="module")
-def images(loaded):
+def all_images(loaded):
+    """The 300 embedded samples (30 per class)."""
     folder = registry.get_spec(MODEL).samples_dir
     return folder_source(folder, loaded.class_names)
 
 
-def test_calibration_split_is_disjoint_complete_and_deterministic(images):
+@pytest.fixture(scope="module")
+def images(all_images):
+    """The first PER_CLASS samples of each class: every claim below holds on any labelled set, and each pass over
+    the images costs in proportion to their number."""
+    taken: Counter = Counter()
+    items = []
+    for it in all_images.items:
+        taken[it.label] += 1
+        if taken[it.label] <= PER_CLASS:
+            items.append(it)
+    return replace(all_images, items=items)
+
+
+def test_calibration_split_is_disjoint_complete_and_deterministic(all_images):
+    images = all_images
     calib, rest = ablation.split_calibration(images)
     keys_c, keys_r = {it.key for it in calib.items}, {it.key for it in rest.items}
     assert not keys_c & keys_r
@@ -101,9 +119,15 @@ def test_mean_mode_is_scored_on_images_it_was_not_fitted_on(loaded, images, stag
     assert frame["n_images"].nunique() == 1
 
 
-def test_pareto_front_and_sweep_figure(loaded, images):
+@pytest.fixture(scope="module")
+def block_and_stage_sweep(loaded, images):
+    """Every single-block and stage ablation, in both modes (one sweep)."""
     configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[0] in ("block", "stage")]
-    frame = ablation.sweep(loaded, images, ("identity", "mean"), configs)
+    return configs, ablation.sweep(loaded, images, ("identity", "mean"), configs)
+
+
+def test_pareto_front_and_sweep_figure(block_and_stage_sweep):
+    configs, frame = block_and_stage_sweep
     assert len(frame) == 2 * len(configs)
     front = ablation.pareto_front(frame)
     # No row of the front is dominated: more parameters saved never comes with a smaller accuracy loss.
@@ -167,8 +191,8 @@ def test_ablation_result_is_the_clis_json_document(loaded, images, last_block):
     assert list(doc) == ["model", "weights", "mode", "ablated", "top1", "top5", "full_top1", "full_top5",
                          "agreement", "kl", "params", "params_removed", "params_after", "gmacs", "gmacs_removed",
                          "n_images", "n_scored", "n_calibration", "n_skipped", "skipped", "per_class_top1_change",
-                         "precision", "fp32_fallback_batches"]
-    assert doc["ablated"] == ["SE_5_2"] and doc["mode"] == "identity"
+                         "precision", "fp32_fallback_batches", "outputs"]
+    assert doc["ablated"] == ["SE_5_2"] and doc["mode"] == "identity" and doc["outputs"] == "logits"
     assert doc["params_after"] == out.params - out.params_removed == out.params_after
     assert doc["gmacs"] == round(out.macs / 1e9, 4) and doc["gmacs_removed"] == round(out.macs_removed / 1e9, 6)
     assert out["top1"] == out.top1 and out["n_skipped"] == out.n_skipped == 0  # dict-style reads still work
@@ -210,9 +234,10 @@ def test_pareto_front_on_a_small_frame():
     assert ablation.pareto_front(frame.iloc[:0]).empty
 
 
-def test_the_sweep_figure_draws_the_librarys_pareto_front(loaded, images):
-    configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[0] == "block"]
-    frame = ablation.sweep(loaded, images, ("identity",), configs)
+def test_the_sweep_figure_draws_the_librarys_pareto_front(block_and_stage_sweep):
+    _, swept = block_and_stage_sweep
+    frame = swept[(swept["kind"] == "block") & (swept["mode"] == "identity")]
+    assert len(frame) > 1
     fig = plots.sweep_figure(frame)
     line = next(t for t in fig.data if (t.meta or {}).get("kind") == "pareto")
     front = ablation.pareto_front(frame)

@@ -9,6 +9,7 @@ tests/test_hostile_models.py.
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from senet_viz.models.embedded.data import CLASS_NAMES, MEAN, STD
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "assets" / "fmnist_samples"
+PER_CLASS = 3
 TIMEOUT = 240
 PAGES = {"explore": "Explore one image", "channels": "Channels", "depth": "Depth profile",
          "remove": "Remove SE blocks", "attribution": "Attribution", "cost": "Cost", "export": "Export"}
@@ -43,8 +45,15 @@ def scripted_fmnist(tmp_path_factory) -> bytes:
 
 
 
-def test_an_uploaded_torchscript_model_draws_fig6_on_compare_classes(scripted_fmnist, monkeypatch):
+def test_an_uploaded_torchscript_model_draws_fig6_on_compare_classes(scripted_fmnist, monkeypatch, tmp_path):
     monkeypatch.setenv("SENET_VIZ_ALLOW_CODE", "1")
+    # PER_CLASS samples of each class: every page runs on them, and each pass costs in proportion to their number
+    folder = tmp_path / "samples"
+    for cls in sorted(p for p in SAMPLES.iterdir() if p.is_dir()):
+        (folder / cls.name).mkdir(parents=True)
+        for f in sorted(cls.glob("*.png"))[:PER_CLASS]:
+            shutil.copy2(f, folder / cls.name / f.name)
+    monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))  # the typed folder lies inside the server's roots
     at = own_model_app()
     assert "Upload a model file" in " ".join(i.value for i in at.info)  # nothing loaded yet, no error
     at.get("file_uploader")[0].set_value(("se_resnet_fmnist_scripted.pt", scripted_fmnist,
@@ -62,7 +71,7 @@ def test_an_uploaded_torchscript_model_draws_fig6_on_compare_classes(scripted_fm
     assert "10 classes · input 1x28x28" in caption, caption
     at.radio(key="image_source").set_value("Folder on the server")
     at.run()
-    at.text_input(key="server_folder").set_value(str(SAMPLES))
+    at.text_input(key="server_folder").set_value(str(folder))
     at.run()
     assert_ok(at)
     figures = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
@@ -70,8 +79,8 @@ def test_an_uploaded_torchscript_model_draws_fig6_on_compare_classes(scripted_fm
     fig6 = figures[0]
     assert fig6["layout"]["title"]["text"].startswith("Mean excitation per channel — se_resnet_fmnist_scripted")
     names = {t.get("name") for t in fig6["data"]} - {None}
-    assert "all (n=300)" in names, names
-    labelled = [n.rpartition(" (n=")[0] for n in names if n.endswith("(n=30)")]
+    assert f"all (n={10 * PER_CLASS})" in names, names
+    labelled = [n.rpartition(" (n=")[0] for n in names if n.endswith(f"(n={PER_CLASS})")]
     assert len(labelled) >= 2 and set(labelled) <= set(CLASS_NAMES), names  # the samples labelled by the file's classes
 
     # every other page works on the file's gates too

@@ -266,7 +266,7 @@ def test_an_analysis_file_opens_without_model_or_images(tmp_path, monkeypatch):
     monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))  # typed server paths must lie inside the roots
 
     out = tmp_path / "paper"
-    assert cli.main(["paper", "--model", MODEL, "--images", str(SAMPLES), "--per-class", "10", "--out", str(out),
+    assert cli.main(["paper", "--model", MODEL, "--images", str(SAMPLES), "--per-class", "3", "--out", str(out),
                      "--json"]) == 0
     bundle = out / "analysis.senetviz.zip"
     assert bundle.is_file()
@@ -282,10 +282,10 @@ def test_an_analysis_file_opens_without_model_or_images(tmp_path, monkeypatch):
     at.text_input(key="bundle_path").set_value(str(bundle))
     at.run()
     assert_ok(at)
-    assert at.caption[0].value.startswith("100 images, grouped by labels")  # 10 per class
+    assert at.caption[0].value.startswith("30 images, grouped by labels")  # 3 per class
     spec = chart_spec(at)
     assert spec["layout"]["title"]["text"].startswith(f"Mean excitation per channel — {MODEL}")
-    assert any(t["name"] == "all (n=100)" for t in spec["data"])
+    assert any(t["name"] == "all (n=30)" for t in spec["data"])
     open_page(at, "depth")
     assert any(m.value.startswith("**Verdict:**") for m in at.markdown)
     open_page(at, "export")

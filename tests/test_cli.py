@@ -30,6 +30,7 @@ from senet_viz.models.registry import get_spec
 
 SERESNET50_NAMES = ([f"SE_2_{i}" for i in range(1, 4)] + [f"SE_3_{i}" for i in range(1, 5)]
                     + [f"SE_4_{i}" for i in range(1, 7)] + [f"SE_5_{i}" for i in range(1, 4)])
+N_EVAL = 16  # images for the evaluate commands (the first 16 of the shared samples: top-1 11/16 in full)
 
 
 @dataclass
@@ -44,6 +45,9 @@ class Done:
 def subprocess_cli(*args: str | Path, timeout: int = 300) -> Done:
     """``python -m senet_viz <args>`` in a subprocess from the repo root, as a user runs it."""
     env = {k: v for k, v in os.environ.items() if k != WEIGHTS_DIR_ENV}
+    # one intra-op thread, as a pytest-xdist worker computes (tests/conftest.py): beside the other worker, torch's
+    # threads spin-wait for each other (about a quarter more CPU time for the same result)
+    env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run([sys.executable, "-m", "senet_viz", *map(str, args)], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
     return Done(proc.returncode, proc.stdout, proc.stderr)
@@ -151,11 +155,11 @@ def test_unreadable_weights_exit_2_without_traceback(tmp_path: Path):
 # ------------------------------------------------------------------------------------ evaluate, extract
 
 
-def test_evaluate_mobilenetv3_on_40_shared_images(imagenet_samples, tflite_file):
+def test_evaluate_mobilenetv3_on_16_shared_images(imagenet_samples, tflite_file):
     out = cli_json("evaluate", "--model", "tf_mobilenetv3_small_100", "--images", imagenet_samples,
-                   "--limit", "40", "--device", "cpu", run=subprocess_cli)
+                   "--limit", str(N_EVAL), "--device", "cpu", run=subprocess_cli)
     assert out["weights"].endswith(".tflite")
-    assert out["n_images"] == 40 - out["n_skipped"]
+    assert out["n_images"] == N_EVAL - out["n_skipped"]
     assert out["n_skipped"] == len(out["skipped"]) == 0
     assert out["top1"] > 0.5 and out["top5"] >= out["top1"]
     assert out["agreement"] == 1.0 and out["kl"] == 0.0
@@ -166,11 +170,11 @@ def test_evaluate_without_the_last_block(imagenet_samples, mnv3_tflite):
     last = mnv3_tflite.blocks[-1]
     se_params = sum(p.numel() for p in mnv3_tflite.model.get_submodule(last.path).parameters())
     out = cli_json("evaluate", "--model", "tf_mobilenetv3_small_100", "--images", imagenet_samples,
-                   "--limit", "40", "--ablate", "last:1", "--mode", "identity", "--device", "cpu")
+                   "--limit", str(N_EVAL), "--ablate", "last:1", "--mode", "identity", "--device", "cpu")
     assert out["ablated"] == [last.name] == ["SE_5_3"]
     assert out["params_removed"] == se_params == last.params
     assert out["params_after"] == out["params"] - se_params
-    assert out["n_images"] == 40
+    assert out["n_images"] == N_EVAL
     # the last block's gates are far from 1 in this network, so removing them changes predictions
     assert out["agreement"] < 1.0 and out["kl"] > 0
     assert out["top1"] < out["full_top1"]

@@ -232,7 +232,9 @@ def test_paper_preset_on_two_classes_writes_stats_bundle_and_figures(capsys, loa
     assert result["model"] == MODEL and result["classes"] == {"Bag": 3, "Sneaker": 3}
     assert result["n_images"] == 10 * 3 and result["n_skipped"] == 0  # the all-class curve: 3 of every class
     files = result["files"]
-    assert set(files) == {"stats", "bundle", "fig6", "fig7 Bag", "fig7 Sneaker"}
+    assert set(files) == {"stats", "bundle", "fig6", "fig7 Bag", "fig7 Sneaker", "chance_csv", "chance_json"}
+    assert [r["block"] for r in result["chance"]] == [b.name for b in loaded.blocks]
+    assert {r["n_images"] for r in result["chance"]} == {6}  # the chosen classes' images
     assert all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in files.values())
     assert [r["block"] for r in result["indices"]] == [b.name for b in loaded.blocks]
     stats = GateStats.load(files["stats"])
@@ -248,8 +250,10 @@ def _idx(arr: np.ndarray) -> bytes:
 
 
 def test_train_one_epoch_on_the_samples_writes_weights_metrics_and_card(capsys, loaded, tmp_path):
-    # a tiny Fashion-MNIST in IDX files: the 300 embedded samples as both splits
-    files = sorted(SAMPLES.glob("*/*.png"))
+    # a tiny Fashion-MNIST in IDX files: PER_CLASS of the embedded samples of each class as both splits
+    classes = sorted(d for d in SAMPLES.iterdir() if d.is_dir())
+    files = [f for cls in classes for f in sorted(cls.glob("*.png"))[:PER_CLASS]]
+    assert len(files) == N
     names = {name.replace(" ", "_").replace("/", "_"): i for i, name in enumerate(loaded.class_names)}
     images = np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
     labels = np.array([names[f.parent.name] for f in files])
@@ -264,9 +268,9 @@ def test_train_one_epoch_on_the_samples_writes_weights_metrics_and_card(capsys, 
     assert weights.is_file() and weights.with_suffix(".json").is_file() and weights.with_suffix(".md").is_file()
     assert json.loads(weights.with_suffix(".json").read_text()) == metrics
     assert metrics["model"] == MODEL and metrics["weights"] == weights.name
-    assert metrics["data"]["train_images"] == metrics["data"]["test_images"] == len(files) == 300
+    assert metrics["data"]["train_images"] == metrics["data"]["test_images"] == len(files) == N
     assert metrics["sample_images"] == 300 and len(metrics["history"]) >= 1
-    assert 0.0 <= metrics["test_top1"] <= 1.0 and metrics["test_errors"] == round((1 - metrics["test_top1"]) * 300)
+    assert 0.0 <= metrics["test_top1"] <= 1.0 and metrics["test_errors"] == round((1 - metrics["test_top1"]) * N)
     assert metrics["architecture"]["se_blocks"] == [b.name for b in loaded.blocks]
     assert metrics["architecture"]["params"] == sum(p.numel() for p in loaded.model.parameters())
     assert weights.name in weights.with_suffix(".md").read_text()

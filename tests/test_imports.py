@@ -15,9 +15,7 @@ The size limit has no waivers: a module over :data:`MAX_LINES` lines is split by
 from __future__ import annotations
 
 import ast
-import json
-import subprocess
-import sys
+import functools
 from collections import deque
 from pathlib import Path
 
@@ -46,6 +44,16 @@ def project_modules(root: Path | None = None) -> dict[str, Path]:
         paths = [where] if where.is_file() else sorted(where.rglob("*.py")) if where.is_dir() else []
         out.update((module_name(p, root), p) for p in paths)
     return out
+
+
+@functools.cache
+def _parse(text: str, filename: str) -> ast.Module:
+    return ast.parse(text, filename=filename)
+
+
+def parse(path: Path) -> ast.Module:
+    """The syntax tree of ``path``'s current text (parsed once per text: the checks below read every module)."""
+    return _parse(path.read_text(encoding="utf-8"), str(path))
 
 
 def _package_of(name: str, path: Path) -> str:
@@ -93,7 +101,7 @@ def import_graph(modules: dict[str, Path]) -> dict[str, dict[str, int]]:
     graph: dict[str, dict[str, int]] = {}
     for name, path in modules.items():
         edges: dict[str, int] = {}
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = parse(path)
         for target, line in sorted(_imported(tree, name, path, modules), key=lambda t: t[1]):
             if target != name:
                 edges.setdefault(target, line)
@@ -240,23 +248,6 @@ def test_the_project_has_no_import_circle():
         "\n".join(circle_text(ring, graph, modules) for ring in found))
 
 
-def test_the_embedded_package_imported_first_registers_itself_and_the_zoo_adds_the_rest():
-    script = (
-        "import json, sys\n"
-        "import senet_viz.models.embedded.train\n"  # a deep module first, before the zoo
-        "from senet_viz.models import registry\n"
-        "first = registry.list_models()\n"
-        "loaded_zoo = 'senet_viz.models.zoo' in sys.modules\n"
-        "import senet_viz.models.zoo as zoo\n"
-        "print(json.dumps({'first': first, 'zoo_before': loaded_zoo, 'all': registry.list_models()}))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["first"] == ["se_resnet_fmnist", "se_resnet_fmnist_nose5"] and not out["zoo_before"]
-    assert {"legacy_seresnet50", "tf_mobilenetv3_small_100", "se_resnet_fmnist"} <= set(out["all"])
-
-
 # ------------------------------------------------------------------------------------------------ re-export hops
 
 
@@ -276,7 +267,7 @@ def imported_names(modules: dict[str, Path]) -> dict[str, set[str]]:
     another module would get second hand from it."""
     out: dict[str, set[str]] = {}
     for name, path in modules.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = parse(path)
         bound: set[str] = set()
         defined: set[str] = set()
         for node in _top_level(tree.body):
@@ -297,7 +288,7 @@ def reexport_hops(modules: dict[str, Path]) -> list[str]:
     second_hand = imported_names(modules)
     found = []
     for name, path in modules.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = parse(path)
         for node in ast.walk(tree):
             if not isinstance(node, ast.ImportFrom):
                 continue

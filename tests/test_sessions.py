@@ -73,6 +73,18 @@ def metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
 
+def folder_session(folder: Path) -> AppTest:
+    """A session on the embedded model and ``folder`` from its first run: no pass over the 300 samples."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["model_name"] = MODEL
+    at.session_state["image_source"] = "Folder on the server"
+    at.session_state["server_folder"] = str(folder)
+    at.run()
+    assert_ok(at)
+    assert at.text_input(key="server_folder").value == str(folder)
+    return at
+
+
 def use_folder(at: AppTest, folder: Path) -> None:
     at.radio(key="image_source").set_value("Folder on the server")
     at.run()  # draws the folder box (on its default folder, which may be missing here)
@@ -380,8 +392,7 @@ def test_with_compute_processes_the_passes_run_in_a_worker_process_with_the_same
 
     monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))  # the typed folders lie inside the server's roots
     folder = small_folder(tmp_path / "two classes")
-    threads = new_session()
-    use_folder(threads, folder)
+    threads = folder_session(folder)
     open_page(threads, "remove", "Remove SE blocks")
     expected = metrics(threads)
 
@@ -391,9 +402,8 @@ def test_with_compute_processes_the_passes_run_in_a_worker_process_with_the_same
     try:
         moved = tmp_path / "same images elsewhere"  # new content keys: nothing cached from the thread run
         shutil.copytree(folder, moved)
-        processes = new_session()
+        processes = folder_session(moved)
         assert shared_engine.engine().policy.processes
-        use_folder(processes, moved)
         before = forward_count()
         open_page(processes, "remove", "Remove SE blocks")
         assert metrics(processes) == expected

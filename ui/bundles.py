@@ -23,6 +23,9 @@ from ui.results import Analysis
 from ui.serving import budget_bytes, server_path
 
 FAILURES = 64  # refused files remembered (digest -> message)
+OLD_BUNDLE_NOTE = ("This analysis file holds no chance table (it was written before chance levels were saved): "
+                   "chance levels, bands and intervals are unknown. Write it again with `python -m senet_viz stats "
+                   "--excitations ... --bundle FILE` to have them.")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class BundleCache:
         size = bundle_bytes(entry.bundle)
         if entry.analysis is not None:
             size += int(entry.analysis.indices.memory_usage(deep=True).sum())
+        if entry.bundle.chance is not None:
+            size += int(entry.bundle.chance.memory_usage(deep=True).sum())
         return size
 
     def _put(self, digest: str, entry: _Entry) -> None:
@@ -102,8 +107,10 @@ class BundleCache:
             entry = self._entries.get(bundle.digest) if bundle.digest else None
             if entry is not None and entry.bundle is bundle and entry.analysis is not None:
                 return entry.analysis
+        note = "" if bundle.chance is not None else OLD_BUNDLE_NOTE
         analysis = Analysis(result=None, stats=bundle.stats, indices=bundle.stats.indices(),
-                            class_names=list(bundle.stats.class_names), grouping="labels")
+                            class_names=list(bundle.stats.class_names), grouping="labels", chance=bundle.chance,
+                            chance_note=note)
         with self._lock:
             entry = self._entries.get(bundle.digest) if bundle.digest else None
             if entry is not None and entry.bundle is bundle:

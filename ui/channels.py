@@ -46,13 +46,14 @@ class Source:
     stats: GateStats
     grouping: str  # "labels" or "predicted class"
     blocks: dict[str, int]  # name -> channels, in depth order
-    class_names: list[str]  # names of the stored class / prediction indices
+    class_names: list[str]  # names of the indices the statistics group by (labels, or predictions)
     # (block, k, channel) -> exemplars holding at least that channel; None: no per-image gates (``missing`` says why)
     exemplars: Callable[[str, int, int], exemplars.Exemplars] | None
     values: Callable[[str, int], pd.DataFrame] | None  # (block, channel) -> rows with label, pred, gate
     image: Callable[[str], Image.Image | None]  # image key -> the image, or None when it cannot be found
     loaded: LoadedModel | None  # the network for pre-gate maps (None: not available for this source)
     missing: str = ""  # why there are no per-image gates
+    pred_names: list[str] | None = None  # the model's classes, naming predictions (None: unknown, not shown)
 
     def classes_of(self, values: pd.DataFrame) -> pd.Series:
         """The class each row is grouped under (as the statistics group it)."""
@@ -80,7 +81,7 @@ def _live() -> Source:
     names = list(model.class_names) if grouping == "predicted class" else list(selection.images.class_names)
     return Source(key=(*model_key(model), images_key(selection.images), grouping), model=model.name,
                   stats=analysis.stats, grouping=grouping, blocks={b.name: b.channels for b in model.blocks},
-                  class_names=names,
+                  class_names=names, pred_names=list(model.class_names),
                   exemplars=None if missing else
                   lambda block, k, channel: exemplars.exemplars_from_result(result, block, k, [channel]),
                   values=None if missing else lambda block, channel: exemplars.channel_values(result, block, channel),
@@ -136,10 +137,13 @@ def _from_extract() -> Source:
             return None
 
     where = str(path.resolve())
+    # A prediction indexes the model's classes, not the image set's: from the network here, else the file's record.
+    model_names = list(loaded.class_names) if loaded is not None else meta.get("model_class_names")
     return Source(key=("extract", where, stamp, by), model=meta["model"],
                   stats=_extract_stats(where, stamp, by), grouping="labels" if by == "labels" else "predicted class",
                   blocks={b["name"]: int(b["channels"]) for b in meta["blocks"]},
                   class_names=list(meta.get("class_names") or []),
+                  pred_names=list(model_names) if model_names else None,
                   exemplars=lambda block, k, channel: _extract_exemplars(where, stamp, block, k),
                   values=lambda block, channel: _extract_values(where, stamp, block, channel),
                   image=image, loaded=loaded)
@@ -234,7 +238,8 @@ def channel_link(fig: go.Figure, event, block: str | None = None) -> None:
 
 def thumbnails(src: Source, frame: pd.DataFrame) -> tuple[list[np.ndarray], list[str], int]:
     """(images, captions, missing) of the exemplar rows ``frame`` (in order): the crop the model saw when the
-    model is here, else the image; captions give the class, the prediction and the gate."""
+    model is here, else the image; captions give the class, the model's predicted class (``pred_name``, named from
+    the model's class list: :attr:`Source.pred_names`) where it differs, and the gate."""
     shown, captions, missing = [], [], 0
     for row in frame.itertuples(index=False):
         picture = src.image(row.key)

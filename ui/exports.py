@@ -63,7 +63,8 @@ def provenance(selection: Selection | None = None) -> Provenance | None:
         items = selection.images.items
         digest = images_key(selection.images)[:10]  # the identity that also keys the shared results
         n_classes = len(selection.images.classes_present())
-        images = f"{selection.source}: {len(items)} files in {n_classes} class{'es' if n_classes != 1 else ''}"
+        where = f"{selection.source} ({selection.origin})" if selection.origin else selection.source
+        images = f"{where}: {len(items)} files in {n_classes} class{'es' if n_classes != 1 else ''}"
     return Provenance(model.name, weights, images, digest)
 
 
@@ -78,6 +79,7 @@ def _bucket(prov: Provenance) -> dict:
     if bucket is None:
         bucket = {"provenance": prov, "figures": {}, "tables": {}}
         store.put(prov.key, bucket)
+    bucket["provenance"] = prov  # the same images reached another way (a folder typed, then the samples): say so
     return bucket
 
 
@@ -100,8 +102,7 @@ def current() -> dict | None:
     prov = provenance()
     if prov is None:
         return None
-    store = _store()
-    return store.get(prov.key) if prov.key in store else {"provenance": prov, "figures": {}, "tables": {}}
+    return _bucket(prov) if prov.key in _store() else {"provenance": prov, "figures": {}, "tables": {}}
 
 
 def earlier() -> list[dict]:

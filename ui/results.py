@@ -30,6 +30,17 @@ from ui.model_cache import process_ref
 # and stream the gates into statistics, so memory does not grow with the folder (SE-ResNet-50: 30 kB per image).
 KEEP_GATES_LIMIT = 2_000
 
+CIRCULAR_NOTE = ("Grouped by predicted class: the network's own output defines the classes, so this grouping is "
+                 "circular and class specificity (eta², spread, selectivity) is inflated: read these numbers as an "
+                 "upper bound, and group by labels where the images have them.")
+"""Shown wherever per-class numbers of a grouping by predicted class appear (Compare, Depth, Channels)."""
+NO_GATES_NOTE = (f"This run has more than {KEEP_GATES_LIMIT:,} images, so no per-image gates were kept: the chance "
+                 "levels shown are exact expectations from the statistics (eta² and spread), while the chance bands, "
+                 "permutation p values and bootstrap intervals need per-image gates: run `python -m senet_viz "
+                 "extract` and `stats --excitations ...` on the images (optionally with --chance-images N) and open "
+                 "its bundle here.")
+"""Shown where a chance band or interval would be, for runs that kept no per-image gates."""
+
 
 @dataclass
 class Analysis:
@@ -40,6 +51,15 @@ class Analysis:
     indices: pd.DataFrame
     class_names: list[str]
     grouping: str  # "labels" or "predicted class"
+    #: chance levels and intervals per block (:func:`senet_viz.analysis.chance.chance_table`); for a run without
+    #: per-image gates only the exact levels (:func:`~senet_viz.analysis.chance.exact_chance`); None: unknown
+    chance: pd.DataFrame | None = None
+    chance_note: str = ""  # why the bands / intervals are missing ("" when the table has them)
+
+    @property
+    def circular(self) -> bool:
+        """Grouped by the network's own prediction (class specificity inflated; see :data:`CIRCULAR_NOTE`)."""
+        return self.grouping == "predicted class"
 
 
 def _read_only(result: Result) -> Result:
@@ -101,13 +121,26 @@ def analyse(loaded: LoadedModel, images: ImageSet, group_by_prediction: bool = F
             grouping = "predicted class"
             stats = by_pred if by_pred is not None else \
                 GateStats.from_result(result, loaded.blocks, loaded.class_names, by="prediction")
+        chance, note = _chance(result, stats, by_prediction)
         return Analysis(result=result, stats=stats, indices=stats.indices(), class_names=list(stats.class_names),
-                        grouping=grouping)
+                        grouping=grouping, chance=chance, chance_note=note)
 
     # Statistics need no network: computed on this thread (still once for sessions asking together).
     return shared("analysis", (*model_key(loaded), images_key(images), group_by_prediction,
                               len(images.items) <= KEEP_GATES_LIMIT), compute,
                   needs=passes, on_worker=False)
+
+
+def _chance(result: Result, stats: GateStats, by_prediction: bool) -> tuple[pd.DataFrame, str]:
+    """The chance table from the kept per-image gates, grouped as the statistics are; without them (a large run)
+    the exact chance levels of the statistics and the note that says what is missing."""
+    from senet_viz.analysis.chance import chance_table, exact_chance
+
+    blocks = [b.name for b in stats.blocks]
+    if result.gates and all(b in result.gates for b in blocks):
+        labels = result.pred if by_prediction else result.labels
+        return chance_table(result.gates, np.asarray(labels), blocks=blocks), ""
+    return exact_chance(stats), NO_GATES_NOTE
 
 
 def evaluate(loaded: LoadedModel, images: ImageSet, blocks: list[SEBlock], mode: str) -> ablation.AblationResult:

@@ -20,7 +20,8 @@ class Selection:
     model: LoadedModel | None = None
     model_error: str | None = None
     images: ImageSet | None = None
-    source: str = ""
+    source: str = ""  # the sidebar's "Images" choice, e.g. "Folder on the server"
+    origin: str = ""  # where exactly: the folder read (empty for uploads)
     group_by_prediction: bool = False
     skipped: list[Skipped] = field(default_factory=list)
     bundle: Bundle | None = None  # an opened analysis file: statistics without model or images

@@ -355,6 +355,7 @@ def _images_section(selection: Selection) -> None:
                 st.warning(f"Sample folder {folder} not found; upload images or pick a folder.")
             else:
                 st.caption(f"`{folder}`")
+                selection.origin = str(folder)
                 # the app's own folder (not typed): the bounded walk, remembered across reruns and sessions
                 images = _class_picker(folder_source(folder, model.class_names, model.wnids), model,
                                        f"classes_{folder}")
@@ -373,6 +374,7 @@ def _images_section(selection: Selection) -> None:
                 # a typed path: inside the operator's roots (symlinks followed, one answer outside), then a
                 # bounded walk (files, depth, seconds) remembered per folder stamp across reruns and sessions
                 folder = server_path(path, "image folder")
+                selection.origin = str(folder)
                 images = _class_picker(folder_source(folder, model.class_names, wnids, within=data_roots()),
                                        model, f"classes_{path}")
         elif test_set is not None:

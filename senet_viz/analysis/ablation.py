@@ -31,6 +31,7 @@ from senet_viz.inference.precision import ForwardCounter, PrecisionPolicy
 from senet_viz.inference.run import Ablation, ProgressFn, Result, RunOptions, run_model
 from senet_viz.inference.shards import ONE_PROCESS, Shards
 from senet_viz.models.loaded import LoadedModel
+from senet_viz.models.outputs import log_probabilities, probabilities
 
 CALIBRATION_FRACTION = 0.2
 MODES = ("identity", "mean")
@@ -54,14 +55,12 @@ def mean_gates(result: Result, blocks: Sequence[SEBlock]) -> dict[str, np.ndarra
     return {b.name: result.gates[b.name].astype(np.float32).mean(axis=0) for b in blocks}
 
 
-def per_image_kl(full_logits: np.ndarray, ablated_logits: np.ndarray) -> np.ndarray:
-    """KL(full || ablated) of the softmax outputs per image, in nats (float64); the mean of these rows is the
-    ``kl`` of :class:`AblationResult` (senet_viz.inference.distributed gathers them across ranks)."""
-    def log_softmax(z: np.ndarray) -> np.ndarray:
-        z = z - z.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-    lp, lq = log_softmax(full_logits.astype(np.float64)), log_softmax(ablated_logits.astype(np.float64))
+def per_image_kl(full_logits: np.ndarray, ablated_logits: np.ndarray, outputs: str = "logits") -> np.ndarray:
+    """KL(full || ablated) of the output distributions per image, in nats (float64): the network's outputs of
+    kind ``outputs`` (``LoadedModel.outputs``: logits, probabilities or log-probabilities) read as the model means
+    them. The mean of these rows is the ``kl`` of :class:`AblationResult` (senet_viz.inference.distributed gathers
+    them across ranks)."""
+    lp, lq = log_probabilities(full_logits, outputs), log_probabilities(ablated_logits, outputs)
     return (np.exp(lp) * (lp - lq)).sum(axis=1)
 
 
@@ -116,6 +115,7 @@ class AblationResult(Savings):
     config: str | None = None  # its label, e.g. "SE_5_2", "stage 5", "last 3"
     precision: str = "fp32"  # what the forwards ran in (see senet_viz.inference.precision.PrecisionPolicy)
     fp32_fallback_batches: int = 0  # batches redone in fp32 (for a sweep: this configuration's)
+    outputs: str = "logits"  # how the network's outputs were read (LoadedModel.outputs): logits, probs, logprobs
 
     @property
     def params_saved_pct(self) -> float:
@@ -151,6 +151,7 @@ class AblationResult(Savings):
             "n_skipped": self.n_skipped, "skipped": [{"file": s.file, "reason": s.reason} for s in self.skipped],
             "per_class_top1_change": dict(self.per_class_top1_change),
             "precision": self.precision, "fp32_fallback_batches": self.fp32_fallback_batches,
+            "outputs": self.outputs,
         }
 
     def __getitem__(self, key: str):
@@ -209,7 +210,8 @@ def _measure(loaded: LoadedModel, cost: CostReport, blocks: Sequence[SEBlock], m
         kl=(float(kl_rows.mean()) if n else None) if blocks else 0.0,
         params=cost.params, params_removed=int(gone["params"].sum()), macs=cost.macs,
         macs_removed=int(gone["macs"].sum()), n_images=n, n_scored=int((labels >= 0).sum()),
-        n_calibration=n_calibration, skipped=tuple(skipped), per_class_top1_change=change, **extra)
+        n_calibration=n_calibration, skipped=tuple(skipped), per_class_top1_change=change, outputs=loaded.outputs,
+        **extra)
 
 
 def _full_cost(loaded: LoadedModel) -> CostReport:
@@ -229,7 +231,7 @@ def compare(loaded: LoadedModel, full: Result, ablated: Result | None, blocks: S
     if blocks and ablated.keys != full.keys:
         raise ValueError("the ablated pass read other images than the full pass")
     if blocks and kl_rows is None and full.n:
-        kl_rows = per_image_kl(full.logits, ablated.logits)
+        kl_rows = per_image_kl(full.logits, ablated.logits, loaded.outputs)
     full_preds = _Predictions.of(full.top5, full.labels)
     ablated_preds = _Predictions.of(ablated.top5, full.labels) if blocks else full_preds
     extra.setdefault("precision", full.precision)
@@ -285,7 +287,7 @@ def evaluate(loaded: LoadedModel, images: ImageSet, ablate_blocks: Sequence[SEBl
                             pixel_cache=pixel_cache)
         if ablated.keys != full.keys:
             raise ValueError("the ablated pass read other images than the full pass")
-        kl = per_image_kl(full.logits, ablated.logits) if full.n else np.zeros(0)
+        kl = per_image_kl(full.logits, ablated.logits, loaded.outputs) if full.n else np.zeros(0)
         kl_all = shards.gather_rows(full.keys, kl, eval_images)
         ablated = shards.gather_result(ablated, eval_images)
     full = shards.gather_result(full, eval_images)
@@ -323,10 +325,10 @@ class _Configuration:
                 means: dict[str, np.ndarray] | None) -> None:
         with ablate(loaded.model, self.blocks, mode=self.mode, means=means):
             logits = self.policy.forward(loaded.model, x)
-        # As run_model ranks: top-k of the softmax probabilities.
-        _, top = logits.softmax(dim=1).topk(min(5, logits.shape[1]), dim=1)
+        # As run_model ranks: top-k of the probabilities.
+        _, top = probabilities(logits, loaded.outputs).topk(min(5, logits.shape[1]), dim=1)
         self.top5.append(top.cpu().numpy())
-        self.kl.append(per_image_kl(full_logits, logits.cpu().numpy()))
+        self.kl.append(per_image_kl(full_logits, logits.cpu().numpy(), loaded.outputs))
 
     def outcome(self, labels: np.ndarray, k: int) -> tuple[_Predictions, np.ndarray]:
         top5 = np.concatenate(self.top5) if self.top5 else np.zeros((0, k), np.int64)

@@ -7,7 +7,9 @@ A bundle is a zip archive (``.senetviz.zip``) holding
 - ``stats.parquet``: the :class:`~senet_viz.analysis.stats.GateStats` as :meth:`GateStats.save` writes it (mergeable:
   bundles of shards merge exactly, see :func:`merge_bundles`);
 - ``indices.csv``: the per-block indices, for a reader without senet-viz;
-- optionally ``metrics.json``: accuracy or ablation results of the same run.
+- optionally ``metrics.json``: accuracy or ablation results of the same run;
+- optionally ``chance.csv``: the chance levels, permutation p values and bootstrap intervals of every per-block
+  index (:func:`senet_viz.analysis.chance.chance_table`); a bundle without it opens with chance unknown.
 
 Reading is safe on untrusted files: only these member names are read, each streamed with a size limit (a member
 that expands past it is refused as soon as it does), and the statistics load from Parquet (no pickle) after their
@@ -29,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from senet_viz.analysis.stats import GateStats
 from senet_viz.analysis.stats_io import StatsTooLarge
 
@@ -40,10 +44,11 @@ SUFFIX = ".senetviz.zip"
 #: The JSON members hold kilobytes (provenance; accuracy or ablation results): 1 MiB each, since parsed JSON takes
 #: up to tens of times its text in Python objects. indices.csv is written for other readers and never read here.
 MAX_MEMBER_BYTES = {"bundle.json": 1 << 20, "metrics.json": 1 << 20, "indices.csv": 16 << 20,
-                    "stats.parquet": 512 << 20}
+                    "stats.parquet": 512 << 20, "chance.csv": 4 << 20}
 #: Memory the statistics of one bundle may take once read (a reader may ask for less: the app uses its budget).
 MAX_STATS_BYTES = 2 << 30
-MAX_MEMBERS = 64  # a bundle has three or four
+MAX_MEMBERS = 64  # a bundle has three to five
+MAX_CHANCE_ROWS = 10_000  # one row per SE block
 #: A member may expand to at most this many times its compressed size (plus 1 MiB): stats.parquet is compressed
 #: already (written stored; zipped again with deflate it gains little), so a bomb is refused after a few MiB.
 MAX_EXPANSION = 16
@@ -61,6 +66,8 @@ class Bundle:
     stats: GateStats
     provenance: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: the chance table (one row per block) when the bundle holds one; None: chance unknown (an older bundle)
+    chance: pd.DataFrame | None = field(default=None, compare=False)
     #: sha256 of the file it was read from, when the reader knows it (the app's caches are keyed by it: never by
     #: bundle.json, which a doctored file can copy from a genuine one); "" otherwise.
     digest: str = field(default="", compare=False)
@@ -108,9 +115,10 @@ def provenance(*, model: str, weights: str, weights_digest: str, images: str, n_
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": _versions(), **extra}
 
 
-def write_bundle(path: str | Path, stats: GateStats, prov: dict[str, Any], metrics: dict[str, Any] | None = None
-                 ) -> Path:
-    """Write a bundle to ``path`` (``.senetviz.zip`` is appended when the name has no ``.zip``)."""
+def write_bundle(path: str | Path, stats: GateStats, prov: dict[str, Any], metrics: dict[str, Any] | None = None,
+                 chance: pd.DataFrame | None = None) -> Path:
+    """Write a bundle to ``path`` (``.senetviz.zip`` is appended when the name has no ``.zip``); ``chance``: the
+    chance table of the same images, kept as ``chance.csv``."""
     out = Path(path)
     if not out.name.endswith(".zip"):
         out = out.with_name(out.name + SUFFIX)
@@ -125,6 +133,8 @@ def write_bundle(path: str | Path, stats: GateStats, prov: dict[str, Any], metri
             zf.writestr("indices.csv", stats.indices().to_csv(index=False))
             if metrics:
                 zf.writestr("metrics.json", json.dumps(metrics, indent=2, default=str))
+            if chance is not None:
+                zf.writestr("chance.csv", chance.to_csv(index=False))
         part.replace(out)  # a reader never sees half a bundle
     return out
 
@@ -182,6 +192,26 @@ def _json_member(zf: zipfile.ZipFile, name: str, required: bool = True) -> Any:
         raise BundleError(f"{name} is not valid JSON: {exc}") from None
 
 
+def _chance_member(zf: zipfile.ZipFile) -> pd.DataFrame | None:
+    """``chance.csv`` as a frame (None when the bundle has none); a damaged one is refused with the reason."""
+    data = _member(zf, "chance.csv", required=False)
+    if data is None:
+        return None
+    try:
+        frame = pd.read_csv(io.BytesIO(data), nrows=MAX_CHANCE_ROWS + 1, keep_default_na=True)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise BundleError(f"chance.csv in the bundle cannot be read: {exc}") from None
+    if "block" not in frame.columns or len(frame) > MAX_CHANCE_ROWS:
+        raise BundleError("chance.csv in the bundle is not a chance table (no block column, or more rows than "
+                          f"{MAX_CHANCE_ROWS:,} blocks)")
+    frame["block"] = frame["block"].astype(str)
+    if "cannot_tell" in frame.columns:
+        frame["cannot_tell"] = ["" if pd.isna(v) else str(v) for v in frame["cannot_tell"]]
+    for column in [c for c in frame.columns if c.endswith("_above_chance")]:
+        frame[column] = frame[column].astype(str).str.lower().eq("true")
+    return frame
+
+
 def read_bundle(source: str | Path | bytes, max_bytes: int | None = MAX_STATS_BYTES) -> Bundle:
     """Open a bundle from a path or from the bytes of an upload; raises :class:`BundleError` with the reason.
 
@@ -195,7 +225,7 @@ def read_bundle(source: str | Path | bytes, max_bytes: int | None = MAX_STATS_BY
         raise BundleError(f"not a senet-viz bundle (not a zip archive: {exc})") from None
     with zf, tempfile.TemporaryDirectory() as tmp:  # a private (0700) folder, removed at once
         if len(zf.infolist()) > MAX_MEMBERS:
-            raise BundleError(f"not a senet-viz bundle: {len(zf.infolist()):,} members (a bundle has 3 or 4)")
+            raise BundleError(f"not a senet-viz bundle: {len(zf.infolist()):,} members (a bundle has 3 to 5)")
         prov = _json_member(zf, "bundle.json")
         if not isinstance(prov, dict) or prov.get("format") != FORMAT:
             raise BundleError("bundle.json does not describe a senet-viz bundle (format field missing or wrong)")
@@ -210,6 +240,7 @@ def read_bundle(source: str | Path | bytes, max_bytes: int | None = MAX_STATS_BY
         with stats_path.open("wb") as out:
             _copy_member(zf, info, out)
         metrics = _json_member(zf, "metrics.json", required=False)
+        chance = _chance_member(zf)
         try:
             stats = GateStats.load(stats_path, max_bytes=max_bytes)
         except StatsTooLarge as exc:
@@ -221,7 +252,7 @@ def read_bundle(source: str | Path | bytes, max_bytes: int | None = MAX_STATS_BY
                           "again from a run over images")
     if not isinstance(metrics, dict):
         metrics = {}
-    return Bundle(stats, prov, metrics)
+    return Bundle(stats, prov, metrics, chance=chance)
 
 
 def merge_bundles(bundles: list[Bundle]) -> Bundle:
@@ -238,4 +269,4 @@ def merge_bundles(bundles: list[Bundle]) -> Bundle:
     for key in ("n_images", "n_skipped"):
         prov[key] = sum(int(b.provenance.get(key, 0)) for b in bundles)
     prov["merged_from"] = len(bundles)
-    return Bundle(stats, prov, {})
+    return Bundle(stats, prov, {})  # chance tables of shards do not merge: chance unknown until computed again

@@ -9,7 +9,8 @@ For one block with ``K`` classes and ``C`` channels, ``m_kc`` the mean gate of c
 
   0 when every class has the same mean gate, 1 when the channel opens for one class only (the others' mean gate
   is 0). Gates are in [0, 1], so SI is in [0, 1]; a channel closed for every class (all means 0) gets 0.
-  ``preferred`` is the class with the largest mean (the lower class index on a tie).
+  ``preferred`` is the class with the largest mean; :func:`channel_table` gives none (``preferred_class`` None,
+  ``preferred_index`` -1) when the top two class means tie within :data:`TIE_TOL` (e.g. a constant channel).
 - **eta2** per channel: the share of the channel's gate variance explained by class (the correlation ratio)::
 
       eta2_c = sum_k n_k (m_kc - m_c)^2 / (sum_k n_k (m_kc - m_c)^2 + sum_k (n_k - 1) v_kc)
@@ -23,7 +24,9 @@ tuning to a class (:func:`block_summary` says so in ``class_means_from``).
 
 Per block (:func:`block_summary`): the distribution of SI (and eta2) across the block's channels, median and
 quartiles; :func:`depth_trend` tests whether the median rises with depth (Spearman's rho against block position,
-with an exact or Monte Carlo permutation p-value: :func:`senet_viz.analysis.correlation.spearman`).
+with an exact permutation p-value up to 10 blocks, else a Monte Carlo one: :func:`senet_viz.analysis.correlation.
+spearman`), leaving out blocks whose gate never changes (switched off or constant:
+:mod:`senet_viz.analysis.verdict_blocks`) and, given a chance table, setting each block beside its chance level.
 :func:`most_selective` ranks the channels of a block. :func:`stats_for_extract` streams the class statistics of
 chosen blocks from ``extract`` Parquet shards, grouped by label or by predicted class.
 """
@@ -38,8 +41,13 @@ import pandas as pd
 
 from senet_viz.analysis.correlation import spearman
 from senet_viz.analysis.stats import GateStats, stats_from_parquet
+from senet_viz.analysis.verdict_blocks import inert_of_row
 
 SUMMARY_QUANTILES = (0.25, 0.5, 0.75)
+TIE_TOL = 1e-12
+"""Class means closer than this to the largest one tie: the channel then has no preferred class."""
+EXACT_MAX = 10
+"""Up to this many blocks the trend's permutation p is exact (every order)."""
 
 
 # ------------------------------------------------------------------------------------------ indices from arrays
@@ -101,8 +109,9 @@ def _class_rows(stats: GateStats, block: str, classes: Iterable[str | int] | Non
 
 def channel_table(stats: GateStats, block: str, classes: Iterable[str | int] | None = None) -> pd.DataFrame:
     """One row per channel of ``block``: ``selectivity``, ``preferred_class`` (its name, ``preferred_index``, and
-    its images ``preferred_count``), ``mu_max``, ``mu_rest``, ``eta2``, ``mean_gate`` (over the classes' images) and
-    the number of classes; over every class of the statistics, or ``classes``."""
+    its images ``preferred_count``; None / -1 / 0 when the top class means tie), ``mu_max``, ``mu_rest``, ``eta2``,
+    ``mean_gate`` (over the classes' images) and the number of classes; over every class of the statistics, or
+    ``classes``."""
     return _table(stats, block, classes)[0]
 
 
@@ -117,16 +126,26 @@ def _table(stats: GateStats, block: str, classes: Iterable[str | int] | None) ->
         mean_gate = counts.astype(np.float64) @ means / max(int(counts.sum()), 1)
     else:
         mu_max = mu_rest = mean_gate = np.full(info.channels, np.nan)
+    tie = np.zeros(info.channels, bool)
+    if k >= 2:  # the second-largest mean equals the largest: no preferred class (e.g. a constant channel)
+        top2 = np.partition(means, k - 2, axis=0)[k - 2:]
+        tie = top2[1] - top2[0] <= TIE_TOL
     table = pd.DataFrame({
         "model": stats.model, "block": info.name, "stage": info.stage, "order": info.order,
         "channel": np.arange(info.channels), "selectivity": si,
-        "preferred_class": [names[p] for p in pref] if k else [None] * info.channels,
-        "preferred_index": ids[pref] if k else np.full(info.channels, -1),
-        "preferred_count": counts[pref] if k else np.zeros(info.channels, np.int64),
+        "preferred_class": [None if t else names[p] for p, t in zip(pref, tie, strict=True)] if k
+        else [None] * info.channels,
+        "preferred_index": np.where(tie, -1, ids[pref]) if k else np.full(info.channels, -1),
+        "preferred_count": np.where(tie, 0, counts[pref]) if k else np.zeros(info.channels, np.int64),
         "mu_max": mu_max, "mu_rest": mu_rest, "eta2": eta_squared(counts, means, m2), "mean_gate": mean_gate,
         "n_classes": k,
     })
     return table, counts
+
+
+def preferred_text(value: object) -> str:
+    """A channel's ``preferred_class`` for display: "none (class means tie)" where it has none."""
+    return "none (class means tie)" if value is None or pd.isna(value) else str(value)
 
 
 def most_selective(table: pd.DataFrame, n: int = 20) -> pd.DataFrame:
@@ -142,8 +161,9 @@ def block_summary(stats: GateStats, blocks: str | Iterable[str] | None = None,
                   classes: Iterable[str | int] | None = None) -> pd.DataFrame:
     """One row per block (depth order): the distribution of the channels' selectivity (``selectivity_q25``,
     ``selectivity_median``, ``selectivity_q75``, ``selectivity_mean``) and of their eta2 (same columns), how many
-    distinct preferred classes the channels have, the class sizes, and ``class_means_from``: "single images" when
-    every class has one image (then a class mean is one image), else "classes"."""
+    distinct preferred classes the channels have, the class sizes, ``class_means_from``: "single images" when
+    every class has one image (then a class mean is one image), else "classes", and whether the gate is constant:
+    ``all_std_max`` (largest per-channel std over all images), ``gate_min`` / ``gate_max``."""
     names = [b.name for b in stats.blocks] if blocks is None else (
         [blocks] if isinstance(blocks, str) else list(blocks))
     rows = []
@@ -156,6 +176,10 @@ def block_summary(stats: GateStats, blocks: str | Iterable[str] | None = None,
                "max_class_count": int(counts.max()) if len(counts) else 0,
                "class_means_from": "single images" if len(counts) and counts.max() == 1 else "classes",
                "preferred_classes": int(table["preferred_class"].nunique())}
+        acc = stats.accumulators[name]
+        row.update({"all_std_max": float(np.sqrt(acc.m2 / (acc.n - 1)).max()) if acc.n > 1 else float("nan"),
+                    "gate_min": float(acc.min.min()) if acc.n else float("nan"),
+                    "gate_max": float(acc.max.max()) if acc.n else float("nan")})
         for column in ("selectivity", "eta2"):
             values = table[column].to_numpy(dtype=np.float64)
             finite = values[np.isfinite(values)]
@@ -169,18 +193,57 @@ def block_summary(stats: GateStats, blocks: str | Iterable[str] | None = None,
 # ------------------------------------------------------------------------------------------ the trend with depth
 
 
-def depth_trend(summary: pd.DataFrame, column: str = "selectivity_median") -> dict:
+def depth_trend(summary: pd.DataFrame, column: str = "selectivity_median", chance: pd.DataFrame | None = None
+                ) -> dict:
     """Does ``column`` of a :func:`block_summary` rise with depth? Spearman's rho against block position (``order``)
-    with its permutation p-value, the first and last blocks' values and the number of blocks."""
+    with its two-sided permutation p-value (exact up to :data:`EXACT_MAX` blocks), the first and last blocks'
+    values and the number of blocks used.
+
+    Blocks whose gate is the same for every image (switched off or constant; known when the summary has
+    ``all_std_max``, ``gate_min``, ``gate_max``) are left out: ``left_out`` lists them as ``{"block", "reason"}``.
+    With ``chance`` (:func:`senet_viz.analysis.chance.chance_table`: ``<column>_chance`` and ``<column>_above_chance``
+    per block) the result also holds ``chance`` and ``above_chance`` (block -> value, for the blocks used),
+    ``n_above_chance``, and ``excess_rho`` / ``excess_p`` / ``excess_verdict``: the same test on the value minus its
+    chance level (the class tuning beyond what each block's gate distribution gives with shuffled labels)."""
     table = summary.sort_values("order", kind="stable")
-    rho, p = spearman(table["order"].to_numpy(), table[column].to_numpy())
+    inert = [inert_of_row(r) for _, r in table.iterrows()]
+    left_out = [{"block": b.block, "reason": b.reason} for b in inert if b is not None]
+    table = table[[b is None for b in inert]]
+    order = table["order"].to_numpy(dtype=np.float64)
     values = table[column].to_numpy(dtype=np.float64)
-    verdict = "not enough blocks" if not np.isfinite(rho) else (
-        "rises with depth" if rho > 0 and p < 0.05 else "falls with depth" if rho < 0 and p < 0.05
-        else "no significant trend with depth")
-    return {"column": column, "rho": rho, "p_value": p, "n_blocks": int(len(table)),
-            "first": float(values[0]) if len(values) else float("nan"),
-            "last": float(values[-1]) if len(values) else float("nan"), "verdict": verdict}
+    rho, p = spearman(order, values, exact_max=EXACT_MAX)
+    out = {"column": column, "rho": rho, "p_value": p, "n_blocks": int(len(table)),
+           "first": float(values[0]) if len(values) else float("nan"),
+           "last": float(values[-1]) if len(values) else float("nan"), "verdict": _trend_word(rho, p),
+           "left_out": left_out}
+    if chance is not None:
+        by_block = chance.set_index(chance["block"].astype(str))
+        blocks = table["block"].astype(str).tolist()
+
+        def per_block(col: str, fill: object) -> list:
+            return [by_block.at[b, col] if col in by_block and b in by_block.index else fill for b in blocks]
+
+        base = np.array(per_block(f"{column}_chance", np.nan), dtype=np.float64)
+        above = [bool(a) for a in per_block(f"{column}_above_chance", False)]
+        ex_rho, ex_p = spearman(order, values - base, exact_max=EXACT_MAX)
+        out.update({"chance": dict(zip(blocks, base.tolist(), strict=True)),
+                    "above_chance": dict(zip(blocks, above, strict=True)), "n_above_chance": int(sum(above)),
+                    "excess_rho": ex_rho, "excess_p": ex_p, "excess_verdict": _trend_word(ex_rho, ex_p)})
+    return out
+
+
+def left_out_text(trend: dict) -> str:
+    """The blocks a :func:`depth_trend` left out, in words ("" when none)."""
+    out = trend.get("left_out") or []
+    return "" if not out else "left out (gate never changes): " + ", ".join(
+        f"{b['block']} {b['reason']}" for b in out)
+
+
+def _trend_word(rho: float, p: float) -> str:
+    if not np.isfinite(rho):
+        return "not enough blocks"
+    return ("rises with depth" if rho > 0 and p < 0.05 else "falls with depth" if rho < 0 and p < 0.05
+            else "no significant trend with depth")
 
 
 # ------------------------------------------------------------------------------------------ from extract files

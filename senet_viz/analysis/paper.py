@@ -12,12 +12,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from senet_viz.analysis.chance import ChanceOptions, class_mean_intervals
 from senet_viz.analysis.stats import GateStats
 from senet_viz.analysis.stats_accumulate import DEFAULT_BINS
 from senet_viz.data.sources import ImageSet
 from senet_viz.inference.pipeline import PixelCache
 from senet_viz.inference.precision import ForwardCounter
-from senet_viz.inference.run import RunOptions, run_model
+from senet_viz.inference.run import Result, RunOptions, run_model
 from senet_viz.inference.shards import ONE_PROCESS, Shards
 from senet_viz.models.loaded import LoadedModel
 
@@ -34,7 +35,9 @@ TABLE10_REDUCTION = pd.DataFrame({
     "top5_err": [6.00, 6.09, 5.99, 6.03, 6.20],
     "params_m": [45.7, 35.7, 30.7, 28.1, 26.9],
 })
-# Table 13: ResNet-50 with SE blocks in one stage only (errors %, GFLOPs, parameters in millions).
+# Table 13: ResNet-50 with SE blocks in one stage only (errors %, GFLOPs, parameters in millions). The paper's
+# "GFLOPs" count multiply-adds, as ResNet's "3.8 billion FLOPs (multiply-adds)" do: they are GMACs, the unit of
+# senet_viz.analysis.cost (ResNet-50: 3.86 in the paper, 3.858 counted here), half of GFLOPs in the usual sense.
 TABLE13_STAGES = pd.DataFrame({
     "variant": ["ResNet-50", "SE_Stage_2", "SE_Stage_3", "SE_Stage_4", "SE_All"],
     "se_stages": [(), (2,), (3,), (4,), (2, 3, 4, 5)],
@@ -93,6 +96,62 @@ def pick_classes(images: ImageSet, classes: Sequence[str | int] | None, wnids: S
     return ranked[:4]
 
 
+def paper_class_names(wnids: Sequence[str] | None, class_names: Sequence[str] | None) -> list[str]:
+    """The names the paper's four classes (:data:`PAPER_CLASSES`) have in a model's class list (``wnids`` and
+    ``class_names`` in output-index order), in the paper's order; those the model lacks left out (none without
+    wnids)."""
+    if not wnids or not class_names:
+        return []
+    index = {w: i for i, w in enumerate(wnids)}
+    return [class_names[index[w]] for w in PAPER_CLASSES if w in index and index[w] < len(class_names)]
+
+
+def default_classes(stats: GateStats, wnids: Sequence[str] | None, class_names: Sequence[str] | None,
+                    k: int = 4) -> list[str]:
+    """The ``k`` classes of ``stats`` to show first, ranked as :func:`pick_classes` ranks them (the sidebar's and
+    ``paper``'s choice): most images first, ties broken by the paper's four classes (in the paper's order), then
+    by class index. ``wnids`` / ``class_names``: the model's (see :func:`paper_class_names`), matched by name, so
+    the 900 one-image ImageNet samples give goldfish, pug, airliner, cliff."""
+    from senet_viz.data.labels import norm_name
+
+    rank = {norm_name(n): i for i, n in enumerate(paper_class_names(wnids, class_names))}
+    table = stats.class_table()
+    real = table[table["class_index"] >= 0]
+    keys = [(-int(n), rank.get(norm_name(str(c)), len(rank)), int(i))
+            for c, n, i in zip(real["class"], real["count"], real["class_index"], strict=True)]
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return [str(real["class"].iloc[j]) for j in order[:k]]
+
+
+def interval_note(options: ChanceOptions | None = None) -> str:
+    """What the class-mean intervals of :func:`class_mean_bands` are, for a caption."""
+    o = options or ChanceOptions()
+    return f"{o.level:.0%} bootstrap interval of the class mean ({o.bootstrap} resamples, seed {o.seed})"
+
+
+def class_mean_bands(result: Result, by: str, stats: GateStats, blocks: Sequence[str], classes: Sequence[str],
+                     options: ChanceOptions | None = None) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Fig. 6 / Fig. 7 intervals: block -> class label -> ``(lo, hi)`` per channel, the bootstrap interval of the
+    class's mean gate (:func:`senet_viz.analysis.chance.class_mean_intervals`), for the ``classes`` of ``stats``
+    with 2+ images; grouped as ``stats`` is (``by``: "labels", or "predicted class" / "prediction"). Empty when
+    ``result`` kept no per-image gates."""
+    table = stats.class_table()
+    index = {str(c): int(k) for c, k, n in zip(table["class"], table["class_index"], table["count"], strict=True)
+             if k >= 0 and n >= 2}
+    wanted = [c for c in classes if c in index]
+    labels = np.asarray(result.pred if by in ("predicted class", "prediction") else result.labels)
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    if not wanted:
+        return out
+    for block in blocks:
+        gates = result.gates.get(block)
+        if gates is None:
+            continue
+        lo, hi = class_mean_intervals(gates, labels, [index[c] for c in wanted], options or ChanceOptions())
+        out[block] = {c: (lo[i], hi[i]) for i, c in enumerate(wanted)}
+    return out
+
+
 def paper_preset(loaded: LoadedModel, images: ImageSet, classes: Sequence[str | int] | None = None,
                  per_class: int = PAPER_IMAGES_PER_CLASS, bins: int = DEFAULT_BINS, batch_size: int = 32,
                  progress: Callable[[int, int], None] | None = None, precision: str = "auto", *,
@@ -136,31 +195,49 @@ def paper_preset(loaded: LoadedModel, images: ImageSet, classes: Sequence[str | 
                         n_images=result.n, skipped=result.skipped)
 
 
-def table13_measured(model: str = "legacy_seresnet50") -> pd.DataFrame:
-    """Table 13 beside our counts: SE kept only in the variant's stages, the others' SE blocks removed."""
-    from senet_viz.analysis.cost import model_cost
-    from senet_viz.gates.blocks import find_se_blocks
-    from senet_viz.models.registry import get_spec
+# Table 13's compute columns: both multiply-adds, named so that nobody reads the paper's as 2 x ours.
+PAPER_GMACS_COLUMN = "paper GMACs (its 'GFLOPs' = multiply-adds)"
+OURS_GMACS_COLUMN = "ours GMACs"
 
-    net = get_spec(model).build()
-    blocks = find_se_blocks(net)
+
+def table13_frame(measured: Sequence[tuple[float, float]]) -> pd.DataFrame:
+    """Table 13 beside ``measured``: (parameters, MACs) of each variant of :data:`TABLE13_STAGES`, in its order.
+    The paper's "GFLOPs" are shown as what they are, multiply-adds (see :data:`TABLE13_STAGES`)."""
+    if len(measured) != len(TABLE13_STAGES):
+        raise ValueError(f"one (params, macs) per Table 13 variant ({len(TABLE13_STAGES)}), got {len(measured)}")
     rows = []
-    for r in TABLE13_STAGES.itertuples(index=False):
-        removed = [b for b in blocks if b.stage not in r.se_stages]
-        cost = model_cost(net, blocks, removed, name=model)
-        rows.append({"variant": r.variant, "paper params (M)": r.params_m, "ours params (M)": cost.params_after / 1e6,
-                     "paper GFLOPs": r.gflops, "ours GMACs": cost.macs_after / 1e9,
+    for r, (params, macs) in zip(TABLE13_STAGES.itertuples(index=False), measured, strict=True):
+        rows.append({"variant": r.variant, "paper params (M)": r.params_m, "ours params (M)": params / 1e6,
+                     PAPER_GMACS_COLUMN: r.gflops, OURS_GMACS_COLUMN: macs / 1e9,
                      "paper top-1 err (%)": r.top1_err, "paper top-5 err (%)": r.top5_err})
     return pd.DataFrame(rows)
 
 
+def table13_measured(model: str = "legacy_seresnet50") -> pd.DataFrame:
+    """Table 13 beside our counts: SE kept only in the variant's stages, the others' SE blocks removed."""
+    from senet_viz.analysis.cost import model_cost
+    from senet_viz.gates.blocks import find_se_blocks
+    from senet_viz.gates.census import build_on_meta
+    from senet_viz.models.registry import get_spec
+
+    net = build_on_meta(get_spec(model).build)  # counts need shapes only: no weights, no initialisation
+    blocks = find_se_blocks(net)
+    cost = model_cost(net, blocks, name=model)  # one count; each variant then removes the other stages' blocks
+    measured = []
+    for r in TABLE13_STAGES.itertuples(index=False):
+        gone = cost.blocks[~cost.blocks["stage"].isin(r.se_stages)]
+        measured.append((cost.params - int(gone["params"].sum()), cost.macs - int(gone["macs"].sum())))
+    return table13_frame(measured)
+
+
 def table10_measured(model: str = "legacy_seresnet50") -> pd.DataFrame:
     """Table 10 beside our parameter counts of the same network built with reduction ratio r."""
+    from senet_viz.gates.census import build_on_meta
     from senet_viz.models.registry import get_spec
 
     rows = []
     for r in TABLE10_REDUCTION.itertuples(index=False):
-        net = get_spec(model).build(reduction=int(r.reduction))
+        net = build_on_meta(lambda r=r: get_spec(model).build(reduction=int(r.reduction)))  # parameter counts only
         rows.append({"reduction r": int(r.reduction), "paper params (M)": r.params_m,
                      "ours params (M)": sum(p.numel() for p in net.parameters()) / 1e6,
                      "paper top-1 err (%)": r.top1_err, "paper top-5 err (%)": r.top5_err})

@@ -65,7 +65,7 @@ class ImagePlacement:
     counts: dict[str, int]
 
 
-def _specificity(counts: np.ndarray, means: np.ndarray, m2: np.ndarray) -> dict:
+def specificity(counts: np.ndarray, means: np.ndarray, m2: np.ndarray) -> dict:
     """eta^2 and spread of one block from the class counts (K,), means (K, C) and M2 (K, C)."""
     if len(counts) < 2:
         return {"specificity": float("nan"), "specificity_method": "needs 2+ classes", "eta2": float("nan"),
@@ -84,7 +84,7 @@ def _specificity(counts: np.ndarray, means: np.ndarray, m2: np.ndarray) -> dict:
             "eta2": eta2, "spread": spread}
 
 
-def _mean_pairwise_corr(vectors: np.ndarray) -> float:
+def mean_pairwise_corr(vectors: np.ndarray) -> float:
     """Mean Pearson correlation over all pairs of rows, from the sum of unit centred rows (no K x K matrix)."""
     if len(vectors) < 2:
         return float("nan")
@@ -302,13 +302,13 @@ class GateViews(GateAccumulator):
             counts = acc.count
             row = {"model": self.model, "block": b.name, "stage": b.stage, "order": b.order, "channels": b.channels,
                    "n_images": acc.n, "n_classes": int(acc.rows), "threshold": threshold}
-            row.update(_specificity(counts, acc.means, acc.m2s))
+            row.update(specificity(counts, acc.means, acc.m2s))
             row.update({
                 "saturation": float((acc.mean >= threshold).mean()),
                 "mean_abs_1_minus_s": acc.sum_abs_1m / (acc.n * b.channels),
                 "share_near_0": float((acc.mean <= 1 - threshold).mean()),
                 "mean_gate": float(acc.mean.mean()),
-                "cross_class_corr": _mean_pairwise_corr(acc.means),
+                "cross_class_corr": mean_pairwise_corr(acc.means),
                 # From M2 and the running min/max only: no histogram is read.
                 "all_std_max": float(np.sqrt(acc.m2 / (acc.n - 1)).max()) if acc.n > 1 else float("nan"),
                 "gate_min": float(acc.min.min()),

@@ -141,7 +141,6 @@ def cmd_channels(args: argparse.Namespace) -> None:
     trend = channels.depth_trend(summary)
     summary.to_csv(out / "selectivity_by_block.csv", index=False)
     selectivity_depth(summary, trend).write_html(out / "selectivity_depth.html", include_plotlyjs="cdn")
-    class_names = list(meta.get("class_names") or [])
     written, sheets, missing = [], [], 0
     for block in blocks:
         table = channels.channel_table(stats, block)
@@ -151,7 +150,7 @@ def cmd_channels(args: argparse.Namespace) -> None:
             found = exemplars.exemplars_from_extract(args.excitations, block, args.top)
         except ValueError as exc:
             raise UserError(str(exc)) from exc
-        frame = found.frame(class_names=class_names)
+        frame = found.frame(class_names=meta.get("model_class_names"))  # predictions index the model's classes
         frame.to_csv(out / f"exemplars_{block}.csv", index=False)
         written += [f"channels_{block}.csv", f"top_channels_{block}.csv", f"exemplars_{block}.csv"]
         picked = wanted_channels if wanted_channels is not None else \
@@ -162,7 +161,7 @@ def cmd_channels(args: argparse.Namespace) -> None:
         for channel in picked:
             row = table.iloc[channel]
             title = (f"{stats.model} {block} channel {channel}: selectivity {row['selectivity']:.3f}, "
-                     f"preferred {row['preferred_class']}")
+                     f"preferred {channels.preferred_text(row['preferred_class'])}")
             sheet, lost = contact_sheet(frame[frame["channel"] == channel], args.images, title)
             path = out / "sheets" / f"{block}_c{channel}.png"
             sheet.save(path)
@@ -189,6 +188,8 @@ def cmd_channels(args: argparse.Namespace) -> None:
     print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"Spearman rho of the median against depth: {trend['rho']:.3f} (p = {trend['p_value']:.3g}, "
           f"{trend['n_blocks']} blocks): {trend['verdict']}")
+    if trend["left_out"]:
+        print(channels.left_out_text(trend))
     if missing:
         print(f"{missing} exemplar image(s) not found: pass --images with the folder the extract read")
     if np.isnan(trend["rho"]):

@@ -90,8 +90,9 @@ def load_network(args: argparse.Namespace, weights_needed: bool = True):
     if not weights_needed and weights is None and not is_model_file(args.model):
         weights = "random"  # a zoo network's gates and cost need no weights (a model file carries its own)
     try:
-        return load_model(args.model, weights=weights, device=args.device,
-                          reduction=getattr(args, "reduction", None), options=file_options(args))
+        loaded = load_model(args.model, weights=weights, device=args.device,
+                            reduction=getattr(args, "reduction", None), options=file_options(args))
+        return loaded.with_outputs(getattr(args, "outputs", None))
     except KeyError as exc:
         raise UserError(str(exc) if type(exc) is not KeyError else exc.args[0]) from exc
     except (WeightsError, ValueError) as exc:
@@ -253,6 +254,12 @@ PRECISION = parent((("--precision",), {
     "help": "what the forwards run in: auto (bf16 on GPUs with native bf16, fp16 on older GPUs, fp32 on the CPU), "
             "or one of fp32 (exact gates: also without TF32 on a GPU), bf16, fp16; a batch that overflows is redone "
             "in fp32"}))
+
+OUTPUTS = parent((("--outputs",), {
+    "choices": ("logits", "probs", "logprobs"), "default": None,
+    "help": "what the network returns (default: detected from its graph, e.g. a final Softmax, or from its values): "
+            "logits (probabilities by softmax), probs (used as they are) or logprobs; top-k, probabilities and KL "
+            "read them so"}))
 
 
 def add_batch_size(p: argparse.ArgumentParser, default: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from senet_viz.cli.common import (
     UserError,
@@ -18,6 +19,10 @@ from senet_viz.cli.common import (
     progress,
     ranks,
 )
+
+if TYPE_CHECKING:  # the CLI imports torch only when a command runs
+    from senet_viz.data.sources import ImageSet
+    from senet_viz.models.loaded import LoadedModel
 
 
 def add_extract(p: argparse.ArgumentParser) -> None:
@@ -64,7 +69,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
             if not group.main:
                 return None
             meta = {"model": loaded.name, "weights": loaded.weights_source, "weights_id": loaded.weights_id,
-                    "class_names": images.class_names, "shard": args.shard}
+                    "class_names": images.class_names, "model_class_names": list(loaded.class_names),
+                    "shard": args.shard}
             try:
                 return ExcitationWriter(args.out, blocks, meta)
             except OSError as exc:
@@ -117,19 +123,31 @@ def cmd_extract(args: argparse.Namespace) -> None:
             print(f"  skipped {s.file}: {s.reason}")
 
 
+def scoring_images(images: ImageSet, loaded: LoadedModel) -> tuple[ImageSet, list[str]]:
+    """``images`` labelled in the model's class space for top-1 / top-5, as the app scores them
+    (:func:`senet_viz.data.sources.model_space_labels`), and the folder classes that name no model class (their
+    images count for agreement and KL only), sorted."""
+    from senet_viz.data.sources import model_space_labels
+
+    scored = model_space_labels(images, loaded.class_names, loaded.wnids)
+    unscored = sorted({it.label_name for it, s in zip(images.items, scored.items, strict=True)
+                       if it.label_name and s.label is None})
+    return scored, unscored
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from senet_viz.inference.distributed import evaluate_sharded
 
     with ranks(args) as group:
         def setup():
             loaded = load_network(args)
-            images = image_set(args, loaded)
+            images, unscored = scoring_images(image_set(args, loaded), loaded)
             blocks = pick_blocks(loaded, args.ablate)
             if args.ablate and not blocks:
                 raise UserError(f"--ablate {args.ablate!r} selects no SE block")
-            return loaded, images, blocks
+            return loaded, images, blocks, unscored
 
-        loaded, images, blocks = agreed(group, setup)
+        loaded, images, blocks, unscored = agreed(group, setup)
         try:
             out = evaluate_sharded(group, loaded, images, blocks, mode=args.mode,
                                    calibrate_on_eval=args.calibrate_on_eval, batch_size=args.batch_size,
@@ -140,10 +158,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if out is None:  # not rank 0
         return
     if args.json:
-        print_json(out.to_dict())
+        print_json({**out.to_dict(), "unscored_classes": unscored})
         return
     pct = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731
-    print(f"{loaded.name} ({loaded.weights_source}) on {out.n_images} images, {out.n_skipped} skipped")
+    print(f"{loaded.name} ({loaded.weights_source}) on {out.n_images} images, {out.n_skipped} skipped; "
+          f"outputs read as {loaded.outputs}")
+    if unscored:
+        print(f"not scored for top-1/top-5 ({out.n_scored} of {out.n_images} scored): the folder classes "
+              f"{', '.join(unscored)} are not classes of the model (they count for agreement and KL)")
     print(f"full network: top-1 {pct(out.full_top1)}, top-5 {pct(out.full_top5)}, {out.params:,} parameters")
     if blocks:
         kl = "n/a" if out.kl is None else f"{out.kl:.4f} nats"
@@ -165,7 +187,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                 raise UserError(f"unknown ablation mode {unknown[0] if unknown else args.modes!r}; "
                                 "use identity and/or mean")
             loaded = load_network(args)
-            images = image_set(args, loaded)
+            images, _ = scoring_images(image_set(args, loaded), loaded)
             configs = sweep_configs(loaded.blocks)
             if args.kinds:
                 kinds = {k.strip() for k in args.kinds.split(",")}

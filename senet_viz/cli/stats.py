@@ -4,7 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from senet_viz.cli.common import (
     UserError,
@@ -18,6 +23,11 @@ from senet_viz.cli.common import (
     progress,
     ranks,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from senet_viz.analysis.chance import ChanceOptions
 
 FIGURES = ("fig6", "fig7", "distributions", "depth", "heatmap")
 DEFAULT_FIGURE_CLASSES = 16
@@ -35,6 +45,107 @@ def add_stats(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detail-classes", help="classes that keep per-channel histograms (percentiles within a class): "
                                             "auto (default: every class when at most 64), none, or names/indices "
                                             "a,b,c; means and std are kept for every class")
+    add_chance(p)
+
+
+def add_chance(p: argparse.ArgumentParser, seed: bool = True) -> None:
+    """--permutations / --bootstrap / --seed / --chance-images: the chance table's settings (``seed``: add --seed;
+    `paper` has one already, for the channel sample, and uses it for both)."""
+    from senet_viz.analysis.chance import ChanceOptions
+
+    d = ChanceOptions()
+    if seed:
+        p.add_argument("--seed", type=int, default=d.seed, help="seed of the label permutations and bootstrap")
+    p.add_argument("--permutations", type=int, default=d.permutations,
+                   help=f"label permutations behind each chance level, band and p value (default {d.permutations}; "
+                        "p = (k + 1) / (permutations + 1))")
+    p.add_argument("--bootstrap", type=int, default=d.bootstrap,
+                   help=f"Poisson bootstrap resamples behind each {d.level * 100:.0f}%% interval "
+                        f"(default {d.bootstrap})")
+    p.add_argument("--chance-images", type=int, default=None, metavar="N",
+                   help="compute the chance table on a seeded sample of at most N labelled images (bounds its "
+                        "memory and time; default: every labelled image)")
+
+
+def chance_options(args: argparse.Namespace) -> ChanceOptions:
+    from senet_viz.analysis.chance import ChanceOptions
+
+    for name in ("permutations", "bootstrap"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name} must be at least 0, got {getattr(args, name)}")
+    if args.chance_images is not None and args.chance_images < 1:
+        raise UserError(f"--chance-images must be at least 1, got {args.chance_images}")
+    return ChanceOptions(permutations=args.permutations, bootstrap=args.bootstrap, seed=args.seed,
+                         max_images=args.chance_images)
+
+
+def chance_from_shards(paths: Sequence[Path], options: ChanceOptions, threshold: float) -> pd.DataFrame:
+    """The chance table of extract shards grouped by label, one block column at a time: memory is one block's
+    gates of the (at most ``options.max_images``, a seeded sample) labelled images, whatever the number of blocks."""
+    import numpy as np
+    import pandas as pd
+
+    from senet_viz.analysis.chance import chance_table
+    from senet_viz.data.store import batch_gates, batch_ints, iter_batches, read_shards_meta
+
+    paths, meta = read_shards_meta(paths)
+    labels = np.concatenate([batch_ints(b, "label") for _, b in iter_batches(paths, ["label"], 1 << 16)])
+    rows = np.flatnonzero(labels >= 0)
+    if options.max_images is not None and len(rows) > options.max_images:
+        rng = np.random.default_rng(options.seed)
+        rows = np.sort(rng.choice(rows, options.max_images, replace=False))
+    options = replace(options, max_images=None)  # sampled here, once for every block
+    frames = []
+    for block in meta["blocks"]:
+        name, channels = block["name"], int(block["channels"])
+        gates = np.empty((len(rows), channels), dtype=np.float16)
+        done = 0
+        for first, batch in iter_batches(paths, [name], max(1, (64 << 20) // (2 * channels))):
+            n = batch.num_rows
+            lo, hi = np.searchsorted(rows, [first, first + n])
+            if hi > lo:
+                gates[done:done + hi - lo] = batch_gates(batch, name, channels)[rows[lo:hi] - first]
+                done += hi - lo
+        frames.append(chance_table({name: gates}, labels[rows], threshold, options, blocks=[name]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def chance_records(chance: pd.DataFrame) -> list[dict]:
+    """The chance table as JSON records (NaN as null)."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in json.loads(chance.to_json(orient="records", double_precision=15))] if len(chance) else []
+
+
+def save_chance(chance: pd.DataFrame, stem: Path) -> dict[str, str]:
+    """``<stem>.chance.csv`` and ``<stem>.chance.json`` beside the statistics; returns their paths."""
+    csv_path, json_path = stem.with_name(stem.name + ".chance.csv"), stem.with_name(stem.name + ".chance.json")
+    chance.to_csv(csv_path, index=False)
+    json_path.write_text(json.dumps(chance_records(chance), indent=2))
+    return {"chance_csv": str(csv_path), "chance_json": str(json_path)}
+
+
+def print_chance(indices: pd.DataFrame, chance: pd.DataFrame) -> None:
+    """Each index with its interval beside its chance level, p and whether it is above chance, one line per block."""
+    import pandas as pd
+
+    from senet_viz.plots.depth import chance_caption, chance_index_table
+
+    names = ("eta2", "spread", "cross_class_corr", "saturation")
+    table = chance_index_table(indices, chance, names)
+
+    def num(v: float, spec: str = ".3f") -> str:
+        return "n/a" if pd.isna(v) else format(v, spec)
+
+    out = pd.DataFrame({"block": table["block"]})
+    for name in names:
+        out[name] = [f"{num(v)} [{ci}]" if ci else num(v) for v, ci in zip(table[name], table[f"{name} 95% interval"],
+                                                                             strict=True)]
+        if name != "saturation":
+            out[f"{name} chance (p)"] = [f"{num(c)} (p {num(p, '.3g')})" for c, p in
+                                         zip(table[f"{name} chance"], table[f"{name} p"], strict=True)]
+            out[f"{name} above chance"] = table[f"{name} above chance"]
+    print(chance_caption(chance))
+    print(out.to_string(index=False))
 
 
 def add_figure(p: argparse.ArgumentParser) -> None:
@@ -58,6 +169,7 @@ def add_paper(p: argparse.ArgumentParser) -> None:
     add_channel_count(p, "channels sampled per block (the paper shows 50)")
     add_batch_size(p, 32)
     p.add_argument("--out", required=True, type=Path, help="output folder for stats and figures")
+    add_chance(p, seed=False)
 
 
 def detail_classes(spec: str | None) -> list[str] | None:
@@ -84,8 +196,14 @@ def cmd_stats(args: argparse.Namespace) -> None:
         except ValueError as exc:
             raise UserError(f"cannot merge {path}: {exc}") from exc
     assert total is not None  # argparse requires at least one file
+    try:
+        chance = chance_from_shards(args.excitations, chance_options(args), args.threshold)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot compute the chance table of {args.excitations[0]}: {exc}") from exc
+    written = {}
     if args.out:
         total.save(args.out)
+        written = save_chance(chance, args.out.with_suffix(""))
     if args.bundle:
         from senet_viz.analysis.bundle import provenance, write_bundle
         from senet_viz.data.store import read_meta
@@ -96,21 +214,23 @@ def cmd_stats(args: argparse.Namespace) -> None:
                           weights_digest=str(first.get("weights_id", "?")),
                           images=", ".join(str(p) for p in args.excitations), n_images=total.n_images(),
                           n_classes=len(total.classes()), shards=len(metas))
-        args.bundle = write_bundle(args.bundle, total, prov)
+        args.bundle = write_bundle(args.bundle, total, prov, chance=chance)
     indices = total.indices(threshold=args.threshold)
     if args.json:
-        print_json(indices.to_dict(orient="records"))
+        by_block = {r["block"]: r for r in chance_records(chance)}
+        print_json([{**r, "chance": by_block.get(r["block"])} for r in indices.to_dict(orient="records")])
         return
     with_classes = indices["n_classes"].max() if len(indices) else 0
     print(f"{total.model}: {int(indices['n_images'].max()) if len(indices) else 0} images, {with_classes} classes")
     cols = ["block", "stage", "channels", "specificity", "specificity_method", "saturation", "mean_gate",
             "mean_abs_1_minus_s", "share_near_0", "cross_class_corr"]
     print(indices[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print_chance(indices, chance)
     kept = len(total.detailed_classes())
     print(f"per-channel histograms kept for {kept} of {len(total.classes())} classes and for all images; means and "
           f"M2 for every class ({total.nbytes() / 2**20:,.1f} MiB of statistics)")
     if args.out:
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out}, {written['chance_csv']} and {written['chance_json']}")
     if args.bundle:
         print(f"wrote {args.bundle} (opens in the app: Work from -> An analysis file)")
 
@@ -169,11 +289,34 @@ def cmd_figure(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def paper_chance(loaded, images, classes: list[str] | None, args: argparse.Namespace, options: ChanceOptions
+                 ) -> pd.DataFrame:
+    """The chance table of the preset's chosen classes: one pass over their images (at most --per-class each, the
+    preset's own), keeping the gates (the preset streams them into statistics only)."""
+    from senet_viz.analysis.chance import chance_table
+    from senet_viz.analysis.paper import pick_classes
+    from senet_viz.inference.run import RunOptions, run_model
+
+    chosen = set(pick_classes(images, classes, loaded.wnids))
+    taken: dict[int, int] = {}
+    items = []
+    for it in images.items:  # the preset's choice: the first --per-class images of each class, in order
+        if it.label in chosen and taken.get(it.label, 0) < args.per_class:
+            taken[it.label] = taken.get(it.label, 0) + 1
+            items.append(it)
+    run = run_model(loaded, replace(images, items=items), None,
+                    RunOptions(batch_size=args.batch_size, precision=args.precision, keep_gates=True,
+                               keep_logits=False, progress=progress("chance (gates of the chosen classes)",
+                                                                    args.json)))
+    return chance_table(run.gates, run.labels, options=options, blocks=[b.name for b in loaded.blocks])
+
+
 def cmd_paper(args: argparse.Namespace) -> None:
     from senet_viz.analysis.paper import pick_classes
     from senet_viz.inference.distributed import paper_preset_sharded
 
     classes = names_list(args.classes)
+    options = chance_options(args)
     with ranks(args) as group:
         def setup():
             loaded = load_network(args)
@@ -207,7 +350,9 @@ def cmd_paper(args: argparse.Namespace) -> None:
     prov = provenance(model=loaded.name, weights=loaded.weights_source, weights_digest=loaded.weights_id,
                       images=str(args.images), n_images=result.n_images, n_classes=len(result.images_per_class),
                       n_skipped=len(result.skipped), protocol="paper", images_per_class=result.images_per_class)
-    written["bundle"] = str(write_bundle(args.out / "analysis.senetviz.zip", result.stats, prov))
+    chance = paper_chance(loaded, images, classes, args, options)
+    written.update(save_chance(chance, args.out / "stats"))
+    written["bundle"] = str(write_bundle(args.out / "analysis.senetviz.zip", result.stats, prov, chance=chance))
     means = {b: stats.class_means(b, result.classes, include_all=True) for b in paper_preset_blocks(indices)}
     save_figure(fig6_matrix(means, model=stats.model, n_channels=args.channels, seed=args.seed),
                 args.out / "fig6.html")
@@ -220,10 +365,11 @@ def cmd_paper(args: argparse.Namespace) -> None:
         written[f"fig7 {cls}"] = str(path)
     out = {"model": loaded.name, "classes": result.images_per_class, "n_images": result.n_images,
            "n_skipped": len(result.skipped), "files": written,
-           "indices": indices.to_dict(orient="records")}
+           "indices": indices.to_dict(orient="records"), "chance": chance_records(chance)}
     if args.json:
         print_json(out)
     else:
         print(f"{loaded.name}: classes {result.images_per_class}, all-class curve over {result.n_images} images")
+        print_chance(indices, chance)
         for name, path in written.items():
             print(f"  {name}: {path}")

@@ -153,6 +153,27 @@ def _walk_branch(gate: fx.Node, x: fx.Node) -> tuple[list[fx.Node], list[fx.Node
     return [n for n in ordered if n in depends], weights, True
 
 
+def _combined_with_branch(mul: fx.Node, x: fx.Node, branch: list[fx.Node]) -> bool:
+    """Whether an operation on the gated output ``x * g`` also takes another term computed from the gate's own
+    branch (GCNet's ``x * g + mlp_add(context)``), not through ``x * g`` itself (CBAM's spatial half pools it): a
+    gate of 1 would leave that term in place."""
+    inside = set(branch)
+    for user in mul.users:
+        for other in user.all_input_nodes:
+            if other is mul:
+                continue
+            seen, queue = {other}, deque([other])
+            while queue and len(seen) < _MAX_BRANCH:
+                node = queue.popleft()
+                if node in inside:
+                    return True
+                for arg in node.all_input_nodes:
+                    if arg is not x and arg is not mul and arg not in seen:  # not through the gated output
+                        seen.add(arg)
+                        queue.append(arg)
+    return False
+
+
 def _branch_params(weights: list[fx.Node], gm: fx.GraphModule) -> tuple[int, list[str]]:
     """Parameters of a gate branch (weights and biases; batch-norm running statistics excluded, as in
     ``module.parameters()``) and the module paths that own them."""
@@ -383,6 +404,12 @@ def trace_gates(model: nn.Module, input_size: tuple[int, int, int] | None = None
                 break
             if out_shape != x_shape:
                 rejected[where] = f"output {out_shape} does not match input {x_shape}"
+                break
+            if _combined_with_branch(mul, x, branch):
+                rejected[where] = ("the gated features x * g are combined with another term computed from the gate's "
+                                   "own pooled context (e.g. GlobalContext with fuse_add: x * g + mlp_add(context)); "
+                                   "a gate of 1 would leave that term in place, so the module cannot be removed by "
+                                   "its gate")
                 break
             params, owners = _branch_params(weights, gm)
             owner, owner_cls, parent_cls = _owner(mul, gate, owners, source)

@@ -16,7 +16,8 @@ Gate kinds (:attr:`SEBlock.gate_kind`) and the implementations known by class na
 - ``"gather_excite"``: timm ``GatherExcite`` with a global extent (a local extent gives one gate per channel *and*
   position: rejected);
 - ``"global_context"``: GCNet's ``GlobalContext`` with ``fuse_scale`` (attention pooling, bottleneck with layer
-  norm, sigmoid). Without ``fuse_scale`` (``fuse_add`` only) there is no gate: rejected;
+  norm, sigmoid). Without ``fuse_scale`` (``fuse_add`` only) there is no gate: rejected; with both, the module
+  also adds a context term that no gate value removes: rejected too (:data:`GC_FUSE_ADD`);
 - ``"cbam_channel"``: the channel half of CBAM (timm ``ChannelAttn``: average- and max-pooled SE);
 - ``"structural"`` finds: any other module with a sigmoid-like child and a 1x1 bottleneck C -> C/r -> C (``"se"``)
   or a single 1x1 layer C -> C (``"ese"``), as ``Conv2d`` or ``Linear`` (:func:`gate_child`);
@@ -102,6 +103,10 @@ NOT_SE: dict[str, str] = {
     "EfficientLocalAttn": "efficient local attention: gates per row and per column, not one per channel",
     "StripAttn": "strip attention: gates per row and per column, not one per channel",
 }
+#: Why a GlobalContext that both scales and adds is not a gate to remove.
+GC_FUSE_ADD = ("GlobalContext with fuse_add and fuse_scale: besides its gate it adds a context term "
+               "(x * s + mlp_add(context)); a gate of 1 would leave that additive branch in place, so the module "
+               "cannot be removed by its gate (its removal would not be the network without it)")
 SIGMOID_LIKE = ("Sigmoid", "Hardsigmoid", "HardSigmoid", "GateSigmoid")
 #: Classes whose ``attn_gain`` multiplies the output of their ``attn`` / ``attn_last`` SE (timm NFNets).
 GAIN_CLASSES = ("NormFreeBlock",)
@@ -194,6 +199,8 @@ def gate_child(module: nn.Module) -> Candidate | str | None:
     origin = class_origin(module)
     for spec in KNOWN_GATES.get(cls, ()):
         if spec.gate in children and all(r in children for r in spec.requires) and spec.made_by(origin):
+            if spec.gate_kind == "global_context" and "mlp_add" in children and "mlp_scale" in children:
+                return GC_FUSE_ADD
             return Candidate(spec.gate, spec.source, spec.gate_kind, spec.channels_last)
     if cls in NOT_SE:
         return f"not an SE gate: {NOT_SE[cls]}"

@@ -24,6 +24,7 @@ from senet_viz.gates.kinds import SEBlock
 from senet_viz.inference.pipeline import Pipeline, PixelCache, default_workers, prefetch
 from senet_viz.inference.precision import ForwardCounter, PrecisionPolicy
 from senet_viz.models.loaded import LoadedModel, resolve_device
+from senet_viz.models.outputs import probabilities
 
 ProgressFn = Callable[[int, int], None]  # (images done, images total)
 GatesFn = Callable[[str, np.ndarray, np.ndarray], None]  # (block name, gates, label indices) per batch
@@ -41,10 +42,10 @@ class Result:
     label_names: list[str | None]
     pred: np.ndarray  # int64 top-1 class index
     top5: np.ndarray  # int64 (N, 5) class indices, best first
-    top5_prob: np.ndarray  # float32 (N, 5) softmax probabilities
+    top5_prob: np.ndarray  # float32 (N, 5) probabilities, read as the model means its outputs (LoadedModel.outputs)
     gates: dict[str, np.ndarray]  # block name -> float16 (N, C)
     skipped: list[Skipped] = field(default_factory=list)
-    logits: np.ndarray | None = None  # float32 (N, classes) when kept
+    logits: np.ndarray | None = None  # float32 (N, classes) when kept: the network's outputs as it returns them
     precision: str = "fp32"  # what the forwards ran in: "fp32", "bf16" or "fp16" (see PrecisionPolicy)
     fp32_fallback_batches: int = 0  # batches computed in fp32 because reduced precision was not finite
     forwarded: int = 0  # images sent through the network, a batch redone in fp32 twice
@@ -78,7 +79,7 @@ class Result:
         return replace(images, items=items, skipped=[], class_names=list(class_names))
 
     def top5_frame(self, key: str, class_names: Sequence[str]) -> pd.DataFrame:
-        """The top-5 of image ``key``: ``rank`` (from 1), ``class`` and softmax ``probability``, best first."""
+        """The top-5 of image ``key``: ``rank`` (from 1), ``class`` and ``probability``, best first."""
         row = self.keys.index(key)
         return pd.DataFrame({"rank": range(1, self.top5.shape[1] + 1),
                              "class": [class_names[c] for c in self.top5[row]],
@@ -172,7 +173,7 @@ def run_model(loaded: LoadedModel, images: ImageSet, blocks: Sequence[SEBlock] |
             if x is not None:
                 batch_labels = all_labels[indices]
                 logits = policy.forward(model, x, recorder)
-                prob = logits.softmax(dim=1)
+                prob = probabilities(logits, loaded.outputs)
                 p5, i5 = prob.topk(min(5, prob.shape[1]), dim=1)
                 # Issue every device -> host copy, then wait once (the gates' copy in commit() waits for them).
                 host = [t.to("cpu", non_blocking=True) for t in ((i5, p5, logits) if options.keep_logits else (i5, p5))]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image
@@ -18,6 +18,7 @@ from torch import nn
 from senet_viz.gates.blocks import discover, find_se_blocks
 from senet_viz.gates.capture import model_lock
 from senet_viz.gates.kinds import SEBlock
+from senet_viz.models.outputs import check_kind, detect_outputs
 from senet_viz.models.preprocess import Preprocess
 from senet_viz.models.registry import ModelSpec
 
@@ -44,10 +45,19 @@ class LoadedModel:
     size: tuple[int, int, int] | None = None  # C x H x W of one input when there is no spec (a model file)
     rejected: dict[str, str] = field(default_factory=dict)  # modules considered as gates and why they are not
     file_info: object | None = None  # a model file's senet_viz.models.loaders.LoadInfo (format, path, notes)
+    outputs: str = "logits"  # what the network returns: "logits", "probs" or "logprobs" (senet_viz.models.outputs)
+    outputs_found: str = "default"  # how: "graph", "module", "values", "default" or "given" (--outputs)
 
     def __post_init__(self) -> None:
         if self.lock is None:
             self.lock = model_lock(self.model)
+        check_kind(self.outputs)
+
+    def with_outputs(self, kind: str | None) -> LoadedModel:
+        """This model with its outputs read as ``kind`` (None: as detected); the network itself is shared."""
+        if kind is None or kind == self.outputs:
+            return self
+        return replace(self, outputs=check_kind(kind), outputs_found="given")
 
     @property
     def num_classes(self) -> int:
@@ -64,15 +74,32 @@ class LoadedModel:
                     transform: Callable[[Image.Image], torch.Tensor] | None = None,
                     input_size: tuple[int, int, int] = (3, 224, 224), device: str = "cpu",
                     wnids: list[str] | None = None) -> LoadedModel:
-        """Wrap a user's own network (SE blocks found structurally if not of a known kind)."""
+        """Wrap a user's own network (SE blocks found structurally if not of a known kind; outputs read as
+        :func:`senet_viz.models.outputs.detect_outputs` finds them on a probe batch of two seeded images)."""
         dev = resolve_device(device)
         model = model.eval().to(dev)
         # resize keeps the crop's 0.875 ratio (Preprocess's default resize of 256 suits only 224 crops)
         default = Preprocess(crop=input_size[-1], resize=round(input_size[-1] / 0.875))
+        outputs, found = detect_outputs(model, probe_outputs(model, tuple(input_size), dev))
         return cls(name=name, model=model, transform=transform or default.transform(),
                    class_names=list(class_names), wnids=wnids, blocks=find_se_blocks(model, input_size),
                    device=dev, weights_source="in memory", weights_id=f"module-{id(model):x}",
-                   size=tuple(input_size))
+                   size=tuple(input_size), outputs=outputs, outputs_found=found)
+
+
+def probe_outputs(model: nn.Module, input_size: tuple[int, int, int], device: torch.device) -> torch.Tensor | None:
+    """The network's output on two seeded random images (None when it is not one N x classes tensor)."""
+    x = torch.randn((2, *input_size), generator=torch.Generator().manual_seed(0)).to(device)
+    was_training = model.training
+    try:
+        model.eval()
+        with model_lock(model), torch.inference_mode():
+            out = model(x)
+    except Exception:  # noqa: BLE001 - e.g. a network that takes one image at a time: the gate search will say
+        return None
+    finally:
+        model.train(was_training)
+    return out if isinstance(out, torch.Tensor) and out.dim() == 2 else None
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -98,9 +125,12 @@ def from_spec(spec: ModelSpec, model: nn.Module, source: str, weights_id: str,
     model, found = discover(model, spec.input_size)
     if not found.blocks:
         raise NoGatesError(no_gates_message(spec.name, found.rejected))
+    # a registry network is a classifier head (no probe forward): only its graph or last module can say otherwise
+    outputs, how = detect_outputs(model)
     return LoadedModel(name=spec.name, model=model, transform=spec.preprocess.transform(),
                        class_names=spec.class_names, wnids=spec.class_wnids, blocks=found.blocks, device=dev,
-                       weights_source=source, weights_id=weights_id, spec=spec, rejected=dict(found.rejected))
+                       weights_source=source, weights_id=weights_id, spec=spec, rejected=dict(found.rejected),
+                       outputs=outputs, outputs_found=how)
 
 
 def no_gates_message(name: str, rejected: dict[str, str], limit: int = 6) -> str:

@@ -23,6 +23,7 @@ from torch import nn
 from senet_viz.data.labels import imagenet_class_names, imagenet_wnids
 from senet_viz.models.loaded import LoadedModel, NoGatesError, no_gates_message, resolve_device
 from senet_viz.models.loaders import ModelLoadError, load_and_discover
+from senet_viz.models.outputs import detect_outputs
 from senet_viz.models.preprocess import Preprocess
 from senet_viz.models.registry import REGISTRY, TIMM_PREFIX, TORCHVISION_PREFIX
 from senet_viz.models.weights import file_digest
@@ -76,7 +77,7 @@ def _state_digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _output_count(model: nn.Module, size: tuple[int, int, int], device: torch.device) -> int:
+def _output_count(model: nn.Module, size: tuple[int, int, int], device: torch.device) -> tuple[int, torch.Tensor]:
     with torch.inference_mode():
         out = model(torch.zeros((1, *size), device=device))
     if isinstance(out, tuple | list) and out:
@@ -86,7 +87,7 @@ def _output_count(model: nn.Module, size: tuple[int, int, int], device: torch.de
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"the model's output is {shape}, not N x classes scores: senet-viz reads a classifier")
-    return int(out.shape[1])
+    return int(out.shape[1]), out
 
 
 def _file_preprocess(size: tuple[int, int, int], options: ModelFileOptions) -> Preprocess:
@@ -127,7 +128,7 @@ def load_model_file(arg: str, weights: str | Path | None, device: str, options: 
     dev = resolve_device(device)
     model.eval().to(dev)
     try:
-        n = _output_count(model, size, dev)  # type: ignore[arg-type]
+        n, probe = _output_count(model, size, dev)  # type: ignore[arg-type]
     except ValueError:
         raise
     except Exception as error:  # noqa: BLE001 - the user's network: say what to change
@@ -153,7 +154,9 @@ def load_model_file(arg: str, weights: str | Path | None, device: str, options: 
         # another input, preprocessing or class names than the file's own: other results from the same weights
         # (results are cached by name and weights_id); the file's digest stays first, as exports show it
         weights_id += "-" + hashlib.sha256(repr(described).encode()).hexdigest()[:8]
+    outputs, how = detect_outputs(model, probe)
     return LoadedModel(name=info.name, model=model, transform=transform, class_names=names,
                        wnids=imagenet_wnids() if imagenet else None,
                        blocks=found.blocks, device=dev, weights_source=source, weights_id=weights_id, spec=None,
-                       size=tuple(size), rejected=dict(found.rejected), file_info=info)  # type: ignore[arg-type]
+                       size=tuple(size), rejected=dict(found.rejected), file_info=info,  # type: ignore[arg-type]
+                       outputs=outputs, outputs_found=how)

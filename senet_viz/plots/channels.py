@@ -61,6 +61,8 @@ def selectivity_depth(summary: pd.DataFrame, trend: dict | None = None, metrics:
     if trend is not None and np.isfinite(trend.get("rho", np.nan)):
         parts.append(f"Spearman ρ (median vs depth) = {trend['rho']:.2f}, p = {trend['p_value']:.3g}: "
                      f"{trend['verdict']}")
+    if trend is not None and trend.get("left_out"):
+        parts.append("left out of ρ: " + ", ".join(b["block"] for b in trend["left_out"]) + " (constant gate)")
     layout_title(fig, f"Class selectivity per SE channel by depth — {models[0]}", " · ".join(parts))
     fig.update_layout(legend={"title": {"text": ""}}, height=460)
     fig.update_xaxes(title_text="SE block (depth order)", type="category")

@@ -1,5 +1,9 @@
 """Gates per channel: the paper's Fig. 6 (mean gate per channel and class, one panel per block), Fig. 7 (one class
-with ±1 std) and the class × channel heatmap."""
+with ±1 std) and the class × channel heatmap.
+
+Fig. 6 and Fig. 7 take optional intervals of the class means (e.g. a 95% bootstrap interval,
+:func:`senet_viz.analysis.chance.class_mean_intervals`) and draw them as error bars on the class's mean line: a
+band per class would hide the other classes' lines in Fig. 6, and Fig. 7's band is already the ±1 std."""
 
 from __future__ import annotations
 
@@ -36,6 +40,9 @@ from senet_viz.plots.common import (
 
 ClassMeans = tuple[Sequence[str], Sequence[int] | np.ndarray, np.ndarray]
 """``(labels, counts, means (K, C))`` of one block: what ``GateStats.class_means`` returns."""
+Interval = tuple[np.ndarray, np.ndarray]
+"""``(lo, hi)`` of a class mean per channel: two arrays over the same channels as the means."""
+DEFAULT_INTERVAL_NOTE = "interval of the class mean"
 
 _MAX_HEATMAP_ROWS_HIGH = 60  # past this many classes the heatmap stops growing in height and drops the tick labels
 
@@ -114,12 +121,19 @@ def fig6_matrix(
     all_channels: bool = False,
     all_classes: Iterable[str] | None = None,
     channel_ids: Mapping[str, Sequence[int] | np.ndarray] | None = None,
+    intervals: Mapping[str, Mapping[str, Interval]] | None = None,
+    interval_note: str = DEFAULT_INTERVAL_NOTE,
 ) -> go.Figure:
     """:func:`fig6` from the class x channel means of each block, without a long frame: ``means`` maps each block
     (panels in this order, e.g. depth order) to ``(labels, counts, means)`` as
     ``stats.class_means(block, classes, include_all=True)`` gives them (``"all"``, the dashed reference, drawn
     last). ``channel_ids``: a block's column indices when the matrix holds only some channels (default 0..C-1).
-    A class missing from a block is drawn as gaps there; its count is its largest over the blocks."""
+    A class missing from a block is drawn as gaps there; its count is its largest over the blocks.
+
+    ``intervals``: block -> class label -> ``(lo, hi)``, each over the same columns as the block's means matrix;
+    drawn as error bars on that class's line (a NaN channel, or a class or block not given, gets none), and
+    ``interval_note`` (e.g. "95% bootstrap interval of the class mean (200 resamples, seed 0)") is named in the
+    subtitle when any is drawn."""
     if not means:
         raise ValueError("no block chosen")
     if not all_channels:
@@ -150,14 +164,18 @@ def fig6_matrix(
         horizontal_spacing=0.06,
         vertical_spacing=0.16 if n_rows > 1 else 0.1,
     )
+    drawn_intervals = False
     for i, block in enumerate(blocks):
         row, col = i // n_cols + 1, i % n_cols + 1
         picked = picked_by_block[block]
         columns = np.searchsorted(ids_by_block[block], picked) if channel_ids is not None else picked
         row_of = {str(c): r for r, c in enumerate(means[block][0])}
         matrix = np.asarray(means[block][2], dtype=float)
+        block_intervals = (intervals or {}).get(block, {})
         for cls in shown:
             y = matrix[row_of[cls], columns] if cls in row_of else np.full(len(picked), np.nan)
+            bars = _error_bars(y, block_intervals.get(cls), columns, matrix.shape[1], colors[cls], f"{block} {cls}")
+            drawn_intervals |= bars is not None
             fig.add_trace(
                 go.Scatter(
                     x=picked,
@@ -170,11 +188,14 @@ def fig6_matrix(
                     showlegend=i == 0,
                     meta={"block": block, "class": cls},
                     hovertemplate=f"{block}<br>{cls}<br>channel %{{x}}<br>mean s = %{{y:.3f}}<extra></extra>",
+                    error_y=bars,
                 ),
                 row=row,
                 col=col,
             )
     sampled = "all channels" if all_channels else f"{n_channels} channels per block sampled uniformly (seed {seed})"
+    if drawn_intervals:
+        sampled += f"; error bars: {interval_note}"
     fig.update_xaxes(title_text="channel index", row=n_rows)
     fig.update_yaxes(range=[-0.02, 1.02])
     for r in range(1, n_rows + 1):
@@ -199,6 +220,8 @@ def fig7(
     *,
     model: str | None = None,
     all_classes: Iterable[str] | None = None,
+    interval: Interval | None = None,
+    interval_note: str = DEFAULT_INTERVAL_NOTE,
 ) -> go.Figure:
     """One class's mean gate per channel with a filled ±1 std band, and the all-class mean for reference.
 
@@ -206,6 +229,10 @@ def fig7(
     comes from the streamed M2, so no histogram is needed (``stats.frame([block], [cls], hist=False)``).
     Traces carry ``meta`` = ``"upper"``, ``"lower"``, ``"mean"`` and ``"all"``. A class with one image has no
     within-class std: the band is left out (no ``"upper"`` / ``"lower"`` traces) and the subtitle says why.
+
+    ``interval``: ``(lo, hi)`` of the class mean, each indexed by channel index (one value per channel of the
+    block); drawn as error bars on the ``"mean"`` trace (none where NaN, e.g. a class with one image) and named in
+    the subtitle by ``interval_note``.
     """
     model, block, cls, colors, shown, sub, counts = one_class_view(channels, model, block, cls, all_classes)
     ids = np.sort(sub["channel"].unique())
@@ -216,6 +243,10 @@ def fig7(
     color = colors[cls]
     label = f"{cls} (n={counts.get(cls, 0)})"
     has_band = counts.get(cls, 0) >= 2
+    n_block = len(interval[0]) if interval is not None else 0
+    if interval is not None and ids.size and n_block <= int(ids.max()):
+        raise ValueError(f"interval: one value per channel of {block} (at least {int(ids.max()) + 1}), got {n_block}")
+    bars = _error_bars(mean, interval, picked, n_block, color, cls)
 
     fig = go.Figure()
     if has_band:  # one image has no within-class std: no zero-width band
@@ -259,6 +290,7 @@ def fig7(
             customdata=np.column_stack([std]),
             hovertemplate=f"{cls}<br>channel %{{x}}<br>mean s = %{{y:.3f}}<br>std = %{{customdata[0]:.3f}}"
             "<extra></extra>",
+            error_y=bars,
         )
     )
     if len(shown) > 1:
@@ -277,11 +309,16 @@ def fig7(
         )
     lo = np.nanmin(np.concatenate([[0.0], mean - std]))
     hi = np.nanmax(np.concatenate([[1.0], mean + std]))
+    if bars is not None:
+        lo = min(lo, float(np.nanmin(mean - np.asarray(bars["arrayminus"], dtype=float))))
+        hi = max(hi, float(np.nanmax(mean + np.asarray(bars["array"], dtype=float))))
     sampled = "all channels" if all_channels else f"{len(picked)} of {len(ids)} channels sampled (seed {seed})"
     fig.update_xaxes(title_text="channel index")
     fig.update_yaxes(title_text=GATE_AXIS, range=[lo - 0.02, hi + 0.02])
     band = ("mean ± 1 std over the class's images" if has_band else
             f"mean only: the ±1 std band needs ≥ 2 images and class {cls} has {counts.get(cls, 0)}")
+    if bars is not None:
+        band += f"; error bars: {interval_note}"
     layout_title(
         fig,
         f"Excitation of class {label} — {model}: {block}<br>{classes_text(shown, counts)}",
@@ -289,6 +326,23 @@ def fig7(
     )
     fig.update_layout(height=460)
     return fig
+
+
+def _error_bars(y: np.ndarray, interval: Interval | None, columns: np.ndarray, width: int, color: str,
+                what: str) -> dict | None:
+    """Plotly ``error_y`` of the points ``y`` (the ``columns`` of an interval over ``width`` channels), or None when
+    there is no interval or it is NaN at every point."""
+    if interval is None:
+        return None
+    lo, hi = (np.asarray(a, dtype=float).ravel() for a in interval)
+    if lo.shape != hi.shape or lo.size != width:
+        raise ValueError(f"{what}: the interval needs lo and hi over the {width} channels, got {lo.size} and {hi.size}")
+    lo, hi = lo[columns], hi[columns]
+    if not np.isfinite(lo).any():
+        return None
+    # error bars are distances from the mean; a NaN distance draws no bar at that channel
+    return {"type": "data", "symmetric": False, "array": np.clip(hi - y, 0.0, None),
+            "arrayminus": np.clip(y - lo, 0.0, None), "color": color, "thickness": 1, "width": 2}
 
 
 def heatmap(
