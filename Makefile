@@ -44,7 +44,8 @@ test: $(STAMP)
 	}
 	$(PY) -m pytest -q -p no:cacheprovider $(PARALLEL)
 
-# The inner loop: lint and every test but the real-browser, torchrun and slow (many real images) ones.
+# The inner loop: lint and every test but the real-browser, torchrun and slow ones (slow: a test that takes seconds:
+# a whole app session, a subprocess, a Chromium export, a model round trip or a real network over many images).
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider $(PARALLEL) -m "not browser and not slow and not torchrun"

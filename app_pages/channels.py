@@ -4,10 +4,10 @@ where in the top images its input is strongest, and how class-selective the chan
 import streamlit as st
 
 from senet_viz.analysis import channels
+from senet_viz.analysis.chance import CIRCULAR_NOTE
 from senet_viz.plots import channels as channel_plots
 from ui import channels as view
 from ui import exports
-from ui.results import CIRCULAR_NOTE
 from ui.text import plain
 
 st.header("Channels")

@@ -4,11 +4,11 @@ import streamlit as st
 
 from senet_viz import plots
 from senet_viz.analysis import paper, verdict
+from senet_viz.analysis.chance import CIRCULAR_NOTE
 from senet_viz.plots.depth import chance_caption, chance_index_table
 from ui import exports
 from ui.channels import channel_link
 from ui.common import class_caption, need_analysis
-from ui.results import CIRCULAR_NOTE
 from ui.widgets import kept, per_model
 
 st.header("Compare classes")

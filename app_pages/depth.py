@@ -4,6 +4,7 @@ import streamlit as st
 
 from senet_viz import plots
 from senet_viz.analysis import verdict
+from senet_viz.analysis.chance import CIRCULAR_NOTE
 from senet_viz.models.download import weights_status
 from senet_viz.models.registry import REGISTRY
 from senet_viz.models.weights import WeightsError
@@ -12,7 +13,7 @@ from ui import analysis_files, exports
 from ui.bundles import bundle_analysis
 from ui.common import class_caption, need_analysis
 from ui.model_cache import get_model
-from ui.results import CIRCULAR_NOTE, analyse
+from ui.results import analyse
 from ui.text import plain
 from ui.widgets import kept
 

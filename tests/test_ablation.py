@@ -126,6 +126,7 @@ def block_and_stage_sweep(loaded, images):
     return configs, ablation.sweep(loaded, images, ("identity", "mean"), configs)
 
 
+@pytest.mark.slow
 def test_pareto_front_and_sweep_figure(block_and_stage_sweep):
     configs, frame = block_and_stage_sweep
     assert len(frame) == 2 * len(configs)
@@ -234,6 +235,7 @@ def test_pareto_front_on_a_small_frame():
     assert ablation.pareto_front(frame.iloc[:0]).empty
 
 
+@pytest.mark.slow
 def test_the_sweep_figure_draws_the_librarys_pareto_front(block_and_stage_sweep):
     _, swept = block_and_stage_sweep
     frame = swept[(swept["kind"] == "block") & (swept["mode"] == "identity")]

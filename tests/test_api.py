@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import EMBEDDED_MISSING, REPO_ROOT, embedded_model_ready, requires
 
 HEAVY = ("torch", "torchvision", "timm", "pandas", "plotly", "pyarrow", "streamlit")
@@ -57,6 +58,7 @@ def test_an_unknown_name_is_an_attribute_error_and_subpackages_still_import():
     assert plots.__name__ == "senet_viz.plots"
 
 
+@pytest.mark.slow
 @requires(embedded_model_ready(), EMBEDDED_MISSING)
 def test_the_readme_python_api_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     (tmp_path / "assets").symlink_to(REPO_ROOT / "assets")  # the snippet reads assets/..., writes beside it

@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from apptest_helpers import assert_ok, open_page, shown, uploader
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from PIL import Image
@@ -79,6 +80,7 @@ def sample(cls: str, i: int = 0) -> Path:
 # ------------------------------------------------------------------------------------------------ every page
 
 
+@pytest.mark.slow
 def test_every_page_renders_its_charts():
     at = new_app()
     assert "300 files in 10 classes (unreadable ones are listed on each page)" in [c.value for c in at.sidebar.caption]
@@ -110,6 +112,7 @@ def test_every_page_renders_its_charts():
 # ------------------------------------------------------------------------------------------------ widgets
 
 
+@pytest.mark.slow
 def test_compare_widgets_change_the_figure():
     at = open_page(new_app(), "compare", "Compare classes")
     assert "300 images, grouped by labels" in at.caption[0].value
@@ -144,6 +147,7 @@ def test_compare_widgets_change_the_figure():
         assert chart(at)["data"]
 
 
+@pytest.mark.slow
 def test_remove_toggle_and_mode_change_the_numbers():
     at = open_page(new_app(), "remove", "Remove SE blocks")
     full = metrics(at)
@@ -168,6 +172,7 @@ def test_remove_toggle_and_mode_change_the_numbers():
     assert "the mean gates were fitted on" in " ".join(c.value for c in at.caption)
 
 
+@pytest.mark.slow
 def test_depth_metrics_change_the_traces():
     at = open_page(new_app(), "depth", "Depth profile")
     assert {t["meta"]["metric"] for t in chart(at)["data"]} == {"specificity", "spread", "saturation"}
@@ -177,6 +182,7 @@ def test_depth_metrics_change_the_traces():
     assert {t["meta"]["metric"] for t in chart(at)["data"]} == {"mean_gate", "cross_class_corr"}
 
 
+@pytest.mark.slow
 def test_explore_another_image_changes_the_chart():
     at = open_page(new_app(), "explore", "Explore one image")
     box = at.selectbox(key="explore_image")
@@ -215,6 +221,7 @@ def _bomb_png(side: int = 100_000) -> bytes:
             + chunk(b"IEND", b""))
 
 
+@pytest.mark.slow
 def test_bad_uploads_are_listed_and_the_rest_is_analysed():
     bag = Image.open(sample("Bag", 2)).convert("RGB")
     big_jpeg = _jpeg(bag.resize((256, 256)))
@@ -311,6 +318,7 @@ def test_bad_uploads_are_listed_and_the_rest_is_analysed():
         assert charts(at)
 
 
+@pytest.mark.slow
 def test_a_model_without_weights_offers_a_download_that_fails_clearly_offline(monkeypatch, tmp_path):
     # The download goes to a closed loopback port: the real code path, and never the internet.
     monkeypatch.setenv("SENET_VIZ_CACHE", str(tmp_path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from apptest_helpers import assert_ok, open_page, shown, uploader
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from streamlit.testing.v1 import AppTest
@@ -25,6 +26,7 @@ def page_text(at: AppTest) -> str:
     return "\n".join(shown(m.value) for m in at.main.markdown)
 
 
+@pytest.mark.slow
 def test_depth_shows_the_verdict_line():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     at.run()
@@ -41,6 +43,7 @@ def test_depth_shows_the_verdict_line():
     assert not any("one image" in w.value for w in at.main.warning)
 
 
+@pytest.mark.slow
 def test_one_image_per_class_is_warned_on_depth_compare_and_explore():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     at.run()

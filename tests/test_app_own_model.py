@@ -45,6 +45,7 @@ def scripted_fmnist(tmp_path_factory) -> bytes:
 
 
 
+@pytest.mark.slow
 def test_an_uploaded_torchscript_model_draws_fig6_on_compare_classes(scripted_fmnist, monkeypatch, tmp_path):
     monkeypatch.setenv("SENET_VIZ_ALLOW_CODE", "1")
     # PER_CLASS samples of each class: every page runs on them, and each pass costs in proportion to their number
@@ -88,6 +89,7 @@ def test_an_uploaded_torchscript_model_draws_fig6_on_compare_classes(scripted_fm
         open_page(at, page, header)
 
 
+@pytest.mark.slow
 def test_a_file_that_is_no_model_and_code_without_permission_are_refused(monkeypatch, tmp_path):
     monkeypatch.delenv("SENET_VIZ_ALLOW_CODE", raising=False)
     at = own_model_app()
@@ -128,6 +130,7 @@ def build():
 """
 
 
+@pytest.mark.slow
 def test_a_python_entry_point_loads_when_the_server_allows_code(monkeypatch, tmp_path):
     code = tmp_path / "my_net.py"
     code.write_text(ENTRY_POINT)

@@ -54,6 +54,7 @@ def uploaded_app() -> AppTest:
     return at
 
 
+@pytest.mark.slow
 def test_uploads_survive_switching_the_source_away_and_back():
     at = uploaded_app()
     before = chart_spec(at)
@@ -85,6 +86,7 @@ def test_uploads_survive_switching_the_source_away_and_back():
     assert at.caption[0].value.startswith("4 images, grouped by labels")
 
 
+@pytest.mark.slow
 def test_remove_settings_survive_leaving_the_page():
     at = uploaded_app()
     open_page(at, "remove")
@@ -121,6 +123,7 @@ def test_a_widget_keyed_by_kept_survives_runs_that_do_not_draw_it_without_any_li
     assert at.slider(key="new_page_setting").value == 7
     assert at.slider(key="not_kept").value == 3
 
+@pytest.mark.slow
 def test_a_sweep_runs_only_when_asked_and_never_after_a_model_change(monkeypatch):
     calls: list[str] = []
     real = ablation.sweep
@@ -156,6 +159,7 @@ def test_a_sweep_runs_only_when_asked_and_never_after_a_model_change(monkeypatch
     assert calls == [MODEL] and len(at.get("plotly_chart")) == 1
 
 
+@pytest.mark.slow
 def test_export_lists_only_the_current_selection_and_tags_every_file():
     at = uploaded_app()
     open_page(at, "explore")
@@ -193,6 +197,7 @@ def test_exported_tables_carry_model_weights_and_images():
     assert back.loc[0, "weights"] == prov.weights and back.loc[0, "images"].endswith("(set d1)")
 
 
+@pytest.mark.slow
 @requires(TFLITE.is_file() and IMAGENET.is_dir(), f"the shared model and ImageNet samples ({TFLITE}, {IMAGENET})")
 def test_uploads_named_like_imagenet_files_are_scored():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
@@ -222,6 +227,7 @@ def _explore_values(at: AppTest) -> list:
     return image_trace["y"]
 
 
+@pytest.mark.slow
 def test_large_runs_stream_statistics_and_keep_no_per_image_gates(monkeypatch):
     """Past KEEP_GATES_LIMIT images the run keeps predictions but not per-image gates: statistics are streamed
     (the same figure), Explore computes the chosen image's gates on demand, and grouping by prediction works."""
@@ -259,6 +265,7 @@ def test_large_runs_stream_statistics_and_keep_no_per_image_gates(monkeypatch):
     assert "grouped by predicted class" in large.caption[0].value
 
 
+@pytest.mark.slow
 def test_an_analysis_file_opens_without_model_or_images(tmp_path, monkeypatch):
     """A bundle written by `paper` opens from a server path: Compare draws Fig. 6, Depth gives its verdict, Export
     lists the bundle's tables; no model is loaded and pages that need a network say so."""
@@ -294,6 +301,7 @@ def test_an_analysis_file_opens_without_model_or_images(tmp_path, monkeypatch):
     assert any("an analysis file holds statistics only" in i.value for i in at.info)
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_an_analysis_is_refused_and_the_app_keeps_serving(tmp_path, monkeypatch):
     monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))
     bad = tmp_path / "not.senetviz.zip"

@@ -76,6 +76,7 @@ def manual_gate_attribution(model: torch.nn.Module, gate_path: str, x: torch.Ten
 
 
 @needs_model
+@pytest.mark.slow
 def test_gradcam_on_the_embedded_model_returns_a_normalised_map_and_leaves_the_model_untouched(fmnist):
     image = Image.open(sample("Sneaker"))
     pixels = fmnist.transform(image)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_SERESNET_NAMES, make_tiny_custom, make_tiny_decoy, make_tiny_seresnet
+from tiny_nets import TINY_SERESNET_NAMES, make_tiny_custom, make_tiny_decoy, make_tiny_seresnet
 from torch import nn
 
 from senet_viz.gates.blocks import BlockSelectionError, discover_se_blocks, find_se_blocks, select_blocks
@@ -27,6 +27,7 @@ def seresnet50() -> tuple[nn.Module, list[SEBlock]]:
 # ------------------------------------------------------------------------------------- zoo networks
 
 
+@pytest.mark.slow
 def test_legacy_seresnet50_has_the_papers_16_blocks(seresnet50):
     model, blocks = seresnet50
     assert [b.name for b in blocks] == SERESNET50_NAMES
@@ -56,6 +57,7 @@ def _registry_params():
     return [pytest.param(n, marks=pytest.mark.slow) if n in BIG_MODELS else n for n in REGISTRY]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _registry_params())
 def test_every_zoo_model_has_consistent_se_blocks(name):
     spec = get_spec(name)
@@ -133,7 +135,7 @@ def test_structural_discovery_rejects_a_spatial_sigmoid_with_a_reason():
 
 def test_an_se_module_never_called_is_rejected_not_guessed():
     model = make_tiny_custom()
-    from conftest import ChannelGate
+    from tiny_nets import ChannelGate
 
     model.unused = ChannelGate(32)  # registered but not in forward()
     discovery = discover_se_blocks(model, (3, 32, 32))

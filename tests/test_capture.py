@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import clone_model
+from tiny_nets import clone_model
 from torch import nn
 
 from senet_viz.gates.blocks import select_blocks

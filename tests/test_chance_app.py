@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from apptest_helpers import app_session, assert_ok, open_page, shown, uploader
 from conftest import EMBEDDED_MISSING, embedded_model_ready, requires
 from streamlit.testing.v1 import AppTest
@@ -35,6 +36,7 @@ def texts(at: AppTest) -> str:
     return "\n".join([shown(m.value) for m in at.main.markdown] + [c.value for c in at.main.caption])
 
 
+@pytest.mark.slow
 def test_depth_draws_chance_bands_and_compare_sets_indices_beside_chance():
     at = app_session(MODEL)  # the embedded samples: 30 images in each of 10 classes
     assert_ok(at)
@@ -64,6 +66,7 @@ def test_depth_draws_chance_bands_and_compare_sets_indices_beside_chance():
                                                          != "yes").all()
 
 
+@pytest.mark.slow
 def test_one_image_per_class_cannot_tell():
     at = app_session(MODEL)
     at.radio(key="image_source").set_value("Upload by class")

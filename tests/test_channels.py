@@ -252,6 +252,7 @@ def test_pregate_maps_read_the_se_input_and_leave_no_hook(tiny_seresnet, tiny_in
 # ------------------------------------------------------------------------------------------ the command
 
 
+@pytest.mark.slow
 def test_the_channels_command_writes_tables_and_contact_sheets(tmp_path):
     path = tmp_path / "gates.parquet"
     gates, labels = _write_extract(path, np.random.default_rng(7), n=120, chunk=32)
@@ -306,6 +307,7 @@ def test_selectivity_by_depth_on_the_900_shared_images(mnv3_tflite, imagenet_sam
 # ------------------------------------------------------------------------------------------ the page (AppTest)
 
 
+@pytest.mark.slow
 @requires(embedded_model_ready("se_resnet_fmnist"), EMBEDDED_MISSING)
 def test_the_channels_page_renders_exemplars_and_follows_query_params():
     from apptest_helpers import assert_ok, open_page
@@ -349,6 +351,7 @@ def test_the_channels_page_renders_exemplars_and_follows_query_params():
         assert f"**{name}**" in listed, name
 
 
+@pytest.mark.slow
 @requires(embedded_model_ready("se_resnet_fmnist"), EMBEDDED_MISSING)
 def test_the_channels_page_reads_an_extract_file(tmp_path, monkeypatch):
     from apptest_helpers import assert_ok, open_page
@@ -382,6 +385,7 @@ def test_the_channels_page_reads_an_extract_file(tmp_path, monkeypatch):
     assert "grouped by predicted class" in " ".join(c.value for c in at.caption)
 
 
+@pytest.mark.slow
 @requires(embedded_model_ready("se_resnet_fmnist"), EMBEDDED_MISSING)
 def test_a_run_without_per_image_gates_still_ranks_its_channels(monkeypatch):
     from apptest_helpers import open_page

@@ -87,12 +87,14 @@ def cost_stage5() -> dict:
     return cli_json("cost", "--model", "legacy_seresnet50", "--ablate", "stage:5", "--device", "cpu")
 
 
+@pytest.mark.slow
 def test_cost_of_seresnet50(cost_stage5):
     assert cost_stage5["params"] == 28_088_024
     assert round(cost_stage5["gmacs"], 2) == 3.86
     assert cost_stage5["input_size"] == [3, 224, 224]
 
 
+@pytest.mark.slow
 def test_cost_without_the_last_stages_se_blocks(cost_stage5):
     assert cost_stage5["removed"] == ["SE_5_1", "SE_5_2", "SE_5_3"]
     assert cost_stage5["params_after"] == 26_508_632
@@ -100,6 +102,7 @@ def test_cost_without_the_last_stages_se_blocks(cost_stage5):
     assert 0 < cost_stage5["gmacs_removed"] < 0.01
 
 
+@pytest.mark.slow
 def test_cost_without_stages_3_to_5_removes_their_se_parameters():
     with torch.device("meta"):  # only the parameter counts are read
         model = get_spec("legacy_seresnet50").build()
@@ -112,6 +115,7 @@ def test_cost_without_stages_3_to_5_removes_their_se_parameters():
     assert out["removed"] == SERESNET50_NAMES[3:]
 
 
+@pytest.mark.slow
 def test_cost_with_another_reduction_ratio(cost_stage5):
     out = cli_json("cost", "--model", "legacy_seresnet50", "--reduction", "8", "--device", "cpu")
     assert out["reduction"] == 8
@@ -124,6 +128,7 @@ def test_cost_with_another_reduction_ratio(cost_stage5):
 # ----------------------------------------------------------------------------------------------- blocks
 
 
+@pytest.mark.slow
 def test_blocks_lists_the_papers_names():
     rows = cli_json("blocks", "--model", "legacy_seresnet50", "--device", "cpu", run=subprocess_cli)
     assert [r["name"] for r in rows] == SERESNET50_NAMES
@@ -155,6 +160,7 @@ def test_unreadable_weights_exit_2_without_traceback(tmp_path: Path):
 # ------------------------------------------------------------------------------------ evaluate, extract
 
 
+@pytest.mark.slow
 def test_evaluate_mobilenetv3_on_16_shared_images(imagenet_samples, tflite_file):
     out = cli_json("evaluate", "--model", "tf_mobilenetv3_small_100", "--images", imagenet_samples,
                    "--limit", str(N_EVAL), "--device", "cpu", run=subprocess_cli)
@@ -166,6 +172,7 @@ def test_evaluate_mobilenetv3_on_16_shared_images(imagenet_samples, tflite_file)
     assert out["top1"] == out["full_top1"] and out["params_removed"] == 0
 
 
+@pytest.mark.slow
 def test_evaluate_without_the_last_block(imagenet_samples, mnv3_tflite):
     last = mnv3_tflite.blocks[-1]
     se_params = sum(p.numel() for p in mnv3_tflite.model.get_submodule(last.path).parameters())
@@ -194,6 +201,7 @@ def two_class_folder(imagenet_samples, tmp_path_factory) -> tuple[Path, set[str]
     return root, keys
 
 
+@pytest.mark.slow
 def test_extract_in_two_shards(two_class_folder, tmp_path: Path, mnv3_tflite):
     from senet_viz.data.store import read_excitations
 

@@ -102,6 +102,7 @@ def test_cost_without_stage_5_removes_exactly_its_se_parameters(capsys, loaded):
 # -------------------------------------------------------------------------------------- extract, stats, figure
 
 
+@pytest.mark.slow
 def test_extract_writes_every_gate_of_the_20_images(capsys, loaded, workdir):
     out = workdir / "extract-test.parquet"
     summary = run(capsys, "extract", *COMMON, *IMAGES, "--out", out, "--batch-size", "8")
@@ -156,6 +157,7 @@ def test_figure_writes_each_kind_as_a_standalone_html(capsys, stats_file, workdi
         assert MODEL in result["title"]
 
 
+@pytest.mark.slow
 @requires(plots.find_chromium(), "Chromium for PNG export (apt-get install chromium)")
 def test_figure_writes_a_png(capsys, stats_file, workdir):
     out = workdir / "fig6.png"
@@ -186,6 +188,7 @@ def test_evaluate_without_the_last_block_scores_the_20_images(capsys, loaded):
     assert out["params_removed"] == last.params and out["params_after"] == out["params"] - last.params
 
 
+@pytest.mark.slow
 def test_precision_is_chosen_on_the_command_line_and_reported(capsys):
     """--precision reaches the passes (fp16 autocast runs on the CPU too) and the JSON says what ran."""
     exact = run(capsys, "evaluate", *COMMON, *IMAGES, "--ablate", "last:1", "--precision", "fp32")
@@ -249,6 +252,7 @@ def _idx(arr: np.ndarray) -> bytes:
     return bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(">u1").tobytes()
 
 
+@pytest.mark.slow
 def test_train_one_epoch_on_the_samples_writes_weights_metrics_and_card(capsys, loaded, tmp_path):
     # a tiny Fashion-MNIST in IDX files: PER_CLASS of the embedded samples of each class as both splits
     classes = sorted(d for d in SAMPLES.iterdir() if d.is_dir())

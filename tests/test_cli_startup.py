@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO_ROOT
 
 from senet_viz.cli import COMMANDS, build_parser
@@ -21,6 +22,7 @@ def _loaded_after(code: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_help_and_the_file_commands_import_no_torch():
     code = ("import contextlib, io\nfrom senet_viz.cli import build_parser, main\n"
             "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"

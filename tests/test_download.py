@@ -31,6 +31,7 @@ def served(tmp_path):
         server.shutdown()
 
 
+@pytest.mark.slow
 def test_download_reports_progress_and_is_found_next_time(served, tmp_path, monkeypatch):
     url, source, model = served
     monkeypatch.setenv("SENET_VIZ_CACHE", str(tmp_path / "cache"))

@@ -89,6 +89,7 @@ def test_cli_evaluate_on_the_samples_reports_the_card_accuracy(loaded, capsys):
     assert f"{100 * card['test_top1']:.2f}%" in (ASSETS_DIR / f"{MODEL_NAME}.md").read_text()
 
 
+@pytest.mark.slow
 def test_nose5_and_posthoc_removal_on_the_samples(loaded, samples):
     nose5 = evaluate(loaded[NOSE5_NAME], samples)
     assert nose5["top1"] >= 0.85
@@ -262,6 +263,7 @@ def test_write_samples_takes_the_first_of_each_class_in_order(tmp_path):
 # ------------------------------------------------------------------------------------------------ training
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_and_training_is_seeded():
     rng = np.random.default_rng(0)
     labels = np.arange(128) % 2
@@ -321,6 +323,7 @@ def test_train_leaves_the_global_settings_as_they_were(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------ dashboard
 
 
+@pytest.mark.slow
 def test_the_dashboard_reads_the_facts_test_set_and_retrained_twin(loaded, tmp_path, monkeypatch):
     from apptest_helpers import assert_ok, open_page
     from streamlit.testing.v1 import AppTest

@@ -389,6 +389,7 @@ def test_inline_look_alikes_are_reported_not_guessed():
     assert any("does not depend on the feature map" in r for r in reasons)
 
 
+@pytest.mark.slow
 def test_what_cannot_be_traced_is_reported():
     class DataDependent(nn.Module):
         def __init__(self) -> None:
@@ -422,6 +423,7 @@ def test_discover_modes():
         discover(model, SIZE, trace="sometimes")
 
 
+@pytest.mark.slow
 def test_a_net_fx_cannot_trace_is_exported_instead():
     class ShapeBranch(InlineNet):
         def forward(self, x):

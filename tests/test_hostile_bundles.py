@@ -112,6 +112,7 @@ def channel_bomb(tmp_path: Path, channels: int = 250_000_000) -> Path:
     return bomb
 
 
+@pytest.mark.slow
 def test_a_bundle_declaring_250m_channels_is_refused_before_anything_is_allocated(tmp_path):
     bomb = channel_bomb(tmp_path)
     assert bomb.stat().st_size < 16_000  # a few KB (the was 3.4 KB)
@@ -164,6 +165,7 @@ def deflate_bomb(size: int) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.slow
 def test_a_deflate_bomb_is_refused_without_a_large_temporary_file_or_allocation(tmp_path):
     size = 500 << 20  # under the 512 MiB member limit: the header tells the truth, the expansion gives it away
     assert size <= MAX_MEMBER_BYTES["stats.parquet"]
@@ -261,6 +263,7 @@ def markup_sources(at: AppTest) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_markdown_and_html_in_the_provenance_are_shown_as_text(tmp_path, monkeypatch):
     monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))
     stats = stats_of(0)
@@ -285,6 +288,7 @@ def test_markdown_and_html_in_the_provenance_are_shown_as_text(tmp_path, monkeyp
     assert "<img" not in html.escape(exports.Provenance(EVIL, EVIL, EVIL, "-").text)
 
 
+@pytest.mark.slow
 def test_an_empty_bundle_gives_a_clear_message_when_it_is_opened(tmp_path, monkeypatch):
     monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))
     empty = write_bundle(tmp_path / "empty", GateStats.for_blocks("toy", BLOCKS, CLASSES), prov())
@@ -300,6 +304,7 @@ def test_an_empty_bundle_gives_a_clear_message_when_it_is_opened(tmp_path, monke
     assert any("it has no stats" in e.value for e in at.error), [e.value for e in at.error]
 
 
+@pytest.mark.slow
 def test_a_bundle_path_outside_the_roots_gets_one_message_whether_it_exists_or_not(tmp_path, monkeypatch):
     roots, outside = tmp_path / "roots", tmp_path / "outside"
     roots.mkdir()
@@ -328,6 +333,7 @@ def upload_bundle(data: bytes) -> AppTest:
     return at
 
 
+@pytest.mark.slow
 def test_an_uploaded_bundle_counts_against_the_session_budget(tmp_path, monkeypatch):
     data = write_bundle(tmp_path / "up", stats_of(0), prov()).read_bytes()
     at = upload_bundle(data)

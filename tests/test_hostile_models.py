@@ -197,6 +197,7 @@ def no_code(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_a_pt2_with_a_pickled_weight_is_refused_and_its_payload_never_runs(tmp_path, no_code):
     marker = tmp_path / "pwned_by_pt2"
     model = pickled_pt2(tmp_path / "weights_pickled.pt2", marker)
@@ -212,6 +213,7 @@ def test_a_pt2_with_a_pickled_weight_is_refused_and_its_payload_never_runs(tmp_p
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_torchscript_that_writes_a_file_while_loading_is_refused_before_torch_opens_it(tmp_path, no_code):
     marker = tmp_path / "written_by_setstate"
     model = setstate_torchscript(tmp_path / "writes.pt", marker)
@@ -225,6 +227,7 @@ def test_torchscript_that_writes_a_file_while_loading_is_refused_before_torch_op
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_torchscript_that_reads_a_file_is_refused_and_the_file_is_untouched(tmp_path, no_code):
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b"key!")
@@ -237,6 +240,7 @@ def test_torchscript_that_reads_a_file_is_refused_and_the_file_is_untouched(tmp_
     assert secret.stat().st_size == 64
 
 
+@pytest.mark.slow
 def test_typed_model_paths_outside_the_roots_get_one_answer_and_inside_are_checked(tmp_path, monkeypatch, no_code):
     outside, inside = tmp_path / "outside", tmp_path / "inside"
     outside.mkdir()
@@ -261,6 +265,7 @@ def test_typed_model_paths_outside_the_roots_get_one_answer_and_inside_are_check
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_clean_pt2_loads_from_the_browser_and_its_name_is_shown_as_text(tmp_path, no_code):
     model = clean_pt2(tmp_path / "x.pt2", classes=3)
     named = tmp_path / "![t](http:__example.org_t.png).pt2"  # a Markdown image as a file name
@@ -286,6 +291,7 @@ def clean_files(tmp_path_factory) -> dict[str, Path]:
     return {"pt2": clean_pt2(folder / "m.pt2"), "ts": clean_torchscript(folder / "m.pt")}
 
 
+@pytest.mark.slow
 def test_the_local_user_loads_clean_torchscript_and_pt2_and_a_stranger_a_clean_pt2(clean_files):
     local, stranger = ModelFileOptions(input_size=SIZE), ModelFileOptions(input_size=SIZE, untrusted=True)
     for key, fmt in (("ts", "torchscript"), ("pt2", "export")):

@@ -57,6 +57,7 @@ def no_weights(monkeypatch):
         monkeypatch.setattr(module, name, refuse)
 
 
+@pytest.mark.slow
 def test_a_typed_timm_name_without_gates_is_refused_without_building_it(builds, no_weights):
     with pytest.raises(NoGatesError, match=f"{NO_GATES} has no channel gate.*without building it"):
         zoo.load_model(NO_GATES, device="cpu")
@@ -95,6 +96,7 @@ def type_model_name(at: AppTest, name: str) -> None:
     at.run()
 
 
+@pytest.mark.slow
 def test_the_app_refuses_a_typed_name_without_gates_at_once_and_offers_no_download(builds, monkeypatch):
     monkeypatch.setattr(model_cache, "FAILED_LOADS", LRU(64))
     at = session()
@@ -108,6 +110,7 @@ def test_the_app_refuses_a_typed_name_without_gates_at_once_and_offers_no_downlo
     assert all(real == 0 for name, _, real in builds if name == NO_GATES)
 
 
+@pytest.mark.slow
 def test_the_app_refuses_a_typed_name_over_the_models_budget(builds, monkeypatch):
     monkeypatch.setenv("SENET_VIZ_MODELS_MB", "100")
     at = session()

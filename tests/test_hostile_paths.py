@@ -134,6 +134,7 @@ class WalkCounter:
 # ------------------------------------------------------------------------------------------------ the app
 
 
+@pytest.mark.slow
 @needs_model
 def test_a_folder_outside_the_roots_is_refused_without_a_word_about_its_files(tmp_path, monkeypatch):
     roots, outside = roots_and_outside(tmp_path, monkeypatch)
@@ -161,6 +162,7 @@ def test_a_folder_outside_the_roots_is_refused_without_a_word_about_its_files(tm
     assert any("300 files in 10 classes" in c.value for c in at.sidebar.caption)
 
 
+@pytest.mark.slow
 @needs_model
 def test_a_symlink_out_of_a_root_is_refused_like_any_outside_path(tmp_path, monkeypatch):
     roots, outside = roots_and_outside(tmp_path, monkeypatch)
@@ -181,6 +183,7 @@ def test_a_symlink_out_of_a_root_is_refused_like_any_outside_path(tmp_path, monk
     assert "key.png" not in text
 
 
+@pytest.mark.slow
 @needs_model
 def test_a_folder_inside_the_roots_works_hides_other_file_names_and_is_walked_once(tmp_path, monkeypatch):
     roots, _ = roots_and_outside(tmp_path, monkeypatch)
@@ -205,6 +208,7 @@ def test_a_folder_inside_the_roots_works_hides_other_file_names_and_is_walked_on
     assert any("7 files in 2 classes" in c.value for c in other.sidebar.caption)
 
 
+@pytest.mark.slow
 @needs_model
 def test_a_weights_path_outside_the_roots_gets_one_answer_present_or_missing(tmp_path, monkeypatch):
     roots, outside = roots_and_outside(tmp_path, monkeypatch)
@@ -228,6 +232,7 @@ def test_a_weights_path_outside_the_roots_gets_one_answer_present_or_missing(tmp
     assert any("not found" in e for e in errors(at)) and outside_roots_message("weights file") not in errors(at)
 
 
+@pytest.mark.slow
 @needs_model
 def test_the_channels_extract_path_outside_the_roots_gets_one_answer_present_or_missing(tmp_path, monkeypatch):
     _, outside = roots_and_outside(tmp_path, monkeypatch)

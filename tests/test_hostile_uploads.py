@@ -153,6 +153,7 @@ def test_held_zip_cases_are_refused_in_memory(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent / "evil.png").exists()  # nothing on disk
 
 
+@pytest.mark.slow
 def test_zip_with_20001_members_is_refused_even_when_its_end_record_lies():
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
@@ -189,6 +190,7 @@ def test_16bit_tiff_bomb_is_refused_before_decoding_by_its_byte_cost():
         decode_image(data)
 
 
+@pytest.mark.slow
 def test_16bit_tiff_bomb_peak_memory_in_a_fresh_process(tmp_path):
     """Measured with ru_maxrss in a fresh interpreter: the refusal costs almost nothing; 1.1 GB before issue 18."""
     path = tmp_path / "bomb.tif"
@@ -280,6 +282,7 @@ def kept(at) -> dict[str, dict]:
     return at.session_state["uploaded_files"]
 
 
+@pytest.mark.slow
 @requires(embedded_model_ready(MODEL), EMBEDDED_MISSING)
 def test_three_gib_zips_against_the_default_budget(monkeypatch):
     """Three ~1 MB zips that each expand to 1 GiB: each is refused from its directory with the budget message,
@@ -304,6 +307,7 @@ def test_three_gib_zips_against_the_default_budget(monkeypatch):
     assert "3 files in 1 classes" in " ".join(c.value for c in at.caption)
 
 
+@pytest.mark.slow
 @requires(embedded_model_ready(MODEL), EMBEDDED_MISSING)
 def test_zips_fill_the_budget_then_are_refused_and_earlier_uploads_stay(monkeypatch):
     """With a 40 MiB budget, the first of three zips (32 MiB of images each) is expanded and kept, the next two are
@@ -331,6 +335,7 @@ def test_zips_fill_the_budget_then_are_refused_and_earlier_uploads_stay(monkeypa
     assert not errors(at) and [name for name, _ in kept(at)["zip"].values()] == ["part1.zip"]
 
 
+@pytest.mark.slow
 @requires(embedded_model_ready(MODEL), EMBEDDED_MISSING)
 def test_zip_is_expanded_once_across_reruns(monkeypatch):
     calls: list[str] = []
@@ -363,6 +368,7 @@ def test_zip_is_expanded_once_across_reruns(monkeypatch):
     assert "7 files in 3 classes" in " ".join(c.value for c in at.caption)
 
 
+@pytest.mark.slow
 @requires(embedded_model_ready(MODEL), EMBEDDED_MISSING)
 def test_lying_zip_and_tiff_bomb_through_the_app(monkeypatch):
     at = upload_app(monkeypatch)
@@ -380,6 +386,7 @@ def test_lying_zip_and_tiff_bomb_through_the_app(monkeypatch):
 # ------------------------------------------------------------------------------------------ the server budget
 
 
+@pytest.mark.slow
 def test_the_server_budget_counts_every_live_session_and_a_dropped_one_frees_its_share():
     import gc
 
@@ -403,6 +410,7 @@ def test_the_server_budget_counts_every_live_session_and_a_dropped_one_frees_its
     assert uploads.used_bytes(second) == 16 * MIB
 
 
+@pytest.mark.slow
 @requires(embedded_model_ready(MODEL), EMBEDDED_MISSING)
 def test_a_sessions_uploads_are_freed_with_the_session(monkeypatch):
     import gc
@@ -420,6 +428,7 @@ def test_a_sessions_uploads_are_freed_with_the_session(monkeypatch):
     assert gone() is None and store() is None  # no cache, registry or module kept the session's uploads
 
 
+@pytest.mark.slow
 def test_expanding_a_member_holds_it_once():
     data = inflating_zip(128, member_mib=128)
     tracemalloc.start()

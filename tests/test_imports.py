@@ -19,6 +19,8 @@ import functools
 from collections import deque
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]  # not from conftest: the guards run as a script too
 #: Folders (packages or page folders) and single files whose modules are checked (a missing one is skipped).
 SCANNED = ("senet_viz", "ui", "app_pages", "pages", "app.py")
@@ -233,6 +235,7 @@ def test_the_graph_counts_imports_in_functions_under_type_checking_and_across_ui
                               ["senet_viz.a", "senet_viz.sub.c", "senet_viz.a"], ["ui.one", "ui.two", "ui.one"]]
 
 
+@pytest.mark.slow
 def test_the_project_has_no_import_circle():
     modules = project_modules()
     graph = import_graph(modules)
@@ -314,6 +317,7 @@ def test_the_hop_finder_tells_a_name_passed_on_from_one_defined_there(tmp_path):
         "from senet_viz.b import X", "from senet_viz.b import g"]
 
 
+@pytest.mark.slow
 def test_no_module_imports_a_name_through_a_module_that_passes_it_on():
     found = reexport_hops(project_modules())
     assert found == [], f"{len(found)} re-export hop(s): import each name from the module that defines it:\n" + (

@@ -78,18 +78,21 @@ def fresh_interpreter() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_importing_every_library_module_loads_no_streamlit(fresh_interpreter):
     assert {"senet_viz.gates.blocks", "senet_viz.gates.capture", "senet_viz.models.zoo", "senet_viz.cli"} <= set(
         fresh_interpreter["modules"])
     assert fresh_interpreter["streamlit"] == []
 
 
+@pytest.mark.slow
 def test_the_embedded_package_imported_first_registers_itself_and_the_zoo_adds_the_rest(fresh_interpreter):
     assert fresh_interpreter["first"] == ["se_resnet_fmnist", "se_resnet_fmnist_nose5"]
     assert not fresh_interpreter["zoo_before"]
     assert {"legacy_seresnet50", "tf_mobilenetv3_small_100", "se_resnet_fmnist"} <= set(fresh_interpreter["all"])
 
 
+@pytest.mark.slow
 def test_subprocesses_inherit_the_isolation(fresh_interpreter):
     assert Path(fresh_interpreter["home"]) == TEST_HOME
     assert Path(fresh_interpreter["download_dir"]).is_relative_to(TEST_HOME)

@@ -100,6 +100,7 @@ def round_trip(tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["script", "trace", "export", "export-batch1"])
 def test_round_trip_keeps_blocks_and_gates(round_trip, fmt):
     model, eager, x, file, (loaded, discovery, info) = round_trip(fmt)
@@ -144,6 +145,7 @@ def test_round_trip_keeps_blocks_and_gates(round_trip, fmt):
     assert loaded_cost.params == eager_cost.params and loaded_cost.macs == eager_cost.macs
 
 
+@pytest.mark.slow
 def test_torchscript_class_names_label_the_gates(round_trip):
     """In TorchScript the module classes survive as original_name; the gate kinds come from them."""
     _, _, _, _, (_, discovery, info) = round_trip("script")
@@ -287,6 +289,7 @@ def _build_plain(file: Path) -> nn.Module:
     ("se_shufflenet.py", 64, 16, [f"SE_3_{i}" for i in range(1, 5)] + [f"SE_4_{i}" for i in range(1, 9)]
      + [f"SE_5_{i}" for i in range(1, 5)], "fx"),
 ])
+@pytest.mark.slow
 def test_examples_load_with_their_se_blocks(example, size, count, names, kind):
     file = REPO / "examples" / example
     model, discovery, info = load_and_discover(f"{file}:build", allow_code=True, input_size=(3, size, size))
@@ -324,6 +327,7 @@ def _orientation_input(path: Path) -> np.ndarray:
     return ((crop - mean) / std).transpose(2, 0, 1).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_pplcnet_onnx_blocks_and_outputs_match_onnxruntime():
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")

@@ -23,7 +23,8 @@ import pytest
 import timm.models
 import torch
 import torchvision.models as tvm
-from conftest import TINY_CLASSES, TinySEResNet
+from conftest import TINY_CLASSES
+from tiny_nets import TinySEResNet
 from torch import nn
 
 from senet_viz import cli
@@ -92,6 +93,7 @@ def test_a_timm_name_with_its_tag_takes_preprocessing_and_classes_from_its_pretr
     assert get_spec(f"timm:{name}").preprocess == loaded.transform.preprocess
 
 
+@pytest.mark.slow
 def test_a_torchvision_name_takes_transforms_and_categories_from_its_weights_enum():
     loaded = zoo.load_model("regnet_y_3_2gf", weights="random", device="cpu")  # not a timm name: no prefix needed
     weights = tvm.get_model_weights("regnet_y_3_2gf").DEFAULT
@@ -148,6 +150,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
             "model": model}  # type: ignore[dict-item]
 
 
+@pytest.mark.slow
 def test_blocks_of_an_onnx_file_as_json(capsys, files):
     rows = run(capsys, "blocks", "--model", files["onnx"], "--device", "cpu")
     assert len(rows) == len(SMALL_NAMES)
@@ -158,6 +161,7 @@ def test_blocks_of_an_onnx_file_as_json(capsys, files):
     assert [r["name"] for r in rows] == SMALL_NAMES
 
 
+@pytest.mark.slow
 def test_blocks_and_cost_of_a_torchscript_file(capsys, files):
     common = ("--model", files["pt"], "--input-size", "3,64,64", "--device", "cpu")
     rows = run(capsys, "blocks", *common)
@@ -170,6 +174,7 @@ def test_blocks_and_cost_of_a_torchscript_file(capsys, files):
     assert cost["se_params"] == sum(b.params for b in eager.values())
 
 
+@pytest.mark.slow
 def test_a_model_file_loads_with_its_options_and_runs_like_the_eager_network(files):
     options = ModelFileOptions(input_size=SIZE, class_names=tuple(TINY_CLASSES))
     x = torch.randn(3, *SIZE, generator=torch.Generator().manual_seed(0))
@@ -190,6 +195,7 @@ def test_a_model_file_loads_with_its_options_and_runs_like_the_eager_network(fil
     assert zoo.load_model(str(files["onnx"]), device="cpu", options=grey).weights_id != plain.weights_id
 
 
+@pytest.mark.slow
 def test_model_file_options_are_checked(capsys, files):
     err = user_error(capsys, "blocks", "--model", files["onnx"], "--classes", files["classes"], "--device", "cpu",
                      "--input-size", "3,64")

@@ -153,6 +153,7 @@ def test_the_shipped_onnx_models_probabilities_are_its_own(onnx_model, tmp_path)
     np.testing.assert_allclose(result.logits, want, atol=1e-5)  # the outputs as the model returns them
 
 
+@pytest.mark.slow
 @needs_ort
 @needs_samples
 def test_evaluate_json_reads_the_models_probabilities(onnx_model, tmp_path, capsys):
@@ -180,6 +181,7 @@ def test_evaluate_json_reads_the_models_probabilities(onnx_model, tmp_path, caps
     assert forced["outputs"] == "logits" and forced["kl"] < out["kl"]
 
 
+@pytest.mark.slow
 @needs_ort
 @needs_samples
 def test_the_app_shows_the_onnx_models_own_probabilities(onnx_model, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from conftest import REPO_ROOT, require
 
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -61,6 +62,7 @@ def test_pyproject_dependencies_are_the_pins_of_requirements_txt():
     assert list(declared) == list(requirements("requirements.txt"))
 
 
+@pytest.mark.slow
 def test_every_imported_package_is_pinned():
     pinned = requirements("requirements.txt") | requirements("requirements-dev.txt")
     for extra in PYPROJECT["project"].get("optional-dependencies", {}).values():

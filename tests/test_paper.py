@@ -113,6 +113,7 @@ def test_paper_preset_defaults_to_the_largest_classes_and_caps_per_class(fmnist,
 # ------------------------------------------------------------------------------------------- Tables 10 and 13
 
 
+@pytest.mark.slow
 def test_table13_measured_on_se_resnet50_matches_the_papers_parameters():
     with torch.device("meta"):  # only shapes are read: parameters and MACs count the same without weights
         table = paper.table13_measured("legacy_seresnet50").set_index("variant")

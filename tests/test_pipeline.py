@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 import torchvision.io
-from conftest import IMAGENET_SAMPLES, TINY_CLASSES, make_tiny_seresnet, requires
+from conftest import IMAGENET_SAMPLES, TINY_CLASSES, requires
 from PIL import Image, ImageFile
+from tiny_nets import make_tiny_seresnet
 from torchvision.transforms.v2 import functional as TF
 
 from senet_viz.data.decode import ImageDecodeError, decode_image, decode_image_fast, read_jpeg

@@ -29,6 +29,7 @@ def fmnist_samples() -> Path:
     return SAMPLES
 
 
+@pytest.mark.slow
 def test_a_second_pass_decodes_nothing_and_gives_the_same_result(fmnist_model, fmnist_samples, monkeypatch):
     images = folder_source(fmnist_samples)
     cache = PixelCache()
@@ -47,6 +48,7 @@ def test_a_second_pass_decodes_nothing_and_gives_the_same_result(fmnist_model, f
     np.testing.assert_array_equal(outside.logits, first.logits)
 
 
+@pytest.mark.slow
 def test_same_relative_names_in_other_folders_or_changed_files_are_not_confused(fmnist_model, fmnist_samples,
                                                                                  tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"

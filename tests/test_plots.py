@@ -166,6 +166,7 @@ def test_fig6_one_panel_per_preset_block_and_lines(channels):
     assert "channel index" in fig.layout.xaxis4.title.text or "channel index" in fig.layout.xaxis.title.text
 
 
+@pytest.mark.slow
 def test_fig6_sampling_is_seeded(channels):
     def xs(fig):
         return [tuple(t.x) for t in fig.data]
@@ -294,6 +295,7 @@ def test_depth_profile_one_model():
     assert "0.9" in fig.layout.title.subtitle.text
 
 
+@pytest.mark.slow
 def test_depth_profile_two_models_relative_depth():
     a = make_indices()
     other = [(f"SE_{s}_{i}", s, 32) for s, n in ((2, 2), (3, 2), (4, 3)) for i in range(1, n + 1)]
@@ -466,6 +468,7 @@ def test_missing_columns_are_reported(channels):
         plots.distributions(channels.drop(columns=["hist"]))
 
 
+@pytest.mark.slow
 def test_no_torch_or_streamlit_import():
     """Neither the figures nor the statistics, bundles and extract readers they are drawn from import torch."""
     code = (
@@ -504,6 +507,7 @@ def test_save_figure_without_chromium_says_how(tmp_path, monkeypatch):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 @requires(os.path.exists("/usr/bin/chromium"), "/usr/bin/chromium for PNG export (apt-get install chromium)")
 def test_save_figure_png_leaves_the_environment_unchanged(channels, tmp_path, monkeypatch):
     """A real export (kaleido starts Chromium: one export for both claims): a PNG of the figure, and the
@@ -633,6 +637,7 @@ def test_many_classes_image_percentiles_say_the_class_histogram_is_not_kept(many
                                 "img.png")
 
 
+@pytest.mark.slow
 def test_bounded_frames_of_small_statistics_draw_what_the_full_frame_draws():
     """The pages now pass bounded frames; for a small run the figures are those of the full frame."""
     from senet_viz.analysis.stats import GateStats

@@ -27,6 +27,7 @@ def eight_images(imagenet_samples) -> ImageSet:
     return ImageSet(images.items[::110][:8], [], images.class_names)
 
 
+@pytest.mark.slow
 def test_fp16_overflow_is_redone_in_fp32(mnv3_tflite, eight_images):
     """Without the fallback the logits are NaN/inf; with it they are finite and give fp32's predictions."""
     loaded = mnv3_tflite
@@ -50,6 +51,7 @@ def test_fp16_overflow_is_redone_in_fp32(mnv3_tflite, eight_images):
         np.testing.assert_array_equal(safe.gates[name], gates)
 
 
+@pytest.mark.slow
 def test_fp16_without_overflow_keeps_fp16_and_bf16_does_not_overflow(mnv3_tflite, eight_images):
     loaded = mnv3_tflite
     fp32 = run_model(loaded, eight_images, options=RunOptions(precision="fp32", num_workers=0))
@@ -112,6 +114,7 @@ def test_auto_on_cuda_is_bf16_where_the_gpu_has_it(monkeypatch, native_bf16, exp
     assert seen["emulation"] is False  # emulated bf16 is slower than fp16
 
 
+@pytest.mark.slow
 def test_mean_ablation_calibrates_and_scores_at_the_same_precision(monkeypatch, mnv3_tflite, eight_images):
     calls = []
     real = ablation.run_model
@@ -126,6 +129,7 @@ def test_mean_ablation_calibrates_and_scores_at_the_same_precision(monkeypatch, 
     assert calls == ["bf16"] * 3  # calibration, full, ablated
 
 
+@pytest.mark.slow
 def test_sweep_uses_the_policy_for_calibration_and_every_configuration(monkeypatch, mnv3_tflite, eight_images):
     loaded = mnv3_tflite
     dtypes = []

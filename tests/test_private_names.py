@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
 from test_imports import REPO_ROOT, project_modules, resolve_from
 
 #: Folders of importers that are listed by the report below but not checked by the test.
@@ -196,6 +197,7 @@ def test_the_reader_sees_every_form_and_spares_public_and_own_names(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_no_module_takes_a_private_name_of_another():
     found = violations()
     assert found == [], f"{len(found)} use(s) of another module's private names:\n" + "\n".join(found)

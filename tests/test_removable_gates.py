@@ -64,6 +64,7 @@ ACCEPTED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("build", "gain"), ACCEPTED)
 @pytest.mark.parametrize("trace", ["never", "always"])
 def test_identity_ablation_is_the_network_without_the_module(build, gain, trace):

@@ -363,6 +363,7 @@ def unsafe_loads(source: str, filename: str = "<string>") -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_no_code_loads_pickles_without_weights_only():
     assert len(SCANNED) > 20
     problems = [p for f in SCANNED for p in unsafe_loads(f.read_text(encoding="utf-8"), str(f.relative_to(ROOT)))]
@@ -498,6 +499,7 @@ def concurrent_check(loaded: LoadedModel, images: ImageSet, iterations: int = 5,
     }
 
 
+@pytest.mark.slow
 def test_four_threads_removing_different_se_blocks_get_exactly_their_own_results(fmnist_images):
     loaded = fresh_model()
     report = concurrent_check(loaded, fmnist_images, cost_user=True)
@@ -585,6 +587,7 @@ def mac_count_with_another_forward_inside(loaded: LoadedModel, other: LoadedMode
     return macs == alone
 
 
+@pytest.mark.slow
 def test_mac_counts_are_not_disturbed_by_another_model_running_in_another_thread(monkeypatch):
     """torch's FLOP counter attributes operations to modules through global module hooks; the cost module
     follows only its own thread, so another user's network running meanwhile changes nothing. With torch's
@@ -636,6 +639,7 @@ def break_ablation(monkeypatch) -> None:
         monkeypatch.setattr(module, "ablate", mutating_ablate)
 
 
+@pytest.mark.slow
 def test_the_concurrency_check_catches_an_ablation_that_edits_the_shared_model(fmnist_images, monkeypatch):
     break_ablation(monkeypatch)
     loaded = fresh_model()  # this one gets damaged
@@ -656,6 +660,7 @@ def test_the_server_config_sets_the_limits():
     assert config["browser"]["gatherUsageStats"] is False
 
 
+@pytest.mark.slow
 def test_app_states_the_limits_and_explains_bad_zip_and_weights_uploads(bad_weights):
     """One session: the upload widgets state the limits; a zip bomb is refused beside good uploads, a zip with
     nested folders is read; every bad weights file gives its reason, and the app recovers when it is removed."""

@@ -266,6 +266,7 @@ def test_the_download_size_is_asked_with_a_head_request(hub):
     assert requests == [("HEAD", "/w.safetensors")]  # the file itself was not fetched
 
 
+@pytest.mark.slow
 def test_a_download_over_the_disk_budget_is_refused_and_leaves_nothing(hub):
     url, source, requests = hub
     size = source.stat().st_size
@@ -282,6 +283,7 @@ def test_a_download_over_the_disk_budget_is_refused_and_leaves_nothing(hub):
     assert path.read_bytes() == source.read_bytes()
 
 
+@pytest.mark.slow
 def test_the_app_downloads_nothing_without_the_button_and_shows_the_size(hub, monkeypatch):
     url, source, requests = hub
     # Every way the library could fetch these weights points at the local hub, so a fetch would be seen there.
@@ -313,6 +315,7 @@ def test_the_app_downloads_nothing_without_the_button_and_shows_the_size(hub, mo
     assert "download needed" not in " ".join(str(e.value) for e in at.info)
 
 
+@pytest.mark.slow
 def test_the_button_is_disabled_when_the_download_would_exceed_the_disk_budget(hub, monkeypatch):
     url, source, requests = hub
     monkeypatch.setattr(download, "weights_url", lambda name: url)

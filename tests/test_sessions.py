@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 from apptest_helpers import assert_ok, open_page
-from conftest import EMBEDDED_MISSING, TINY_CLASSES, embedded_model_ready, make_tiny_seresnet, requires
+from conftest import EMBEDDED_MISSING, TINY_CLASSES, embedded_model_ready, requires
 from streamlit.testing.v1 import AppTest
+from tiny_nets import make_tiny_seresnet
 
 from senet_viz.data.folders import folder_source
 from senet_viz.gates.capture import capture, hook_count
@@ -93,6 +94,7 @@ def use_folder(at: AppTest, folder: Path) -> None:
     assert_ok(at)
 
 
+@pytest.mark.slow
 @needs_model
 def test_a_second_session_gets_the_first_sessions_results_without_a_forward_pass(tmp_path, monkeypatch):
     monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))  # the typed folder lies inside the server's roots
@@ -339,6 +341,7 @@ def test_workers_run_capped_and_concurrent_requests_get_their_own_model_copy(tin
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_model_copies_are_dropped_with_the_cached_model():
     before = torch.get_num_threads()
     engine = Engine(ThreadPolicy(cores=2, threads=1, concurrent=2))
@@ -383,6 +386,7 @@ def test_a_copy_is_made_while_the_model_is_busy_and_has_no_hooks_of_the_busy_req
 # ------------------------------------------------------------------------------------------ compute processes
 
 
+@pytest.mark.slow
 @needs_model
 def test_with_compute_processes_the_passes_run_in_a_worker_process_with_the_same_results(monkeypatch, tmp_path):
     """SENET_VIZ_COMPUTE=processes: the Remove page shows the numbers the thread engine shows, and the server

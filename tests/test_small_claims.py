@@ -124,6 +124,7 @@ def _mixed_folder(root):
     return folder, [f"{p.parent.name}/{p.name}" for p in sorted(folder.rglob("*.png"))]
 
 
+@pytest.mark.slow
 @requires(embedded_model_ready(MODEL), EMBEDDED_MISSING)
 def test_the_app_names_predictions_scored_images_and_sources(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest

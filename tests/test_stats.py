@@ -416,6 +416,7 @@ def test_parquet_extract_is_streamed_into_the_same_statistics(tmp_path):
     np.testing.assert_allclose(streamed.class_means("SE_3_1")[2], one.class_means("SE_3_1")[2], rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_stats_and_figure_commands_on_many_classes(tmp_path, capsys):
     from senet_viz import cli
     gates, labels = many_classes()

@@ -119,6 +119,7 @@ def test_state_dict_loads_strictly_and_leaves_the_model_untouched():
     assert sd["conv_head.bias"].abs().sum() > 0  # conv_head has a real bias (no BN in timm)
 
 
+@pytest.mark.slow
 @needs_shared
 def test_converted_model_classifies_shared_images(converted, samples):
     files, labels = samples
@@ -131,6 +132,7 @@ def test_converted_model_classifies_shared_images(converted, samples):
     assert top1 >= 0.6, f"top-1 {top1:.1%} on {len(files)} shared images"
 
 
+@pytest.mark.slow
 @needs_shared
 def test_gates_and_predictions_match_the_tflite_runtime(converted, runtime):
     # Same uint8 pixels for both, normalized as the float model expects (mean = std = 0.5).

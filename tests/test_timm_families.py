@@ -111,6 +111,7 @@ def ground_truth(model: torch.nn.Module) -> tuple[Counter, list[str]]:
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if slow else n
                                   for n, (_, slow) in MODELS.items()])
+@pytest.mark.slow
 def test_every_gate_is_found_named_and_captured(name):
     model = _build(name)
     size = (3, 64, 64)
@@ -140,6 +141,7 @@ def test_every_gate_is_found_named_and_captured(name):
     assert hook_count(model) == 0
 
 
+@pytest.mark.slow
 def test_gate_census_counts_without_weights_and_caches(tmp_path):
     from senet_viz.gates.census import gate_census
 

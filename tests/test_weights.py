@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinySEResNet, make_tiny_custom, make_tiny_seresnet
 from safetensors.torch import save_file
+from tiny_nets import TinySEResNet, make_tiny_custom, make_tiny_seresnet
 
 from senet_viz.models.weights import WeightsError, check_state_dict, load_weights_into, read_state_dict
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_CLASSES, make_tiny_custom
+from conftest import TINY_CLASSES
 from PIL import Image
 from safetensors.torch import save_file
+from tiny_nets import make_tiny_custom
 
 import senet_viz.models.zoo as zoo
 from senet_viz.gates.capture import hook_count
@@ -67,6 +68,7 @@ def test_unknown_model_lists_the_choices():
         get_spec("resnet_with_no_se")
 
 
+@pytest.mark.slow
 def test_reduction_ratio_changes_se_width_only_where_supported():
     r8 = get_spec("legacy_seresnet50").build(reduction=8)
     r16 = get_spec("legacy_seresnet50").build()

@@ -30,10 +30,6 @@ from ui.model_cache import process_ref
 # and stream the gates into statistics, so memory does not grow with the folder (SE-ResNet-50: 30 kB per image).
 KEEP_GATES_LIMIT = 2_000
 
-CIRCULAR_NOTE = ("Grouped by predicted class: the network's own output defines the classes, so this grouping is "
-                 "circular and class specificity (eta², spread, selectivity) is inflated: read these numbers as an "
-                 "upper bound, and group by labels where the images have them.")
-"""Shown wherever per-class numbers of a grouping by predicted class appear (Compare, Depth, Channels)."""
 NO_GATES_NOTE = (f"This run has more than {KEEP_GATES_LIMIT:,} images, so no per-image gates were kept: the chance "
                  "levels shown are exact expectations from the statistics (eta² and spread), while the chance bands, "
                  "permutation p values and bootstrap intervals need per-image gates: run `python -m senet_viz "
@@ -58,7 +54,8 @@ class Analysis:
 
     @property
     def circular(self) -> bool:
-        """Grouped by the network's own prediction (class specificity inflated; see :data:`CIRCULAR_NOTE`)."""
+        """Grouped by the network's own prediction: class specificity is inflated
+        (:data:`senet_viz.analysis.chance.CIRCULAR_NOTE`)."""
         return self.grouping == "predicted class"
 
 

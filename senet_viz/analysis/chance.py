@@ -66,6 +66,12 @@ RANGES = {"eta2": (0.0, 1.0), "spread": (0.0, np.inf), "cross_class_corr": (-1.0
 TIE_RTOL = 1e-6
 """Null values within this relative distance below the observed one count as ties (>=): float32 data, conservative."""
 
+CIRCULAR_NOTE = ("Grouped by predicted class: the network's own output defines the classes, so this grouping is "
+                 "circular and class specificity (eta², spread, selectivity) is inflated: read these numbers as an "
+                 "upper bound, and group by labels where the images have them.")
+"""Shown wherever per-class numbers of a grouping by predicted class appear (Compare, Depth and Channels pages,
+the `channels` command)."""
+
 
 @dataclass(frozen=True)
 class ChanceOptions:

@@ -121,6 +121,7 @@ def contact_sheet(rows: pd.DataFrame, folder: Path | None, title: str) -> tuple[
 def cmd_channels(args: argparse.Namespace) -> None:
     """Run ``channels`` (see the module doc); raises the CLI's UserError for bad input."""
     from senet_viz.analysis import channels, exemplars
+    from senet_viz.analysis.chance import CIRCULAR_NOTE
     from senet_viz.data.store import read_meta
     from senet_viz.plots.channels import selectivity_depth
 
@@ -174,12 +175,16 @@ def cmd_channels(args: argparse.Namespace) -> None:
               "class_means_from": "single images" if single else "classes",
               "selectivity_median": dict(zip(summary["block"], summary["selectivity_median"].round(4), strict=True)),
               "trend": trend}
+    if args.group_by == "prediction":
+        report["note"] = CIRCULAR_NOTE
     if args.json:
         json.dump(report, sys.stdout, indent=2, default=float)
         sys.stdout.write("\n")
         return
     print(f"{stats.model}: {report['n_images']} images, classes by {args.group_by}; wrote {len(written) + 1} tables, "
           f"{len(sheets)} contact sheets and selectivity_depth.html to {out}")
+    if args.group_by == "prediction":
+        print(f"note: {CIRCULAR_NOTE}")
     if single:
         print("note: every class holds one image, so each class mean is a single image (selectivity then measures "
               "how much one image stands out, not tuning to a class)")
