@@ -375,8 +375,11 @@ def nav_link(page, title: str):
 
 
 def open_page(page, title: str) -> None:
+    """Open page ``title`` from the navigation: once its run has finished, it shows its own header and no exception
+    (checked first: a page that raised shows no header, and waiting for one would take the run timeout)."""
     with script_run(page):
         nav_link(page, title).click()
+    assert_no_exception(page, title)
     page.get_by_test_id("stHeading").filter(has_text=title).first.wait_for()  # the page's own header
 
 
