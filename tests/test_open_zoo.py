@@ -24,8 +24,7 @@ import timm.models
 import torch
 import torchvision.models as tvm
 from conftest import TINY_CLASSES
-from tiny_nets import TinySEResNet
-from torch import nn
+from tiny_nets import TinySEResNet, make_tiny_seresnet
 
 from senet_viz import cli
 from senet_viz.models import zoo
@@ -48,15 +47,7 @@ class SmallSEResNet(TinySEResNet):
 
 
 def small_seresnet() -> SmallSEResNet:
-    torch.manual_seed(0)
-    model = SmallSEResNet()
-    for m in model.modules():  # non-trivial batch-norm statistics, as conftest's make_tiny_seresnet sets them
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.1, 0.1)
-    return model.eval()
+    return make_tiny_seresnet(cls=SmallSEResNet)
 
 
 def run(capsys, *args: str | Path) -> dict | list:

@@ -53,9 +53,10 @@ class TinySEResNet(nn.Module):
 TINY_SERESNET_NAMES = ["SE_2_1", "SE_3_1", "SE_3_2", "SE_4_1", "SE_4_2", "SE_5_1", "SE_5_2"]
 
 
-def make_tiny_seresnet(seed: int = 0) -> TinySEResNet:
+def make_tiny_seresnet(seed: int = 0, cls: type[TinySEResNet] = TinySEResNet) -> TinySEResNet:
+    """A ``cls`` (the tiny SE-ResNet or a subclass with other depths) with seeded weights, in eval mode."""
     torch.manual_seed(seed)
-    model = TinySEResNet()
+    model = cls()
     # Non-trivial batch-norm statistics so eval-mode outputs differ from the raw convolutions.
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
