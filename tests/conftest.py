@@ -93,7 +93,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def embedded_model_ready(name: str = "se_resnet_fmnist") -> bool:
     """The embedded model's weights (assets/<name>.safetensors) and its samples (assets/fmnist_samples/)."""
+    import senet_viz.models.zoo  # noqa: F401  (registers every model: the registry itself knows none)
     from senet_viz.models import download
+
     return download.weights_status(name) == "file" and (REPO_ROOT / "assets" / "fmnist_samples").is_dir()
 
 
