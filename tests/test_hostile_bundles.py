@@ -25,6 +25,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from apptest_helpers import app_session, open_page
@@ -378,3 +379,51 @@ def test_page_headers_that_disagree_with_the_footer_are_refused_before_decoding(
     bundle = zip_of({"bundle.json": json.dumps(prov()).encode(), "stats.parquet": bytes(data)})
     with pytest.raises(BundleError, match="damaged or forged"):
         read_bundle(bundle)
+
+
+# ------------------------------------------------------------------------------------------ chance.csv (issue 20)
+
+
+def chance_of(stats: GateStats, **text: str) -> pd.DataFrame:
+    """A genuine chance table of ``stats``' blocks (built from random per-image gates), with ``text`` written over
+    its text columns."""
+    from senet_viz.analysis.chance import ChanceOptions, chance_table
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(len(CLASSES)), 10)
+    gates = {b["name"]: rng.uniform(size=(len(labels), b["channels"])) for b in BLOCKS}
+    table = chance_table(gates, labels, options=ChanceOptions(permutations=9, bootstrap=5))
+    for column, value in text.items():
+        table[column] = value
+    return table
+
+
+def test_a_forged_chance_table_is_cut_short_or_refused(tmp_path):
+    stats = stats_of(0)
+    long = EVIL + "x" * (1 << 20)  # a 1 MiB "reason": under the member limit, far over what a page should show
+    bundle = read_bundle(write_bundle(tmp_path / "long", stats, prov(), chance=chance_of(stats, cannot_tell=long)))
+    assert bundle.chance["cannot_tell"].str.len().max() == 200
+    assert bundle.chance["cannot_tell"].iloc[0] == long[:200]
+    # pages format every other column as a number: text where a number belongs is refused with the reason
+    words = chance_of(stats, n_bootstrap="many", eta2_p=EVIL)
+    with pytest.raises(BundleError, match="column 'n_bootstrap' holds values that are not numbers"):
+        read_bundle(write_bundle(tmp_path / "words", stats, prov(), chance=words))
+    with zipfile.ZipFile(write_bundle(tmp_path / "genuine", stats, prov())) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    big = zip_of({**members, "chance.csv": bytes(5 << 20)})  # over its 4 MiB member limit
+    with pytest.raises(BundleError, match="chance.csv"):
+        read_bundle(big)
+
+
+@pytest.mark.slow
+def test_markup_in_a_chance_table_is_shown_as_text_on_depth_and_compare(tmp_path, monkeypatch):
+    monkeypatch.setenv("SENET_VIZ_DATA_ROOTS", str(tmp_path))
+    stats = stats_of(0)
+    path = write_bundle(tmp_path / "evil", stats, prov(), chance=chance_of(stats, cannot_tell=EVIL + "x" * 5000))
+    at = app_with_bundle(path)
+    for page in ("depth", "compare"):
+        open_page(at, page)
+        assert not at.exception, [e.message for e in at.exception]
+        for source in markup_sources(at):
+            assert not UNESCAPED.search(source), (page, source)
+            assert "x" * 300 not in source, page  # the reason is cut short

@@ -49,6 +49,7 @@ MAX_MEMBER_BYTES = {"bundle.json": 1 << 20, "metrics.json": 1 << 20, "indices.cs
 MAX_STATS_BYTES = 2 << 30
 MAX_MEMBERS = 64  # a bundle has three to five
 MAX_CHANCE_ROWS = 10_000  # one row per SE block
+MAX_CHANCE_TEXT = 200  # characters kept of a block name or a "cannot tell" reason read from chance.csv
 #: A member may expand to at most this many times its compressed size (plus 1 MiB): stats.parquet is compressed
 #: already (written stored; zipped again with deflate it gains little), so a bomb is refused after a few MiB.
 MAX_EXPANSION = 16
@@ -204,11 +205,22 @@ def _chance_member(zf: zipfile.ZipFile) -> pd.DataFrame | None:
     if "block" not in frame.columns or len(frame) > MAX_CHANCE_ROWS:
         raise BundleError("chance.csv in the bundle is not a chance table (no block column, or more rows than "
                           f"{MAX_CHANCE_ROWS:,} blocks)")
-    frame["block"] = frame["block"].astype(str)
+    # A stranger's file: the two text columns are cut short (pages show them), every other column must be numbers
+    # (pages format them as numbers) or the "above chance" flags.
+    frame["block"] = [str(v)[:MAX_CHANCE_TEXT] for v in frame["block"]]
     if "cannot_tell" in frame.columns:
-        frame["cannot_tell"] = ["" if pd.isna(v) else str(v) for v in frame["cannot_tell"]]
-    for column in [c for c in frame.columns if c.endswith("_above_chance")]:
-        frame[column] = frame[column].astype(str).str.lower().eq("true")
+        frame["cannot_tell"] = ["" if pd.isna(v) else str(v)[:MAX_CHANCE_TEXT] for v in frame["cannot_tell"]]
+    for column in frame.columns:
+        if column in ("block", "cannot_tell"):
+            continue
+        if str(column).endswith("_above_chance"):
+            frame[column] = frame[column].astype(str).str.lower().eq("true")
+            continue
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        if numbers.isna().sum() > frame[column].isna().sum():
+            raise BundleError(f"chance.csv in the bundle is not a chance table: column {str(column)[:40]!r} holds "
+                              "values that are not numbers")
+        frame[column] = numbers
     return frame
 
 
