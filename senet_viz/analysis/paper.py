@@ -6,7 +6,7 @@ paper's parameter / GFLOP counts) so that every measured number can be shown bes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -152,6 +152,21 @@ def class_mean_bands(result: Result, by: str, stats: GateStats, blocks: Sequence
     return out
 
 
+def preset_items(images: ImageSet, per_class: int, classes: Collection[int] | None = None
+                 ) -> tuple[list, dict[int, int]]:
+    """The preset's images: the first ``per_class`` labelled images of each class (of ``classes`` only, when given),
+    in the set's order, and how many each class gave."""
+    taken: dict[int, int] = {}
+    items = []
+    for it in images.items:
+        if it.label is None or (classes is not None and it.label not in classes):
+            continue
+        if taken.get(it.label, 0) < per_class:
+            taken[it.label] = taken.get(it.label, 0) + 1
+            items.append(it)
+    return items, taken
+
+
 def paper_preset(loaded: LoadedModel, images: ImageSet, classes: Sequence[str | int] | None = None,
                  per_class: int = PAPER_IMAGES_PER_CLASS, bins: int = DEFAULT_BINS, batch_size: int = 32,
                  progress: Callable[[int, int], None] | None = None, precision: str = "auto", *,
@@ -168,14 +183,7 @@ def paper_preset(loaded: LoadedModel, images: ImageSet, classes: Sequence[str | 
     statistics are reduced on rank 0 (None on the other ranks; never None in a single process).
     """
     chosen = pick_classes(images, classes, loaded.wnids)
-    taken: dict[int, int] = {}
-    items = []
-    for it in images.items:
-        if it.label is None:
-            continue
-        if taken.get(it.label, 0) < per_class:
-            taken[it.label] = taken.get(it.label, 0) + 1
-            items.append(it)
+    items, taken = preset_items(images, per_class)
     subset = replace(images, items=items)
     stats = GateStats.for_blocks(loaded.name, loaded.blocks, images.class_names, bins=bins)
     chosen_set = set(chosen)

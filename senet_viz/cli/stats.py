@@ -294,16 +294,10 @@ def paper_chance(loaded, images, classes: list[str] | None, args: argparse.Names
     """The chance table of the preset's chosen classes: one pass over their images (at most --per-class each, the
     preset's own), keeping the gates (the preset streams them into statistics only)."""
     from senet_viz.analysis.chance import chance_table
-    from senet_viz.analysis.paper import pick_classes
+    from senet_viz.analysis.paper import pick_classes, preset_items
     from senet_viz.inference.run import RunOptions, run_model
 
-    chosen = set(pick_classes(images, classes, loaded.wnids))
-    taken: dict[int, int] = {}
-    items = []
-    for it in images.items:  # the preset's choice: the first --per-class images of each class, in order
-        if it.label in chosen and taken.get(it.label, 0) < args.per_class:
-            taken[it.label] = taken.get(it.label, 0) + 1
-            items.append(it)
+    items, _ = preset_items(images, args.per_class, set(pick_classes(images, classes, loaded.wnids)))
     run = run_model(loaded, replace(images, items=items), None,
                     RunOptions(batch_size=args.batch_size, precision=args.precision, keep_gates=True,
                                keep_logits=False, progress=progress("chance (gates of the chosen classes)",
