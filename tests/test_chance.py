@@ -205,3 +205,15 @@ def test_monte_carlo_p_is_never_zero():
     rho, p = spearman(x, x, permutations=999, exact_max=10)
     assert rho == pytest.approx(1) and p == pytest.approx(1 / 1000)
     assert np.isnan(spearman(x, np.ones(15))[0]) and np.isnan(spearman(x, x, permutations=0)[1])
+
+
+def test_the_caption_names_the_permutations_of_a_permuted_block_when_the_first_block_is_constant():
+    from senet_viz.plots.depth import chance_caption
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(2), 3)
+    gates = {"SE_2_1": np.full((6, 4), 0.5), "SE_3_1": rng.random((6, 4))}
+    table = chance_table(gates, labels, options=ChanceOptions(permutations=9, bootstrap=5))
+    assert list(table["n_permutations"]) == [0, 9] and table["cannot_tell"].iloc[0] == "constant block"
+    assert "of 9 label permutations" in chance_caption(table)
+    assert "no chance band (constant block)" in chance_caption(table.iloc[:1])

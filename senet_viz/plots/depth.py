@@ -99,10 +99,14 @@ def chance_caption(chance: pd.DataFrame | None) -> str:
     if chance is None or chance.empty or "n_permutations" not in chance.columns:
         return "chance level: exact expectation (no per-image gates: no band, no interval)" \
             if chance is not None and not chance.empty else ""
-    first = chance.iloc[0]
+    # the row of a block that was permuted (a constant block, or one that cannot be told, has 0 permutations)
+    first = chance.loc[pd.to_numeric(chance["n_permutations"], errors="coerce").fillna(0).idxmax()]
     level = float(first.get("level", 0.95))
-    return (f"shaded: chance band (central {level:.0%} of {int(first['n_permutations'])} label permutations, "
-            f"seed {int(first['seed'])}), dotted: its mean; error bars: {level:.0%} bootstrap interval over images "
+    permuted = int(first["n_permutations"]) if pd.notna(first["n_permutations"]) else 0
+    band = (f"shaded: chance band (central {level:.0%} of {permuted} label permutations, seed {int(first['seed'])}), "
+            "dotted: its mean" if permuted else
+            f"no chance band ({first.get('cannot_tell') or 'no permutations'})")
+    return (f"{band}; error bars: {level:.0%} bootstrap interval over images "
             f"({int(first['n_bootstrap'])} Poisson resamples); n = {int(first['n_images'])} labelled images in "
             f"{int(first['n_classes'])} classes")
 
