@@ -25,7 +25,7 @@ venv: $(STAMP)
 
 # `make run PORT=8502` serves on another port; .streamlit/config.toml holds the other server settings.
 run: $(STAMP)
-	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --server.address $(ADDRESS)
+	$(PY) -m ui.serve --server.port $(PORT) --server.address $(ADDRESS)  # streamlit run app.py, imports preloaded
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

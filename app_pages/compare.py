@@ -9,6 +9,7 @@ from senet_viz.plots.depth import chance_caption, chance_index_table
 from ui import exports
 from ui.channels import channel_link
 from ui.common import class_caption, need_analysis
+from ui.memo import derived
 from ui.widgets import kept, per_model
 
 st.header("Compare classes")
@@ -55,30 +56,44 @@ if preset.startswith("Paper Fig. 6"):
                                 "of the last stage)", blocks, default=plots.paper_preset_blocks(indices),
                                 key=per_model("fig6_blocks", stats.model))
     shown_blocks = fig_blocks or plots.paper_preset_blocks(indices)
-    means = {b: stats.class_means(b, chosen, include_all=True) for b in blocks if b in shown_blocks}  # depth order
-    bands = paper.class_mean_bands(result, analysis.grouping, stats, list(means), chosen) if gated else {}
-    fig = plots.fig6_matrix(means, model=stats.model, n_channels=int(n_channels), seed=int(seed),
-                            all_channels=all_channels, all_classes=classes, intervals=bands,
-                            interval_note=paper.interval_note())
+
+    def fig6() -> tuple:
+        means = {b: stats.class_means(b, chosen, include_all=True) for b in blocks if b in shown_blocks}  # depth order
+        bands = paper.class_mean_bands(result, analysis.grouping, stats, list(means), chosen) if gated else {}
+        return plots.fig6_matrix(means, model=stats.model, n_channels=int(n_channels), seed=int(seed),
+                                 all_channels=all_channels, all_classes=classes, intervals=bands,
+                                 interval_note=paper.interval_note()), bands
+
+    # built once per view of this analysis (ui.memo.derived): a rerun that changes nothing here rebuilds nothing
+    fig, bands = derived(analysis, ("fig6", tuple(chosen), tuple(shown_blocks), int(n_channels), int(seed),
+                                    all_channels), fig6)
 elif preset.startswith("Paper Fig. 7"):
     c1, c2 = st.columns(2)
     block = c1.selectbox("Block", blocks, index=len(blocks) - 1, key=per_model("fig7_block", stats.model))
     cls = c2.selectbox("Class", chosen, key=kept("fig7_class"))
-    bands = paper.class_mean_bands(result, analysis.grouping, stats, [block], [cls]) if gated else {}
-    fig = plots.fig7(stats.frame([block], [cls], hist=False), block, cls, all_classes=classes,
-                     interval=bands.get(block, {}).get(cls), interval_note=paper.interval_note())
+
+    def fig7() -> tuple:
+        bands = paper.class_mean_bands(result, analysis.grouping, stats, [block], [cls]) if gated else {}
+        return plots.fig7(stats.frame([block], [cls], hist=False), block, cls, all_classes=classes,
+                          interval=bands.get(block, {}).get(cls), interval_note=paper.interval_note()), bands
+
+    fig, bands = derived(analysis, ("fig7", block, cls), fig7)
 elif preset.startswith("Per-stage"):
     c1, c2 = st.columns(2)
     stage = c1.selectbox("Stage", stages, index=len(stages) - 1, key=per_model("dist_stage", stats.model))
     kind = c2.radio("Kind", ["box", "violin"], horizontal=True, key=kept("dist_kind"))
     stage_blocks = list(indices.loc[indices["stage"] == stage, "block"])
     # Per-class histograms pooled over each block's channels: kept for every class, however many.
-    fig = plots.distributions(stats.block_frame(stage_blocks, chosen), stage=int(stage), classes=chosen, kind=kind,
-                              all_classes=classes)
+    fig = derived(analysis, ("distributions", int(stage), tuple(chosen), kind), lambda: plots.distributions(
+        stats.block_frame(stage_blocks, chosen), stage=int(stage), classes=chosen, kind=kind, all_classes=classes))
 else:
     block = st.selectbox("Block", blocks, index=len(blocks) - 1, key=per_model("heat_block", stats.model))
-    labels, counts, means = stats.class_means(block, chosen)
-    fig = plots.heatmap_matrix(means, labels, counts, model=stats.model, block=block, all_classes=classes)
+
+    def heatmap():
+        labels, counts, means = stats.class_means(block, chosen)
+        return plots.heatmap_matrix(means, labels, counts, model=stats.model, block=block, all_classes=classes)
+
+    fig = derived(analysis, ("heatmap", block, tuple(chosen)), heatmap)
 
 if preset.startswith("Paper Fig.") and any(bands.values()):
     st.caption(f"Error bars: {paper.interval_note()}, for the classes with 2+ images.")
@@ -89,7 +104,8 @@ exports.keep_figure("Compare classes", fig)
 with st.expander("Indices per block beside chance (class specificity, saturation)"):
     if analysis.circular:
         st.warning(CIRCULAR_NOTE)
-    st.dataframe(chance_index_table(indices, analysis.chance), hide_index=True, key="compare_indices")
+    st.dataframe(derived(analysis, "chance_index_table", lambda: chance_index_table(indices, analysis.chance)),
+                 hide_index=True, key="compare_indices")
     st.caption(chance_caption(analysis.chance) or "chance unknown: this analysis file holds no chance table")
     if analysis.chance_note:
         st.info(analysis.chance_note)

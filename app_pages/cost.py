@@ -1,4 +1,5 @@
-"""Cost: parameters and GMACs per SE block and stage, the SE share, and the paper's numbers beside ours."""
+"""Cost: parameters and GMACs per SE block and stage, the SE share, the paper's numbers beside ours, and measured
+time with and without SE (on a button press)."""
 
 import pandas as pd
 import streamlit as st
@@ -7,6 +8,7 @@ from senet_viz import plots
 from senet_viz.analysis import paper
 from ui import exports
 from ui.common import need_model_and_images
+from ui.latency import latency_section
 from ui.results import cost, paper_cost_table
 
 st.header("Cost")
@@ -53,3 +55,5 @@ st.caption(f"Paper claim: removing the stage-5 SE blocks saves about "
            f"({paper.PAPER_LAST_STAGE_CLAIM['note']}).")
 exports.keep_table("paper_table13", pd.DataFrame(measured["table13"]))
 exports.keep_table("paper_table10", pd.DataFrame(measured["table10"]))
+
+latency_section(model)

@@ -7,13 +7,17 @@ from senet_viz import plots
 from senet_viz.analysis import paper
 from senet_viz.analysis.ablation import AblationResult
 from senet_viz.gates.blocks import select_blocks
+from senet_viz.inference.run import Cancelled
 from senet_viz.models.download import WeightsStatus, weights_status
 from senet_viz.models.registry import REGISTRY
 from ui import exports
 from ui.common import need_model_and_images
 from ui.keys import images_key, model_key
+from ui.memo import derived
 from ui.model_cache import get_model
-from ui.results import evaluate, sweep
+from ui.results import cancel_sweep, evaluate, sweep
+from ui.slim import slim_section
+from ui.sweeps import SweepPlan, replay_summary
 from ui.text import plain
 from ui.widgets import kept, per_model
 
@@ -101,7 +105,10 @@ if out is not None:
                    delta_color="off", help="multiply-accumulates for one image, after the removal")
     st.caption(scored_caption(out) + f" Full network: top-1 {pct(out.full_top1)}, {out.params:,} parameters, "
                f"{out.macs / 1e9:.4f} GMACs.")
+    if getattr(out, "replay", ""):  # how the ablated pass ran: the tail from a cut, or the whole network and why
+        st.caption(f"Computed as: {plain(out.replay, None)}.")
     st.session_state["last_ablation"] = out
+    slim_section(model, images, blocks, mode)  # the network without these blocks, as a download (ui.slim)
 else:
     cols = st.columns(4)
     cols[0].metric("Top-1 (full network)", pct(full.top1))
@@ -135,18 +142,45 @@ modes = s1.multiselect("Modes", ["identity", "mean"], default=["identity", "mean
 kinds = s2.multiselect("Configurations", ["block", "stage", "last"], default=["block", "stage", "last"],
                        key=kept("sweep_kinds"))
 request_for = (*model_key(model), images_key(images))
-if st.button("Run sweep", key="sweep_run", disabled=not (modes and kinds)):
-    st.session_state["sweep_request"] = {"for": request_for, "modes": tuple(modes), "kinds": tuple(kinds)}
-    st.session_state.pop("sweep_result", None)
 request = st.session_state.get("sweep_request")
-if request and request["for"] == request_for and "sweep_result" not in st.session_state:
+pending = bool(request and request["for"] == request_for and "sweep_result" not in st.session_state)
+b1, b2 = st.columns([1, 5])
+if b1.button("Run sweep", key="sweep_run", type="primary", disabled=pending or not (modes and kinds)):
+    request = st.session_state["sweep_request"] = {"for": request_for, "modes": tuple(modes), "kinds": tuple(kinds)}
+    st.session_state.pop("sweep_result", None)
+    st.session_state.pop("sweep_stopped", None)
+    st.rerun()  # drawn again with Run sweep disabled and Cancel beside it while the sweep runs
+# While a sweep runs, any click reruns this page: a pending request is asked for again and joins the computation
+# still under way (ui.memo.shared), so only Cancel (or a finished sweep) ends it.
+if pending and b2.button("Cancel", key="sweep_cancel", icon=":material/cancel:",
+                         help="stop the sweep after its current batch; nothing else is lost"):
+    st.session_state.pop("sweep_request", None)
+    st.session_state["sweep_stopped"] = (
+        "cancelled" if cancel_sweep(model, images, request["modes"], request["kinds"]) else "shared")
+    st.rerun()  # drawn again with Run sweep enabled and without Cancel
+elif pending:
+    plan = SweepPlan.of(model.blocks, images, request["modes"], request["kinds"])
     try:
-        st.session_state["sweep_result"] = {"for": request_for, "frame": sweep(model, images, request["modes"],
-                                                                                       request["kinds"])}
+        frame = sweep(model, images, request["modes"], request["kinds"], describe=plan.text)
+        st.session_state["sweep_result"] = {"for": request_for, "frame": frame}
+        st.session_state.pop("sweep_request", None)
+        st.rerun()  # drawn again without the Cancel button
+    except Cancelled:  # cancelled from another tab of this session while this one waited
+        st.session_state.pop("sweep_request", None)
+        st.session_state["sweep_stopped"] = "cancelled"
     except ValueError as exc:  # e.g. no readable calibration image for mode "mean"
+        st.session_state.pop("sweep_request", None)
         st.warning(f"Cannot run the sweep: {plain(str(exc), None)}. Add images or sweep mode identity only.")
-    finally:
-        st.session_state.pop("sweep_request", None)  # a request runs once; a model change never re-runs it
+    except Exception:
+        st.session_state.pop("sweep_request", None)  # a request runs once: an error is not retried on each click
+        raise
+stopped = st.session_state.get("sweep_stopped")
+if stopped == "cancelled":
+    st.info("Sweep cancelled: its computation stopped after the batch it was on, and nothing else was lost. Press "
+            "Run sweep to start it again.", icon=":material/cancel:")
+elif stopped == "shared":
+    st.info("You stopped waiting for this sweep; another session is computing the same sweep, so it goes on for "
+            "them, and Run sweep shows its result once it is ready.", icon=":material/group:")
 done = st.session_state.get("sweep_result")
 if done and done["for"] != request_for:
     st.info("The last sweep was run for another model or other images; press Run sweep to sweep this selection.")
@@ -154,7 +188,7 @@ elif done:
     frame = done["frame"]
     exports.keep_table("sweep", frame)
     reference = paper.PAPER_LAST_STAGE_CLAIM if model.spec and model.spec.paper_reference else None
-    fig = plots.sweep_figure(frame, reference=reference)
+    fig = derived(frame, ("sweep", reference is not None), lambda: plots.sweep_figure(frame, reference=reference))
     st.plotly_chart(fig, width="stretch", key="sweep_chart")
     exports.keep_figure("Sweep", fig)
     first = frame.iloc[0]
@@ -163,5 +197,8 @@ elif done:
                   else "")
                + (f"; mean gates fitted on {int(first['n_calibration'])} other images (calibration split, not "
                   "scored)" if first["n_calibration"] else "") + ".")
-    st.dataframe(frame[["config", "mode", "top1", "d_top1", "agreement", "kl", "params_removed",
-                        "params_saved_pct", "gmacs_removed"]], hide_index=True)
+    if "replay" in frame:
+        st.caption("Computed: " + plain(replay_summary(list(frame["replay"])), None))
+    columns = ["config", "mode", "top1", "d_top1", "agreement", "kl", "params_removed", "params_saved_pct",
+               "gmacs_removed"] + (["replay"] if "replay" in frame else [])
+    st.dataframe(frame[columns], hide_index=True)

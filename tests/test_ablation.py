@@ -192,7 +192,7 @@ def test_ablation_result_is_the_clis_json_document(loaded, images, last_block):
     assert list(doc) == ["model", "weights", "mode", "ablated", "top1", "top5", "full_top1", "full_top5",
                          "agreement", "kl", "params", "params_removed", "params_after", "gmacs", "gmacs_removed",
                          "n_images", "n_scored", "n_calibration", "n_skipped", "skipped", "per_class_top1_change",
-                         "precision", "fp32_fallback_batches", "outputs"]
+                         "precision", "fp32_fallback_batches", "outputs", "replay"]
     assert doc["ablated"] == ["SE_5_2"] and doc["mode"] == "identity" and doc["outputs"] == "logits"
     assert doc["params_after"] == out.params - out.params_removed == out.params_after
     assert doc["gmacs"] == round(out.macs / 1e9, 4) and doc["gmacs_removed"] == round(out.macs_removed / 1e9, 6)
@@ -206,7 +206,8 @@ def test_ablation_result_is_the_clis_json_document(loaded, images, last_block):
 def test_sweep_progress_follows_its_one_pass_and_counts_every_forward(images, last_stage_sweep):
     configs, frame, seen, counter, pixels = last_stage_sweep
     n = len(images.items)
-    assert seen and seen[-1] == (n, n) and all(t == n for _, t in seen)
+    total = n * (1 + len(configs))  # progress counts image forwards: the full network's and each configuration's
+    assert seen and seen[-1] == (total, total) and all(t == total for _, t in seen)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     # the images are forwarded once by the full network and once per configuration, decoded once
     assert counter.count == n * (1 + len(configs)) and pixels.misses == n and pixels.hits == 0
@@ -250,6 +251,6 @@ def test_the_sweep_figure_draws_the_librarys_pareto_front(block_and_stage_sweep)
 def test_evaluate_reuses_decoded_pixels_and_counts_its_forwards(images, last_block):
     out, counter, pixels, plain = last_block
     n = len(images.items)
-    assert counter.count == 2 * n  # the full and the ablated pass
-    assert pixels.misses == n and pixels.hits == n  # the ablated pass decoded nothing
+    assert counter.count == 2 * n  # the full and the ablated pass (its tail: tail replay shares the batches)
+    assert pixels.misses == n and pixels.hits == 0  # each image decoded once, for both passes
     assert out.to_dict() == plain.to_dict()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,16 +20,52 @@ T = TypeVar("T")
 
 @dataclass
 class Flight:
-    """One computation under way: its progress, then its value or its error (``done`` is set after either)."""
+    """One computation under way: its progress, then its value or its error (``done`` is set after either).
+
+    A flight is the computation's progress function (``flight(done, total)``) and its cancel token: a computation
+    that asks :meth:`cancelled` between its batches stops once :meth:`ResultCache.cancel` was called while no
+    session waited for it."""
 
     done: threading.Event = field(default_factory=threading.Event)
     started: bool = False
     progress: tuple[int, int] | None = None  # (done, total) as the computation reports it
     value: Any = None
     error: BaseException | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    waiters: int = 0  # sessions waiting for it now (guarded by the cache's lock)
+    first: tuple[float, int] | None = None  # (monotonic time, done) of the first report: the estimate's origin
+    last: tuple[float, int] | None = None  # (monotonic time, done) of the latest report that advanced
 
     def report(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = (now, done)
+        if self.last is None or done != self.last[1]:
+            self.last = (now, done)
         self.progress = (done, total)
+
+    __call__ = report  # the flight is the progress function it hands its computation
+
+    def cancelled(self) -> bool:
+        """True once the flight was cancelled: the computation should stop at its next check."""
+        return self.cancel.is_set()
+
+    def seconds_left(self, now: float | None = None) -> float | None:
+        """Time left at the rate since the first report (None before two reports that advanced)."""
+        if self.first is None or self.last is None or self.progress is None:
+            return None
+        return seconds_left(self.first, self.last, self.progress[1], time.monotonic() if now is None else now)
+
+
+def seconds_left(first: tuple[float, int], last: tuple[float, int], total: int, now: float) -> float | None:
+    """Seconds left from two reports ``(time, done)`` of a computation of ``total`` units: the rate between them,
+    and the time since the last report counted as spent (so a slow batch raises the estimate while it runs).
+    None before the work has advanced since the first report."""
+    (t0, d0), (t1, d1) = first, last
+    if d1 <= d0 or t1 <= t0:
+        return None
+    rate = (d1 - d0) / (t1 - t0)
+    return max(0.0, (total - d1) / rate - (now - t1))
 
 
 Submit = Callable[[Callable[[], None]], object]  # runs a job now or later, on some thread
@@ -111,26 +148,43 @@ class ResultCache:
             if value is not _MISSING:
                 return value
             flight = self._flights.get((kind, key))
-            start = flight is None
+            start = flight is None or flight.cancelled()  # a cancelled flight ends soon: a new request starts anew
             if start:
                 flight = self._flights[(kind, key)] = Flight()
-        if start:
-            try:
-                submit(lambda: self._compute(kind, key, compute, flight))
-            except BaseException as exc:  # e.g. the pool is shut down: no waiter may hang on this flight
-                self._finish(kind, key, flight, None, exc)
-                raise
-        if wait is not None:
-            wait(flight)
-        flight.done.wait()
+            flight.waiters += 1
+        try:
+            if start:
+                try:
+                    submit(lambda: self._compute(kind, key, compute, flight))
+                except BaseException as exc:  # e.g. the pool is shut down: no waiter may hang on this flight
+                    self._finish(kind, key, flight, None, exc)
+                    raise
+            if wait is not None:
+                wait(flight)
+            flight.done.wait()
+        finally:  # also when the session's script run is interrupted (a rerun) while it waits
+            with self._lock:
+                flight.waiters -= 1
         if flight.error is not None:
             raise flight.error
         return flight.value
 
+    def cancel(self, kind: str, key: Hashable) -> bool:
+        """Cancel the computation of ``key`` if no session waits for it now (a session that asked for it and left,
+        e.g. by pressing a Cancel button, no longer counts); True when it was cancelled. The computation stops at
+        its next check of :meth:`Flight.cancelled` and raises; nothing is cached, and a later request computes
+        again."""
+        with self._lock:
+            flight = self._flights.get((kind, key))
+            if flight is None or flight.waiters > 0:
+                return False
+            flight.cancel.set()
+            return True
+
     def _compute(self, kind: str, key: Hashable, compute: Callable[[ProgressFn], Any], flight: Flight) -> None:
         flight.started = True
         try:
-            value, error = compute(flight.report), None
+            value, error = compute(flight), None
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter, raised in their threads
             value, error = None, exc
         self._finish(kind, key, flight, value, error)
@@ -146,6 +200,7 @@ class ResultCache:
         with self._lock:  # stored and the flight retired together: a new request sees one or the other
             if error is None:
                 self._store(kind, key, value, size)
-            del self._flights[(kind, key)]
+            if self._flights.get((kind, key)) is flight:  # not a newer flight that replaced a cancelled one
+                del self._flights[(kind, key)]
         flight.value, flight.error = value, error
         flight.done.set()

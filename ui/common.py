@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui.bundles import bundle_analysis
+from ui.memo import derived
 from ui.results import Analysis, analyse
 from ui.selection import Selection, current
 from ui.text import plain
@@ -47,6 +48,11 @@ def need_analysis(bundle_ok: bool = False) -> tuple[Selection, Analysis]:
 
 
 def class_caption(analysis: Analysis) -> str:
+    """"N images, grouped by ...: class (n=..), ..." (built once per analysis)."""
+    return derived(analysis, "class_caption", lambda: _class_caption(analysis))
+
+
+def _class_caption(analysis: Analysis) -> str:
     table = analysis.stats.class_table()
     counts = table[table["class_index"] >= 0][["class", "count"]]
     parts = [f"{plain(c, 80)} (n={n})" for c, n in counts.itertuples(index=False)]

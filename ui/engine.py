@@ -41,6 +41,7 @@ them are held (an analysis holds its pass), e.g. 32 x 34 MB for 1,000 ImageNet i
 from __future__ import annotations
 
 import copy
+import gc
 import itertools
 import logging
 import multiprocessing
@@ -71,7 +72,8 @@ CONCURRENT_ENV = "SENET_VIZ_MAX_CONCURRENT"
 COMPUTE_ENV = "SENET_VIZ_COMPUTE"
 # Entries kept per kind, for the whole process (all sessions together); see the module docstring for memory.
 RESULT_LIMITS: dict[str, int] = {"run": 16, "analysis": 16, "evaluate": 64, "sweep": 8, "gradcam": 64,
-                                 "channel_attr": 128, "channel_maps": 64}
+                                 "channel_attr": 128, "channel_maps": 64, "slim": 4,
+                                 "latency": 8}
 _log = logging.getLogger(__name__)
 # torch.nn.Module's hook dicts: a copy gets empty ones (see _Replicas.copy)
 _HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
@@ -211,9 +213,11 @@ class Engine:
         self._board: Any = None  # progress reported by the worker processes (a manager dict), made on first need
         self._processes_guard = threading.Lock()
 
-    def in_process(self, job: Callable[..., T], *args: Any, progress: ProgressFn | None = None) -> T:
+    def in_process(self, job: Callable[..., T], *args: Any, progress: ProgressFn | None = None,
+                   cancel: Callable[[], bool] | None = None) -> T:
         """``job(*args, board, token)`` in a worker process (see :mod:`ui.jobs`), its progress relayed to
-        ``progress``; called from a worker thread, which waits for it."""
+        ``progress``; called from a worker thread, which waits for it. Once ``cancel()`` is True the board's
+        ``(token, "cancel")`` entry tells the job to stop (a job that reads it: :func:`ui.jobs.cancel_flag`)."""
         with self._processes_guard:
             if self._processes is None:
                 context = multiprocessing.get_context("spawn")  # fork is unsafe under the server's threads
@@ -234,9 +238,12 @@ class Engine:
                 except TimeoutError:
                     if progress is not None and (reported := self._board.get(token)) is not None:
                         progress(*reported)
+                    if cancel is not None and progress is not None and cancel():
+                        self._board[(token, "cancel")] = True
         finally:
             if progress is not None:
                 self._board.pop(token, None)
+                self._board.pop((token, "cancel"), None)
 
     def submit(self, job: Callable[[], None]) -> None:
         self.pool.submit(_in_worker, job)
@@ -271,6 +278,13 @@ class Engine:
 @st.cache_resource(show_spinner=False)
 def engine() -> Engine:
     """The process-wide engine, created (and the thread policy applied) before the first model is loaded."""
+    import plotly.io as pio
+
+    pio.templates.default = "plotly_white"  # every figure of the app's: set once, not copied into each (plots.common)
+    # What the imports made (torch, timm, plotly, pandas: most of the process's objects) lives as long as the server:
+    # moved out of the collector's reach, so that a full collection walks only what the sessions made since.
+    gc.collect()
+    gc.freeze()
     policy = thread_policy()
     _log.info("senet-viz: %d torch thread(s) per request, %d request(s) at once, %d core(s)", policy.threads,
               policy.concurrent, policy.cores)

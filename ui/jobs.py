@@ -116,13 +116,20 @@ def _reporter(board: MutableMapping | None, token: str) -> Callable[[int, int], 
     return report
 
 
+def cancel_flag(board: MutableMapping | None, token: str) -> Callable[[], bool] | None:
+    """True once the server asked the job ``token`` to stop (:meth:`ui.engine.Engine.in_process`'s ``cancel``)."""
+    if board is None:
+        return None
+    return lambda: bool(board.get((token, "cancel"), False))
+
+
 def streamed_run(ref: ModelRef, images: ImageSet, class_names: list[str], keep_gates: bool,
                  board: MutableMapping | None = None, token: str = "") -> tuple[Result, GateStats]:
     """The server's streamed pass: predictions, logits, gate statistics by label, per-image gates if kept."""
     loaded = model(ref)
     stats = GateStats.for_blocks(loaded.name, loaded.blocks, class_names)
     options = RunOptions(batch_size=32, keep_gates=keep_gates, progress=_reporter(board, token),
-                         on_gates=stats.update, counter=FORWARDS)
+                         on_gates=stats.update, counter=FORWARDS, keep_cuts=True)
     return run_model(loaded, images, None, options, pixel_cache=_pixels), stats
 
 
@@ -140,4 +147,4 @@ def sweep(ref: ModelRef, images: ImageSet, modes: tuple[str, ...], kinds: tuple[
     loaded = model(ref)
     configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[0] in kinds]
     return ablation.sweep(loaded, images, modes, configs, progress=_reporter(board, token), pixel_cache=_pixels,
-                          counter=FORWARDS)
+                          counter=FORWARDS, cancel=cancel_flag(board, token))

@@ -10,8 +10,10 @@ compute it once (the second waits for the first). Shared results are read-only (
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import streamlit as st
@@ -23,6 +25,7 @@ from ui.caches import Flight, run_inline
 from ui.engine import engine
 
 T = TypeVar("T")
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class Task:
     progress: ProgressFn  # report (done, total): the waiting sessions' progress bars show it
     model: LoadedModel | None = None  # a copy of ``shared(model=...)`` no other request is using; None without it
     needed: Any = None  # what ``shared(needs=...)`` returned; None without it
+    #: True once the computation was cancelled (:func:`cancel_shared`): ask it between batches and stop
+    cancelled: Callable[[], bool] = field(default=lambda: False)
 
 
 def shared(kind: str, key: Hashable, compute: Callable[[Task], T], wait: Callable[[Flight], None] | None = None, *,
@@ -55,12 +60,53 @@ def shared(kind: str, key: Hashable, compute: Callable[[Task], T], wait: Callabl
         needed = needs()
 
     def work(progress: ProgressFn) -> T:
+        cancelled = getattr(progress, "cancelled", None) or (lambda: False)  # the Flight is both
         if model is None:
-            return compute(Task(progress, None, needed))
+            return compute(Task(progress, None, needed, cancelled))
         with eng.model(model) as replica:
-            return compute(Task(progress, replica, needed))
+            return compute(Task(progress, replica, needed, cancelled))
 
     return eng.results.fetch(kind, key, work, submit=eng.submit if on_worker else run_inline, wait=wait)
+
+
+def cancel_shared(kind: str, key: Hashable) -> bool:
+    """Cancel the computation of :func:`shared` ``(kind, key)`` unless another session waits for it (see
+    :meth:`ui.caches.ResultCache.cancel`); True when it was cancelled."""
+    return engine().results.cancel(kind, key)
+
+
+def time_left_text(seconds: float | None) -> str:
+    """A rounded estimate: "about 40 s left", "about 3 min left"; "" when unknown."""
+    if seconds is None:
+        return ""
+    if seconds < 10:
+        return "a few seconds left"
+    if seconds < 90:
+        return f"about {int(round(seconds / 5) * 5)} s left"
+    return f"about {int(round(seconds / 60))} min left"
+
+
+def counted_wait(describe: Callable[[int, int], str], refresh_s: float = 0.5) -> Callable[[Flight], None]:
+    """Wait for a flight behind a progress bar whose text is ``describe(done, total)`` and the time left (estimated
+    from the rate since the computation's first report). The bar is redrawn at least every ``refresh_s``: each
+    redraw is where Streamlit stops a run for a rerun, so a button pressed meanwhile (Cancel) is answered within
+    that time, not after the next batch."""
+
+    def wait(flight: Flight) -> None:
+        bar = st.progress(0.0, text=describe(0, 0))
+        try:
+            while not flight.done.wait(refresh_s):
+                if not flight.started:
+                    bar.progress(0.0, text="Waiting for other sessions' computations ...")
+                    continue
+                done, total = flight.progress or (0, 0)
+                left = time_left_text(flight.seconds_left())
+                text = describe(done, total) + (f" · {left}" if left else "")
+                bar.progress(min(1.0, done / total) if total else 0.0, text=text)
+        finally:
+            bar.empty()
+
+    return wait
 
 
 def progress_wait(text: str, unit: str) -> Callable[[Flight], None]:
@@ -94,6 +140,28 @@ def spinner_wait(text: str) -> Callable[[Flight], None]:
             flight.done.wait()
 
     return wait
+
+
+_derived: dict[int, LRU] = {}  # by id() of a shared result; an entry goes when its result is collected
+_derived_guard = threading.Lock()
+
+
+def derived(owner: object, key: Hashable, build: Callable[[], T], limit: int = 32) -> T:
+    """``build()``, memoised for as long as ``owner`` lives (a shared, read-only result such as an
+    :class:`ui.results.Analysis`) under ``key`` (what else the value depends on: the widgets' values), for every
+    session: what a page derives from a result (a figure, a table, a caption) is built once per distinct view, so a
+    rerun that changes no input of it (another widget, a page switch and back) costs no rebuild. The value is shared:
+    never mutate it (a Plotly figure is drawn and offered for export as it is)."""
+    with _derived_guard:
+        memo = _derived.get(id(owner))
+        if memo is None:
+            memo = _derived[id(owner)] = LRU(limit)
+            weakref.finalize(owner, _derived.pop, id(owner), None)
+    found = memo.get(key, _MISSING)
+    if found is _MISSING:
+        found = build()
+        memo.put(key, found)
+    return found
 
 
 def session_memo(name: str, limit: int, max_bytes: int | None = None) -> LRU:

@@ -7,6 +7,7 @@ Shared results are read-only: one :class:`Result` serves every session, so its a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -20,10 +21,10 @@ from senet_viz.data.sources import ImageSet
 from senet_viz.gates.kinds import SEBlock
 from senet_viz.inference.run import Result, RunOptions, run_model
 from senet_viz.models.loaded import LoadedModel
-from ui import jobs
+from ui import first_page, jobs
 from ui.engine import PIXELS, engine
 from ui.keys import images_key, model_key, pixels_key
-from ui.memo import Task, progress_wait, shared, spinner_wait
+from ui.memo import Task, cancel_shared, counted_wait, progress_wait, shared, spinner_wait
 from ui.model_cache import process_ref
 
 # Per-image gates are kept (for Explore) only for runs of at most this many images; larger runs keep predictions
@@ -61,7 +62,8 @@ class Analysis:
 
 def _read_only(result: Result) -> Result:
     # One Result serves every session: an in-place edit by one page would change another user's charts.
-    arrays = [result.labels, result.pred, result.top5, result.top5_prob, result.logits, *result.gates.values()]
+    arrays = [result.labels, result.pred, result.top5, result.top5_prob, result.logits, *result.gates.values(),
+              *(result.cuts.arrays.values() if result.cuts is not None else ())]
     for array in arrays:
         if array is not None:
             array.flags.writeable = False
@@ -76,12 +78,16 @@ def _streamed_run(loaded: LoadedModel, images: ImageSet) -> tuple[Result, GateSt
     ref = process_ref(loaded)
 
     def compute(task: Task) -> tuple[Result, GateStats]:
+        shipped = first_page.load(loaded, images, names, keep)  # the embedded samples: read, not run (assets/)
+        if shipped is not None:
+            return _read_only(shipped[0]), shipped[1]
         if ref is not None:
             result, stats = engine().in_process(jobs.streamed_run, ref, images, names, keep, progress=task.progress)
             return _read_only(result), stats
         stats = GateStats.for_blocks(loaded.name, loaded.blocks, names)
+        # keep_cuts: the last stage's activations, so that removing its blocks replays only the tail
         options = RunOptions(batch_size=32, keep_gates=keep, progress=task.progress, on_gates=stats.update,
-                             counter=jobs.FORWARDS)
+                             counter=jobs.FORWARDS, keep_cuts=True)
         result = run_model(task.model, images, options=options, pixel_cache=PIXELS)
         return _read_only(result), stats
 
@@ -154,22 +160,38 @@ def evaluate(loaded: LoadedModel, images: ImageSet, blocks: list[SEBlock], mode:
     return shared("evaluate", (*model_key(loaded), images_key(images), tuple(b.name for b in blocks), mode), compute,
                   spinner_wait(f"Evaluating with {len(blocks)} SE block(s) {verb} ..."),
                   model=loaded if ref is None else None,
-                  needs=lambda: run(loaded, images) if mode == "identity" else None)
+                  needs=lambda: run(loaded, images))  # its kept activations serve both modes (tail replay)
 
 
-def sweep(loaded: LoadedModel, images: ImageSet, modes: tuple[str, ...], kinds: tuple[str, ...]) -> pd.DataFrame:
-    """Every single-block, stage and last-k ablation in each mode (shared), with a progress bar over the images."""
+def sweep_key(loaded: LoadedModel, images: ImageSet, modes: tuple[str, ...], kinds: tuple[str, ...]) -> tuple:
+    """What a sweep's shared result is keyed by (also :func:`cancel_sweep`'s)."""
+    return (*model_key(loaded), images_key(images), modes, kinds)
+
+
+def sweep(loaded: LoadedModel, images: ImageSet, modes: tuple[str, ...], kinds: tuple[str, ...],
+          describe: Callable[[int, int], str] | None = None) -> pd.DataFrame:
+    """Every single-block, stage and last-k ablation in each mode (shared), behind a progress bar saying
+    ``describe(done, total)`` and the time left; :func:`cancel_sweep` stops it between batches (raising
+    :class:`senet_viz.inference.run.Cancelled` in a session still waiting for it)."""
     ref = process_ref(loaded)
 
     def compute(task: Task) -> pd.DataFrame:
         if ref is not None:
-            return engine().in_process(jobs.sweep, ref, images, modes, kinds, progress=task.progress)
+            return engine().in_process(jobs.sweep, ref, images, modes, kinds, progress=task.progress,
+                                       cancel=task.cancelled)
         configs = [c for c in ablation.sweep_configs(loaded.blocks) if c[0] in kinds]
         return ablation.sweep(task.model, images, modes, configs, progress=task.progress, pixel_cache=PIXELS,
-                              counter=jobs.FORWARDS)
+                              counter=jobs.FORWARDS, cancel=task.cancelled)
 
-    return shared("sweep", (*model_key(loaded), images_key(images), modes, kinds), compute,
-                  progress_wait("Sweeping SE ablations:", "images"), model=loaded if ref is None else None)
+    wait = counted_wait(describe or (lambda done, total: f"Sweeping SE ablations: {done:,} of {total:,} images"))
+    return shared("sweep", sweep_key(loaded, images, modes, kinds), compute, wait,
+                  model=loaded if ref is None else None)
+
+
+def cancel_sweep(loaded: LoadedModel, images: ImageSet, modes: tuple[str, ...], kinds: tuple[str, ...]) -> bool:
+    """Stop the sweep's computation after its current batch, unless another session waits for it too; True when it
+    was cancelled (see :meth:`ui.caches.ResultCache.cancel`)."""
+    return cancel_shared("sweep", sweep_key(loaded, images, modes, kinds))
 
 
 def single_image_gates(loaded: LoadedModel, images: ImageSet, analysis: Analysis, key: str

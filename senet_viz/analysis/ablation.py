@@ -15,7 +15,7 @@ scored on. The split is deterministic: an image belongs to the calibration set w
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -30,6 +30,7 @@ from senet_viz.inference.pipeline import PixelCache
 from senet_viz.inference.precision import ForwardCounter, PrecisionPolicy
 from senet_viz.inference.run import Ablation, ProgressFn, Result, RunOptions, run_model
 from senet_viz.inference.shards import ONE_PROCESS, Shards
+from senet_viz.inference.tail import Cut, TailPlan, find_cuts, full_pass_note, replay_enabled
 from senet_viz.models.loaded import LoadedModel
 from senet_viz.models.outputs import log_probabilities, probabilities
 
@@ -116,6 +117,9 @@ class AblationResult(Savings):
     precision: str = "fp32"  # what the forwards ran in (see senet_viz.inference.precision.PrecisionPolicy)
     fp32_fallback_batches: int = 0  # batches redone in fp32 (for a sweep: this configuration's)
     outputs: str = "logits"  # how the network's outputs were read (LoadedModel.outputs): logits, probs, logprobs
+    # how the ablated pass was computed: "tail from <cut> (before <block>, x% of MACs)" (tail replay, see
+    # senet_viz.inference.tail), or "full pass: <why no tail could be replayed>"; "" when nothing is ablated
+    replay: str = ""
 
     @property
     def params_saved_pct(self) -> float:
@@ -151,7 +155,7 @@ class AblationResult(Savings):
             "n_skipped": self.n_skipped, "skipped": [{"file": s.file, "reason": s.reason} for s in self.skipped],
             "per_class_top1_change": dict(self.per_class_top1_change),
             "precision": self.precision, "fp32_fallback_batches": self.fp32_fallback_batches,
-            "outputs": self.outputs,
+            "outputs": self.outputs, "replay": self.replay,
         }
 
     def __getitem__(self, key: str):
@@ -167,7 +171,7 @@ class AblationResult(Savings):
             "agreement": self.agreement, "kl": self.kl, "params": self.params,
             "params_removed": self.params_removed, "params_saved_pct": self.params_saved_pct,
             "gmacs_removed": self.macs_removed / 1e9, "n_images": self.n_images, "n_scored": self.n_scored,
-            "n_calibration": self.n_calibration, "n_skipped": self.n_skipped,
+            "n_calibration": self.n_calibration, "n_skipped": self.n_skipped, "replay": self.replay,
         }
 
 
@@ -243,11 +247,89 @@ def compare(loaded: LoadedModel, full: Result, ablated: Result | None, blocks: S
 # ---------------------------------------------------------------------------------------------- one ablation
 
 
+REPLAY_OFF = "tail replay is off (SENET_VIZ_TAIL_REPLAY=0)"
+CancelFn = Callable[[], bool]
+
+
+class _TailPass:
+    """An ablated pass computed batch by batch from activations the caller has: the tail after ``cut`` (or the
+    whole network when ``cut`` is None and the batches are inputs) under the ablation, at ``precision``."""
+
+    def __init__(self, loaded: LoadedModel, plan: TailPlan | None, cut: Cut | None, ablation: Ablation,
+                 precision: str, counter: ForwardCounter | None) -> None:
+        self.loaded, self.ablation = loaded, ablation
+        self.net = plan.tail(cut) if cut is not None and plan is not None else loaded.model
+        self.policy = PrecisionPolicy(precision, loaded.device, counter=counter)
+        self.top5: list[np.ndarray] = []
+        self.prob5: list[np.ndarray] = []
+        self.logits: list[np.ndarray] = []
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        """float32 logits of the ablated network from the batch's activation ``a`` (on the device)."""
+        gone = self.ablation
+        with ablate(self.loaded.model, gone.blocks, mode=gone.mode, means=gone.means):
+            return self.policy.forward(self.net, a)
+
+    def add(self, a: torch.Tensor) -> None:
+        logits = self.forward(a)
+        # As run_model ranks: top-k of the probabilities.
+        p5, i5 = probabilities(logits, self.loaded.outputs).topk(min(5, logits.shape[1]), dim=1)
+        self.top5.append(i5.cpu().numpy())
+        self.prob5.append(p5.cpu().numpy())
+        self.logits.append(logits.cpu().numpy())
+
+    def result(self, full: Result) -> Result:
+        """The ablated pass's :class:`Result`, over the images of ``full`` (in its order)."""
+        k = full.top5.shape[1]
+        top5 = np.concatenate(self.top5) if self.top5 else np.zeros((0, k), np.int64)
+        return replace(full, pred=top5[:, 0], top5=top5, gates={},
+                       top5_prob=np.concatenate(self.prob5) if self.prob5 else np.zeros((0, k), np.float32),
+                       logits=np.concatenate(self.logits) if self.logits else None,
+                       precision=self.policy.name, fp32_fallback_batches=self.policy.fallback_batches,
+                       forwarded=self.policy.forwarded, cuts=None, cuts_note="")
+
+
+def _rows(full: Result | None, keys: list[str], skipped: Sequence[Skipped]) -> Result | None:
+    """``full`` limited to the images ``keys`` in that order (None when one of them is not in it), ``skipped``
+    those of the subset that could not be read. Only a result with kept activations is subset (without them, the
+    ablated pass decodes the images anyway)."""
+    if full is None or full.keys == keys:
+        return full
+    if full.cuts is None:
+        return None
+    where = {k: i for i, k in enumerate(full.keys)}
+    if not all(k in where for k in keys):
+        return None
+    rows = np.array([where[k] for k in keys], dtype=np.int64)
+    return replace(full, keys=list(keys), names=[full.names[i] for i in rows], labels=full.labels[rows],
+                   label_names=[full.label_names[i] for i in rows], pred=full.pred[rows], top5=full.top5[rows],
+                   top5_prob=full.top5_prob[rows], gates={k: v[rows] for k, v in full.gates.items()},
+                   skipped=list(skipped),
+                   logits=None if full.logits is None else full.logits[rows], cuts=full.cuts.select(rows))
+
+
+def _replay_kept(pass_: _TailPass, full: Result, cut: Cut, batch_size: int, progress: ProgressFn | None,
+                 cancel: CancelFn | None) -> Result:
+    """The ablated pass from the activations ``full`` kept at ``cut``: no decoding, only the tails."""
+    from senet_viz.inference.run import Cancelled
+
+    kept = full.cuts
+    for start in range(0, full.n, batch_size):
+        if cancel is not None and cancel():
+            raise Cancelled("the pass was cancelled")
+        stop = min(start + batch_size, full.n)
+        pass_.add(kept.rows(cut.node, slice(start, stop)).to(pass_.loaded.device))
+        if progress is not None:
+            progress(stop, full.n)
+    return pass_.result(full)
+
+
 def evaluate(loaded: LoadedModel, images: ImageSet, ablate_blocks: Sequence[SEBlock] = (), mode: str = "identity",
              *, calibrate_on_eval: bool = False, fraction: float = CALIBRATION_FRACTION, batch_size: int = 32,
              progress: ProgressFn | None = None, full: Result | None = None, precision: str = "auto",
              pixel_cache: PixelCache | None = None, counter: ForwardCounter | None = None,
-             shards: Shards = ONE_PROCESS) -> AblationResult | None:
+             shards: Shards = ONE_PROCESS, replay: bool | None = None,
+             cancel: CancelFn | None = None) -> AblationResult | None:
     """Accuracy, agreement and cost of the full network and, if ``ablate_blocks``, of the ablated one.
 
     Every pass (calibration, full, ablated) runs at the same ``precision`` (see
@@ -256,13 +338,22 @@ def evaluate(loaded: LoadedModel, images: ImageSet, ablate_blocks: Sequence[SEBl
     :func:`split_calibration`) and only the other images are evaluated. ``pixel_cache`` and ``counter``: see
     :func:`senet_viz.inference.run.run_model`.
 
+    Tail replay (``replay``, None: ``$SENET_VIZ_TAIL_REPLAY``; see :mod:`senet_viz.inference.tail`): the ablated
+    pass computes only the network after the latest cut before the first ablated gate. Without ``full`` the full
+    and the ablated pass share each batch (one decode, the full network once, then the tail from its activation at
+    the cut); with a ``full`` that kept activations at that cut (``RunOptions(keep_cuts=True)``, covering the
+    evaluated images) only the tails run, without decoding. Where no tail can be replayed the ablated pass is a
+    full pass. ``AblationResult.replay`` says which, and why. ``cancel()`` is asked between batches; True stops
+    with :class:`senet_viz.inference.run.Cancelled`. ``progress(done, total)`` counts the images of the pass
+    that is running (calibration, full, ablated; the full and the ablated pass are one when they share batches).
+
     ``shards`` splits the passes between processes (:class:`senet_viz.inference.distributed.Group`): each runs its
     share, the calibration gates are gathered to every process and averaged in single-process order, and
     predictions, labels and per-image KL are gathered to rank 0, which computes the metrics as one process does
     (bit for bit). Returns None on the other ranks; never None in a single process.
     """
     ablate_blocks = list(ablate_blocks)
-    options = RunOptions(batch_size=batch_size, precision=precision, counter=counter)
+    options = RunOptions(batch_size=batch_size, precision=precision, counter=counter, cancel=cancel)
     calib_n, means, eval_images, fallback = 0, None, images, 0
     if ablate_blocks and mode == "mean":
         calib = images
@@ -275,27 +366,49 @@ def evaluate(loaded: LoadedModel, images: ImageSet, ablate_blocks: Sequence[SEBl
         calib_n = calib_result.n
         fallback += calib_result.fp32_fallback_batches
     mine = shards.shard(eval_images, batch_size)
-    computed = full is None or full.keys != [it.key for it in mine.items]
-    if computed:
-        full = run_model(loaded, mine, [], replace(options, progress=progress), pixel_cache=pixel_cache)
+    plan = find_cuts(loaded) if ablate_blocks and replay_enabled(replay) else None
+    cut = plan.cut_before(ablate_blocks) if plan is not None else None
+    note = "" if not ablate_blocks else cut.describe() if cut is not None else full_pass_note(
+        plan.why_not(ablate_blocks) if plan is not None else REPLAY_OFF)
+    ablation = Ablation(ablate_blocks, mode, means)
+    full = _rows(full, [it.key for it in mine.items], mine.skipped)  # None: computed below
+    computed = full is None
     ablated = kl_all = None
     if ablate_blocks:
-        keep = set(full.keys)
-        ablated_images = replace(mine, items=[it for it in mine.items if it.key in keep], skipped=[])
-        ablation = Ablation(ablate_blocks, mode, means)
-        ablated = run_model(loaded, ablated_images, [], replace(options, progress=progress, ablation=ablation),
-                            pixel_cache=pixel_cache)
+        tails = _TailPass(loaded, plan, cut, ablation, precision, counter)
+        if full is not None and cut is not None and full.cuts is not None and full.cuts.cut(cut) is not None:
+            ablated = _replay_kept(tails, full, cut, batch_size, progress, cancel)
+            note += ", from the full pass's kept activations"
+        elif computed and cut is not None:
+            def tail(_indices: list[int], _x: torch.Tensor, _logits: torch.Tensor, acts: dict) -> None:
+                tails.add(acts[cut.node])
+
+            full = run_model(loaded, mine, [], replace(options, progress=progress, cuts=[cut], on_activations=tail),
+                             pixel_cache=pixel_cache)
+            ablated = tails.result(full)
+        else:
+            if cut is not None:  # a full result without the activations: a full ablated pass costs less than both
+                why = f"the full pass kept no activations at {cut.where}"
+                note = full_pass_note(f"{why} ({full.cuts_note})" if full.cuts_note else why)
+            if computed:
+                full = run_model(loaded, mine, [], replace(options, progress=progress), pixel_cache=pixel_cache)
+            keep = set(full.keys)
+            ablated_images = replace(mine, items=[it for it in mine.items if it.key in keep], skipped=[])
+            ablated = run_model(loaded, ablated_images, [], replace(options, progress=progress, ablation=ablation),
+                                pixel_cache=pixel_cache)
         if ablated.keys != full.keys:
             raise ValueError("the ablated pass read other images than the full pass")
         kl = per_image_kl(full.logits, ablated.logits, loaded.outputs) if full.n else np.zeros(0)
         kl_all = shards.gather_rows(full.keys, kl, eval_images)
         ablated = shards.gather_result(ablated, eval_images)
+    elif computed:
+        full = run_model(loaded, mine, [], replace(options, progress=progress), pixel_cache=pixel_cache)
     full = shards.gather_result(full, eval_images)
     if full is None:
         return None
     fallback += (full.fp32_fallback_batches if computed else 0) + (ablated.fp32_fallback_batches if ablated else 0)
     return compare(loaded, full, ablated, ablate_blocks, mode, n_calibration=calib_n, kl_rows=kl_all,
-                   fp32_fallback_batches=fallback)
+                   fp32_fallback_batches=fallback, replay=note)
 
 
 # ---------------------------------------------------------------------------------------------- sweeps
@@ -312,19 +425,27 @@ def sweep_configs(blocks: Sequence[SEBlock]) -> list[tuple[str, str, list[SEBloc
 
 
 class _Configuration:
-    """One (configuration, mode) of a sweep: its own precision policy and its per-image outcomes, batch by batch."""
+    """One (configuration, mode) of a sweep: its own precision policy and its per-image outcomes, batch by batch.
+    ``cut``: the latest cut before its first gate, its tail replayed from the batch's activation there (None: the
+    whole network from the batch's input); ``replay`` says which (``AblationResult.replay``)."""
 
     def __init__(self, kind: str, label: str, blocks: list[SEBlock], mode: str, precision: str,
-                 device: torch.device, counter: ForwardCounter | None) -> None:
+                 device: torch.device, counter: ForwardCounter | None, plan: TailPlan | None) -> None:
         self.kind, self.label, self.blocks, self.mode = kind, label, blocks, mode
         self.policy = PrecisionPolicy(precision, device, counter=counter)
+        self.cut = plan.cut_before(blocks) if plan is not None else None
+        self.net = plan.tail(self.cut) if self.cut is not None else None
+        self.replay = self.cut.describe() if self.cut is not None else full_pass_note(
+            plan.why_not(blocks) if plan is not None else REPLAY_OFF)
+        self.first = min((b.order for b in blocks), default=-1)
         self.top5: list[np.ndarray] = []
         self.kl: list[np.ndarray] = []
 
-    def forward(self, loaded: LoadedModel, x: torch.Tensor, full_logits: np.ndarray,
+    def forward(self, loaded: LoadedModel, x: torch.Tensor, acts: dict[str, torch.Tensor], full_logits: np.ndarray,
                 means: dict[str, np.ndarray] | None) -> None:
+        source, net = (acts[self.cut.node], self.net) if self.cut is not None else (x, loaded.model)
         with ablate(loaded.model, self.blocks, mode=self.mode, means=means):
-            logits = self.policy.forward(loaded.model, x)
+            logits = self.policy.forward(net, source)
         # As run_model ranks: top-k of the probabilities.
         _, top = probabilities(logits, loaded.outputs).topk(min(5, logits.shape[1]), dim=1)
         self.top5.append(top.cpu().numpy())
@@ -340,41 +461,65 @@ def sweep_results(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = 
                   configs: Sequence[tuple[str, str, list[SEBlock]]] | None = None, *,
                   fraction: float = CALIBRATION_FRACTION, batch_size: int = 64, progress: ProgressFn | None = None,
                   precision: str = "auto", pixel_cache: PixelCache | None = None,
-                  counter: ForwardCounter | None = None) -> tuple[list[AblationResult], int]:
+                  counter: ForwardCounter | None = None, replay: bool | None = None,
+                  cancel: CancelFn | None = None) -> tuple[list[AblationResult], int]:
     """:func:`sweep`'s results, one :class:`AblationResult` per (configuration, mode) in that order, and the
     number of batches redone in fp32 in all (calibration and full pass included).
 
-    One :func:`senet_viz.inference.run.run_model` pass decodes each batch once; every configuration runs on it in
-    turn (``on_batch``), each with its own :class:`~senet_viz.inference.precision.PrecisionPolicy`.
-    ``progress(images done, total)`` follows that pass; ``pixel_cache`` and ``counter``: see ``run_model``.
+    One :func:`senet_viz.inference.run.run_model` pass decodes each batch once and runs the full network on it,
+    keeping the batch's activations at every cut some configuration replays from (tail replay, ``replay``; None:
+    ``$SENET_VIZ_TAIL_REPLAY``; see :mod:`senet_viz.inference.tail`); then every configuration, in the order of
+    its first ablated gate, runs its tail from its latest cut (the whole network where no cut precedes its first
+    gate: ``AblationResult.replay`` says which), each with its own
+    :class:`~senet_viz.inference.precision.PrecisionPolicy`. Only the current batch's activations are held.
+
+    ``progress(done, total)`` counts image forwards: each calibration image once (``mode="mean"``), each evaluated
+    image once for the full network and once per (configuration, mode), so ``total`` = calibration images +
+    evaluated images x (1 + configurations x modes) and an image that cannot be read counts as done; it is called
+    after each batch with all its configurations. ``cancel()`` is asked before each batch; True stops the sweep
+    with :class:`senet_viz.inference.run.Cancelled`. ``pixel_cache`` and ``counter``: see ``run_model``.
     """
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown ablation mode {unknown[0]!r}; use identity and/or mean")
     configs = list(configs) if configs is not None else sweep_configs(loaded.blocks)
-    options = RunOptions(batch_size=batch_size, precision=precision, counter=counter)
+    options = RunOptions(batch_size=batch_size, precision=precision, counter=counter, cancel=cancel)
+    plan = find_cuts(loaded) if replay_enabled(replay) else None
+    runs = [_Configuration(kind, label, list(blocks), mode, precision, loaded.device, counter, plan)
+            for kind, label, blocks in configs for mode in modes]
     fallback = 0
-    if "mean" in modes:
-        calib, eval_images = split_calibration(images, fraction)
+    calib, eval_images = split_calibration(images, fraction) if "mean" in modes else (None, images)
+    n_calib_items = len(calib.items) if calib is not None else 0
+    total = n_calib_items + len(eval_images.items) * (1 + len(runs))
+
+    def report(offset: int, per_image: int) -> ProgressFn | None:
+        if progress is None:
+            return None
+        return lambda done, _n: progress(offset + done * per_image, total)
+
+    if calib is not None:
         used = {b.name for _, _, blocks in configs for b in blocks}
         fitted = [b for b in loaded.blocks if b.name in used]
-        calib_result = run_model(loaded, calib, fitted, replace(options, keep_logits=False), pixel_cache=pixel_cache)
+        calib_result = run_model(loaded, calib, fitted, replace(options, keep_logits=False, progress=report(0, 1)),
+                                 pixel_cache=pixel_cache)
         if calib_result.n == 0:
             raise ValueError("no calibration image could be read; mean ablation needs some")
         means, n_calib = mean_gates(calib_result, fitted), calib_result.n
         fallback += calib_result.fp32_fallback_batches
     else:
-        eval_images, means, n_calib = images, None, 0
-    runs = [_Configuration(kind, label, list(blocks), mode, precision, loaded.device, counter)
-            for kind, label, blocks in configs for mode in modes]
+        means, n_calib = None, 0
+    ordered = sorted(runs, key=lambda r: r.first)  # by first ablated gate: those sharing a cut run in a row
+    cuts = sorted({r.cut.node: r.cut for r in runs if r.cut is not None}.values(), key=lambda c: c.position)
 
-    def each_configuration(indices: list[int], x: torch.Tensor, logits: torch.Tensor) -> None:
+    def each_configuration(_indices: list[int], x: torch.Tensor, logits: torch.Tensor,
+                           acts: dict[str, torch.Tensor]) -> None:
         full_logits = logits.cpu().numpy()
-        for run in runs:
-            run.forward(loaded, x, full_logits, means)
+        for run in ordered:
+            run.forward(loaded, x, acts, full_logits, means)
 
-    full = run_model(loaded, eval_images, [], replace(options, progress=progress, keep_logits=False, keep_gates=False,
-                                                      on_batch=each_configuration), pixel_cache=pixel_cache)
+    full = run_model(loaded, eval_images, [], replace(
+        options, progress=report(n_calib_items, 1 + len(runs)), keep_logits=False, keep_gates=False, cuts=cuts,
+        on_activations=each_configuration), pixel_cache=pixel_cache)
     fallback += full.fp32_fallback_batches + sum(run.policy.fallback_batches for run in runs)
     cost = _full_cost(loaded)
     full_preds = _Predictions.of(full.top5, full.labels)
@@ -383,27 +528,30 @@ def sweep_results(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = 
         preds, kl = run.outcome(full.labels, full.top5.shape[1])
         results.append(_measure(loaded, cost, run.blocks, run.mode, full.labels, full_preds, preds, kl,
                                 n_calibration=n_calib, skipped=full.skipped, kind=run.kind, config=run.label,
-                                precision=full.precision, fp32_fallback_batches=run.policy.fallback_batches))
+                                precision=full.precision, fp32_fallback_batches=run.policy.fallback_batches,
+                                replay=run.replay if run.blocks else ""))
     return results, fallback
 
 
 def sweep(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = MODES,
           configs: Sequence[tuple[str, str, list[SEBlock]]] | None = None, *, fraction: float = CALIBRATION_FRACTION,
           batch_size: int = 64, progress: ProgressFn | None = None, precision: str = "auto",
-          pixel_cache: PixelCache | None = None, counter: ForwardCounter | None = None) -> pd.DataFrame:
+          pixel_cache: PixelCache | None = None, counter: ForwardCounter | None = None, replay: bool | None = None,
+          cancel: CancelFn | None = None) -> pd.DataFrame:
     """Ablate each configuration in each mode and measure it against the full network on the same images.
 
     With ``"mean"`` among the modes, the images are split (see :func:`split_calibration`): every mode is
     scored on the evaluation part only, so identity and mean rows are comparable. One row per
     (configuration, mode), :meth:`AblationResult.row`: top-1 / top-5 and their change in points, agreement, KL,
-    parameters and GMACs saved. Every forward (calibration, full network, each configuration) runs at the same
+    parameters and GMACs saved, and ``replay`` (how the configuration was computed: a tail from a cut, or a full
+    pass and why). Every forward (calibration, full network, each configuration) runs at the same
     ``precision``; the frame's ``attrs`` hold ``precision`` and ``fp32_fallback_batches`` (batches redone in
     fp32, see :class:`senet_viz.inference.precision.PrecisionPolicy`). :func:`sweep_results` gives the results
-    themselves.
+    themselves, and the meaning of ``progress``, ``replay`` and ``cancel``.
     """
     results, fallback = sweep_results(loaded, images, modes, configs, fraction=fraction, batch_size=batch_size,
                                       progress=progress, precision=precision, pixel_cache=pixel_cache,
-                                      counter=counter)
+                                      counter=counter, replay=replay, cancel=cancel)
     frame = pd.DataFrame([r.row() for r in results])
     frame.attrs.update(precision=PrecisionPolicy(precision, loaded.device).name, fp32_fallback_batches=fallback)
     return frame

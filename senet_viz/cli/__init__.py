@@ -49,6 +49,10 @@ COMMANDS: dict[str, tuple[str, str, tuple[argparse.ArgumentParser, ...]]] = {
                                                    OUTPUTS)),
     "sweep": ("ablate every SE block, stage and last-k set in each mode; accuracy vs parameters saved",
               "senet_viz.cli.run:add_sweep", (MODEL, WEIGHTS, IMAGES, PER_CLASS, PRECISION, OUTPUTS)),
+    "slim": ("export the network without chosen SE blocks (removed, or frozen and folded): safetensors + JSON, "
+             "TorchScript, ONNX", "senet_viz.cli.slim:add_slim", (MODEL, WEIGHTS)),
+    "latency": ("wall time per image with and without SE blocks (hook-ablated and slim), beside their MAC share and "
+                "the paper's timings; no weights needed", "senet_viz.cli.latency:add_latency", (MODEL, WEIGHTS)),
     "train": ("train the embedded SE-ResNet on Fashion-MNIST (weights, metrics, model card)",
               "senet_viz.cli.train:add_train", ()),
     "stats": ("per-class gate statistics and indices from extracted Parquet shards", "senet_viz.cli.stats:add_stats",

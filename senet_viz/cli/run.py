@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,21 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_evaluate)
     add_batch_size(p, 32)
     p.add_argument("--ablate", help="SE blocks: SE_5_1,SE_5_2 | stage:5 | last:3")
+    add_tail_replay(p)
+
+
+def add_tail_replay(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-tail-replay", action="store_true",
+                   help="run every ablated pass through the whole network (default: only the tail after the "
+                        "first ablated gate; the same as SENET_VIZ_TAIL_REPLAY=0)")
+
+
+def apply_tail_replay(args: argparse.Namespace) -> None:
+    """--no-tail-replay switches replay off for this process (every rank of a torchrun gets the same flag)."""
+    if getattr(args, "no_tail_replay", False):
+        from senet_viz.inference.tail import REPLAY_ENV
+
+        os.environ[REPLAY_ENV] = "0"
 
 
 def add_sweep(p: argparse.ArgumentParser) -> None:
@@ -48,6 +64,7 @@ def add_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", default="identity,mean", help="identity, mean or both (comma-separated)")
     p.add_argument("--kinds", help="restrict to block, stage and/or last (comma-separated)")
     add_batch_size(p, 64)
+    add_tail_replay(p)
     p.add_argument("--out", required=True, type=Path, help="output .csv")
     p.add_argument("--figure", type=Path, help="also write the Pareto figure (.html/.png)")
 
@@ -138,6 +155,7 @@ def scoring_images(images: ImageSet, loaded: LoadedModel) -> tuple[ImageSet, lis
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from senet_viz.inference.distributed import evaluate_sharded
 
+    apply_tail_replay(args)
     with ranks(args) as group:
         def setup():
             loaded = load_network(args)
@@ -171,6 +189,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         kl = "n/a" if out.kl is None else f"{out.kl:.4f} nats"
         print(f"{args.mode} on {', '.join(out.ablated)}: top-1 {pct(out.top1)}, top-5 {pct(out.top5)}, "
               f"agreement {pct(out.agreement)}, KL {kl}, -{out.params_removed:,} parameters")
+        print(f"ablated pass: {out.replay}")
     for s in out.skipped:
         print(f"  skipped {s.file}: {s.reason}")
 
@@ -180,6 +199,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from senet_viz.inference.distributed import sweep_sharded
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    apply_tail_replay(args)
     with ranks(args) as group:
         def setup():
             unknown = [m for m in modes if m not in MODES]
@@ -222,4 +242,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(frame[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("Pareto front (params saved vs top-1 change):")
     print(pareto_front(frame)[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if "replay" in frame:
+        print("how the configurations were computed (the 'replay' column):")
+        for note, rows in frame[frame["replay"] != ""].groupby("replay", sort=False):
+            print(f"  {len(rows)} row(s): {note}")
     print(f"wrote {args.out}")

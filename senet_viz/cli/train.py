@@ -1,5 +1,6 @@
 """``train``: train the embedded SE-ResNet on Fashion-MNIST (:mod:`senet_viz.models.embedded.train`), or only write
-its sample folder, or only compare post-hoc stage-5 removal with the retrained twin.
+its sample folder, or only compare post-hoc stage-5 removal with the retrained twin; with ``--dataset
+tiny-imagenet-100`` the same for ``se_resnet50_tiny100`` (:mod:`senet_viz.models.tiny100.cli`).
 
 Its options' defaults come from the embedded package (which imports torch), so they are read when this command's
 parser is built, not at start-up.
@@ -38,6 +39,17 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--write-samples", action="store_true", help="only (re)write the sample folder, then exit")
     p.add_argument("--compare", action="store_true",
                    help="only measure post-hoc stage-5 removal vs the retrained nose5 model (both in assets/)")
+    p.add_argument("--dataset", choices=("fashion-mnist", "tiny-imagenet-100"), default="fashion-mnist",
+                   help="tiny-imagenet-100: train se_resnet50_tiny100 on ../shared/data/tiny-imagenet-100 "
+                        "(senet_viz.models.tiny100; --out defaults to assets/se_resnet50_tiny100.safetensors, "
+                        "--compare builds its Table 13, --write-samples its held-out sample folder)")
+    p.add_argument("--resume", action="store_true", help="tiny-imagenet-100: continue from <out>.ckpt.pt")
+    p.add_argument("--only-se-stage", type=int, choices=ALL_SE_STAGES,
+                   help="tiny-imagenet-100: SE in this stage only (the paper's Table 13 variants)")
+    p.add_argument("--max-per-class", type=int, help="tiny-imagenet-100: use only this many images per class")
+    p.add_argument("--max-steps", type=int, help="tiny-imagenet-100: stop each epoch after this many steps")
+    p.add_argument("--held-out-per-class", type=int, default=50,
+                   help="tiny-imagenet-100: images per class held out as the test set (never trained on)")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -50,6 +62,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> dict:
+    if getattr(args, "dataset", "fashion-mnist") == "tiny-imagenet-100":
+        from senet_viz.models.tiny100.cli import run_tiny100
+
+        return run_tiny100(args)
     if args.write_samples:
         from senet_viz.models.embedded.data import write_samples
 

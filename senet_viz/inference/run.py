@@ -23,12 +23,19 @@ from senet_viz.gates.capture import ablate, capture
 from senet_viz.gates.kinds import SEBlock
 from senet_viz.inference.pipeline import Pipeline, PixelCache, default_workers, prefetch
 from senet_viz.inference.precision import ForwardCounter, PrecisionPolicy
+from senet_viz.inference.tail import Cut, CutCollector, KeptCuts, cuts_to_keep, find_cuts, replay_enabled
 from senet_viz.models.loaded import LoadedModel, resolve_device
 from senet_viz.models.outputs import probabilities
 
 ProgressFn = Callable[[int, int], None]  # (images done, images total)
 GatesFn = Callable[[str, np.ndarray, np.ndarray], None]  # (block name, gates, label indices) per batch
 BatchFn = Callable[[list[int], torch.Tensor, torch.Tensor], None]  # (image indices, input, logits) per batch
+# (image indices, input, logits, cut node -> activation) per batch: RunOptions.cuts' activations on the device
+ActivationsFn = Callable[[list[int], torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], None]
+
+
+class Cancelled(RuntimeError):
+    """A pass stopped between batches because its ``cancel()`` said so (``RunOptions.cancel``)."""
 
 
 @dataclass
@@ -49,6 +56,8 @@ class Result:
     precision: str = "fp32"  # what the forwards ran in: "fp32", "bf16" or "fp16" (see PrecisionPolicy)
     fp32_fallback_batches: int = 0  # batches computed in fp32 because reduced precision was not finite
     forwarded: int = 0  # images sent through the network, a batch redone in fp32 twice
+    cuts: KeptCuts | None = None  # activations kept per image for tail replay (RunOptions.keep_cuts), read-only
+    cuts_note: str = ""  # why none or fewer were kept (budget, replay off, a network that cannot be cut)
 
     @property
     def n(self) -> int:
@@ -113,6 +122,16 @@ class RunOptions:
     inside the model's lock and the pass's inference mode: more forwards of the same model on the same decoded
     input (e.g. :func:`senet_viz.analysis.ablation.sweep`'s ablated configurations) run there without decoding
     again. ``counter`` adds up the images forwarded over every run it is given to.
+
+    Tail replay (:mod:`senet_viz.inference.tail`): ``cuts`` (of :func:`~senet_viz.inference.tail.find_cuts`'s plan)
+    makes the pass run the network's traced graph, which also returns the activations at those cuts, handed to
+    ``on_activations(indices, x, logits, {cut node: activation})`` per batch (on the device, in the dtype the
+    network computed them in). ``keep_cuts=True`` keeps, per image, the activations at the last stage's cuts in the
+    :class:`Result` (``Result.cuts``, :func:`~senet_viz.inference.tail.cuts_to_keep`), within ``cuts_budget``
+    bytes (None: :func:`~senet_viz.inference.tail.cuts_budget_bytes`), so that a later ablation of those blocks
+    replays only the tail; ``Result.cuts_note`` says why none or fewer were kept. ``replay`` (None:
+    ``$SENET_VIZ_TAIL_REPLAY``) False keeps none. ``cancel()`` is asked before each batch; True stops the pass
+    with :class:`Cancelled`.
     """
 
     batch_size: int = 32
@@ -128,6 +147,27 @@ class RunOptions:
     on_gates: GatesFn | None = None
     on_batch: BatchFn | None = None
     counter: ForwardCounter | None = None
+    cuts: Sequence[Cut] = ()
+    on_activations: ActivationsFn | None = None
+    keep_cuts: bool = False
+    cuts_budget: int | None = None
+    replay: bool | None = None
+    cancel: Callable[[], bool] | None = None
+
+
+def _tapping(loaded: LoadedModel, items_n: int, options: RunOptions) -> tuple[list[Cut], CutCollector | None, str]:
+    """The cuts a pass computes (those asked for, then those it keeps), the collector of the kept ones and why
+    none or fewer are kept."""
+    cuts = list(options.cuts)
+    if not options.keep_cuts:
+        return cuts, None, ""
+    if not replay_enabled(options.replay):
+        return cuts, None, "tail replay is off (SENET_VIZ_TAIL_REPLAY=0)"
+    plan = find_cuts(loaded)
+    # 4 bytes per element, what fp32 needs: a pass under autocast may keep some activations in fp32
+    keep, note = cuts_to_keep(plan, loaded.blocks, items_n, 4, options.cuts_budget)
+    cuts += [c for c in keep if c not in cuts]
+    return cuts, (CutCollector(keep, note) if keep else None), note
 
 
 def run_model(loaded: LoadedModel, images: ImageSet, blocks: Sequence[SEBlock] | None = None,
@@ -159,6 +199,10 @@ def run_model(loaded: LoadedModel, images: ImageSet, blocks: Sequence[SEBlock] |
         if options.on_gates is not None:
             options.on_gates(name, gates, batch_labels)
 
+    cuts, collector, cuts_note = _tapping(loaded, len(items), options)
+    # The traced graph with taps: the same ops on the same modules (gate hooks fire), plus the cut activations.
+    net = find_cuts(loaded).tapped(cuts) if cuts else model
+
     done = 0
     with contextlib.ExitStack() as stack:
         # Ablation hooks first, so the recorder sees the gates the network actually used.
@@ -168,11 +212,16 @@ def run_model(loaded: LoadedModel, images: ImageSet, blocks: Sequence[SEBlock] |
         recorder = stack.enter_context(capture(model, blocks, keep=options.keep_gates, on_gates=stream, per_batch=True))
         prepared = stack.enter_context(contextlib.closing(prefetch(pipeline.host, batches, workers)))
         for batch in prepared:
+            if options.cancel is not None and options.cancel():
+                raise Cancelled("the pass was cancelled")
             indices, x, failed = pipeline.device_batch(batch)
             skipped += [Skipped(file=items[i].origin, reason=why) for i, why in failed]
             if x is not None:
                 batch_labels = all_labels[indices]
-                logits = policy.forward(model, x, recorder)
+                logits = policy.forward(net, x, recorder)
+                taps = dict(zip((c.node for c in cuts), net.taps, strict=True)) if cuts else {}
+                if collector is not None:
+                    collector.add([taps[c.node] for c in collector.cuts])
                 prob = probabilities(logits, loaded.outputs)
                 p5, i5 = prob.topk(min(5, prob.shape[1]), dim=1)
                 # Issue every device -> host copy, then wait once (the gates' copy in commit() waits for them).
@@ -188,6 +237,8 @@ def run_model(loaded: LoadedModel, images: ImageSet, blocks: Sequence[SEBlock] |
                 kept += indices
                 if options.on_batch is not None:
                     options.on_batch(indices, x, logits)
+                if options.on_activations is not None:
+                    options.on_activations(indices, x, logits, taps)
             done += len(indices) + len(failed)
             if options.progress is not None:
                 options.progress(done, len(items))
@@ -209,4 +260,6 @@ def run_model(loaded: LoadedModel, images: ImageSet, blocks: Sequence[SEBlock] |
         precision=policy.name,
         fp32_fallback_batches=policy.fallback_batches,
         forwarded=policy.forwarded,
+        cuts=collector.result() if collector is not None else None,
+        cuts_note=cuts_note,
     )

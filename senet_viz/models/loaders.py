@@ -50,6 +50,7 @@ from torch import fx, nn
 from senet_viz.gates.blocks import discover
 from senet_viz.gates.fx import PerImage, copy_graph_module
 from senet_viz.gates.kinds import Discovery
+from senet_viz.models.onnx_fix import normalise, unconvertible
 from senet_viz.models.pt2_check import NotAPt2Error, pt2_code_risks
 from senet_viz.models.weights import WeightsError, load_weights_into
 
@@ -284,14 +285,20 @@ def _load_onnx(path: Path, info: LoadInfo) -> nn.Module:
             batch = dims[0]
             if all(d for d in dims[1:]):
                 info.input_size = (dims[1], dims[2], dims[3])
-    try:
+    try:  # shared initializers (Identity) and opsets above 17: see onnx_fix
+        proto, fixes = normalise(proto)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             gm = convert(proto)
     except Exception as error:
-        raise ModelLoadError(f"onnx2torch cannot convert {path}: {type(error).__name__}: {str(error)[:300]}. "
-                             "Export it again for onnx2torch 1.5 with torch.onnx.export(..., dynamo=False, "
-                             "opset_version=17, do_constant_folding=False)") from error
+        try:
+            missing = unconvertible(proto)
+        except Exception:  # noqa: BLE001 - the hint is optional; the error below is what counts
+            missing = []
+        lacks = f" (onnx2torch 1.5 has no converter for {', '.join(missing[:8])})" if missing else ""
+        raise ModelLoadError(f"onnx2torch cannot convert {path}: {type(error).__name__}: {str(error)[:300]}{lacks}. "
+                             "Export it again with torch.onnx.export(..., opset_version=17)") from error
+    info.notes.extend(fixes)
     gm.eval()  # onnx2torch returns a module in training mode: batch norms would use batch statistics
     promoted = _promote_buffers(gm, only="initializers")
     info.notes.append(f"ONNX converted by onnx2torch; {promoted} float initializers made parameters")

@@ -18,7 +18,8 @@ built for real or any weights are read.
 
 The models themselves are :class:`~senet_viz.models.registry.ModelSpec` entries of :mod:`senet_viz.models.registry`:
 this module registers the curated timm / torchvision list below, and importing it imports
-:mod:`senet_viz.models.embedded`, which registers the project's own Fashion-MNIST networks.
+:mod:`senet_viz.models.embedded`, which registers the project's own Fashion-MNIST networks, and
+:mod:`senet_viz.models.tiny100` (its SE-ResNet-50-layout network trained on 100 Tiny ImageNet classes).
 
 **Open zoo.** Besides the curated names, ``name`` may be any timm or torchvision classification model
 (``seresnext101_32x8d.ah_in1k``, ``timm:ecaresnet50t``, ``torchvision:regnet_y_16gf``; the naming rule is in
@@ -42,6 +43,7 @@ from pathlib import Path
 
 from senet_viz.gates.census import build_on_meta, looked_alike, may_have_gates, tensor_bytes
 from senet_viz.models import embedded  # noqa: F401  (registers the embedded models; it never imports this module)
+from senet_viz.models import tiny100  # noqa: F401  (registers se_resnet50_tiny100 and its retrained twin)
 from senet_viz.models.download import (
     DownloadNeededError,
     WeightsStatus,
@@ -54,6 +56,7 @@ from senet_viz.models.download import (
 from senet_viz.models.loaded import LoadedModel, NoGatesError, from_spec, no_gates_message
 from senet_viz.models.model_files import ModelFileOptions, is_model_file, load_model_file
 from senet_viz.models.registry import REGISTRY, ModelSpec, get_spec, register
+from senet_viz.models.slim_file import apply_slim_sidecar
 from senet_viz.models.weights import WeightsError, file_digest, load_weights_into
 
 
@@ -229,6 +232,7 @@ def load_model(name: str, weights: str | Path | None = None, device: str = "auto
     if weights == "random":
         source, weights_id = "random", "random"
     elif path is not None:
+        model = apply_slim_sidecar(model, path, spec.name, spec.input_size)  # a slim export: its JSON beside it
         load_weights_into(model, path)
         source, weights_id = str(path), file_digest(path)
     else:
