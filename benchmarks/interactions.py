@@ -6,7 +6,8 @@ SENET_VIZ_TAIL_REPLAY=0, drives
 each in Chromium (Playwright) through one fixed script and prints, per step, the median click-to-idle time and the
 median server-side script time, the two servers side by side:
 
-1. the first chart on a fresh server (the embedded model's Compare page), from the request of the page;
+1. the first chart on a fresh server (the embedded model's Compare page), from the request of the page (opened once
+   ui.serve says the app's modules are loaded, as for a visitor who opens the printed URL a moment later);
 2. MobileNetV3-Small on the shared ImageNet samples (every class: 900 images): its first analysis (informative);
 3. view-only changes on Compare classes: a class removed from / added back to Fig. 6, the four views in turn
    (Fig. 6, Fig. 7, distributions, heatmap), another class on Fig. 7;
@@ -106,16 +107,28 @@ class Server:
              "--browser.gatherUsageStats", "false"], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
             env={**os.environ, **env})
         deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
-                    if r.read().decode().strip() == "ok":
-                        return
-            except OSError:
-                pass
+        while not self._healthy():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the server did not start; see {log}")
             time.sleep(0.2)
+        self.preloaded = None if plain else self._preloaded(log, deadline)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                return r.read().decode().strip() == "ok"
+        except OSError:
+            return False
+
+    def _preloaded(self, log: Path, deadline: float) -> str | None:
+        """ui.serve's line saying the app's imports are done (the first visitor of a server started a moment ago
+        finds them done), or None when it did not come before ``deadline``."""
+        while time.monotonic() < deadline:
+            for line in log.read_text().splitlines():
+                if "app's modules are loaded" in line:
+                    return line.strip()
+            time.sleep(0.2)
+        return None
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -312,6 +325,7 @@ def main() -> None:
     for name, env, port in runs:
         server = Server(port, env, args.logs / f"interactions-{port}.log", args.plain)
         try:
+            print(f"{name}: {server.preloaded or 'no preload (streamlit run app.py)'}", flush=True)
             started = time.perf_counter()
             results[name] = drive(server.url, args, args.screenshots if name == "replay on" else None)
             print(f"{name}: script done in {time.perf_counter() - started:.0f} s; load "

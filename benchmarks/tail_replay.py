@@ -2,15 +2,15 @@
 
 (a) SE-ResNet-50 shapes (timm ``legacy_seresnet50``, random weights, 64 random 224 px images): removing stage 5 by
     replaying the tail from the activation at the cut, against the full ablated forward (target <= 30%).
-Removals are timed twice each (off, on, off, on) and the faster run kept; sweeps once.
-
 (b) MobileNetV3-Small (the zoo's ``tf_mobilenetv3_small_100``, weights from the shared TFLite file) on the shared
     ImageNet samples: remove stage 5 (identity and mean) from the activations the full pass kept, against replay
     off (target <= 40%); a sweep of the last-k and stage configurations and a sweep of the last stage's
     configurations, replay on vs off (target: the last-stage sweep >= 2x faster), each beside the time its tails'
     MAC shares predict (target: within 1.3x).
 
-    .venv/bin/python benchmarks/tail_replay.py [--images N] [--skip-resnet]
+Removals are timed three times each (off, on, off, on, ...) and the fastest run kept; sweeps once.
+
+    .venv/bin/python benchmarks/tail_replay.py [--images N] [--skip-resnet] [--skip-sweeps]
 
 Prints the machine load (os.getloadavg) before and after: on a shared machine, compare ratios, not seconds.
 """
@@ -49,13 +49,14 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
-def best_of_two(off, on):
-    """(off time, on time, off result, on result), each the faster of two runs in the order off, on, off, on: on a
-    shared machine the minimum is the least disturbed measurement."""
+def best_of(off, on, runs: int = 3):
+    """(off time, on time, off result, on result), each the fastest of ``runs`` runs in the order off, on, off, on,
+    ...: on a shared machine the minimum is the least disturbed measurement."""
     t_off, r_off = timed(off)
     t_on, r_on = timed(on)
-    t_off = min(t_off, timed(off)[0])
-    t_on = min(t_on, timed(on)[0])
+    for _ in range(runs - 1):
+        t_off = min(t_off, timed(off)[0])
+        t_on = min(t_on, timed(on)[0])
     return t_off, t_on, r_off, r_on
 
 
@@ -87,14 +88,14 @@ def resnet50(n: int, batch: int) -> None:
             with ablate(model, stage5):
                 return [policy.forward(plan.tail(cut), a) for a in acts]
 
-        t_full, t_tail, want, got = best_of_two(full_ablated, replayed)
+        t_full, t_tail, want, got = best_of(full_ablated, replayed, 2)
     same = all(torch.equal(a.argmax(1), b.argmax(1)) for a, b in zip(want, got, strict=True))
     print(f"    remove stage 5: full ablated pass {t_full:.2f} s, tail replay {t_tail:.2f} s = "
           f"{100 * t_tail / t_full:.0f}% (MAC share {100 * cut.tail_share:.0f}%; target <= 30%); "
           f"same top-1: {same}; {load()}")
 
 
-def mobilenet(n_images: int) -> None:
+def mobilenet(n_images: int, sweeps: bool = True) -> None:
     from senet_viz.models.zoo import load_model
 
     loaded = load_model("tf_mobilenetv3_small_100", device="cpu")
@@ -111,12 +112,14 @@ def mobilenet(n_images: int) -> None:
     print(f"    first (full) pass keeping the last stage's activations: {t_first:.1f} s, {kept:.1f} MiB kept "
           f"{full.cuts_note or ''}")
     for mode in ("identity", "mean"):
-        t_off, t_on, off, on = best_of_two(
+        t_off, t_on, off, on = best_of(
             lambda m=mode: ablation.evaluate(loaded, images, stage5, m, full=full, replay=False, pixel_cache=pixels),
             lambda m=mode: ablation.evaluate(loaded, images, stage5, m, full=full, replay=True, pixel_cache=pixels))
         same = (on.top1, on.top5, on.agreement) == (off.top1, off.top5, off.agreement)
         print(f"    remove stage 5 ({mode}): replay off {t_off:.2f} s, on {t_on:.2f} s = {100 * t_on / t_off:.0f}% "
               f"(target <= 40%); same metrics: {same}; {on.replay}")
+    if not sweeps:
+        return
     configs = ablation.sweep_configs(loaded.blocks)
     last = max(b.stage for b in loaded.blocks)
     n_last = sum(b.stage == last for b in loaded.blocks)
@@ -144,11 +147,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=900, help="shared images for (b) (default all 900)")
     parser.add_argument("--resnet-images", type=int, default=64)
     parser.add_argument("--skip-resnet", action="store_true")
+    parser.add_argument("--skip-sweeps", action="store_true")
     args = parser.parse_args()
     print(f"torch threads {torch.get_num_threads()}, {load()}")
     if not args.skip_resnet:
         resnet50(args.resnet_images, 32)
-    mobilenet(args.images)
+    mobilenet(args.images, not args.skip_sweeps)
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def test_cancel_leaves_a_computation_another_session_waits_for():
     work = Batches(3)
     got: list[str] = []
     other = threading.Thread(target=lambda: got.append(cache.fetch(
-        "sweep", "k", work, submit=lambda job: threading.Thread(target=job).start())))
+        "sweep", "k", work, submit=lambda job: threading.Thread(target=job).start(), waiter="other session")))
     other.start()
     work.step()
     assert not cache.cancel("sweep", "k")  # the other session still waits: it goes on
@@ -120,6 +120,34 @@ def test_cancel_leaves_a_computation_another_session_waits_for():
     other.join(30)
     assert got == ["done"] and work.ran == 3
     assert cache.fetch("sweep", "k", lambda progress: "never") == "done"
+
+
+def test_the_cancelling_sessions_own_interrupted_wait_does_not_count():
+    # Streamlit starts a session's next run (the one that handles Cancel) before its interrupted run has left its
+    # wait: that wait is the same session's, and the computation is cancelled all the same.
+    cache = ResultCache({"sweep": 4})
+    work = Batches(3)
+    reported, leave = threading.Event(), threading.Event()
+
+    def lingering(flight: Flight) -> None:
+        while flight.progress is None:
+            flight.done.wait(0.01)
+        reported.set()
+        leave.wait(30)
+        raise _Interrupted
+
+    asker = threading.Thread(target=lambda: pytest.raises(_Interrupted, cache.fetch, "sweep", "k", work,
+                                                          submit=lambda job: threading.Thread(target=job).start(),
+                                                          wait=lingering, waiter="session A"))
+    asker.start()
+    work.step()
+    assert reported.wait(30)
+    assert not cache.cancel("sweep", "k", waiter="session B")  # another session's wait counts
+    assert cache.cancel("sweep", "k", waiter="session A")  # its own does not
+    leave.set()
+    asker.join(30)
+    work.step()
+    assert work.ran == 1 and cache.keys("sweep") == []
 
 
 def test_a_request_after_a_cancel_starts_a_new_computation():

@@ -23,7 +23,7 @@ from senet_viz.analysis import ablation
 from senet_viz.data.folders import folder_source
 from senet_viz.gates.blocks import select_blocks
 from senet_viz.gates.capture import ablate, hook_count
-from senet_viz.inference import tail
+from senet_viz.inference import tail, tail_kept
 from senet_viz.inference.precision import PrecisionPolicy
 from senet_viz.inference.run import Cancelled, RunOptions, run_model
 from senet_viz.lru import value_bytes
@@ -175,13 +175,13 @@ def test_replay_switch(monkeypatch):
 
 
 def test_cuts_budget(monkeypatch):
-    monkeypatch.delenv(tail.CUTS_MB_ENV, raising=False)
+    monkeypatch.delenv(tail_kept.CUTS_MB_ENV, raising=False)
     monkeypatch.delenv("SENET_VIZ_RESULTS_MB", raising=False)
-    assert tail.cuts_budget_bytes() == 512 * 2**20
+    assert tail_kept.cuts_budget_bytes() == 512 * 2**20
     monkeypatch.setenv("SENET_VIZ_RESULTS_MB", "400")
-    assert tail.cuts_budget_bytes() == 100 * 2**20
-    monkeypatch.setenv(tail.CUTS_MB_ENV, "7")
-    assert tail.cuts_budget_bytes() == 7 * 2**20
+    assert tail_kept.cuts_budget_bytes() == 100 * 2**20
+    monkeypatch.setenv(tail_kept.CUTS_MB_ENV, "7")
+    assert tail_kept.cuts_budget_bytes() == 7 * 2**20
 
 
 # ------------------------------------------------------------------------------------ families and gate kinds

@@ -36,6 +36,7 @@ def fake_data(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_layout_and_block_names() -> None:
     from senet_viz.gates.blocks import find_se_blocks
     from senet_viz.models.tiny100.model import build_model, model_name_for
@@ -56,6 +57,7 @@ def test_layout_and_block_names() -> None:
         build_model((1,))
 
 
+@pytest.mark.slow
 def test_held_out_split_is_deterministic_and_shipped() -> None:
     from senet_viz.models.tiny100.data import SAMPLES_DIR, folder_name, held_out_key, held_out_mask, read_classes
 
@@ -134,6 +136,7 @@ def _shipped(name: str = "se_resnet50_tiny100") -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_zoo_entry() -> None:
     from senet_viz.analysis.paper import paper_class_names
     from senet_viz.models.registry import get_spec

@@ -32,7 +32,7 @@ class Flight:
     value: Any = None
     error: BaseException | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
-    waiters: int = 0  # sessions waiting for it now (guarded by the cache's lock)
+    waiters: dict[Hashable, int] = field(default_factory=dict)  # who waits for it now: count per waiter (the lock)
     first: tuple[float, int] | None = None  # (monotonic time, done) of the first report: the estimate's origin
     last: tuple[float, int] | None = None  # (monotonic time, done) of the latest report that advanced
 
@@ -137,11 +137,12 @@ class ResultCache:
         return (False, None) if value is _MISSING else (True, value)
 
     def fetch(self, kind: str, key: Hashable, compute: Callable[[ProgressFn], T], *, submit: Submit = run_inline,
-              wait: Callable[[Flight], None] | None = None) -> T:
+              wait: Callable[[Flight], None] | None = None, waiter: Hashable = None) -> T:
         """The value of ``key``: cached, or computed once by ``compute(progress)`` run through ``submit``.
 
         ``wait(flight)`` is called on a miss, by the thread that started the flight and by any thread that found
         it under way, to show ``flight.progress`` until ``flight.done`` is set (the value is awaited either way).
+        ``waiter`` names who waits (a browser session), for :meth:`cancel`.
         """
         with self._lock:
             value = self._get(kind, key)
@@ -151,7 +152,7 @@ class ResultCache:
             start = flight is None or flight.cancelled()  # a cancelled flight ends soon: a new request starts anew
             if start:
                 flight = self._flights[(kind, key)] = Flight()
-            flight.waiters += 1
+            flight.waiters[waiter] = flight.waiters.get(waiter, 0) + 1
         try:
             if start:
                 try:
@@ -164,19 +165,21 @@ class ResultCache:
             flight.done.wait()
         finally:  # also when the session's script run is interrupted (a rerun) while it waits
             with self._lock:
-                flight.waiters -= 1
+                flight.waiters[waiter] -= 1
+                if not flight.waiters[waiter]:
+                    del flight.waiters[waiter]
         if flight.error is not None:
             raise flight.error
         return flight.value
 
-    def cancel(self, kind: str, key: Hashable) -> bool:
-        """Cancel the computation of ``key`` if no session waits for it now (a session that asked for it and left,
-        e.g. by pressing a Cancel button, no longer counts); True when it was cancelled. The computation stops at
-        its next check of :meth:`Flight.cancelled` and raises; nothing is cached, and a later request computes
-        again."""
+    def cancel(self, kind: str, key: Hashable, waiter: Hashable = None) -> bool:
+        """Cancel the computation of ``key`` unless someone other than ``waiter`` waits for it now (``waiter``'s
+        own waits do not count: a session's interrupted script run may still be leaving its wait when its next run
+        cancels); True when it was cancelled. The computation stops at its next check of :meth:`Flight.cancelled`
+        and raises; nothing is cached, and a later request computes again."""
         with self._lock:
             flight = self._flights.get((kind, key))
-            if flight is None or flight.waiters > 0:
+            if flight is None or any(w != waiter for w in flight.waiters):
                 return False
             flight.cancel.set()
             return True

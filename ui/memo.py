@@ -66,13 +66,23 @@ def shared(kind: str, key: Hashable, compute: Callable[[Task], T], wait: Callabl
         with eng.model(model) as replica:
             return compute(Task(progress, replica, needed, cancelled))
 
-    return eng.results.fetch(kind, key, work, submit=eng.submit if on_worker else run_inline, wait=wait)
+    return eng.results.fetch(kind, key, work, submit=eng.submit if on_worker else run_inline, wait=wait,
+                             waiter=_session_id())
+
+
+def _session_id() -> str | None:
+    """This browser session's id (None outside a script run): who waits for a shared computation."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return ctx.session_id if ctx is not None else None
 
 
 def cancel_shared(kind: str, key: Hashable) -> bool:
     """Cancel the computation of :func:`shared` ``(kind, key)`` unless another session waits for it (see
-    :meth:`ui.caches.ResultCache.cancel`); True when it was cancelled."""
-    return engine().results.cancel(kind, key)
+    :meth:`ui.caches.ResultCache.cancel`; this session's own interrupted wait does not count); True when it was
+    cancelled."""
+    return engine().results.cancel(kind, key, waiter=_session_id())
 
 
 def time_left_text(seconds: float | None) -> str:

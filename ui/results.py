@@ -20,6 +20,7 @@ from senet_viz.analysis.stats import GateStats
 from senet_viz.data.sources import ImageSet
 from senet_viz.gates.kinds import SEBlock
 from senet_viz.inference.run import Result, RunOptions, run_model
+from senet_viz.inference.tail import replay_enabled
 from senet_viz.models.loaded import LoadedModel
 from ui import first_page, jobs
 from ui.engine import PIXELS, engine
@@ -101,6 +102,28 @@ def run(loaded: LoadedModel, images: ImageSet) -> Result:
     return _streamed_run(loaded, images)[0]
 
 
+def _full_for_ablation(loaded: LoadedModel, images: ImageSet) -> Result:
+    """The full pass an ablation compares with: the page's own run, unless it kept no activations for tail replay
+    because it was read from assets/ (the embedded samples' first page): then a run that keeps them, once (shared
+    as a "run"), so that every later removal of last-stage blocks replays only the tail."""
+    result = run(loaded, images)
+    if result.cuts is not None or not result.cuts_note.startswith("precomputed") or not replay_enabled():
+        return result
+    names = list(images.class_names or loaded.class_names)
+    ref = process_ref(loaded)
+
+    def compute(task: Task) -> Result:
+        if ref is not None:
+            return _read_only(engine().in_process(jobs.streamed_run, ref, images, names, False,
+                                                  progress=task.progress)[0])
+        options = RunOptions(batch_size=32, keep_gates=False, progress=task.progress, counter=jobs.FORWARDS,
+                             keep_cuts=True)
+        return _read_only(run_model(task.model, images, options=options, pixel_cache=PIXELS))
+
+    return shared("run", (*model_key(loaded), images_key(images), "activations"), compute,
+                  progress_wait(f"Running {loaded.name} on", "images"), model=loaded if ref is None else None)
+
+
 def analyse(loaded: LoadedModel, images: ImageSet, group_by_prediction: bool = False) -> Analysis:
     """Run (shared) and compute per-class statistics, grouping by labels or by predicted class (also when no
     image has a label).
@@ -160,7 +183,7 @@ def evaluate(loaded: LoadedModel, images: ImageSet, blocks: list[SEBlock], mode:
     return shared("evaluate", (*model_key(loaded), images_key(images), tuple(b.name for b in blocks), mode), compute,
                   spinner_wait(f"Evaluating with {len(blocks)} SE block(s) {verb} ..."),
                   model=loaded if ref is None else None,
-                  needs=lambda: run(loaded, images))  # its kept activations serve both modes (tail replay)
+                  needs=lambda: _full_for_ablation(loaded, images))  # its kept activations serve both modes
 
 
 def sweep_key(loaded: LoadedModel, images: ImageSet, modes: tuple[str, ...], kinds: tuple[str, ...]) -> tuple:

@@ -39,7 +39,8 @@ def preload(timeout_s: float = 60.0) -> None:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - the app's own run reports a broken import where it matters
             _log.warning("senet-viz: could not preload %s", name, exc_info=True)
-    _log.info("senet-viz: preloaded the app's modules in %.1f s", time.perf_counter() - started)
+    # on the server's output, beside Streamlit's own lines (benchmarks/interactions.py waits for it)
+    print(f"  senet-viz: the app's modules are loaded ({time.perf_counter() - started:.1f} s)", flush=True)
 
 
 def main(argv: list[str]) -> None:

@@ -15,7 +15,9 @@ scored on. The split is deterministic: an image belongs to the calibration set w
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+import threading
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -23,6 +25,7 @@ import pandas as pd
 import torch
 
 from senet_viz.analysis.cost import CostReport, Savings, model_cost
+from senet_viz.analysis.tail_pass import REPLAY_OFF, CancelFn, TailPass, replay_kept, result_rows
 from senet_viz.data.sources import ImageSet, Skipped
 from senet_viz.gates.capture import ablate
 from senet_viz.gates.kinds import SEBlock
@@ -30,7 +33,7 @@ from senet_viz.inference.pipeline import PixelCache
 from senet_viz.inference.precision import ForwardCounter, PrecisionPolicy
 from senet_viz.inference.run import Ablation, ProgressFn, Result, RunOptions, run_model
 from senet_viz.inference.shards import ONE_PROCESS, Shards
-from senet_viz.inference.tail import Cut, TailPlan, find_cuts, full_pass_note, replay_enabled
+from senet_viz.inference.tail import TailPlan, find_cuts, full_pass_note, replay_enabled
 from senet_viz.models.loaded import LoadedModel
 from senet_viz.models.outputs import log_probabilities, probabilities
 
@@ -218,8 +221,18 @@ def _measure(loaded: LoadedModel, cost: CostReport, blocks: Sequence[SEBlock], m
         **extra)
 
 
+_costs: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, CostReport]] = weakref.WeakKeyDictionary()
+_costs_guard = threading.Lock()
+
+
 def _full_cost(loaded: LoadedModel) -> CostReport:
-    return model_cost(loaded.model, loaded.blocks, (), loaded.input_size, loaded.name)
+    """The network's cost, counted once per model object (a forward under a FLOP counter: a tail replay's time)."""
+    key = (tuple(loaded.input_size), tuple(b.name for b in loaded.blocks), loaded.name)
+    with _costs_guard:  # held while counting: one count per model (under its lock anyway)
+        cost = _costs.setdefault(loaded.model, {}).get(key)
+        if cost is None:
+            cost = _costs[loaded.model][key] = model_cost(loaded.model, loaded.blocks, (), *key[:1], loaded.name)
+    return cost
 
 
 def compare(loaded: LoadedModel, full: Result, ablated: Result | None, blocks: Sequence[SEBlock] = (),
@@ -247,83 +260,6 @@ def compare(loaded: LoadedModel, full: Result, ablated: Result | None, blocks: S
 # ---------------------------------------------------------------------------------------------- one ablation
 
 
-REPLAY_OFF = "tail replay is off (SENET_VIZ_TAIL_REPLAY=0)"
-CancelFn = Callable[[], bool]
-
-
-class _TailPass:
-    """An ablated pass computed batch by batch from activations the caller has: the tail after ``cut`` (or the
-    whole network when ``cut`` is None and the batches are inputs) under the ablation, at ``precision``."""
-
-    def __init__(self, loaded: LoadedModel, plan: TailPlan | None, cut: Cut | None, ablation: Ablation,
-                 precision: str, counter: ForwardCounter | None) -> None:
-        self.loaded, self.ablation = loaded, ablation
-        self.net = plan.tail(cut) if cut is not None and plan is not None else loaded.model
-        self.policy = PrecisionPolicy(precision, loaded.device, counter=counter)
-        self.top5: list[np.ndarray] = []
-        self.prob5: list[np.ndarray] = []
-        self.logits: list[np.ndarray] = []
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        """float32 logits of the ablated network from the batch's activation ``a`` (on the device)."""
-        gone = self.ablation
-        with ablate(self.loaded.model, gone.blocks, mode=gone.mode, means=gone.means):
-            return self.policy.forward(self.net, a)
-
-    def add(self, a: torch.Tensor) -> None:
-        logits = self.forward(a)
-        # As run_model ranks: top-k of the probabilities.
-        p5, i5 = probabilities(logits, self.loaded.outputs).topk(min(5, logits.shape[1]), dim=1)
-        self.top5.append(i5.cpu().numpy())
-        self.prob5.append(p5.cpu().numpy())
-        self.logits.append(logits.cpu().numpy())
-
-    def result(self, full: Result) -> Result:
-        """The ablated pass's :class:`Result`, over the images of ``full`` (in its order)."""
-        k = full.top5.shape[1]
-        top5 = np.concatenate(self.top5) if self.top5 else np.zeros((0, k), np.int64)
-        return replace(full, pred=top5[:, 0], top5=top5, gates={},
-                       top5_prob=np.concatenate(self.prob5) if self.prob5 else np.zeros((0, k), np.float32),
-                       logits=np.concatenate(self.logits) if self.logits else None,
-                       precision=self.policy.name, fp32_fallback_batches=self.policy.fallback_batches,
-                       forwarded=self.policy.forwarded, cuts=None, cuts_note="")
-
-
-def _rows(full: Result | None, keys: list[str], skipped: Sequence[Skipped]) -> Result | None:
-    """``full`` limited to the images ``keys`` in that order (None when one of them is not in it), ``skipped``
-    those of the subset that could not be read. Only a result with kept activations is subset (without them, the
-    ablated pass decodes the images anyway)."""
-    if full is None or full.keys == keys:
-        return full
-    if full.cuts is None:
-        return None
-    where = {k: i for i, k in enumerate(full.keys)}
-    if not all(k in where for k in keys):
-        return None
-    rows = np.array([where[k] for k in keys], dtype=np.int64)
-    return replace(full, keys=list(keys), names=[full.names[i] for i in rows], labels=full.labels[rows],
-                   label_names=[full.label_names[i] for i in rows], pred=full.pred[rows], top5=full.top5[rows],
-                   top5_prob=full.top5_prob[rows], gates={k: v[rows] for k, v in full.gates.items()},
-                   skipped=list(skipped),
-                   logits=None if full.logits is None else full.logits[rows], cuts=full.cuts.select(rows))
-
-
-def _replay_kept(pass_: _TailPass, full: Result, cut: Cut, batch_size: int, progress: ProgressFn | None,
-                 cancel: CancelFn | None) -> Result:
-    """The ablated pass from the activations ``full`` kept at ``cut``: no decoding, only the tails."""
-    from senet_viz.inference.run import Cancelled
-
-    kept = full.cuts
-    for start in range(0, full.n, batch_size):
-        if cancel is not None and cancel():
-            raise Cancelled("the pass was cancelled")
-        stop = min(start + batch_size, full.n)
-        pass_.add(kept.rows(cut.node, slice(start, stop)).to(pass_.loaded.device))
-        if progress is not None:
-            progress(stop, full.n)
-    return pass_.result(full)
-
-
 def evaluate(loaded: LoadedModel, images: ImageSet, ablate_blocks: Sequence[SEBlock] = (), mode: str = "identity",
              *, calibrate_on_eval: bool = False, fraction: float = CALIBRATION_FRACTION, batch_size: int = 32,
              progress: ProgressFn | None = None, full: Result | None = None, precision: str = "auto",
@@ -338,14 +274,11 @@ def evaluate(loaded: LoadedModel, images: ImageSet, ablate_blocks: Sequence[SEBl
     :func:`split_calibration`) and only the other images are evaluated. ``pixel_cache`` and ``counter``: see
     :func:`senet_viz.inference.run.run_model`.
 
-    Tail replay (``replay``, None: ``$SENET_VIZ_TAIL_REPLAY``; see :mod:`senet_viz.inference.tail`): the ablated
-    pass computes only the network after the latest cut before the first ablated gate. Without ``full`` the full
-    and the ablated pass share each batch (one decode, the full network once, then the tail from its activation at
-    the cut); with a ``full`` that kept activations at that cut (``RunOptions(keep_cuts=True)``, covering the
-    evaluated images) only the tails run, without decoding. Where no tail can be replayed the ablated pass is a
-    full pass. ``AblationResult.replay`` says which, and why. ``cancel()`` is asked between batches; True stops
-    with :class:`senet_viz.inference.run.Cancelled`. ``progress(done, total)`` counts the images of the pass
-    that is running (calibration, full, ablated; the full and the ablated pass are one when they share batches).
+    Tail replay (``replay``, None: ``$SENET_VIZ_TAIL_REPLAY``; :mod:`senet_viz.inference.tail`): the ablated pass
+    is the tail after the latest cut before the first ablated gate, run on each batch's activation there (one
+    decode for both passes), or only the tails when ``full`` kept activations at that cut (``keep_cuts``); else a
+    full pass. ``AblationResult.replay`` says which, and why. ``cancel()`` is asked between batches (True: raise
+    :class:`senet_viz.inference.run.Cancelled`); ``progress(done, total)`` counts the running pass's images.
 
     ``shards`` splits the passes between processes (:class:`senet_viz.inference.distributed.Group`): each runs its
     share, the calibration gates are gathered to every process and averaged in single-process order, and
@@ -368,16 +301,15 @@ def evaluate(loaded: LoadedModel, images: ImageSet, ablate_blocks: Sequence[SEBl
     mine = shards.shard(eval_images, batch_size)
     plan = find_cuts(loaded) if ablate_blocks and replay_enabled(replay) else None
     cut = plan.cut_before(ablate_blocks) if plan is not None else None
-    note = "" if not ablate_blocks else cut.describe() if cut is not None else full_pass_note(
-        plan.why_not(ablate_blocks) if plan is not None else REPLAY_OFF)
+    note = "" if not ablate_blocks else plan.note(ablate_blocks) if plan else full_pass_note(REPLAY_OFF)
     ablation = Ablation(ablate_blocks, mode, means)
-    full = _rows(full, [it.key for it in mine.items], mine.skipped)  # None: computed below
+    full = result_rows(full, [it.key for it in mine.items], mine.skipped)  # None: computed below
     computed = full is None
     ablated = kl_all = None
     if ablate_blocks:
-        tails = _TailPass(loaded, plan, cut, ablation, precision, counter)
+        tails = TailPass(loaded, plan, cut, ablation, precision, counter)
         if full is not None and cut is not None and full.cuts is not None and full.cuts.cut(cut) is not None:
-            ablated = _replay_kept(tails, full, cut, batch_size, progress, cancel)
+            ablated = replay_kept(tails, full, cut, batch_size, progress, cancel)
             note += ", from the full pass's kept activations"
         elif computed and cut is not None:
             def tail(_indices: list[int], _x: torch.Tensor, _logits: torch.Tensor, acts: dict) -> None:
@@ -425,9 +357,8 @@ def sweep_configs(blocks: Sequence[SEBlock]) -> list[tuple[str, str, list[SEBloc
 
 
 class _Configuration:
-    """One (configuration, mode) of a sweep: its own precision policy and its per-image outcomes, batch by batch.
-    ``cut``: the latest cut before its first gate, its tail replayed from the batch's activation there (None: the
-    whole network from the batch's input); ``replay`` says which (``AblationResult.replay``)."""
+    """One (configuration, mode) of a sweep: its own precision policy, its per-image outcomes batch by batch, and
+    ``cut``, where its tail starts (None: the whole network from the batch's input)."""
 
     def __init__(self, kind: str, label: str, blocks: list[SEBlock], mode: str, precision: str,
                  device: torch.device, counter: ForwardCounter | None, plan: TailPlan | None) -> None:
@@ -435,8 +366,7 @@ class _Configuration:
         self.policy = PrecisionPolicy(precision, device, counter=counter)
         self.cut = plan.cut_before(blocks) if plan is not None else None
         self.net = plan.tail(self.cut) if self.cut is not None else None
-        self.replay = self.cut.describe() if self.cut is not None else full_pass_note(
-            plan.why_not(blocks) if plan is not None else REPLAY_OFF)
+        self.replay = plan.note(blocks) if plan is not None else full_pass_note(REPLAY_OFF)
         self.first = min((b.order for b in blocks), default=-1)
         self.top5: list[np.ndarray] = []
         self.kl: list[np.ndarray] = []
@@ -466,19 +396,14 @@ def sweep_results(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = 
     """:func:`sweep`'s results, one :class:`AblationResult` per (configuration, mode) in that order, and the
     number of batches redone in fp32 in all (calibration and full pass included).
 
-    One :func:`senet_viz.inference.run.run_model` pass decodes each batch once and runs the full network on it,
-    keeping the batch's activations at every cut some configuration replays from (tail replay, ``replay``; None:
-    ``$SENET_VIZ_TAIL_REPLAY``; see :mod:`senet_viz.inference.tail`); then every configuration, in the order of
-    its first ablated gate, runs its tail from its latest cut (the whole network where no cut precedes its first
-    gate: ``AblationResult.replay`` says which), each with its own
-    :class:`~senet_viz.inference.precision.PrecisionPolicy`. Only the current batch's activations are held.
-
-    ``progress(done, total)`` counts image forwards: each calibration image once (``mode="mean"``), each evaluated
-    image once for the full network and once per (configuration, mode), so ``total`` = calibration images +
-    evaluated images x (1 + configurations x modes) and an image that cannot be read counts as done; it is called
-    after each batch with all its configurations. ``cancel()`` is asked before each batch; True stops the sweep
-    with :class:`senet_viz.inference.run.Cancelled`. ``pixel_cache`` and ``counter``: see ``run_model``.
-    """
+    One :func:`senet_viz.inference.run.run_model` pass decodes each batch once and runs the full network, keeping
+    the batch's activations at the cuts the configurations use (tail replay, ``replay``; None:
+    ``$SENET_VIZ_TAIL_REPLAY``); each configuration, by first ablated gate, then runs its tail from its latest cut
+    (or the whole network: ``AblationResult.replay`` says which) with its own precision policy.
+    ``progress(done, total)`` counts image forwards, after each batch: ``total`` = calibration images (mean) +
+    evaluated images x (1 + configurations x modes); an unreadable image counts as done. ``cancel()`` is asked
+    before each batch (True: raise :class:`senet_viz.inference.run.Cancelled`); ``pixel_cache``, ``counter``: see
+    ``run_model``."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown ablation mode {unknown[0]!r}; use identity and/or mean")
@@ -543,11 +468,10 @@ def sweep(loaded: LoadedModel, images: ImageSet, modes: Sequence[str] = MODES,
     With ``"mean"`` among the modes, the images are split (see :func:`split_calibration`): every mode is
     scored on the evaluation part only, so identity and mean rows are comparable. One row per
     (configuration, mode), :meth:`AblationResult.row`: top-1 / top-5 and their change in points, agreement, KL,
-    parameters and GMACs saved, and ``replay`` (how the configuration was computed: a tail from a cut, or a full
-    pass and why). Every forward (calibration, full network, each configuration) runs at the same
-    ``precision``; the frame's ``attrs`` hold ``precision`` and ``fp32_fallback_batches`` (batches redone in
-    fp32, see :class:`senet_viz.inference.precision.PrecisionPolicy`). :func:`sweep_results` gives the results
-    themselves, and the meaning of ``progress``, ``replay`` and ``cancel``.
+    parameters and GMACs saved, ``replay`` (how it was computed). Every forward runs at the same ``precision``;
+    the frame's ``attrs`` hold ``precision`` and ``fp32_fallback_batches`` (batches redone in fp32, see
+    :class:`senet_viz.inference.precision.PrecisionPolicy`). :func:`sweep_results`: the results themselves, and
+    ``progress``, ``replay``, ``cancel``.
     """
     results, fallback = sweep_results(loaded, images, modes, configs, fraction=fraction, batch_size=batch_size,
                                       progress=progress, precision=precision, pixel_cache=pixel_cache,

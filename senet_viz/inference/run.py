@@ -23,7 +23,8 @@ from senet_viz.gates.capture import ablate, capture
 from senet_viz.gates.kinds import SEBlock
 from senet_viz.inference.pipeline import Pipeline, PixelCache, default_workers, prefetch
 from senet_viz.inference.precision import ForwardCounter, PrecisionPolicy
-from senet_viz.inference.tail import Cut, CutCollector, KeptCuts, cuts_to_keep, find_cuts, replay_enabled
+from senet_viz.inference.tail import Cut, find_cuts, replay_enabled
+from senet_viz.inference.tail_kept import CutCollector, KeptCuts, cuts_to_keep
 from senet_viz.models.loaded import LoadedModel, resolve_device
 from senet_viz.models.outputs import probabilities
 

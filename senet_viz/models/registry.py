@@ -3,7 +3,8 @@
 The registry knows no model (timm's pattern): it imports no network definition, and models are added with
 :func:`register` or the :func:`register_model` decorator by the modules that define them. :mod:`senet_viz.models.zoo`
 registers the curated timm / torchvision list and imports :mod:`senet_viz.models.embedded`, which registers the
-project's own Fashion-MNIST networks, and :mod:`senet_viz.models.tiny100` (its Tiny ImageNet-100 SE-ResNet); importing :mod:`senet_viz.models.zoo` therefore makes every model available.
+project's own Fashion-MNIST networks, and :mod:`senet_viz.models.tiny100` (its Tiny ImageNet-100 SE-ResNet);
+importing :mod:`senet_viz.models.zoo` therefore makes every model available.
 
 A spec is built with keyword arguments only. Besides how to build and feed the network it carries the facts the
 dashboard and the command line read instead of special-casing names: its ``categories`` (class names, a tuple

@@ -42,8 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from senet_viz.gates.census import build_on_meta, looked_alike, may_have_gates, tensor_bytes
-from senet_viz.models import embedded  # noqa: F401  (registers the embedded models; it never imports this module)
-from senet_viz.models import tiny100  # noqa: F401  (registers se_resnet50_tiny100 and its retrained twin)
+from senet_viz.models import (
+    embedded,  # noqa: F401  (registers the embedded models; it never imports this module)
+    tiny100,  # noqa: F401  (registers se_resnet50_tiny100 and its retrained twin)
+)
 from senet_viz.models.download import (
     DownloadNeededError,
     WeightsStatus,

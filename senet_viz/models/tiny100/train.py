@@ -151,8 +151,9 @@ def train_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, recipe
         loss_sum, correct, seen, t_epoch = 0.0, 0, 0, time.perf_counter()
         for step in range(steps):
             idx = perm[step * recipe.batch_size:(step + 1) * recipe.batch_size]
-            batch = torch.from_numpy(np.ascontiguousarray(images[np.sort(idx.numpy())]))
-            yb = y_all[np.sort(idx.numpy())]
+            rows = np.sort(idx.numpy())  # read in memory order; the order within a batch does not matter
+            batch = torch.from_numpy(np.ascontiguousarray(images[rows]))
+            yb = y_all[rows]
             xb = normalise(augment(batch, recipe, gen))
             logits = model(xb)
             loss = loss_fn(logits, yb)
