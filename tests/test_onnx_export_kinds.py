@@ -1,7 +1,7 @@
 """ONNX files exported the common ways load through ``--model net.onnx`` (issue 22, part 3).
 
 The TorchScript exporter (``dynamo=False``) at opsets 13 to 20, with and without constant folding; the dynamo
-exporter (``dynamo=True``, its defaults: optimised, opset 18) when onnxscript is installed; for the tiny SE-ResNet
+exporter (``dynamo=True``, its defaults: optimised, opset 18; onnxscript is a dev requirement); for the tiny SE-ResNet
 of tests/tiny_nets.py and timm's MobileNetV3-Small (random weights, hard-sigmoid SE). Each file loads through the
 model-file path (:func:`senet_viz.models.zoo.load_model`, what the CLI's ``--model`` and the sidebar call) with the
 torch model's gates (names and channels) and its logits within 1e-5. The graph rewrites of
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import requires
 from tiny_nets import make_tiny_seresnet
 
 from senet_viz.gates.blocks import find_se_blocks
@@ -91,7 +92,7 @@ def test_timm_mobilenetv3_exported_with_shared_weights_loads(tmp_path, opset):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_ONNXSCRIPT, reason="the dynamo exporter needs onnxscript (not a dependency)")
+@requires(HAS_ONNXSCRIPT, "onnxscript and onnx-ir for the dynamo exporter (requirements-dev.txt; make venv)")
 @pytest.mark.parametrize("opset", [18, 20])
 @pytest.mark.parametrize("fold", [False, True], ids=["no-folding", "folding"])
 def test_dynamo_exporter_files_load(tiny, tmp_path, opset, fold):

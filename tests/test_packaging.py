@@ -121,7 +121,8 @@ def test_make_run_serves_this_machine_on_port_8501_or_the_port_and_address_given
         done = subprocess.run([make, "-n", "run", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 0, done.stderr
-        assert (f"/nonexistent-venv/bin/streamlit run app.py --server.port {port} --server.address {address}"
+        # ui.serve is `streamlit run app.py` with the app's imports preloaded while the server starts
+        assert (f"/nonexistent-venv/bin/python -m ui.serve --server.port {port} --server.address {address}"
                 in done.stdout)
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert any("http://localhost:8501" in line for line in readme[:12])

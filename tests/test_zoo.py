@@ -128,7 +128,7 @@ def test_specs_are_built_with_keywords_and_carry_their_facts():
     assert [n for n, s in registry.REGISTRY.items() if s.default] == [zoo.DEFAULT_MODEL]
     assert [n for n, s in registry.REGISTRY.items() if s.fallback] == ["tf_mobilenetv3_small_100"]
     twins = {n: s.retrained_twin.name for n, s in registry.REGISTRY.items() if s.retrained_twin}
-    assert twins == {"se_resnet_fmnist": "se_resnet_fmnist_nose5"}
+    assert twins == {"se_resnet_fmnist": "se_resnet_fmnist_nose5", "se_resnet50_tiny100": "se_resnet50_tiny100_nose5"}
     assert all(t in registry.REGISTRY for t in twins.values())
     spec = get_spec("mobilenet_v3_small")
     assert spec.class_names[:2] == ["tench", "goldfish"] and spec.class_wnids[1] == "n01443537"

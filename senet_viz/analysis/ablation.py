@@ -2,8 +2,7 @@
 
 :func:`evaluate` measures one ablation, :func:`sweep` many (every block, stage and last-k set, in each mode) over
 one pass of the images; both answer with :class:`AblationResult` (a sweep as a frame of its rows,
-:meth:`AblationResult.row`). :func:`pareto_front` keeps the rows that no other beats on parameters saved and
-accuracy.
+:meth:`AblationResult.row`). :func:`pareto_front` keeps the rows no other beats on parameters saved and accuracy.
 
 Calibration split (for ``mode="mean"``): the per-channel mean gate of each block is measured on a calibration
 subset and the ablated network is evaluated on the rest, so the constant is never fitted on the images it is
@@ -25,7 +24,7 @@ import pandas as pd
 import torch
 
 from senet_viz.analysis.cost import CostReport, Savings, model_cost
-from senet_viz.analysis.tail_pass import REPLAY_OFF, CancelFn, TailPass, replay_kept, result_rows
+from senet_viz.analysis.tail_pass import REPLAY_OFF, CancelFn, TailPass, calibration_rows, replay_kept, result_rows
 from senet_viz.data.sources import ImageSet, Skipped
 from senet_viz.gates.capture import ablate
 from senet_viz.gates.kinds import SEBlock
@@ -292,9 +291,10 @@ def evaluate(loaded: LoadedModel, images: ImageSet, ablate_blocks: Sequence[SEBl
         calib = images
         if not calibrate_on_eval:
             calib, eval_images = split_calibration(images, fraction)
-        part = run_model(loaded, shards.shard(calib, batch_size), ablate_blocks, replace(options, keep_logits=False),
-                         pixel_cache=pixel_cache)
-        calib_result = shards.gather_result(part, calib, gates=True, to_all=True)
+        # A full pass that kept every image's gates (the app's) holds the calibration gates already: no forward.
+        calib_result = calibration_rows(full if shards is ONE_PROCESS else None, calib, ablate_blocks) or \
+            shards.gather_result(run_model(loaded, shards.shard(calib, batch_size), ablate_blocks, replace(
+                options, keep_logits=False), pixel_cache=pixel_cache), calib, gates=True, to_all=True)
         means = mean_gates(calib_result, ablate_blocks)
         calib_n = calib_result.n
         fallback += calib_result.fp32_fallback_batches

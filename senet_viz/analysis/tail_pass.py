@@ -10,15 +10,16 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from senet_viz.data.sources import Skipped
+from senet_viz.data.sources import ImageSet, Skipped
 from senet_viz.gates.capture import ablate
+from senet_viz.gates.kinds import SEBlock
 from senet_viz.inference.precision import ForwardCounter, PrecisionPolicy
 from senet_viz.inference.run import Ablation, Cancelled, ProgressFn, Result
 from senet_viz.inference.tail import Cut, TailPlan
 from senet_viz.models.loaded import LoadedModel
 from senet_viz.models.outputs import probabilities
 
-__all__ = ["REPLAY_OFF", "CancelFn", "TailPass", "replay_kept", "result_rows"]
+__all__ = ["REPLAY_OFF", "CancelFn", "TailPass", "calibration_rows", "replay_kept", "result_rows"]
 
 REPLAY_OFF = "tail replay is off (SENET_VIZ_TAIL_REPLAY=0)"
 CancelFn = Callable[[], bool]
@@ -96,3 +97,18 @@ def replay_kept(pass_: TailPass, full: Result, cut: Cut, batch_size: int, progre
         if progress is not None:
             progress(stop, full.n)
     return pass_.result(full)
+
+
+def calibration_rows(full: Result | None, calib: ImageSet, blocks: Sequence[SEBlock]) -> Result | None:
+    """The calibration pass of mean ablation read from a full pass that kept every image's gates: ``full``'s rows
+    of the images ``calib`` in their order, or None when one of them or a block's gates is missing. The gates of
+    the blocks to freeze are the full network's own, so a calibration pass would recompute exactly these rows."""
+    keys, blocks = [it.key for it in calib.items], [b.name for b in blocks]
+    if full is None or not full.gates or any(b not in full.gates for b in blocks):
+        return None
+    where = {k: i for i, k in enumerate(full.keys)}
+    if not all(k in where for k in keys):
+        return None
+    rows = np.array([where[k] for k in keys], dtype=np.int64)
+    return replace(full, keys=list(keys), gates={b: full.gates[b][rows] for b in blocks}, cuts=None,
+                   fp32_fallback_batches=0)
