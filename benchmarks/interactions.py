@@ -6,8 +6,9 @@ SENET_VIZ_TAIL_REPLAY=0, drives
 each in Chromium (Playwright) through one fixed script and prints, per step, the median click-to-idle time and the
 median server-side script time, the two servers side by side:
 
-1. the first chart on a fresh server (the embedded model's Compare page), from the request of the page (opened once
-   ui.serve says the app's modules are loaded, as for a visitor who opens the printed URL a moment later);
+1. the first chart on a fresh server (the embedded model's Compare page), from the request of the page and from the
+   page's load event (opened once ui.serve says the app's modules are loaded and it has opened the first page
+   itself, as for a visitor who opens the printed URL a moment later; `--no-warm-up`: without that visit);
 2. MobileNetV3-Small on the shared ImageNet samples (every class: 900 images): its first analysis (informative);
 3. view-only changes on Compare classes: a class removed from / added back to Fig. 6, the four views in turn
    (Fig. 6, Fig. 7, distributions, heatmap), another class on Fig. 7;
@@ -25,6 +26,7 @@ browser sees it: the server's run time plus the websocket's latency, on localhos
     .venv/bin/python benchmarks/interactions.py                  # both servers, 5 repeats of each view step
     .venv/bin/python benchmarks/interactions.py --only on --repeats 3 --sweep-kinds last
     .venv/bin/python benchmarks/interactions.py --screenshots /tmp/shots --cancel   # + a cancelled second sweep
+    .venv/bin/python benchmarks/interactions.py --first-only 5 --only on [--no-warm-up]  # the first chart, 5 servers
 
 Note the machine's load (``uptime``) beside the numbers: every step is CPU-bound on the server.
 """
@@ -68,6 +70,13 @@ window.WebSocket = class extends NativeWebSocket {
     this.addEventListener('message', () => window.__msgs.push(performance.now()));
   }
 };
+window.__chart = null;  // when a Plotly chart's SVG was first seen laid out (a size above 0) in the page
+const chartWatch = setInterval(() => {
+  for (const svg of document.querySelectorAll('.js-plotly-plot .main-svg')) {
+    const box = svg.getBoundingClientRect();
+    if (box.width > 0 && box.height > 0) { window.__chart = performance.now(); clearInterval(chartWatch); }
+  }
+}, 10);
 """
 STARTED = """(mark) => window.__msgs.some(t => t >= mark) ||
   window.__states.some(e => e[0] >= mark && e[1] === 'running')"""
@@ -111,7 +120,7 @@ class Server:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the server did not start; see {log}")
             time.sleep(0.2)
-        self.preloaded = None if plain else self._preloaded(log, deadline)
+        self.preloaded = None if plain else self._preloaded(log, deadline, env)
 
     def _healthy(self) -> bool:
         try:
@@ -120,13 +129,15 @@ class Server:
         except OSError:
             return False
 
-    def _preloaded(self, log: Path, deadline: float) -> str | None:
-        """ui.serve's line saying the app's imports are done (the first visitor of a server started a moment ago
-        finds them done), or None when it did not come before ``deadline``."""
+    def _preloaded(self, log: Path, deadline: float, env: dict[str, str]) -> str | None:
+        """ui.serve's lines saying the app's imports are done and its first page was opened once (the first visitor
+        of a server started a moment ago finds them done), or None when they did not come before ``deadline``."""
+        last = ("app's modules are loaded",) if env.get("SENET_VIZ_WARM_UP") == "0" else (
+            "the first page is ready", "could not open the first page")
         while time.monotonic() < deadline:
-            for line in log.read_text().splitlines():
-                if "app's modules are loaded" in line:
-                    return line.strip()
+            lines = [line.strip() for line in log.read_text().splitlines() if "senet-viz:" in line]
+            if any(mark in line for line in lines for mark in last):
+                return "; ".join(lines)
             time.sleep(0.2)
         return None
 
@@ -229,7 +240,12 @@ def script(tab, d: Driver, url: str, args: argparse.Namespace, shots: Path | Non
     tab.wait_for_selector(".js-plotly-plot .main-svg", timeout=args.timeout * 1000)
     chart = (time.perf_counter() - start) * 1000
     tab.wait_for_function(SETTLED, arg=[0, args.quiet], timeout=args.timeout * 1000, polling=50)
+    # in the page's own clock: from its load event (its HTML and the scripts it names are in) to the chart's SVG
+    after_load = tab.evaluate("window.__chart - performance.getEntriesByType('navigation')[0].loadEventEnd")
     d.times["first chart (fresh server, embedded)"] = [(chart, float("nan"))]
+    d.times["first chart after the page's load event"] = [(after_load, float("nan"))]
+    if args.first_only:
+        return
 
     # 2. MobileNetV3-Small on every shared sample
     d.timed("model load + first page (informative)", d.pick_model(MODEL))
@@ -312,6 +328,10 @@ def main() -> None:
     parser.add_argument("--plain", action="store_true",
                         help="start `streamlit run app.py` instead of `python -m ui.serve` (what `make run` starts)")
     parser.add_argument("--cancel", action="store_true", help="then start a second sweep and cancel it")
+    parser.add_argument("--first-only", type=int, metavar="N", default=0,
+                        help="only the first chart, on N fresh servers of each kind (medians of N)")
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="SENET_VIZ_WARM_UP=0: the server does not open its first page ahead of the first visitor")
     parser.add_argument("--logs", type=Path, default=Path("/tmp"), help="where the servers' logs go")
     args = parser.parse_args()
     if not SAMPLES.is_dir():
@@ -321,17 +341,22 @@ def main() -> None:
     runs = [r for r in runs if args.only == "both" or r[0].endswith(args.only)]
     print(f"load before: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs; repeats {args.repeats}; sweep "
           f"modes {args.sweep_modes} kinds {args.sweep_kinds}", flush=True)
-    results = {}
+    if args.no_warm_up:
+        runs = [(name, {**env, "SENET_VIZ_WARM_UP": "0"}, port) for name, env, port in runs]
+    results: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for name, env, port in runs:
-        server = Server(port, env, args.logs / f"interactions-{port}.log", args.plain)
-        try:
-            print(f"{name}: {server.preloaded or 'no preload (streamlit run app.py)'}", flush=True)
-            started = time.perf_counter()
-            results[name] = drive(server.url, args, args.screenshots if name == "replay on" else None)
-            print(f"{name}: script done in {time.perf_counter() - started:.0f} s; load "
-                  f"{os.getloadavg()[0]:.2f}", flush=True)
-        finally:
-            server.stop()
+        for _ in range(max(1, args.first_only)):
+            server = Server(port, env, args.logs / f"interactions-{port}.log", args.plain)
+            try:
+                print(f"{name}: {server.preloaded or 'no preload (streamlit run app.py)'}", flush=True)
+                started = time.perf_counter()
+                times = drive(server.url, args, args.screenshots if name == "replay on" else None)
+                for step, got in times.items():
+                    results.setdefault(name, {}).setdefault(step, []).extend(got)
+                print(f"{name}: script done in {time.perf_counter() - started:.0f} s; load "
+                      f"{os.getloadavg()[0]:.2f}", flush=True)
+            finally:
+                server.stop()
     steps = list(dict.fromkeys(s for r in results.values() for s in r))
     header = "".join(f" | {name:>10} idle  server  n" for name in results)
     print(f"\n{'step (medians, ms)':44}{header}")

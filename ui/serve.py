@@ -1,16 +1,21 @@
 """``python -m ui.serve [streamlit options]``: ``streamlit run app.py`` (what ``make run`` starts), with the app's
-imports made while the server starts instead of in the first visitor's script run.
+imports made while the server starts instead of in the first visitor's script run, and its first page opened once
+by the server itself.
 
 Streamlit runs nothing of the app before a browser connects, so on a plain ``streamlit run app.py`` the first page
 waits for torch, timm, pandas, plotly and the project's modules to import (seconds on two cores) before it can draw
-anything. Here a background thread imports them as soon as Streamlit's runtime exists (so that modules that
-decorate with ``st.cache_data`` at import see it); the first script run then finds them in ``sys.modules``.
+anything, and then for the embedded model to load and the first figure to be built. Here a background thread
+imports them as soon as Streamlit's runtime exists (so that modules that decorate with ``st.cache_data`` at import
+see it), then opens the app's first page once over the server's own websocket, as a browser does (:func:`warm_up`):
+the embedded model, its precomputed analysis and the first page's figures land in the caches every session shares
+(``ui.memo``), so the first visitor's script run finds them built. ``SENET_VIZ_WARM_UP=0`` skips that visit.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -25,7 +30,8 @@ _log = logging.getLogger(__name__)
 
 
 def preload(timeout_s: float = 60.0) -> None:
-    """Import :data:`PRELOAD` once Streamlit's runtime exists (waits up to ``timeout_s`` for it)."""
+    """Import :data:`PRELOAD` once Streamlit's runtime exists (waits up to ``timeout_s`` for it), then open the first
+    page once (:func:`warm_up`) unless ``SENET_VIZ_WARM_UP=0``."""
     from streamlit import runtime
 
     deadline = time.monotonic() + timeout_s
@@ -41,6 +47,72 @@ def preload(timeout_s: float = 60.0) -> None:
             _log.warning("senet-viz: could not preload %s", name, exc_info=True)
     # on the server's output, beside Streamlit's own lines (benchmarks/interactions.py waits for it)
     print(f"  senet-viz: the app's modules are loaded ({time.perf_counter() - started:.1f} s)", flush=True)
+    if os.environ.get("SENET_VIZ_WARM_UP", "1") == "0":
+        return
+    started = time.perf_counter()
+    try:
+        status = warm_up(stream_url())
+    except Exception as exc:  # noqa: BLE001 - a failed warm-up only leaves the first visitor the work
+        print(f"  senet-viz: could not open the first page ahead of visitors: {type(exc).__name__}: {exc}",
+              flush=True)
+        return
+    print(f"  senet-viz: the first page is ready ({time.perf_counter() - started:.1f} s, {status})", flush=True)
+
+
+def stream_url() -> str:
+    """The websocket URL of this server's own app, from Streamlit's configuration (address, port, base path)."""
+    from streamlit import config
+
+    address = config.get_option("server.address") or "127.0.0.1"
+    if address in ("0.0.0.0", "::"):  # every interface: this machine's own is one of them
+        address = "127.0.0.1"
+    if ":" in address:
+        address = f"[{address}]"
+    base = (config.get_option("server.baseUrlPath") or "").strip("/")
+    scheme = "wss" if config.get_option("server.sslCertFile") else "ws"
+    return f"{scheme}://{address}:{config.get_option('server.port')}/{base + '/' if base else ''}_stcore/stream"
+
+
+def warm_up(url: str, timeout_s: float = 300.0) -> str:
+    """Open the app's first page once over the websocket at ``url``, as a browser's first visit does (a
+    ``rerun_script`` request with no page, query or widget state), and wait until its script run has finished;
+    return how it finished ("successfully", with the number of exceptions the page showed if any). Retries the
+    connection until the server listens (up to ``timeout_s`` in all)."""
+    import ssl
+
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+    from websockets.sync.client import connect
+
+    deadline = time.monotonic() + timeout_s
+    context = None
+    if url.startswith("wss:"):  # the server's own certificate, reached by address: not a public name to verify
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    while True:
+        try:
+            socket = connect(url, subprotocols=["streamlit"], ssl=context, open_timeout=10, max_size=None)
+            break
+        except OSError:  # not listening yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    with socket:
+        request = BackMsg()
+        request.rerun_script.query_string = ""
+        socket.send(request.SerializeToString())
+        exceptions = 0
+        while True:
+            message = ForwardMsg()
+            message.ParseFromString(socket.recv(timeout=max(1.0, deadline - time.monotonic())))
+            kind = message.WhichOneof("type")
+            if kind == "delta" and message.delta.WhichOneof("type") == "new_element":
+                exceptions += message.delta.new_element.WhichOneof("type") == "exception"
+            elif kind == "script_finished":
+                status = ForwardMsg.ScriptFinishedStatus.Name(message.script_finished)
+                if status != "FINISHED_EARLY_FOR_RERUN":  # a rerun the script asked for follows
+                    status = status.removeprefix("FINISHED_").lower()
+                    return f"{status}, {exceptions} exception(s) on the page" if exceptions else status
 
 
 def main(argv: list[str]) -> None:
