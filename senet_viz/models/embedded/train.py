@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -114,15 +115,41 @@ def _augment(padded: torch.Tensor, idx: torch.Tensor, recipe: Recipe, gen: torch
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Logits (float32 N x 10) of uint8 N x 28 x 28 images, model in eval mode (restored afterwards)."""
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 500,
+            normalise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """Logits (float32 N x classes) of uint8 images (default: N x 28 x 28, normalised as for training here; another
+    data set passes its own ``normalise``), model in eval mode (restored afterwards)."""
+    normalise = normalise or _normalise
     was_training = model.training
     model.eval()
     try:
         x = torch.from_numpy(np.ascontiguousarray(images))
-        return torch.cat([model(_normalise(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]).numpy()
+        return torch.cat([model(normalise(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]).numpy()
     finally:
         model.train(was_training)
+
+
+class _Optimised(Protocol):
+    """What :func:`sgd_one_cycle` reads of a recipe (this module's or another data set's)."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+
+
+def sgd_one_cycle(model: nn.Module, recipe: _Optimised, total_steps: int,
+                  warm_up: float) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.OneCycleLR]:
+    """The recipes' optimiser: SGD (Nesterov) with ``recipe.weight_decay`` on conv / linear weights only, and a
+    OneCycle learning rate (peak ``recipe.lr``, a ``warm_up`` share of ``total_steps``, cosine)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, momentum=recipe.momentum,
+                          nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total_steps,
+                                                pct_start=warm_up, anneal_strategy="cos", div_factor=10,
+                                                final_div_factor=100)
+    return opt, sched
 
 
 def train_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, recipe: Recipe, seed: int = 0,
@@ -137,14 +164,7 @@ def train_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, recipe
     y = torch.from_numpy(labels)
     n = len(y)
     steps = (n + recipe.batch_size - 1) // recipe.batch_size
-    decay = [p for name, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for name, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, momentum=recipe.momentum,
-                          nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps,
-                                                pct_start=0.25, anneal_strategy="cos", div_factor=10,
-                                                final_div_factor=100)
+    opt, sched = sgd_one_cycle(model, recipe, recipe.epochs * steps, warm_up=0.25)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     history = []
     start = time.perf_counter()

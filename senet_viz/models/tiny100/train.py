@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from senet_viz.models.embedded import train as embedded_train
 from senet_viz.models.embedded.train import deterministic
 from senet_viz.models.tiny100.data import (
     HELD_OUT_PER_CLASS,
@@ -84,14 +85,7 @@ def augment(images: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
     """Logits (float32 N x classes) of uint8 N x 64 x 64 x 3 images, model in eval mode (restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    try:
-        out = [model(normalise(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))))
-               for i in range(0, len(images), batch_size)]
-        return torch.cat(out).numpy()
-    finally:
-        model.train(was_training)
+    return embedded_train.predict(model, images, batch_size, normalise=normalise)
 
 
 def topk(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -100,15 +94,7 @@ def topk(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 
 def _optimizer(model: nn.Module, recipe: Recipe, steps: int) -> tuple[torch.optim.Optimizer, object]:
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, momentum=recipe.momentum,
-                          nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps,
-                                                pct_start=0.2, anneal_strategy="cos", div_factor=10,
-                                                final_div_factor=100)
-    return opt, sched
+    return embedded_train.sgd_one_cycle(model, recipe, recipe.epochs * steps, warm_up=0.2)
 
 
 def checkpoint_path(out: Path) -> Path:
