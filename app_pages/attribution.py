@@ -8,6 +8,7 @@ from senet_viz import plots
 from senet_viz.analysis.attribution import gradcam_unavailable
 from senet_viz.gates.blocks import select_blocks
 from ui import exports
+from ui.charts import plotly_chart
 from ui.common import need_analysis, pick_image
 from ui.results import channel_attribution, gradcams
 from ui.widgets import kept, per_model
@@ -34,7 +35,7 @@ else:
     label = model.class_names[target]
     fig = plots.gradcam_figure(display, cams, f"Grad-CAM — {model.name}: stage {stage}, class '{label}' "
                                               f"(image {items[key].name})")
-    st.plotly_chart(fig, width="stretch", key="attr_gradcam")
+    plotly_chart(fig, width="stretch", key="attr_gradcam")
     exports.keep_figure("Grad-CAM", fig)
 
 st.subheader("Which SE channels carry the predicted class?")
@@ -43,5 +44,5 @@ block_name = st.selectbox("SE block", [b.name for b in model.blocks], index=len(
 block = next(b for b in model.blocks if b.name == block_name)
 attribution, gates, target = channel_attribution(model, key, pixels, block)
 fig2 = plots.channel_attribution_figure(attribution, gates, model.name, block.name, model.class_names[target])
-st.plotly_chart(fig2, width="stretch", key="attr_channels")
+plotly_chart(fig2, width="stretch", key="attr_channels")
 exports.keep_figure("SE channel attribution", fig2)

@@ -8,6 +8,7 @@ from senet_viz.analysis.chance import CIRCULAR_NOTE
 from senet_viz.plots import channels as channel_plots
 from ui import channels as view
 from ui import exports
+from ui.charts import plotly_chart
 from ui.text import plain
 
 st.header("Channels")
@@ -22,7 +23,7 @@ trend = channels.depth_trend(summary)
 single = bool((summary["class_means_from"] == "single images").all())
 fig_depth = channel_plots.selectivity_depth(summary, trend, metrics=("selectivity",) if single else
                                             ("selectivity", "eta2"))
-st.plotly_chart(fig_depth, width="stretch", key="channels_depth")
+plotly_chart(fig_depth, width="stretch", key="channels_depth")
 exports.keep_figure("Channel selectivity by depth", fig_depth)
 exports.keep_table("Channel selectivity by block", summary)
 if single:
@@ -86,7 +87,7 @@ values = src.values(block, channel)
 values = values.assign(**{"class": src.classes_of(values)})
 fig_dist = channel_plots.channel_distribution(values, src.model, block, channel, grouping=src.grouping,
                                               all_classes=src.stats.class_names)
-st.plotly_chart(fig_dist, width="stretch", key="channels_distribution")
+plotly_chart(fig_dist, width="stretch", key="channels_distribution")
 exports.keep_figure("Channel gate per class", fig_dist)
 
 st.subheader("Where the channel's input is strongest in the top images")
@@ -104,5 +105,5 @@ else:
             fig_maps = channel_plots.pregate_figure(
                 crops, maps, [f"#{r.rank} s={r.gate:.3f}" for r in top_rows.itertuples()],
                 f"{block} channel {channel}: its SE input over the top images — {src.model}")
-            st.plotly_chart(fig_maps, width="stretch", key="channels_maps")
+            plotly_chart(fig_maps, width="stretch", key="channels_maps")
             exports.keep_figure("Channel input maps", fig_maps)

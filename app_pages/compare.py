@@ -8,6 +8,7 @@ from senet_viz.analysis.chance import CIRCULAR_NOTE
 from senet_viz.plots.depth import chance_caption, chance_index_table
 from ui import exports
 from ui.channels import channel_link
+from ui.charts import plotly_chart
 from ui.common import class_caption, need_analysis
 from ui.memo import derived
 from ui.widgets import kept, per_model
@@ -24,7 +25,8 @@ if int(indices["max_class_count"].max()) == 1:
     st.warning("Every class has one image: Fig. 7's ±1 std bands cannot be computed (a single image has no "
                "within-class spread), and class specificity falls back from eta² to the spread of the class means.")
 
-classes = [c for c in stats.class_table()["class"] if c != "all"]  # class-index order; also fixes the colours
+# class-index order; also fixes the colours
+classes = derived(analysis, "classes", lambda: [c for c in stats.class_table()["class"] if c != "all"])
 blocks = list(indices["block"])
 stages = sorted(indices["stage"].unique())
 
@@ -52,10 +54,11 @@ if preset.startswith("Paper Fig. 6"):
     all_channels = c1.toggle("All channels", key=kept("fig6_all"))
     n_channels = c2.number_input("Channels sampled", 5, 500, 50, key=kept("fig6_n"), disabled=all_channels)
     seed = c3.number_input("Seed", 0, 10_000, 0, key=kept("fig6_seed"))
+    preset_blocks = derived(analysis, "paper_preset_blocks", lambda: plots.paper_preset_blocks(indices))
     fig_blocks = st.multiselect("Blocks (default: the paper's preset — last block of each stage and every block "
-                                "of the last stage)", blocks, default=plots.paper_preset_blocks(indices),
+                                "of the last stage)", blocks, default=preset_blocks,
                                 key=per_model("fig6_blocks", stats.model))
-    shown_blocks = fig_blocks or plots.paper_preset_blocks(indices)
+    shown_blocks = fig_blocks or preset_blocks
 
     def fig6() -> tuple:
         means = {b: stats.class_means(b, chosen, include_all=True) for b in blocks if b in shown_blocks}  # depth order
@@ -97,7 +100,7 @@ else:
 
 if preset.startswith("Paper Fig.") and any(bands.values()):
     st.caption(f"Error bars: {paper.interval_note()}, for the classes with 2+ images.")
-event = st.plotly_chart(fig, width="stretch", key="compare_chart", on_select="rerun", selection_mode="points")
+event = plotly_chart(fig, width="stretch", key="compare_chart", on_select="rerun", selection_mode="points")
 channel_link(fig, event, None if preset.startswith(("Paper Fig. 6", "Per-stage")) else block)  # -> Channels page
 exports.keep_figure("Compare classes", fig)
 

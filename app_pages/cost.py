@@ -7,6 +7,7 @@ import streamlit as st
 from senet_viz import plots
 from senet_viz.analysis import paper
 from ui import exports
+from ui.charts import plotly_chart
 from ui.common import need_model_and_images
 from ui.latency import latency_section
 from ui.results import cost, paper_cost_table
@@ -26,7 +27,7 @@ st.caption(f"Counted with torch's FlopCounterMode at {model.input_size[-1]}×{mo
            "convolutions and matrix products, in multiply-accumulates (1 MAC = 2 FLOPs); element-wise work "
            "(pooling, the sigmoid, the channel-wise multiply) is not counted.")
 fig = plots.cost_figure(report.blocks, model.name, report.params)
-st.plotly_chart(fig, width="stretch", key="cost_chart")
+plotly_chart(fig, width="stretch", key="cost_chart")
 exports.keep_figure("Cost", fig)
 
 st.subheader("Per stage")

@@ -11,6 +11,7 @@ from senet_viz.models.weights import WeightsError
 from senet_viz.plots.depth import chance_caption, chance_index_table
 from ui import analysis_files, exports
 from ui.bundles import bundle_analysis
+from ui.charts import plotly_chart
 from ui.common import class_caption, need_analysis
 from ui.model_cache import get_model
 from ui.results import analyse
@@ -61,7 +62,7 @@ else:  # an analysis file: overlay another opened analysis file (e.g. another mo
 if metrics:
     fig = plots.depth_profile(analysis.indices, second=None if second is None else second.indices,
                               metrics=tuple(metrics), chance=analysis.chance)
-    st.plotly_chart(fig, width="stretch", key="depth_chart")
+    plotly_chart(fig, width="stretch", key="depth_chart")
     exports.keep_figure("Depth", fig)
     st.caption(chance_caption(analysis.chance) or "Chance unknown: this analysis file holds no chance table.")
     if analysis.chance_note:

@@ -5,6 +5,7 @@ import streamlit as st
 from senet_viz import plots
 from senet_viz.analysis.stats_accumulate import MAX_DETAIL_CLASSES
 from ui import exports
+from ui.charts import plotly_chart
 from ui.common import need_analysis, pick_image
 from ui.results import single_image_gates
 from ui.text import plain
@@ -51,7 +52,7 @@ if within != reference:
 classes = list(place.counts)
 fig = plots.image_percentiles(stats.frame([block], [reference]), block, reference, gates[block], items[key].name,
                               all_classes=classes)
-st.plotly_chart(fig, width="stretch", key="explore_chart")
+plotly_chart(fig, width="stretch", key="explore_chart")
 st.caption(f"Percentile of each channel's gate within the gates of "
            f"{'class ' if within != 'all' else ''}'{plain(within)}' ({place.counts[within]} images).")
 exports.keep_figure("Explore", fig)

@@ -11,6 +11,7 @@ from senet_viz.inference.run import Cancelled
 from senet_viz.models.download import WeightsStatus, weights_status
 from senet_viz.models.registry import REGISTRY
 from ui import exports
+from ui.charts import plotly_chart
 from ui.common import need_model_and_images
 from ui.keys import images_key, model_key
 from ui.memo import derived
@@ -189,7 +190,7 @@ elif done:
     exports.keep_table("sweep", frame)
     reference = paper.PAPER_LAST_STAGE_CLAIM if model.spec and model.spec.paper_reference else None
     fig = derived(frame, ("sweep", reference is not None), lambda: plots.sweep_figure(frame, reference=reference))
-    st.plotly_chart(fig, width="stretch", key="sweep_chart")
+    plotly_chart(fig, width="stretch", key="sweep_chart")
     exports.keep_figure("Sweep", fig)
     first = frame.iloc[0]
     st.caption(f"{int(first['n_images'])} images scored"

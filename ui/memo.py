@@ -170,8 +170,36 @@ def derived(owner: object, key: Hashable, build: Callable[[], T], limit: int = 3
     found = memo.get(key, _MISSING)
     if found is _MISSING:
         found = build()
+        for part in found if isinstance(found, tuple) else (found,):
+            _mark_shared_figure(part)
         memo.put(key, found)
     return found
+
+
+# Figures :func:`derived` built (shared, never mutated): id -> (weak reference, its to_dict() once asked)
+_shared_figures: dict[int, list] = {}
+_shared_figures_guard = threading.Lock()
+
+
+def _mark_shared_figure(value: object) -> None:
+    from plotly.basedatatypes import BaseFigure
+
+    if isinstance(value, BaseFigure):
+        with _shared_figures_guard:
+            _shared_figures[id(value)] = [weakref.ref(value), None]
+        weakref.finalize(value, _shared_figures.pop, id(value), None)
+
+
+def shared_figure_dict(fig: object) -> dict | None:
+    """``fig.to_dict()`` computed once for a figure :func:`derived` built (it is never mutated, so its dict never
+    changes), None for any other figure. Walking a figure into its dict (every array to base64) is what
+    ``st.plotly_chart`` spends most of its time on, on every rerun that draws the figure again."""
+    entry = _shared_figures.get(id(fig))
+    if entry is None or entry[0]() is not fig:
+        return None
+    if entry[1] is None:
+        entry[1] = fig.to_dict()  # two sessions racing here compute the same dict; either is kept
+    return entry[1]
 
 
 def session_memo(name: str, limit: int, max_bytes: int | None = None) -> LRU:

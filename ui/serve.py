@@ -9,14 +9,23 @@ imports them as soon as Streamlit's runtime exists (so that modules that decorat
 see it), then opens the app's first page once over the server's own websocket, as a browser does (:func:`warm_up`):
 the embedded model, its precomputed analysis and the first page's figures land in the caches every session shares
 (``ui.memo``), so the first visitor's script run finds them built. ``SENET_VIZ_WARM_UP=0`` skips that visit.
+
+The browser, too, starts on the first chart's code early (:func:`early_chart_page`): Streamlit loads its Plotly chart
+module (4.7 MB, about a second to evaluate on two cores) only when the first chart's message arrives, after the
+script has run. The page served here fetches that module and its imports while the page loads and evaluates it while
+the server runs the script. ``SENET_VIZ_EARLY_CHARTS=0`` serves Streamlit's page unchanged.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import os
+import re
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -115,7 +124,84 @@ def warm_up(url: str, timeout_s: float = 300.0) -> str:
                     return f"{status}, {exceptions} exception(s) on the page" if exceptions else status
 
 
+# A module's static imports, at the start of a bundled chunk: `import{a as b}from"./x.js";` or `import"./x.js";`
+_STATIC_IMPORT = re.compile(r'\s*import\s*(?:[^;"]*?from\s*)?"\./([^"/]+\.js)"\s*;')
+# Starts the chart module's evaluation once the server has answered the page's websocket (the script's run request
+# has gone out, so the evaluation overlaps the run instead of delaying it); on the load event + 3 s at the latest.
+_EARLY_IMPORT = """<script>(() => {
+  let started = false;
+  const load = () => { if (!started) { started = true; import("%(url)s").catch(() => {}); } };
+  const NativeWebSocket = window.WebSocket;
+  window.WebSocket = class extends NativeWebSocket {
+    constructor(...args) { super(...args); this.addEventListener("message", () => setTimeout(load, 0), {once: true}); }
+  };
+  addEventListener("load", () => setTimeout(load, 3000));
+})();</script>"""
+
+
+def static_imports(chunk: Path) -> list[str]:
+    """The file names a bundled ES module imports statically (its leading ``import`` statements)."""
+    text = chunk.read_text(encoding="utf-8", errors="replace")[:50_000]
+    names, pos = [], 0
+    while match := _STATIC_IMPORT.match(text, pos):
+        names.append(match.group(1))
+        pos = match.end()
+    return names
+
+
+def early_chart_page(static_dir: Path, into: Path) -> Path | None:
+    """Streamlit's static folder as ``into``: links to its files, but an ``index.html`` that preloads the Plotly
+    chart module and the modules it imports (``<link rel="modulepreload">``, fetched while the page loads) and
+    evaluates it once the server answers the page's websocket. None (nothing written) when this Streamlit's
+    folder does not have the layout expected (one ``static/js/PlotlyChart.*.js``, an ``index.html`` with a
+    ``</head>``): the page is then served unchanged."""
+    js = static_dir / "static" / "js"
+    chunks = sorted(js.glob("PlotlyChart.*.js"))
+    index = static_dir / "index.html"
+    if len(chunks) != 1 or not index.is_file():
+        return None
+    html = index.read_text(encoding="utf-8")
+    if "</head>" not in html:
+        return None
+    seen, todo = set(), [chunks[0].name]
+    while todo:  # the module's import graph: a dynamic import() evaluates only once all of it is fetched
+        name = todo.pop()
+        if name not in seen and (js / name).is_file():
+            seen.add(name)
+            todo.extend(static_imports(js / name))
+    links = "".join(f'<link rel="modulepreload" crossorigin href="./static/js/{name}">'
+                    for name in sorted(seen) if f"./static/js/{name}\"" not in html)
+    into.mkdir(parents=True, exist_ok=True)
+    for entry in static_dir.iterdir():
+        if entry.name != "index.html":
+            (into / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    early = _EARLY_IMPORT % {"url": f"./static/js/{chunks[0].name}"}
+    (into / "index.html").write_text(html.replace("</head>", f"{links}{early}</head>", 1), encoding="utf-8")
+    return into
+
+
+def serve_early_chart_page() -> bool:
+    """Point Streamlit's static folder at :func:`early_chart_page`'s copy (a temporary folder removed at exit)
+    unless ``SENET_VIZ_EARLY_CHARTS=0``; whether it did."""
+    if os.environ.get("SENET_VIZ_EARLY_CHARTS", "1") == "0":
+        return False
+    from streamlit import file_util
+
+    folder = Path(tempfile.mkdtemp(prefix="senet-viz-static-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    try:
+        static = early_chart_page(Path(file_util.get_static_dir()), folder / "static")
+    except OSError as exc:  # e.g. no symlinks on this file system: Streamlit's own page
+        _log.warning("senet-viz: serving Streamlit's page unchanged: %s", exc)
+        return False
+    if static is None:
+        return False
+    file_util.get_static_dir = lambda: str(static)  # read when the server builds its routes, after this
+    return True
+
+
 def main(argv: list[str]) -> None:
+    serve_early_chart_page()
     threading.Thread(target=preload, name="senet-viz-preload", daemon=True).start()
     from streamlit.web import cli
 
