@@ -27,6 +27,7 @@ browser sees it: the server's run time plus the websocket's latency, on localhos
     .venv/bin/python benchmarks/interactions.py --only on --repeats 3 --sweep-kinds last
     .venv/bin/python benchmarks/interactions.py --screenshots /tmp/shots --cancel   # + a cancelled second sweep
     .venv/bin/python benchmarks/interactions.py --first-only 5 --only on [--no-warm-up]  # the first chart, 5 servers
+    .venv/bin/python benchmarks/interactions.py --first-only 5 --only on --early-charts both  # early module or not
 
 Note the machine's load (``uptime``) beside the numbers: every step is CPU-bound on the server.
 """
@@ -330,6 +331,9 @@ def main() -> None:
     parser.add_argument("--cancel", action="store_true", help="then start a second sweep and cancel it")
     parser.add_argument("--first-only", type=int, metavar="N", default=0,
                         help="only the first chart, on N fresh servers of each kind (medians of N)")
+    parser.add_argument("--early-charts", choices=["on", "off", "both"], default="on",
+                        help="ui.serve's page that evaluates the Plotly chart module early (off: "
+                             "SENET_VIZ_EARLY_CHARTS=0, Streamlit's page); both: each server twice, on a second port")
     parser.add_argument("--no-warm-up", action="store_true",
                         help="SENET_VIZ_WARM_UP=0: the server does not open its first page ahead of the first visitor")
     parser.add_argument("--logs", type=Path, default=Path("/tmp"), help="where the servers' logs go")
@@ -343,9 +347,13 @@ def main() -> None:
           f"modes {args.sweep_modes} kinds {args.sweep_kinds}", flush=True)
     if args.no_warm_up:
         runs = [(name, {**env, "SENET_VIZ_WARM_UP": "0"}, port) for name, env, port in runs]
+    if args.early_charts != "on":
+        late = [(f"{name}, late charts", {**env, "SENET_VIZ_EARLY_CHARTS": "0"}, port + 10) for name, env, port in runs]
+        runs = late if args.early_charts == "off" else [r for pair in zip(runs, late, strict=True) for r in pair]
     results: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    for name, env, port in runs:
-        for _ in range(max(1, args.first_only)):
+    # fresh servers in turn (on, off, on, off, ...): a drift of the machine's load falls on both alike
+    for _ in range(max(1, args.first_only)):
+        for name, env, port in runs:
             server = Server(port, env, args.logs / f"interactions-{port}.log", args.plain)
             try:
                 print(f"{name}: {server.preloaded or 'no preload (streamlit run app.py)'}", flush=True)

@@ -10,6 +10,7 @@ import weakref
 
 import torch
 
+from senet_viz.data import watch
 from senet_viz.data.sources import ImageItem, ImageSet
 from senet_viz.lru import LRU
 from senet_viz.models.loaded import LoadedModel
@@ -22,13 +23,50 @@ _image_keys: LRU[int, tuple] = LRU(64)
 
 def item_stamp(item: ImageItem) -> tuple:
     """What identifies an item's pixels: uploads carry their content hash in the key; a file on disk is its
-    absolute path (keys are relative to the folder), size and modification time, so an edited file is new."""
-    if item.path is not None:
-        try:
-            return file_stamp(item.path)
-        except OSError:
-            return (os.path.abspath(item.path), None, None)  # unreadable now: a later fix gives a new key
-    return ("data", len(item.data or b""))
+    absolute path (keys are relative to the folder), size and modification time, so an edited file is new.
+    See :func:`_stamps` for when a file is stat'ed."""
+    return _stamps([item])[0]
+
+
+def _folder_of(path: str, key: str) -> str | None:
+    """The folder a folder item was listed from: its path is ``<folder>/<key>`` (folder_source, imagenet)."""
+    if key and len(path) > len(key) + 1 and path.endswith(key) and path[-len(key) - 1] in ("/", os.sep):
+        return path[: -len(key) - 1]
+    return None
+
+
+def _stamps(items: list[ImageItem]) -> list[tuple]:
+    """:func:`item_stamp` of each item. Files listed from a folder are not stat'ed one by one on every call: the
+    folder is watched (:func:`senet_viz.data.watch.file_stamps`) and their stamps are taken again only after a
+    change under it, which is seen once the watcher delivered its event (milliseconds after the write). Without a
+    watcher (no ``watchdog``, inotify limits) each file is stat'ed, as are files of no folder."""
+    out: list = [None] * len(items)
+    by_folder: dict[str | None, tuple[list[int], list[str]]] = {}
+    folder, prefix, group = None, None, None
+    for i, it in enumerate(items):
+        if it.path is None:
+            out[i] = ("data", len(it.data or b""))
+            continue
+        path = str(it.path)
+        if prefix is None or path != prefix + it.key:  # most items share the previous item's folder
+            folder = _folder_of(path, it.key)
+            prefix = None if folder is None else path[: len(folder) + 1]
+            group = by_folder.setdefault(folder, ([], []))
+        group[0].append(i)
+        group[1].append(path)
+    for folder, (idx, paths) in by_folder.items():
+        stamps = [_file_stamp(p) for p in paths] if folder is None else watch.file_stamps(folder, paths)
+        for i, path, stamp in zip(idx, paths, stamps, strict=True):
+            # unreadable now: (path, None, None), and a later fix gives a new key
+            out[i] = stamp if stamp is not None else (os.path.abspath(path), None, None)
+    return out
+
+
+def _file_stamp(path: str) -> tuple | None:
+    try:
+        return file_stamp(path)
+    except OSError:
+        return None
 
 
 def images_key(images: ImageSet) -> str:
@@ -36,15 +74,15 @@ def images_key(images: ImageSet) -> str:
     in-memory items are named by their key: a content hash for uploads, an index into the installed test set for
     Fashion-MNIST), label and label name (the same files with other labels are another request), the class names
     and the files left out (listed with a result)."""
-    # Asked several times per script run (each result, Export's provenance) and it stats every file: computed once
-    # per ImageSet object (the sidebar builds a new one each run, so an edited file is seen on the next run).
+    # Asked several times per script run (each result, Export's provenance): computed once per ImageSet object (the
+    # sidebar builds a new one each run; its files' stamps come from the watched folder, see _stamps).
     cached = _image_keys.get(id(images))
     if cached is not None and cached[0]() is images and cached[1] == len(images.items):
         return cached[2]
     h = hashlib.sha256()
     h.update(repr((list(images.class_names), [(s.file, s.reason) for s in images.skipped])).encode())
-    for it in images.items:
-        h.update(repr((it.key, it.label, it.label_name, item_stamp(it))).encode())
+    for it, stamp in zip(images.items, _stamps(images.items), strict=True):
+        h.update(repr((it.key, it.label, it.label_name, stamp)).encode())
     digest = h.hexdigest()
     _image_keys.put(id(images), (weakref.ref(images), len(images.items), digest))
     return digest
