@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import sidebar
+from ui import collector, sidebar
 from ui.widgets import keep_widget_values
 
 st.set_page_config(page_title="senet-viz: inside SE channel attention", page_icon=":material/biotech:", layout="wide")
@@ -28,7 +28,8 @@ PAGES = [
     st.Page("app_pages/export.py", title="Export", icon=":material/download:"),
 ]
 
-keep_widget_values()  # settings survive leaving a page
-navigation = st.navigation(PAGES)
-sidebar.render()
-navigation.run()
+with collector.script_run():  # full garbage collections wait until the server is idle (ui/collector.py)
+    keep_widget_values()  # settings survive leaving a page
+    navigation = st.navigation(PAGES)
+    sidebar.render()
+    navigation.run()

@@ -62,7 +62,7 @@ from senet_viz.inference.pipeline import PixelCache
 from senet_viz.inference.run import ProgressFn
 from senet_viz.models.loaded import LoadedModel
 from senet_viz.settings import env_int, usable_cores
-from ui import jobs
+from ui import collector, jobs
 from ui.caches import ResultCache
 from ui.serving import budget_bytes
 
@@ -285,6 +285,7 @@ def engine() -> Engine:
     # moved out of the collector's reach, so that a full collection walks only what the sessions made since.
     gc.collect()
     gc.freeze()
+    collector.install()  # and what they make later is collected while the server is idle, not during a click
     policy = thread_policy()
     _log.info("senet-viz: %d torch thread(s) per request, %d request(s) at once, %d core(s)", policy.threads,
               policy.concurrent, policy.cores)
