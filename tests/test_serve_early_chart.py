@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -139,6 +140,14 @@ def test_a_served_app_draws_its_first_chart_from_the_early_module(tmp_path):
         assert chunk in _get(f"{url}/cost")[1].decode()  # a page's URL is the same page
         status, code = _get(f"{url}/static/js/{chunk}")
         assert status == 200 and len(code) > 1_000_000  # Streamlit's own module, through the link
+        for escape in ("/static/..%2f..%2f..%2f..%2fetc%2fpasswd", "/static/js/..%2F..%2F..%2Fapp.py",
+                       "/%2e%2e/%2e%2e/etc/passwd"):  # the linked folder serves Streamlit's files and nothing else
+            try:
+                status, body = _get(url + escape)
+            except urllib.error.HTTPError as exc:
+                status, body = exc.code, b""
+            assert b"root:" not in body and b"st.navigation" not in body, escape
+            assert status in (200, 400, 404) and (status != 200 or body.lstrip().startswith(b"<!")), (escape, status)
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
