@@ -13,11 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from senet_viz.data import watch  # noqa: E402
-from senet_viz.data.folders import folder_source  # noqa: E402
-from ui.keys import images_key  # noqa: E402
+from senet_viz.data import watch
+from senet_viz.data.folders import folder_source
+from ui.keys import images_key
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "imagenet-samples"
 
