@@ -243,6 +243,12 @@ def script(tab, d: Driver, url: str, args: argparse.Namespace, shots: Path | Non
     tab.wait_for_function(SETTLED, arg=[0, args.quiet], timeout=args.timeout * 1000, polling=50)
     # in the page's own clock: from its load event (its HTML and the scripts it names are in) to the chart's SVG
     after_load = tab.evaluate("window.__chart - performance.getEntriesByType('navigation')[0].loadEventEnd")
+    # ui.serve's early chart page: when it asked for Streamlit's Plotly module and when that was evaluated
+    early = tab.evaluate("""() => { const e = window.__earlyChartModule, load = performance.getEntriesByType(
+      'navigation')[0].loadEventEnd; return e ? e.map(t => t - load) : null; }""")
+    if early:
+        print("  chart module asked " + ", evaluated ".join(f"{t:.0f} ms" for t in early) + " after the load event; "
+              f"first chart {after_load:.0f} ms", flush=True)
     d.times["first chart (fresh server, embedded)"] = [(chart, float("nan"))]
     d.times["first chart after the page's load event"] = [(after_load, float("nan"))]
     if args.first_only:
