@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from conftest import requires
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port
+from test_browser import CHROMIUM, CHROMIUM_ARGS
+from test_serve_warm_up import start_ui_serve
 
 from ui import serve
 
@@ -118,13 +117,9 @@ def test_a_served_app_draws_its_first_chart_from_the_early_module(tmp_path):
     error in the console."""
     from playwright.sync_api import sync_playwright
 
-    port, log = _free_port(), tmp_path / "serve.log"
+    log = tmp_path / "serve.log"
     env = {k: v for k, v in os.environ.items() if k != "SENET_VIZ_EARLY_CHARTS"} | {"SENET_VIZ_WARM_UP": "0"}
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ui.serve", "--server.headless", "true",
-                                 "--server.fileWatcherType", "none", "--server.port", str(port),
-                                 "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc, port = start_ui_serve(log, env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from test_browser import _free_port
 
 from ui import serve
 
@@ -69,23 +69,24 @@ def test_a_failed_warm_up_is_said_and_leaves_the_server_alone(monkeypatch, capsy
     assert "could not open the first page ahead of visitors: ConnectionRefusedError: nobody listens" in out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_ui_serve(log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    """`python -m ui.serve` (what `make run` starts) on a free port of 127.0.0.1 with ``env``, its output to ``log``:
+    the process and its port."""
+    port = _free_port()
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ui.serve", "--server.headless", "true",
+                                 "--server.fileWatcherType", "none", "--server.port", str(port),
+                                 "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    return proc, port
 
 
 @pytest.mark.slow
 def test_a_served_app_opens_its_first_page_itself_and_answers_a_second_visit(tmp_path):
     """`python -m ui.serve` (what `make run` starts) on a free port: its log says the first page ran without an
     exception on screen, and a second visit over the websocket (as a browser's) finishes the same way."""
-    port, log = _free_port(), tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if k != "SENET_VIZ_WARM_UP"}
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ui.serve", "--server.headless", "true",
-                                 "--server.fileWatcherType", "none", "--server.port", str(port),
-                                 "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    log = tmp_path / "serve.log"
+    proc, port = start_ui_serve(log, {k: v for k, v in os.environ.items() if k != "SENET_VIZ_WARM_UP"})
     try:
         deadline = time.monotonic() + 240
         while "senet-viz: the first page is ready" not in log.read_text():

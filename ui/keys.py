@@ -15,7 +15,6 @@ from senet_viz.data.sources import ImageItem, ImageSet
 from senet_viz.lru import LRU
 from senet_viz.models.loaded import LoadedModel
 from senet_viz.models.weights import file_digest
-from senet_viz.paths import file_stamp
 
 # images_key per ImageSet object (by id, checked against a weak reference: an id can be reused once the set is gone)
 _image_keys: LRU[int, tuple] = LRU(64)
@@ -55,18 +54,11 @@ def _stamps(items: list[ImageItem]) -> list[tuple]:
         group[0].append(i)
         group[1].append(path)
     for folder, (idx, paths) in by_folder.items():
-        stamps = [_file_stamp(p) for p in paths] if folder is None else watch.file_stamps(folder, paths)
+        stamps = [watch.stamp_or_none(p) for p in paths] if folder is None else watch.file_stamps(folder, paths)
         for i, path, stamp in zip(idx, paths, stamps, strict=True):
             # unreadable now: (path, None, None), and a later fix gives a new key
             out[i] = stamp if stamp is not None else (os.path.abspath(path), None, None)
     return out
-
-
-def _file_stamp(path: str) -> tuple | None:
-    try:
-        return file_stamp(path)
-    except OSError:
-        return None
 
 
 def images_key(images: ImageSet) -> str:

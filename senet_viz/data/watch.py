@@ -31,7 +31,8 @@ from typing import Any
 from senet_viz.data.folders import WALK_CACHE_ENTRIES, WALK_CACHE_FILES
 from senet_viz.paths import file_stamp
 
-__all__ = ["MAX_WATCHED_DIRS", "MAX_WATCHED_ROOTS", "STAMP_TTL_S", "file_stamps", "reset", "watched_roots"]
+__all__ = ["MAX_WATCHED_DIRS", "MAX_WATCHED_ROOTS", "STAMP_TTL_S", "file_stamps", "reset", "stamp_or_none",
+           "watched_roots"]
 
 #: Folders watched at once (the least recently used one is unwatched beyond): as many as remembered walks.
 MAX_WATCHED_ROOTS = WALK_CACHE_ENTRIES
@@ -79,7 +80,7 @@ def file_stamps(root: str | os.PathLike[str], paths: Sequence[str]) -> list[tupl
     root = os.fspath(root)
     state = _watched(root)
     if state is None:
-        return [_stat(p) for p in paths]
+        return [stamp_or_none(p) for p in paths]
     with state.lock:
         generation, memo = state.generation, state.stamps
         remembered = [memo.get(p) for p in paths]
@@ -92,7 +93,7 @@ def file_stamps(root: str | os.PathLike[str], paths: Sequence[str]) -> list[tupl
             if keep is not None and p.startswith(inside):  # a file outside the watched folder is never remembered
                 new[p] = keep
         elif stamp is _LINK:
-            stamp = _stat(p)
+            stamp = stamp_or_none(p)
         out.append(stamp)
     if new:
         with _lock:
@@ -124,7 +125,8 @@ def reset() -> None:
 # ------------------------------------------------------------------------------------------------ internals
 
 
-def _stat(path: str | os.PathLike[str]) -> tuple | None:
+def stamp_or_none(path: str | os.PathLike[str]) -> tuple | None:
+    """:func:`~senet_viz.paths.file_stamp` of ``path``, None when it cannot be stat'ed."""
     try:
         return file_stamp(path)
     except OSError:
